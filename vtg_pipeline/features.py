@@ -1,0 +1,136 @@
+"""The feature store: one safetensors file per video, plus a manifest.
+
+``OUT/<video id>.safetensors`` holds ``timestamps`` float64 (T,) seconds,
+``frames`` uint8 (T, 3, S, S) and/or ``vision`` float16 (T, K, 1+P, D), with
+string metadata (docs/ARCHITECTURE.md lists the keys). Files are written by
+``StreamingSafetensorsWriter``, which lays out the safetensors format (8-byte
+header length, JSON header, contiguous tensor bytes) with exact shapes known
+up front and fills rows as they arrive, so a long video is never held in
+memory. Files are read with the ``safetensors`` library itself. Writes go to a
+temporary file that is renamed into place only when complete.
+
+``OUT/manifest.jsonl`` has one record per video and attempt (``status`` done or
+failed with ``reason``); the latest record for an id wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from safetensors import safe_open
+
+FORMAT_VERSION = "1"
+_DTYPES = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("uint8"): "U8"}
+
+
+class StreamingSafetensorsWriter:
+    """Write a safetensors file whose tensors arrive in row chunks.
+
+    ``tensors`` maps name -> (numpy dtype, shape); rows are along dim 0.
+    ``write(name, start_row, array)`` places rows; ``commit()`` renames the
+    finished file into place; ``abort()`` removes the partial file.
+    """
+
+    def __init__(self, path: str | Path, tensors: dict[str, tuple[np.dtype, tuple[int, ...]]], metadata: dict[str, str]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self._layout: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}
+        header: dict[str, object] = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
+        offset = 0
+        for name, (dtype, shape) in tensors.items():
+            dtype = np.dtype(dtype)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._layout[name] = (dtype, tuple(shape), offset)
+            offset += nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        self._data_start = 8 + len(encoded)
+        self._rows_written = {name: 0 for name in tensors}
+        self._file = open(self.tmp, "wb")
+        self._file.write(len(encoded).to_bytes(8, "little") + encoded)
+        self._file.truncate(self._data_start + offset)
+
+    def write(self, name: str, start_row: int, rows: np.ndarray) -> None:
+        dtype, shape, offset = self._layout[name]
+        if rows.shape[1:] != shape[1:] or start_row + len(rows) > shape[0]:
+            raise ValueError(f"{name}: rows {rows.shape} at {start_row} do not fit {shape}")
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self._file.seek(self._data_start + offset + start_row * row_bytes)
+        self._file.write(np.ascontiguousarray(rows, dtype=dtype).tobytes())
+        self._rows_written[name] += len(rows)
+
+    def commit(self) -> Path:
+        missing = {n: (w, self._layout[n][1][0]) for n, w in self._rows_written.items() if w != self._layout[n][1][0]}
+        if missing:
+            self.abort()
+            raise ValueError(f"{self.path.name}: incomplete tensors (rows written, expected): {missing}")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def read_metadata(path: str | Path) -> dict[str, str] | None:
+    """A feature file's metadata, or None when the file is missing or unreadable."""
+    try:
+        with safe_open(str(path), framework="np") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # OSError for a missing file, SafetensorError for a corrupt one
+        return None
+
+
+def load_features(path: str | Path, names: Iterable[str] = ("timestamps", "vision")) -> dict[str, np.ndarray]:
+    """Load the named tensors of a feature file as numpy arrays (memory-mapped reads)."""
+    with safe_open(str(path), framework="np") as f:
+        missing = [n for n in names if n not in f.keys()]
+        if missing:
+            raise KeyError(f"{path}: no tensor(s) {missing}; it holds {sorted(f.keys())}")
+        return {n: f.get_tensor(n) for n in names}
+
+
+class Manifest:
+    """Append-only status log ``OUT/manifest.jsonl``; the latest record per video id wins."""
+
+    def __init__(self, out_dir: str | Path):
+        self.path = Path(out_dir) / "manifest.jsonl"
+
+    def append(self, video_id: str, path: str, status: str, **fields) -> None:
+        record = {"id": video_id, "path": path, "status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:  # one short O_APPEND write per record: safe across processes
+            f.write(json.dumps(record) + "\n")
+
+    def records(self) -> dict[str, dict]:
+        latest: dict[str, dict] = {}
+        if not self.path.exists():
+            return latest
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a killed run
+                latest[record["id"]] = record
+        return latest
+
+    def compact(self) -> None:
+        """Rewrite the log atomically with only the latest record per id, sorted by id."""
+        records = self.records()
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for video_id in sorted(records):
+                f.write(json.dumps(records[video_id]) + "\n")
+        os.replace(tmp, self.path)
