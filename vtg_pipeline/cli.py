@@ -1,0 +1,102 @@
+"""The ``vtg`` command: one entry point, a subcommand per stage.
+
+User errors (missing file, unknown model, bad flag value) print one line and
+exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .backbone import BackboneError
+from .extract import STORE_CHOICES, ExtractConfig, ExtractError, run_extract
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video_dirs", nargs="+", metavar="VIDEO_DIR", help="folders searched recursively for mp4/mkv/webm/mov/avi/m4v (or video files)")
+    parser.add_argument("--out", required=True, help="output folder: OUT/<video id>.safetensors and OUT/manifest.jsonl")
+    parser.add_argument("--fps", type=_positive_float, default=0.5, help="samples per second; sample k is the frame shown at k/fps s (default 0.5)")
+    parser.add_argument("--model", default="ViT-B-32-quickgelu", help="open_clip model name, e.g. ViT-B-32-quickgelu or vtg-tiny")
+    parser.add_argument("--pretrained", default=None, help="open_clip tag (openai), a checkpoint file, or random:SEED (default: openai, or random:0 for vtg-tiny)")
+    parser.add_argument("--layers", type=int, default=4, help="tap the last K transformer blocks (default 4)")
+    parser.add_argument("--store", choices=STORE_CHOICES, default="features", help="what to keep: per-layer states, resized uint8 frames, or both")
+    parser.add_argument("--decoder", default="auto", help="auto, pyav, decord or torchcodec (auto: CUDA decoder on GPU, else PyAV)")
+    parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="videos decoded in parallel threads")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="backbone autocast precision (features are stored as fp16)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu; per process under accelerate)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def extract_main(args: argparse.Namespace) -> int:
+    pretrained = args.pretrained or ("random:0" if args.model == "vtg-tiny" else "openai")
+    cfg = ExtractConfig(
+        video_dirs=args.video_dirs,
+        out=args.out,
+        fps=args.fps,
+        model=args.model,
+        pretrained=pretrained,
+        layers=args.layers,
+        store=args.store,
+        decoder=args.decoder,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        precision=args.precision,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    summary = run_extract(cfg)
+    print(summary.line(), file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def synth_main(args: argparse.Namespace) -> int:
+    from .synth import make_dataset
+
+    counts = make_dataset(args.out, videos=args.videos, seed=args.seed)
+    print(json.dumps({"out": args.out, **counts}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vtg", description="Video temporal grounding from raw videos.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="write a synthetic grounding dataset (videos + QVHighlights jsonl)")
+    synth.add_argument("--out", required=True, help="output folder: OUT/videos/*.mp4, OUT/train.jsonl, OUT/val.jsonl")
+    synth.add_argument("--videos", type=int, default=40, help="number of videos (default 40)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
+    synth.set_defaults(func=synth_main)
+
+    extract = sub.add_parser("extract", help="decode videos and cache frozen open_clip per-layer states")
+    add_extract_arguments(extract)
+    extract.set_defaults(func=extract_main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ExtractError, BackboneError, ValueError, FileNotFoundError) as e:
+        print(f"vtg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vtg {args.command}: interrupted; finished outputs are kept, partial ones removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

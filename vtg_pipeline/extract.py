@@ -1,0 +1,378 @@
+"""``extract``: folders of videos -> one feature file per video (see features.py).
+
+Pipeline per process: decoder threads open videos (``workers`` at a time),
+decode the sampled frames in chunks and resize/crop them at once (on the
+backbone's device), and put them on a bounded queue. The main thread batches
+frames across videos, runs the frozen backbone, and streams rows into each
+video's feature file. Memory is bounded by the queue and one batch, never by
+video length.
+
+Resumable: a video whose feature file exists with the same source size and
+mtime and the same settings is skipped; anything else is redone. One bad video
+is recorded as failed (manifest and stderr) and the rest continue. Under
+``accelerate launch`` the videos are sharded over processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .backbone import FrozenBackbone, load_backbone, spec_metadata
+from .features import FORMAT_VERSION, Manifest, StreamingSafetensorsWriter, read_metadata
+from .video import VIDEO_EXTENSIONS, Decoder, VideoError, make_decoder, probe, sample_times
+
+log = logging.getLogger(__name__)
+
+STORE_CHOICES = ("features", "frames", "both")
+
+
+class ExtractError(Exception):
+    """A problem with the whole run (bad arguments, duplicate ids); one line for the user."""
+
+
+@dataclass
+class ExtractConfig:
+    """Settings of one ``extract`` run; the CLI flags map 1:1 onto these fields."""
+
+    video_dirs: list[str]
+    out: str
+    fps: float = 0.5
+    model: str = "ViT-B-32-quickgelu"
+    pretrained: str | None = "openai"
+    layers: int = 4
+    store: str = "features"
+    decoder: str = "auto"
+    batch_size: int = 32  # frames per backbone forward
+    workers: int = 2  # videos decoded at once
+    chunk: int = 16  # frames per decoded chunk
+    precision: str = "fp32"
+    device: str | None = None  # default: this process's accelerate device
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    video_id: str  # path relative to its folder, without extension
+    path: str
+
+
+@dataclass
+class ExtractSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        rate = self.frames / self.seconds if self.seconds else 0.0
+        return f"extract: {self.done} done, {self.skipped} skipped, {self.failed} failed ({self.frames} frames, {rate:.1f} frames/s)"
+
+
+def find_videos(paths: list[str]) -> list[VideoItem]:
+    """Video files under each folder (recursively) or given directly, sorted by id.
+
+    Raises ExtractError for a missing path or two files with the same id.
+    """
+    items: dict[str, VideoItem] = {}
+    for root in paths:
+        root_path = Path(root)
+        if root_path.is_file():
+            found = [(root_path.stem, root_path)]
+        elif root_path.is_dir():
+            found = [
+                (str(p.relative_to(root_path).with_suffix("")), p)
+                for p in sorted(root_path.rglob("*"))
+                if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
+            ]
+        else:
+            raise ExtractError(f"{root}: no such file or folder")
+        for video_id, path in found:
+            if video_id in items:
+                raise ExtractError(f"two videos have the id {video_id!r}: {items[video_id].path} and {path}")
+            items[video_id] = VideoItem(video_id, str(path))
+    return [items[k] for k in sorted(items)]
+
+
+def run_settings(cfg: ExtractConfig, backbone: FrozenBackbone) -> dict[str, str]:
+    """Metadata shared by every file of a run; a change in any of it means a redo."""
+    return {
+        **spec_metadata(backbone.spec),
+        "fps": repr(float(cfg.fps)),
+        "store": cfg.store,
+        "precision": cfg.precision,
+        "format_version": FORMAT_VERSION,
+    }
+
+
+def source_metadata(path: str) -> dict[str, str]:
+    stat = os.stat(path)
+    return {"source_size": str(stat.st_size), "source_mtime": repr(stat.st_mtime)}
+
+
+def is_up_to_date(out_file: Path, item: VideoItem, settings: dict[str, str]) -> bool:
+    meta = read_metadata(out_file)
+    if meta is None:
+        return False
+    try:
+        wanted = {**settings, **source_metadata(item.path)}
+    except OSError:
+        return False
+    return all(meta.get(k) == v for k, v in wanted.items())
+
+
+@dataclass
+class _Job:
+    """A video being extracted: its writer and how many rows reached the file."""
+
+    item: VideoItem
+    writer: StreamingSafetensorsWriter | None = None
+    total: int = 0
+    encoded: int = 0
+    decoded_all: bool = False
+    failed: bool = False
+
+
+class _Stopped(Exception):
+    """The consumer has gone away; a decoder thread stops quietly."""
+
+
+def _post(out: queue.Queue, stop: threading.Event, message: tuple) -> None:
+    while not stop.is_set():
+        try:
+            out.put(message, timeout=0.5)
+            return
+        except queue.Full:
+            continue
+    raise _Stopped
+
+
+def _decode_into(item: VideoItem, decoder: Decoder, backbone: FrozenBackbone, cfg: ExtractConfig, out: queue.Queue, stop: threading.Event) -> None:
+    """Decoder thread: probe, decode, resize/crop; post ('start'|'frames'|'end'|'error', ...) messages."""
+    if stop.is_set():
+        return
+    post = lambda message: _post(out, stop, message)  # noqa: E731
+    try:
+        info = probe(item.path)
+        times = sample_times(info.duration, cfg.fps)
+        chosen = decoder.for_video(info)
+        post(("start", item, info, times, chosen.name))
+        row = 0
+        for chunk in chosen.chunks(info, times, cfg.chunk):
+            frames = backbone.preprocess.resize_crop(chunk.to(backbone.device))
+            post(("frames", item, row, frames))
+            row += len(frames)
+        post(("end", item))
+    except _Stopped:
+        return
+    except VideoError as e:
+        _post_quietly(post, ("error", item, str(e)))
+    except Exception as e:  # one bad file must not stop the batch; record what happened
+        _post_quietly(post, ("error", item, f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+
+
+def _post_quietly(post, message: tuple) -> None:
+    try:
+        post(message)
+    except _Stopped:
+        pass
+
+
+class _Extractor:
+    """The consumer side: batches frames across videos through the backbone into feature files."""
+
+    def __init__(self, cfg: ExtractConfig, backbone: FrozenBackbone, settings: dict[str, str], manifest: Manifest, bar: tqdm):
+        self.cfg, self.backbone, self.settings, self.manifest, self.bar = cfg, backbone, settings, manifest, bar
+        self.out_dir = Path(cfg.out)
+        self.jobs: dict[str, _Job] = {}
+        self.pending: list[tuple[_Job, int, torch.Tensor]] = []  # frames waiting for the backbone
+        self.summary = ExtractSummary()
+
+    def handle(self, message: tuple) -> None:
+        kind, item = message[0], message[1]
+        job = self.jobs.setdefault(item.video_id, _Job(item))
+        if kind == "start":
+            self._start(job, *message[2:])
+        elif kind == "frames":
+            self._frames(job, *message[2:])
+        elif kind == "end":
+            job.decoded_all = True
+            self._finish_ready()
+        else:
+            self._fail(job, message[2])
+
+    def _start(self, job: _Job, info, times: np.ndarray, decoder_name: str) -> None:
+        size = self.backbone.spec.image_size
+        tensors = {"timestamps": (np.float64, (len(times),))}
+        if self.cfg.store in ("frames", "both"):
+            tensors["frames"] = (np.uint8, (len(times), 3, size, size))
+        if self.cfg.store in ("features", "both"):
+            k, tokens, width = len(self.backbone.spec.layers), (size // self.backbone.model.visual.patch_size[0]) ** 2 + 1, self.backbone.spec.vision_width
+            tensors["vision"] = (np.float16, (len(times), k, tokens, width))
+        metadata = {
+            **self.settings,
+            **source_metadata(job.item.path),
+            "decoder": decoder_name,
+            "duration": repr(info.duration),
+            "video_id": job.item.video_id,
+        }
+        job.total = len(times)
+        job.writer = StreamingSafetensorsWriter(self.out_dir / f"{job.item.video_id}.safetensors", tensors, metadata)
+        job.writer.write("timestamps", 0, times)
+
+    def _frames(self, job: _Job, row: int, frames: torch.Tensor) -> None:
+        if job.failed:
+            return
+        if self.cfg.store in ("frames", "both"):
+            job.writer.write("frames", row, frames.cpu().numpy())
+        if self.cfg.store == "frames":
+            job.encoded += len(frames)
+            self.summary.frames += len(frames)
+            return
+        self.pending.append((job, row, frames))
+        if sum(len(f) for _, _, f in self.pending) >= self.cfg.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Run the backbone on every pending frame (from any number of videos) and write the rows."""
+        if not self.pending:
+            return
+        batch = torch.cat([f for _, _, f in self.pending])
+        states = self.backbone.encode_frames(batch).to(torch.float16).cpu().numpy()
+        offset = 0
+        for job, row, frames in self.pending:
+            n = len(frames)
+            if not job.failed:
+                job.writer.write("vision", row, states[offset : offset + n])
+                job.encoded += n
+            offset += n
+        self.summary.frames += len(batch)
+        self.pending = []
+        self._finish_ready()
+
+    def _finish_ready(self) -> None:
+        for video_id, job in list(self.jobs.items()):
+            if job.decoded_all and not job.failed and job.encoded == job.total:
+                job.writer.commit()
+                self.manifest.append(video_id, job.item.path, "done", frames=job.total)
+                self.summary.done += 1
+                self.bar.update(1)
+                del self.jobs[video_id]
+
+    def abort_open(self) -> None:
+        """Remove the partial files of every unfinished video (the run is stopping)."""
+        for job in self.jobs.values():
+            if job.writer is not None:
+                job.writer.abort()
+
+    def _fail(self, job: _Job, reason: str) -> None:
+        job.failed = True
+        if job.writer is not None:
+            job.writer.abort()
+        self.pending = [p for p in self.pending if p[0] is not job]
+        self.manifest.append(job.item.video_id, job.item.path, "failed", reason=reason)
+        self.summary.failed += 1
+        self.summary.failures.append((job.item.path, reason))
+        tqdm.write(f"{job.item.path}: {reason}", file=sys.stderr)
+        self.bar.update(1)
+        del self.jobs[job.item.video_id]
+
+
+def _remove_stale_partials(out_dir: Path, items: list[VideoItem]) -> None:
+    """Delete temporary files left by a killed run for these videos."""
+    for item in items:
+        target = out_dir / f"{item.video_id}.safetensors"
+        for stale in target.parent.glob(f".{target.name}.*.partial"):
+            stale.unlink(missing_ok=True)
+
+
+def run_extract(cfg: ExtractConfig) -> ExtractSummary:
+    """Extract every video under ``cfg.video_dirs``; returns this process's counts.
+
+    Under accelerate each process takes every num_processes-th pending video.
+    """
+    from accelerate import PartialState
+
+    if cfg.store not in STORE_CHOICES:
+        raise ExtractError(f"--store must be one of {', '.join(STORE_CHOICES)}, got {cfg.store!r}")
+    if cfg.fps <= 0:
+        raise ExtractError(f"--fps must be positive, got {cfg.fps}")
+    state = PartialState()
+    items = find_videos(cfg.video_dirs)
+    device = torch.device(cfg.device) if cfg.device else state.device
+    backbone = load_backbone(cfg.model, cfg.pretrained, cfg.layers, device, cfg.precision)
+    decoder = make_decoder(cfg.decoder, str(device))
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = run_settings(cfg, backbone)
+    summary_skipped = 0
+    todo = []
+    for item in items[state.process_index :: state.num_processes]:
+        if is_up_to_date(out_dir / f"{item.video_id}.safetensors", item, settings):
+            summary_skipped += 1
+        else:
+            todo.append(item)
+    _remove_stale_partials(out_dir, todo)
+
+    manifest = Manifest(out_dir)
+    messages: queue.Queue = queue.Queue(maxsize=max(4, 2 * cfg.workers))
+    start = time.perf_counter()
+    with tqdm(total=len(todo), desc=f"extract[{state.process_index}]", unit="video", disable=not cfg.progress, file=sys.stderr) as bar:
+        extractor = _Extractor(cfg, backbone, settings, manifest, bar)
+        extractor.summary.skipped = summary_skipped
+        stop = threading.Event()
+        with ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix="decode") as pool:
+            for item in todo:
+                pool.submit(_decode_into, item, decoder, backbone, cfg, messages, stop)
+            try:
+                finished = 0
+                while finished < len(todo):
+                    try:
+                        message = messages.get(timeout=0.5)
+                    except queue.Empty:
+                        extractor.flush()  # decoders are slow: do not sit on a partial batch
+                        continue
+                    extractor.handle(message)
+                    finished += message[0] in ("end", "error")
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix(frames_per_s=f"{extractor.summary.frames / max(elapsed, 1e-9):.1f}", refresh=False)
+                extractor.flush()
+            except BaseException:
+                stop.set()
+                extractor.abort_open()
+                raise
+    summary = extractor.summary
+    summary.seconds = time.perf_counter() - start
+    _finalize(state, manifest, summary)
+    return summary
+
+
+def _finalize(state, manifest: Manifest, summary: ExtractSummary) -> None:
+    """Across processes: add up the counts and compact the manifest once."""
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([json.dumps(summary.__dict__)])
+        state.wait_for_everyone()
+        merged = [json.loads(p) for p in parts]
+        summary.done = sum(p["done"] for p in merged)
+        summary.skipped = sum(p["skipped"] for p in merged)
+        summary.failed = sum(p["failed"] for p in merged)
+        summary.frames = sum(p["frames"] for p in merged)
+        summary.failures = [tuple(f) for p in merged for f in p["failures"]]
+    if state.is_main_process and manifest.path.exists():
+        manifest.compact()
