@@ -12,7 +12,7 @@ import logging
 import sys
 
 from .backbone import BackboneError
-from .extract import STORE_CHOICES, ExtractConfig, ExtractError, run_extract
+from .extract import STORE_CHOICES, ExtractConfig, ExtractError, process_state, run_extract
 
 
 def _positive_float(text: str) -> float:
@@ -56,7 +56,8 @@ def extract_main(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = run_extract(cfg)
-    print(summary.line(), file=sys.stderr)
+    if process_state().is_main_process:
+        print(summary.line(), file=sys.stderr)
     return 1 if summary.failed else 0
 
 
@@ -65,6 +66,13 @@ def synth_main(args: argparse.Namespace) -> int:
 
     counts = make_dataset(args.out, videos=args.videos, seed=args.seed)
     print(json.dumps({"out": args.out, **counts}))
+    return 0
+
+
+def inspect_main(args: argparse.Namespace) -> int:
+    from .features import summarize_store
+
+    print(json.dumps(summarize_store(args.features), indent=2))
     return 0
 
 
@@ -81,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract = sub.add_parser("extract", help="decode videos and cache frozen open_clip per-layer states")
     add_extract_arguments(extract)
     extract.set_defaults(func=extract_main)
+
+    inspect = sub.add_parser("inspect", help="summarise a feature folder written by extract (JSON)")
+    inspect.add_argument("features", help="the --out folder of extract")
+    inspect.set_defaults(func=inspect_main)
     return parser
 
 

@@ -300,18 +300,28 @@ def _remove_stale_partials(out_dir: Path, items: list[VideoItem]) -> None:
             stale.unlink(missing_ok=True)
 
 
+def process_state():
+    """This process's place under ``accelerate launch`` (one process otherwise).
+
+    ``PartialState`` alone ignores ACCELERATE_USE_CPU and, with no GPU, would not
+    join the other processes; CPU-only launches need ``cpu=True`` to use gloo.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
 def run_extract(cfg: ExtractConfig) -> ExtractSummary:
     """Extract every video under ``cfg.video_dirs``; returns this process's counts.
 
     Under accelerate each process takes every num_processes-th pending video.
     """
-    from accelerate import PartialState
-
     if cfg.store not in STORE_CHOICES:
         raise ExtractError(f"--store must be one of {', '.join(STORE_CHOICES)}, got {cfg.store!r}")
     if cfg.fps <= 0:
         raise ExtractError(f"--fps must be positive, got {cfg.fps}")
-    state = PartialState()
+    state = process_state()
     items = find_videos(cfg.video_dirs)
     device = torch.device(cfg.device) if cfg.device else state.device
     backbone = load_backbone(cfg.model, cfg.pretrained, cfg.layers, device, cfg.precision)

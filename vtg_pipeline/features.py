@@ -134,3 +134,31 @@ class Manifest:
             for video_id in sorted(records):
                 f.write(json.dumps(records[video_id]) + "\n")
         os.replace(tmp, self.path)
+
+
+def summarize_store(out_dir: str | Path) -> dict:
+    """Counts, shapes, settings and size of a feature store, for ``vtg inspect``."""
+    out_dir = Path(out_dir)
+    files = sorted(out_dir.rglob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{out_dir}: no feature files (*.safetensors)")
+    frames, seconds, settings, shapes = 0, 0.0, set(), {}
+    for path in files:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            for name in f.keys():
+                shapes[name] = list(f.get_slice(name).get_shape()[1:])
+            frames += f.get_slice("timestamps").get_shape()[0]
+        seconds += float(meta.get("duration", 0.0))
+        settings.add(tuple(meta.get(k, "?") for k in ("backbone", "pretrained", "layers", "fps", "store")))
+    statuses = [r["status"] for r in Manifest(out_dir).records().values()]
+    return {
+        "folder": str(out_dir),
+        "videos": len(files),
+        "failed": statuses.count("failed"),
+        "hours_of_video": round(seconds / 3600, 3),
+        "frames": frames,
+        "row_shapes": shapes,
+        "settings": [dict(zip(("backbone", "pretrained", "layers", "fps", "store"), s)) for s in sorted(settings)],
+        "megabytes": round(sum(p.stat().st_size for p in files) / 2**20, 1),
+    }

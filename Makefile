@@ -1,0 +1,51 @@
+# vtg_pipeline: `make demo` runs the main job offline; `make test` runs the tests.
+# Both create .venv on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch/torchvision pinned to the builds available on the project's machines.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+# extract defaults (override on the command line: make extract VIDEOS=dir OUT=dir MODEL=vtg-tiny)
+VIDEOS     ?=
+OUT        ?=
+FPS        ?= 0.5
+MODEL      ?= ViT-B-32-quickgelu
+PRETRAINED ?= $(if $(filter vtg-tiny,$(MODEL)),random:0,openai)
+LAYERS     ?= 4
+STORE      ?= features
+DECODER    ?= auto
+
+DEMO := demo
+
+.PHONY: setup test demo extract clean-demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+extract: setup
+	@test -n "$(VIDEOS)" -a -n "$(OUT)" || { echo "usage: make extract VIDEOS=dir OUT=dir [FPS= MODEL= PRETRAINED= LAYERS= STORE=features|frames|both DECODER=]"; exit 2; }
+	$(BIN)/python extract $(VIDEOS) --out $(OUT) --fps $(FPS) --model $(MODEL) --pretrained $(PRETRAINED) \
+		--layers $(LAYERS) --store $(STORE) --decoder $(DECODER)
+
+# The embedded default, offline: a synthetic dataset, then its features with the seeded vtg-tiny backbone.
+# MODEL=ViT-B-32-quickgelu PRETRAINED=openai runs the same on real weights (needs them in the open_clip cache).
+DEMO_MODEL      ?= $(if $(filter command line,$(origin MODEL)),$(MODEL),vtg-tiny)
+DEMO_PRETRAINED ?= $(if $(filter command line,$(origin PRETRAINED)),$(PRETRAINED),$(if $(filter vtg-tiny,$(DEMO_MODEL)),random:0,openai))
+
+demo: setup
+	@test -f $(DEMO)/data/val.jsonl || $(BIN)/vtg synth --out $(DEMO)/data --videos 40 --seed 0
+	$(BIN)/vtg extract $(DEMO)/data/videos --out $(DEMO)/data/features --model $(DEMO_MODEL) --pretrained $(DEMO_PRETRAINED)
+	$(BIN)/vtg inspect $(DEMO)/data/features
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,141 @@
+"""`extract` end to end: files, resume, redo, bad input, sharding over processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pattern import index_image
+
+from vtg_pipeline.cli import main
+from vtg_pipeline.extract import ExtractConfig, ExtractError, find_videos, run_extract
+from vtg_pipeline.features import load_features, read_metadata
+from vtg_pipeline.synth import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_folder(root: Path) -> Path:
+    videos = root / "videos"
+    write_video(videos / "a.mp4", [index_image(i, 96, 64) for i in range(60)], fps=10)
+    write_video(videos / "sub" / "b.mkv", [index_image(i, 96, 64) for i in range(45)], fps=15)
+    write_video(videos / "c.webm", [index_image(i, 80, 48) for i in range(30)], fps=10, codec="libvpx-vp9", pix_fmt="yuv420p")
+    (videos / "notes.txt").write_text("not a video and not picked up")
+    return videos
+
+
+def config(videos: Path, out: Path, **overrides) -> ExtractConfig:
+    settings = dict(video_dirs=[str(videos)], out=str(out), fps=2.0, model="vtg-tiny", pretrained="random:0", store="both", progress=False, batch_size=8)
+    settings.update(overrides)
+    return ExtractConfig(**settings)
+
+
+@pytest.fixture()
+def videos(tmp_path):
+    return make_folder(tmp_path)
+
+
+def test_extract_writes_design_format_and_matches_direct_backbone(videos, tmp_path, tiny_backbone):
+    out = tmp_path / "features"
+    summary = run_extract(config(videos, out))
+    assert (summary.done, summary.failed) == (3, 0)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.safetensors")) == ["a.safetensors", "c.safetensors", "sub/b.safetensors"]
+    data = load_features(out / "a.safetensors", ["timestamps", "frames", "vision"])
+    assert data["timestamps"].dtype == np.float64 and data["timestamps"].tolist() == [i / 2 for i in range(12)]
+    assert data["frames"].shape == (12, 3, 64, 64) and data["frames"].dtype == np.uint8
+    assert data["vision"].shape == (12, 4, 17, 64) and data["vision"].dtype == np.float16
+    meta = read_metadata(out / "a.safetensors")
+    for key in ("backbone", "pretrained", "backbone_sha256", "layers", "image_size", "fps", "decoder", "duration", "source_size", "source_mtime", "format_version"):
+        assert key in meta
+    assert meta["backbone_sha256"] == tiny_backbone.spec.backbone_sha256 and json.loads(meta["layers"]) == [0, 1, 2, 3]
+    direct = tiny_backbone.encode_frames(torch.from_numpy(data["frames"])).half().numpy()
+    np.testing.assert_allclose(data["vision"].astype(np.float32), direct.astype(np.float32), atol=1e-2)
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {(r["id"], r["status"]) for r in manifest} == {("a", "done"), ("sub/b", "done"), ("c", "done")}
+
+
+def test_rerun_skips_finished_and_redoes_changed(videos, tmp_path):
+    out = tmp_path / "features"
+    run_extract(config(videos, out))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    again = run_extract(config(videos, out))
+    assert (again.done, again.skipped) == (0, 3)
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    write_video(videos / "a.mp4", [index_image(i, 96, 64) for i in range(80)], fps=10)  # source changed
+    changed_source = run_extract(config(videos, out))
+    assert (changed_source.done, changed_source.skipped) == (1, 2)
+    assert load_features(out / "a.safetensors", ["timestamps"])["timestamps"].shape == (16,)
+    changed_settings = run_extract(config(videos, out, fps=1.0))
+    assert changed_settings.done == 3
+
+
+def test_bad_files_are_recorded_and_the_rest_complete(videos, tmp_path):
+    (videos / "empty.mp4").write_bytes(b"")
+    (videos / "garbage.mov").write_bytes(os.urandom(4096))
+    good = (videos / "a.mp4").read_bytes()
+    (videos / "truncated.mp4").write_bytes(good[: len(good) // 2])
+    (videos / "dangling.mp4").symlink_to(videos / "nowhere.mp4")
+    out = tmp_path / "features"
+    summary = run_extract(config(videos, out))
+    assert (summary.done, summary.failed) == (3, 4)
+    records = {json.loads(l)["id"]: json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()}
+    assert records["empty"]["reason"] == "empty file (0 bytes)"
+    assert records["dangling"]["reason"] == "no such file"
+    assert all(records[k]["status"] == "failed" and "\n" not in records[k]["reason"] for k in ("garbage", "truncated"))
+    assert not list(out.rglob("*.partial")) and not (out / "empty.safetensors").exists()
+
+
+def test_cli_exit_status_and_summary(videos, tmp_path, capsys):
+    out = tmp_path / "features"
+    args = ["extract", str(videos), "--out", str(out), "--model", "vtg-tiny", "--fps", "1", "--no-progress"]
+    assert main(args) == 0
+    assert "3 done, 0 skipped, 0 failed" in capsys.readouterr().err
+    (videos / "broken.mp4").write_bytes(b"nope" * 10)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "broken.mp4: not a readable video container" in err and "0 done, 3 skipped, 1 failed" in err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["extract", "/no/such/dir", "--out", "x"], "/no/such/dir: no such file or folder"),
+        (["extract", ".", "--out", "x", "--model", "not-a-model"], "unknown open_clip model"),
+        (["extract", ".", "--out", "x", "--model", "vtg-tiny", "--decoder", "magic"], "unknown decoder"),
+    ],
+)
+def test_cli_user_errors_are_one_line(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_duplicate_video_ids_name_both_files(tmp_path):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "x.mp4").write_bytes(b"1")
+    (tmp_path / "v" / "x.mkv").write_bytes(b"2")
+    with pytest.raises(ExtractError, match=r"x\.mp4.*x\.mkv|x\.mkv.*x\.mp4"):
+        find_videos([str(tmp_path / "v")])
+
+
+def test_accelerate_launch_shards_videos_over_two_processes(videos, tmp_path):
+    for i in range(3):
+        write_video(videos / f"extra{i}.mp4", [index_image(j, 96, 64) for j in range(20)], fps=10)
+    out = tmp_path / "features"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "extract",
+        str(videos), "--out", str(out), "--model", "vtg-tiny", "--fps", "1", "--no-progress",
+    ]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[:3000]
+    assert "6 done, 0 skipped, 0 failed" in result.stderr
+    records = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(["a", "c", "sub/b", "extra0", "extra1", "extra2"])
+    assert len(list(out.rglob("*.safetensors"))) == 6
