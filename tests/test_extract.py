@@ -139,3 +139,13 @@ def test_accelerate_launch_shards_videos_over_two_processes(videos, tmp_path):
     records = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in records) == sorted(["a", "c", "sub/b", "extra0", "extra1", "extra2"])
     assert len(list(out.rglob("*.safetensors"))) == 6
+
+
+def test_make_extract_passes_its_variables_through():
+    result = subprocess.run(
+        ["make", "-n", "extract", "VIDEOS=clips", "OUT=feats", "MODEL=vtg-tiny", "FPS=1", "STORE=both", "LAYERS=2"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    assert "python extract clips --out feats --fps 1 --model vtg-tiny --pretrained random:0 --layers 2 --store both --decoder auto" in result.stdout
+    usage = subprocess.run(["make", "-s", "extract"], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MAKEFLAGS": ""})
+    assert usage.returncode != 0 and "usage: make extract VIDEOS=dir OUT=dir" in usage.stdout
