@@ -1,0 +1,85 @@
+"""The R² model: shapes, masking, parameter count, official weight loading."""
+
+import torch
+
+from vtg_pipeline.models import ModelConfig, create_model
+from vtg_pipeline.models.official import load_official_r2, official_to_ours
+
+
+def batch(b=2, t=20, k=4, p=5, dv=16, l=6, dt=12, lengths=(20, 13), query_lengths=(6, 3)):
+    video = torch.randn(b, t, k, p, dv)
+    query = torch.randn(b, l, k, dt)
+    video_mask = torch.arange(t)[None] < torch.tensor(lengths)[:, None]
+    query_mask = torch.arange(l)[None] < torch.tensor(query_lengths)[:, None]
+    return video, video_mask, query, query_mask
+
+
+def small(**kw):
+    return create_model(ModelConfig(vision_width=16, text_width=12, dims=32, heads=4, **kw)).eval()
+
+
+def test_output_shapes():
+    model = small()
+    out = model(*batch())
+    n = 20 + 10 + 5 + 2
+    assert out["cls"].shape == (2, n) and out["reg"].shape == (2, n, 2) and out["points"].shape == (n, 4)
+    assert out["saliency"].shape == (2, 20) and out["query"].shape == (2, 32)
+    assert len(out["cls_tokens"]) == 4 and out["cls_tokens"][0].shape == (2, 20, 32)
+    assert (out["reg"] > 0).all()
+
+
+def test_padding_does_not_change_a_sample():
+    """A video padded inside a batch gives the same outputs as alone (true-length TEF and positions, masked max)."""
+    torch.manual_seed(0)
+    model = small()
+    video, video_mask, query, query_mask = batch()
+    together = model(video, video_mask, query, query_mask)
+    alone = model(video[1:, :13], video_mask[1:, :13], query[1:, :3], query_mask[1:, :3])
+    torch.testing.assert_close(together["frames"][1, :13], alone["frames"][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(together["saliency"][1, :13], alone["saliency"][0], rtol=1e-4, atol=1e-5)
+
+
+def test_default_parameter_count_matches_official():
+    model = create_model(ModelConfig())
+    assert sum(p.numel() for p in model.parameters()) == 2_836_242
+
+
+def official_state_dict():
+    """Every name and shape of the official R2-Tuning ViT-B/32 checkpoint, with distinct values."""
+    shapes = {"coef": (4,), "adapter.gate": (3,), "adapter.scale": (4,), "pooling.att.weight": (1, 256), "loss._loss_sal.scale": ()}
+    for name, width in (("video_map", 770), ("query_map", 512)):
+        shapes |= {f"adapter.{name}.0.weight": (width,), f"adapter.{name}.0.bias": (width,), f"adapter.{name}.2.weight": (256, width),
+                   f"adapter.{name}.2.bias": (256,), f"adapter.{name}.4.weight": (256,), f"adapter.{name}.4.bias": (256,),
+                   f"adapter.{name}.6.weight": (256, 256), f"adapter.{name}.6.bias": (256,)}
+    for name in ("v_map", "q_map"):
+        shapes |= {f"adapter.{name}.weight": (256, 256), f"adapter.{name}.bias": (256,)}
+    for att in ("cross_att", "self_att"):
+        for proj in "qkvm":
+            shapes |= {f"adapter.tem.{att}.{proj}.weight": (256, 256), f"adapter.tem.{att}.{proj}.bias": (256,)}
+    for norm in ("cross_att_norm", "self_att_norm", "ffn_norm"):
+        shapes |= {f"adapter.tem.{norm}.weight": (256,), f"adapter.tem.{norm}.bias": (256,)}
+    shapes |= {"adapter.tem.ffn.mapping.0.weight": (1024, 256), "adapter.tem.ffn.mapping.0.bias": (1024,),
+               "adapter.tem.ffn.mapping.2.weight": (256, 1024), "adapter.tem.ffn.mapping.2.bias": (256,)}
+    for level in (1, 2, 3):
+        for unit in range(level):
+            shapes |= {f"pyramid.blocks.{level}.{5 * unit + 1}.weight": (256, 256, 2), f"pyramid.blocks.{level}.{5 * unit + 1}.bias": (256,),
+                       f"pyramid.blocks.{level}.{5 * unit + 3}.weight": (256,), f"pyramid.blocks.{level}.{5 * unit + 3}.bias": (256,)}
+    for head, out in (("class_head", 1), ("coord_head", 2)):
+        shapes |= {f"{head}.module.1.weight": (256, 256, 3), f"{head}.module.1.bias": (256,),
+                   f"{head}.module.3.weight": (out, 256, 3), f"{head}.module.3.bias": (out,)}
+    return {name: torch.full(shape, float(i)) for i, (name, shape) in enumerate(sorted(shapes.items()))}
+
+
+def test_official_checkpoint_lands_tensor_by_tensor(tmp_path):
+    state = official_state_dict()
+    assert len(state) == 83
+    path = tmp_path / "r2_tuning_qvhighlights.pth"
+    torch.save({"state_dict": state, "meta": {"epoch": 30}}, path)
+    model = load_official_r2(str(path))
+    ours = model.state_dict()
+    for name, tensor in state.items():
+        target = official_to_ours(name)
+        if target is None:
+            continue
+        torch.testing.assert_close(ours[target], tensor, msg=f"{name} -> {target}")
+    assert len(ours) == 82

@@ -1,0 +1,109 @@
+"""The grounding model: R² block -> temporal pyramid -> shared heads, plus saliency.
+
+``ModelConfig`` holds every hyper-parameter (defaults are the paper's);
+``create_model(cfg)`` is the one factory, dispatching on ``cfg.name`` through
+the ``MODELS`` registry.
+
+Shapes: B batch, T frames, K tapped layers, P tokens per frame, L query tokens,
+N anchor points over all pyramid levels. Units: frames unless stated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .heads import AttentionPooling, ConvHead, TemporalPyramid, pyramid_points
+from .r2_block import R2Block
+
+
+@dataclass
+class ModelConfig:
+    name: str = "r2"
+    vision_width: int = 768
+    text_width: int = 512
+    layers: int = 4  # K tapped CLIP layers used, the last ones
+    dims: int = 256
+    strides: tuple[int, ...] = (1, 2, 4, 8)
+    dropout: float = 0.5
+    heads: int = 8
+    ffn_ratio: int = 4
+    droppath: float = 0.1
+    spatial_pooling: bool = True  # False: the CLS token only (ablation)
+    max_moments: int = 50
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+
+
+def register_model(name: str):
+    def decorator(builder):
+        MODELS[name] = builder
+        return builder
+
+    return decorator
+
+
+def create_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.name not in MODELS:
+        raise ValueError(f"unknown model {cfg.name!r}; registered: {sorted(MODELS)}")
+    return MODELS[cfg.name](cfg)
+
+
+class R2Grounder(nn.Module):
+    """R²-Tuning: frame features from the R² block, pyramid heads for moments, cosine saliency."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.r2 = R2Block(cfg.vision_width, cfg.text_width, cfg.dims, cfg.layers, cfg.dropout, cfg.heads, cfg.ffn_ratio, cfg.droppath)
+        self.pyramid = TemporalPyramid(cfg.dims, cfg.strides)
+        self.query_pool = AttentionPooling(cfg.dims)
+        self.cls_head = ConvHead(cfg.dims, 1)
+        self.reg_head = ConvHead(cfg.dims, 2)
+        self.reg_scale = nn.Parameter(torch.ones(len(cfg.strides)))
+
+    def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> dict:
+        """video (B, T, K', P, Dv) with K' >= K (the last K are used), video_mask (B, T) bool,
+        query (B, L, K', Dt), query_mask (B, L) bool.
+
+        Returns: ``cls`` (B, N) logits; ``reg`` (B, N, 2) distances to start/end in
+        strides; ``points`` (N, 4); ``level_masks`` list of (B, T_s); ``frames``
+        (B, T, C); ``query`` (B, C) pooled; ``saliency`` (B, T) cosine; ``cls_tokens``
+        and ``queries`` per step (last layer first), each (B, T, C) / (B, C).
+        """
+        k = self.cfg.layers
+        video, query = video[:, :, -k:], query[:, :, -k:]
+        if not self.cfg.spatial_pooling:
+            video = video[:, :, :, :1]
+        r2 = self.r2(video, video_mask, query, query_mask)
+        # The official stride-1 level is an in-place ReLU, so every later use sees ReLU(h).
+        frames = F.relu(r2["frames"])
+        levels, level_masks = self.pyramid(frames, video_mask)
+        cls = torch.cat([self.cls_head(x)[..., 0] for x in levels], dim=1)
+        reg = torch.cat([self.reg_head(x).exp() * self.reg_scale[i] for i, x in enumerate(levels)], dim=1)
+        pooled = self.query_pool(r2["query"], query_mask)
+        return {
+            "cls": cls,
+            "reg": reg,
+            "points": pyramid_points([x.size(1) for x in levels], self.cfg.strides, device=cls.device),
+            "level_lengths": [x.size(1) for x in levels],
+            "level_masks": level_masks,
+            "frames": frames,
+            "query": pooled,
+            "saliency": F.cosine_similarity(frames, pooled[:, None], dim=-1),
+            "cls_tokens": r2["cls"],
+            "queries": [self.query_pool(q, query_mask) for q in r2["queries"]],
+        }
+
+
+@register_model("r2")
+def _build_r2(cfg: ModelConfig) -> nn.Module:
+    return R2Grounder(cfg)

@@ -1,0 +1,89 @@
+"""Temporal pyramid, shared prediction heads, query pooling and anchor points.
+
+Shapes: B batch, T frames, C channels, N points over all pyramid levels.
+Units: frames (one frame = one clip = 1/fps seconds).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Downsample(nn.Module):
+    """Conv1d(C, C, 2, stride 2) -> LN -> ReLU: (B, T, C) -> (B, T // 2, C)."""
+
+    def __init__(self, dims: int):
+        super().__init__()
+        self.conv = nn.Conv1d(dims, dims, 2, stride=2)
+        self.norm = nn.LayerNorm(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(x.transpose(1, 2)).transpose(1, 2)))
+
+
+class TemporalPyramid(nn.Module):
+    """Independent branches from the frame features, one per stride (powers of two).
+
+    Stride 1 is the input itself; stride 2^p applies p ``Downsample`` blocks.
+    A level whose stride exceeds the (padded) length is skipped.
+    x (B, T, C), mask (B, T) -> lists of (B, T_s, C) features and (B, T_s) masks.
+    """
+
+    def __init__(self, dims: int, strides: tuple[int, ...] = (1, 2, 4, 8)):
+        super().__init__()
+        for s in strides:
+            if s < 1 or s & (s - 1):
+                raise ValueError(f"pyramid strides must be powers of two, got {s}")
+        self.strides = tuple(strides)
+        self.levels = nn.ModuleList(nn.Sequential(*[Downsample(dims) for _ in range(int(math.log2(s)))]) for s in strides)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        features, masks = [], []
+        for stride, level in zip(self.strides, self.levels):
+            if x.size(1) < stride:
+                continue
+            features.append(level(x))
+            masks.append(F.max_pool1d(mask.float()[:, None], stride, stride)[:, 0].bool() if stride > 1 else mask)
+        return features, masks
+
+
+class ConvHead(nn.Module):
+    """Conv1d(C, C, 3) -> ReLU -> Conv1d(C, out, 3), 'same' padding: (B, T, C) -> (B, T, out)."""
+
+    def __init__(self, dims: int, out_dims: int, kernel_size: int = 3):
+        super().__init__()
+        self.hidden = nn.Conv1d(dims, dims, kernel_size, padding=kernel_size // 2)
+        self.out = nn.Conv1d(dims, out_dims, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.relu(self.hidden(x.transpose(1, 2)))).transpose(1, 2)
+
+
+class AttentionPooling(nn.Module):
+    """Softmax-weighted sum of valid tokens, weights from Linear(C, 1): (B, L, C), (B, L) -> (B, C)."""
+
+    def __init__(self, dims: int):
+        super().__init__()
+        self.score = nn.Linear(dims, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = self.score(x)[..., 0].masked_fill(~mask, float("-inf")).softmax(-1)
+        return torch.einsum("bl,blc->bc", weights, x)
+
+
+def pyramid_points(lengths: list[int], strides: tuple[int, ...], device=None) -> torch.Tensor:
+    """Anchor points (N, 4): [t, range_low, range_high, stride] for every position of every level.
+
+    t = 0, s, 2s, ... in frames; level i regresses distances (in strides) in
+    (strides[i], strides[i + 1]], the first from 0 and the last to infinity.
+    """
+    bounds = [0.0, *[float(s) for s in strides[1:]], float("inf")]
+    rows = []
+    for i, (length, stride) in enumerate(zip(lengths, strides)):
+        t = torch.arange(length, device=device, dtype=torch.float32) * stride
+        rows.append(torch.stack((t, torch.full_like(t, bounds[i]), torch.full_like(t, bounds[i + 1]), torch.full_like(t, stride)), 1))
+    return torch.cat(rows)

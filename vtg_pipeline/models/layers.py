@@ -1,0 +1,97 @@
+"""Small reusable layers: sine positions, masked attention, the post-norm temporal layer.
+
+Shapes: B batch, T frames (clips), L query tokens, C channels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath
+
+
+def sine_positions(lengths: torch.Tensor, max_len: int, dims: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Normalised sine positions (B, max_len, dims): position j of a sequence of
+    length n is (j + 1) / n * 2 pi, channels interleave sin (even) and cos (odd).
+
+    ``lengths`` (B,) true lengths; positions past a sequence's end are padding.
+    """
+    position = torch.arange(1, max_len + 1, device=lengths.device, dtype=torch.float32)
+    position = position[None] / (lengths[:, None].float() + 1e-6) * (2 * math.pi)
+    channel = torch.arange(dims, device=lengths.device)
+    frequency = temperature ** (torch.div(channel, 2, rounding_mode="floor") * 2 / dims)
+    angles = position[..., None] / frequency
+    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=3).flatten(2)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate q/k/v/out projections and a key mask.
+
+    q (B, Tq, C), k (B, Tk, C), v (B, Tk, C), key_mask (B, Tk) bool (True = attend) -> (B, Tq, C).
+    Uses ``F.scaled_dot_product_attention``.
+    """
+
+    def __init__(self, dims: int, heads: int = 8):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dims, dims)
+        self.k = nn.Linear(dims, dims)
+        self.v = nn.Linear(dims, dims)
+        self.out = nn.Linear(dims, dims)
+        for layer in (self.q, self.k, self.v, self.out):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        return x.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(self._split(self.q(q)), self._split(self.k(k)), self._split(self.v(v)), attn_mask=mask)
+        b, _, t, _ = out.shape
+        return self.out(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class TemporalLayer(nn.Module):
+    """One post-norm layer: cross-attention to the query, self-attention over frames, FFN.
+
+    Each sub-layer is x = LN(x + DropPath(sublayer(x))). Positions are added to
+    the attention queries (and self-attention keys), never to values.
+    x (B, T, C), memory (B, L, C), positions (B, T, C), frame_mask (B, T), memory_mask (B, L) -> (B, T, C).
+    """
+
+    def __init__(self, dims: int = 256, heads: int = 8, ffn_ratio: int = 4, droppath: float = 0.1):
+        super().__init__()
+        self.cross_attn = MultiHeadAttention(dims, heads)
+        self.self_attn = MultiHeadAttention(dims, heads)
+        self.ffn = nn.Sequential(nn.Linear(dims, dims * ffn_ratio), nn.ReLU(), nn.Linear(dims * ffn_ratio, dims))
+        for layer in (self.ffn[0], self.ffn[2]):
+            nn.init.kaiming_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.cross_norm = nn.LayerNorm(dims)
+        self.self_norm = nn.LayerNorm(dims)
+        self.ffn_norm = nn.LayerNorm(dims)
+        self.droppath = DropPath(droppath) if droppath > 0 else nn.Identity()
+
+    def forward(self, x, memory, positions, frame_mask, memory_mask):
+        x = self.cross_norm(x + self.droppath(self.cross_attn(x + positions, memory, memory, memory_mask)))
+        q = x + positions
+        x = self.self_norm(x + self.droppath(self.self_attn(q, q, x, frame_mask)))
+        return self.ffn_norm(x + self.droppath(self.ffn(x)))
+
+
+def mapper(in_dims: int, dims: int, dropout: float) -> nn.Sequential:
+    """LN -> Dropout -> Linear -> ReLU -> LN -> Dropout -> Linear: (..., in_dims) -> (..., dims)."""
+    return nn.Sequential(
+        nn.LayerNorm(in_dims), nn.Dropout(dropout), nn.Linear(in_dims, dims), nn.ReLU(),
+        nn.LayerNorm(dims), nn.Dropout(dropout), nn.Linear(dims, dims),
+    )
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Max over ``dim`` of the entries where ``mask`` (broadcastable to x, True = valid) holds."""
+    return x.masked_fill(~mask, float("-inf")).amax(dim=dim)
