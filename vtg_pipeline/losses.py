@@ -1,0 +1,122 @@
+"""Point targets and the R²-Tuning losses (REFERENCE.md, "Targets and losses").
+
+Units: points and windows in frames (seconds x fps); distances in strides.
+Shapes: B batch, N anchor points, T frames, K layers, C channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
+
+
+@dataclass
+class LossConfig:
+    cls: float = 1.0
+    reg: float = 0.2
+    saliency: float = 0.1  # 0.01 Charades-STA, 0.05 TACoS
+    video_cal: float = 0.1
+    layer_cal: float = 0.1
+    sample_radius: float = 1.5  # centre sampling, in strides
+    temperature: float = 0.07
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def point_targets(points: torch.Tensor, windows: torch.Tensor, sample_radius: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classification and regression targets of one video.
+
+    points (N, 4) [t, range_low, range_high, stride]; windows (G, 2) [start, end] in frames.
+    A point is positive for a window when t lies in [max(a, c - r s), min(b, c + r s)]
+    (c the centre, r the sample radius) and max(t - a, b - t) is inside the level's
+    range (inclusive). Among several windows the shortest wins.
+    Returns cls (N,) in {0, 1} and reg (N, 2) = (t - a, b - t) / stride of the chosen window.
+    """
+    t, low, high, stride = points[:, :1], points[:, 1:2], points[:, 2:3], points[:, 3:4]
+    start, end = windows[None, :, 0], windows[None, :, 1]
+    to_start, to_end = t - start, end - t  # (N, G)
+    centre = (start + end) / 2
+    inside_centre = (t >= torch.maximum(centre - stride * sample_radius, start)) & (t <= torch.minimum(centre + stride * sample_radius, end))
+    farthest = torch.maximum(to_start, to_end)
+    in_range = (farthest >= low) & (farthest <= high)
+    lengths = (end - start).expand_as(to_start).masked_fill(~(inside_centre & in_range), float("inf"))
+    shortest, chosen = lengths.min(dim=1)
+    rows = torch.arange(len(points), device=points.device)
+    reg = torch.stack((to_start[rows, chosen], to_end[rows, chosen]), dim=-1) / stride
+    return torch.isfinite(shortest).to(points.dtype), reg
+
+
+def frame_windows(windows: torch.Tensor, fps: float, num_frames: float) -> torch.Tensor:
+    """Windows (G, 2) in seconds -> frames, clamped to [0, num_frames]; windows shorter
+    than one frame period are first widened around their centre to 1 / fps."""
+    period = 1.0 / fps
+    centre = windows.mean(1, keepdim=True)
+    widened = torch.cat((centre - period / 2, centre + period / 2), dim=1)
+    windows = torch.where((windows[:, 1:] - windows[:, :1]) < period, widened, windows)
+    return (windows * fps).clamp(0, num_frames)
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Sigmoid focal loss (gamma 2, no alpha) summed over valid points / number of valid points."""
+    loss = sigmoid_focal_loss(logits, targets, alpha=-1, gamma=2.0, reduction="none")
+    return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+def regression_loss(reg: torch.Tensor, targets: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """L1 on positive points, divided by 2 x #positives. reg, targets (B, N, 2); positive (B, N)."""
+    weight = positive[..., None].expand_as(reg)
+    return (F.l1_loss(reg, targets, reduction="none") * weight).sum() / weight.sum().clamp(min=1)
+
+
+def sampled_nce_loss(frames: torch.Tensor, query: torch.Tensor, frame_mask: torch.Tensor, saliency: torch.Tensor,
+                     positive: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """SampledNCE on cosine(frame, query) / temperature.
+
+    frames (B, T, C), query (B, C), frame_mask (B, T), saliency (B, T) targets, positive (B,) one
+    frame per sample with saliency > 0. Candidates are valid frames no more salient than the
+    positive. 'row': -log softmax over frames at the positive; 'col': the same across the batch
+    at each sample's positive frame. Returns row + col, each averaged over the batch.
+    """
+    rows = torch.arange(len(frames), device=frames.device)
+    candidates = (saliency <= saliency[rows, positive][:, None]) & frame_mask
+    logits = F.cosine_similarity(frames, query[:, None], dim=-1) / temperature
+    logits = logits.masked_fill(~candidates, float("-inf"))
+    row = -F.log_softmax(logits, dim=1)[rows, positive].mean()
+    col = -F.log_softmax(logits, dim=0)[rows, positive].mean()  # softmax across samples at frame positive[b]
+    return row + col
+
+
+def info_nce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """Symmetric InfoNCE between L2-normalised a and b (..., M, C): item i of a matches item i of b."""
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2) / temperature
+    target = torch.arange(a.size(-2), device=a.device).expand(logits.shape[:-1])
+    return (F.cross_entropy(logits.flatten(0, -2), target.flatten()) + F.cross_entropy(logits.transpose(-1, -2).flatten(0, -2), target.flatten())) / 2
+
+
+def grounding_losses(out: dict, windows: list[torch.Tensor], fps: torch.Tensor, saliency: torch.Tensor,
+                     frame_mask: torch.Tensor, positive: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Every weighted loss term of a batch, by name (sum them for the total).
+
+    out: the model's outputs; windows: per sample (G, 2) seconds; fps (B,); saliency (B, T)
+    targets; frame_mask (B, T); positive (B,) a positive frame per sample.
+    """
+    lengths = frame_mask.sum(1).float()
+    targets = [point_targets(out["points"], frame_windows(w, float(f), float(n)), cfg.sample_radius)
+               for w, f, n in zip(windows, fps, lengths)]
+    cls_target = torch.stack([c for c, _ in targets])
+    reg_target = torch.stack([r for _, r in targets])
+    valid = torch.cat(out["level_masks"], dim=1).float()
+    rows = torch.arange(len(positive), device=positive.device)
+    cls_at_positive = torch.stack([c[rows, positive] for c in out["cls_tokens"]])  # (K, B, C)
+    queries = torch.stack(out["queries"])  # (K, B, C)
+    return {
+        "cls": cfg.cls * focal_loss(out["cls"], cls_target, valid),
+        "reg": cfg.reg * regression_loss(out["reg"], reg_target, cls_target * valid),
+        "saliency": cfg.saliency * sampled_nce_loss(out["frames"], out["query"], frame_mask, saliency, positive, cfg.temperature),
+        "video_cal": cfg.video_cal * info_nce_loss(cls_at_positive, queries, cfg.temperature),
+        "layer_cal": cfg.layer_cal * info_nce_loss(cls_at_positive.transpose(0, 1), queries.transpose(0, 1), cfg.temperature),
+    }
