@@ -37,6 +37,9 @@ def test_padding_does_not_change_a_sample():
     alone = model(video[1:, :13], video_mask[1:, :13], query[1:, :3], query_mask[1:, :3])
     torch.testing.assert_close(together["frames"][1, :13], alone["frames"][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(together["saliency"][1, :13], alone["saliency"][0], rtol=1e-4, atol=1e-5)
+    keep = together["complete_points"][1]
+    torch.testing.assert_close(together["cls"][1][keep], alone["cls"][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(together["reg"][1][keep], alone["reg"][0], rtol=1e-4, atol=1e-5)
 
 
 def test_default_parameter_count_matches_official():

@@ -75,7 +75,9 @@ class R2Grounder(nn.Module):
         query (B, L, K', Dt), query_mask (B, L) bool.
 
         Returns: ``cls`` (B, N) logits; ``reg`` (B, N, 2) distances to start/end in
-        strides; ``points`` (N, 4); ``level_masks`` list of (B, T_s); ``frames``
+        strides; ``points`` (N, 4); ``level_masks`` list of (B, T_s) (any valid frame:
+        the loss mask); ``complete_points`` (B, N) points whose frames are all valid
+        (the ones inference uses, as a video alone would have); ``frames``
         (B, T, C); ``query`` (B, C) pooled; ``saliency`` (B, T) cosine; ``cls_tokens``
         and ``queries`` per step (last layer first), each (B, T, C) / (B, C).
         """
@@ -85,10 +87,13 @@ class R2Grounder(nn.Module):
             video = video[:, :, :, :1]
         r2 = self.r2(video, video_mask, query, query_mask)
         # The official stride-1 level is an in-place ReLU, so every later use sees ReLU(h).
-        frames = F.relu(r2["frames"])
+        # Padding is zeroed so that a video in a batch gives what it gives alone.
+        frames = F.relu(r2["frames"]) * video_mask[..., None]
         levels, level_masks = self.pyramid(frames, video_mask)
-        cls = torch.cat([self.cls_head(x)[..., 0] for x in levels], dim=1)
-        reg = torch.cat([self.reg_head(x).exp() * self.reg_scale[i] for i, x in enumerate(levels)], dim=1)
+        lengths = video_mask.sum(1)
+        complete = [torch.arange(x.size(1), device=x.device)[None] < (lengths // s)[:, None] for x, s in zip(levels, self.cfg.strides)]
+        cls = torch.cat([self.cls_head(x, m)[..., 0] for x, m in zip(levels, complete)], dim=1)
+        reg = torch.cat([self.reg_head(x, m).exp() * self.reg_scale[i] for i, (x, m) in enumerate(zip(levels, complete))], dim=1)
         pooled = self.query_pool(r2["query"], query_mask)
         return {
             "cls": cls,
@@ -96,6 +101,7 @@ class R2Grounder(nn.Module):
             "points": pyramid_points([x.size(1) for x in levels], self.cfg.strides, device=cls.device),
             "level_lengths": [x.size(1) for x in levels],
             "level_masks": level_masks,
+            "complete_points": torch.cat(complete, dim=1),
             "frames": frames,
             "query": pooled,
             "saliency": F.cosine_similarity(frames, pooled[:, None], dim=-1),

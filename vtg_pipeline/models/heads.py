@@ -52,15 +52,21 @@ class TemporalPyramid(nn.Module):
 
 
 class ConvHead(nn.Module):
-    """Conv1d(C, C, 3) -> ReLU -> Conv1d(C, out, 3), 'same' padding: (B, T, C) -> (B, T, out)."""
+    """Conv1d(C, C, 3) -> ReLU -> Conv1d(C, out, 3), 'same' padding: (B, T, C), mask (B, T) -> (B, T, out).
+
+    Positions outside ``mask`` are zeroed before each conv, as zero padding would
+    be for a sequence that ends there.
+    """
 
     def __init__(self, dims: int, out_dims: int, kernel_size: int = 3):
         super().__init__()
         self.hidden = nn.Conv1d(dims, dims, kernel_size, padding=kernel_size // 2)
         self.out = nn.Conv1d(dims, out_dims, kernel_size, padding=kernel_size // 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(F.relu(self.hidden(x.transpose(1, 2)))).transpose(1, 2)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = mask[:, None, :].to(x.dtype)
+        hidden = F.relu(self.hidden(x.transpose(1, 2) * keep))
+        return self.out(hidden * keep).transpose(1, 2)
 
 
 class AttentionPooling(nn.Module):
