@@ -14,6 +14,8 @@ import sys
 from .backbone import BackboneError
 from .extract import STORE_CHOICES, ExtractConfig, ExtractError, process_state, run_extract
 
+USER_ERRORS: tuple[type[Exception], ...] = (ExtractError, BackboneError, ValueError, FileNotFoundError)
+
 
 def _positive_float(text: str) -> float:
     value = float(text)
@@ -76,6 +78,30 @@ def inspect_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_main(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import train
+
+    cfg = load_config(args.config, args.overrides)
+    best = train(cfg, resume=args.resume)
+    print(json.dumps({"output_dir": cfg.output_dir, "best": best}))
+    return 0
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, load_jsonl
+
+    result = evaluate(load_jsonl(args.pred), load_jsonl(args.gt), args.dataset, match_number=not args.allow_missing)
+    print(json.dumps(result if args.full else {"brief": result["brief"]}, indent=2))
+    return 0
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (configs/*.yaml); every key has a default")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last (optimizer, schedule, RNG, step)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.root=demo/data optim.epochs=5")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtg", description="Video temporal grounding from raw videos.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_extract_arguments(extract)
     extract.set_defaults(func=extract_main)
 
+    train = sub.add_parser("train", help="train the grounding model (same as `accelerate launch train ...`)")
+    add_train_arguments(train)
+    train.set_defaults(func=train_main)
+
+    evaluation = sub.add_parser("eval", help="score predictions with the official metrics (JSON)")
+    evaluation.add_argument("--pred", required=True, help="predictions, QVHighlights submission jsonl")
+    evaluation.add_argument("--gt", required=True, help="ground truth annotations jsonl")
+    evaluation.add_argument("--dataset", default="qvhighlights", choices=("qvhighlights", "charades", "tacos", "ego4d"), help="which metrics")
+    evaluation.add_argument("--allow-missing", action="store_true", help="score only the query ids present in both files")
+    evaluation.add_argument("--full", action="store_true", help="print every block, not only 'brief'")
+    evaluation.set_defaults(func=eval_main)
+
     inspect = sub.add_parser("inspect", help="summarise a feature folder written by extract (JSON)")
     inspect.add_argument("features", help="the --out folder of extract")
     inspect.set_defaults(func=inspect_main)
@@ -102,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ExtractError, BackboneError, ValueError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f"vtg {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

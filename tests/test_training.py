@@ -1,0 +1,130 @@
+"""Training: run outputs, the frozen backbone's four guarantees, resume, NaN stop, 2 processes."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vtg_pipeline.config import ConfigError, load_config
+from vtg_pipeline.extract import ExtractConfig, run_extract
+from vtg_pipeline.synth import make_dataset
+from vtg_pipeline.training import TrainingError, build_run, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory, backbone_cache):
+    root = tmp_path_factory.mktemp("synth")
+    make_dataset(root, videos=4, seed=3, progress=False)
+    run_extract(ExtractConfig(video_dirs=[str(root / "videos")], out=str(root / "features"), model="vtg-tiny",
+                              pretrained="random:0", store="both", progress=False))
+    return root
+
+
+def tiny_config(root: Path, out: Path, *overrides: str):
+    return load_config(ROOT / "configs" / "synthetic.yaml", [
+        f"data.root={root}", f"output_dir={out}", "optim.epochs=2", "optim.batch_size=4", "model.dims=32", "model.heads=4",
+        "optim.warmup_steps=2", *overrides,
+    ])
+
+
+def test_config_rejects_unknown_keys_and_coerces_types(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'model.depth'"):
+        load_config(None, ["model.depth=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'nope'"):
+        load_config(None, ["nope.x=1"])
+    cfg = load_config(None, ["optim.lr=1", "model.strides=[1, 2]", "data.root=/x"])
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float) and cfg.model.strides == (1, 2)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {epochs: many}")
+    with pytest.raises(ConfigError, match="optim.epochs: expected int"):
+        load_config(bad)
+
+
+def test_training_writes_the_run_layout(synth_root, tmp_path):
+    out = tmp_path / "run"
+    best = train(tiny_config(synth_root, out))
+    assert "MR-full-mAP" in best and "HL-min-VeryGood-Hit1" in best
+    assert sorted(p.name for p in (out / "best").iterdir()) == ["config.json", "model.safetensors"]
+    assert (out / "last" / "progress.json").exists()
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2] and "MR-full-R1@0.5" in lines[0]
+    predictions = [json.loads(l) for l in (out / "val_predictions.jsonl").read_text().splitlines()]
+    val_qids = {json.loads(l)["qid"] for l in (synth_root / "val.jsonl").read_text().splitlines()}
+    assert {p["qid"] for p in predictions} == val_qids
+    for p in predictions:
+        scores = [w[2] for w in p["pred_relevant_windows"]]
+        assert scores == sorted(scores, reverse=True) and all(0 <= w[0] <= w[1] for w in p["pred_relevant_windows"])
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["backbone_spec"]["backbone"] == "vtg-tiny" and len(config["backbone_spec"]["backbone_sha256"]) == 64
+    assert "step" in (out / "log.csv").read_text().splitlines()[0]
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_clip_gets_no_gradient_no_optimizer_no_ddp_and_is_not_saved(synth_root, tmp_path):
+    run = build_run(tiny_config(synth_root, tmp_path / "run", "optim.epochs=1"))
+    clip_params = {id(p) for p in run.backbone.model.parameters()}
+    optimized = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    assert not clip_params & optimized, "CLIP parameters are in the optimizer"
+    assert all(m is not run.backbone.model for m in run.accelerator._models), "CLIP was prepared (wrapped) by accelerate"
+    assert not any(p.requires_grad for p in run.backbone.model.parameters())
+    before = {k: v.clone() for k, v in run.backbone.model.state_dict().items()}
+    train(tiny_config(synth_root, tmp_path / "run", "optim.epochs=1"))
+    assert all(p.grad is None for p in run.backbone.model.parameters())
+    saved = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
+    assert set(saved) == set(run.accelerator.unwrap_model(run.model).state_dict())
+    assert not any(k.startswith(("visual.", "transformer.", "token_embedding")) for k in saved)
+    assert all(torch.equal(before[k], v) for k, v in run.backbone.model.state_dict().items())
+
+
+def test_frames_mode_runs_the_backbone_inside_the_step(synth_root, tmp_path):
+    best = train(tiny_config(synth_root, tmp_path / "run", "data.mode=frames", "optim.epochs=1"))
+    assert "MR-full-mAP" in best
+
+
+def test_resume_continues_exactly(synth_root, tmp_path):
+    straight = tmp_path / "straight"
+    train(tiny_config(synth_root, straight, "optim.epochs=2", "eval_every=1"))
+    split = tmp_path / "split"
+    train(tiny_config(synth_root, split, "optim.epochs=1"))
+    train(tiny_config(synth_root, split, "optim.epochs=2"), resume=True)
+    assert json.loads((split / "last" / "progress.json").read_text())["step"] == json.loads((straight / "last" / "progress.json").read_text())["step"]
+    a = load_file(str(straight / "last" / "model.safetensors"))
+    b = load_file(str(split / "last" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), "resumed weights differ from an uninterrupted run"
+
+
+def test_non_finite_loss_stops_naming_step_and_term(synth_root, tmp_path, monkeypatch):
+    import vtg_pipeline.training as training
+
+    real = training.grounding_losses
+
+    def broken(*args, **kwargs):
+        losses = real(*args, **kwargs)
+        losses["reg"] = losses["reg"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(training, "grounding_losses", broken)
+    with pytest.raises(TrainingError, match=r"step 0: loss term 'reg' is nan"):
+        train(tiny_config(synth_root, tmp_path / "run"))
+    assert not (tmp_path / "run" / "best").exists()
+
+
+def test_two_process_cpu_launch_steps_on_both_ranks(synth_root, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "train", "--config", "configs/synthetic.yaml",
+           f"data.root={synth_root}", f"output_dir={tmp_path / 'ddp'}", "optim.epochs=1", "optim.batch_size=2",
+           "model.dims=32", "model.heads=4"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = dict(re.findall(r"\[process (\d)\] trained (\d+) steps", result.stderr))
+    assert set(steps) == {"0", "1"} and all(int(n) > 0 for n in steps.values()) and steps["0"] == steps["1"]
+    assert (tmp_path / "ddp" / "best" / "model.safetensors").exists()

@@ -1,0 +1,181 @@
+"""Training and evaluation data: annotations joined with the feature store.
+
+A ``GroundingDataset`` item is one query on one video: the video's cached
+per-layer states (``features`` mode: vision (T, K, P, D)) or its stored frames
+(``frames`` mode: uint8 (T, 3, S, S), encoded by the frozen backbone inside the
+training step), the query's windows in seconds, per-frame saliency targets and
+one positive frame, resampled every epoch. Query token states come from
+``TextCache``, which runs the frozen text tower once per distinct query.
+
+Feature files must match the backbone: its name, weights hash and tapped
+layers, the fps and the stored tensors are checked when the dataset opens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .annotations import read_annotations, read_charades_durations, saliency_targets
+from .backbone import FrozenBackbone
+from .features import load_features, read_metadata
+
+
+class DataError(ValueError):
+    """Data that cannot be used as configured; one line naming the file."""
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # dataset folder; the paths below are relative to it
+    dataset: str = "qvhighlights"  # annotation format: qvhighlights | charades | ego4d | tacos
+    train: str = "train.jsonl"
+    val: str = "val.jsonl"
+    features: str = "features"  # feature store written by `vtg extract`
+    mode: str = "features"  # features: cached states | frames: backbone runs in the training step
+    fps: float = 0.5
+    skip_bad: bool = False  # skip malformed annotation records (counted) instead of failing
+    durations: tuple[str, ...] = ()  # Charades-STA: Charades_v1_{train,test}.csv video lengths (relative to root); empty: latest window end
+    num_workers: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_feature_file(path: Path, backbone: FrozenBackbone, fps: float, mode: str) -> None:
+    """Refuse a feature file made with another backbone, layers, fps or without the needed tensor."""
+    meta = read_metadata(path)
+    if meta is None:
+        raise DataError(f"{path}: missing or unreadable feature file (run `vtg extract` first)")
+    spec = backbone.spec
+    expected = {
+        "backbone": spec.backbone,
+        "backbone_sha256": spec.backbone_sha256,
+        "layers": json.dumps(list(spec.layers)),
+        "fps": repr(float(fps)),
+    }
+    for key, value in expected.items():
+        if meta.get(key) != value:
+            raise DataError(f"{path}: {key} is {meta.get(key)!r} but the config needs {value!r}")
+    needed = {"features": ("features", "both"), "frames": ("frames", "both")}[mode]
+    if meta.get("store") not in needed:
+        raise DataError(f"{path}: stores {meta.get('store')!r}; data.mode={mode} needs store={needed[0]} or both")
+
+
+class GroundingDataset(Dataset):
+    """Queries with their video's features, windows (seconds) and saliency targets."""
+
+    def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, mode: str = "features", seed: int = 0):
+        if mode not in ("features", "frames"):
+            raise DataError(f"data.mode must be features or frames, got {mode!r}")
+        self.records, self.feature_dir, self.fps, self.mode, self.seed = records, Path(feature_dir), fps, mode, seed
+        self.epoch = 0
+        for vid in sorted({r["vid"] for r in records}):
+            check_feature_file(self.path(vid), backbone, fps, mode)
+
+    def path(self, vid: str) -> Path:
+        return self.feature_dir / f"{vid}.safetensors"
+
+    def set_epoch(self, epoch: int) -> None:
+        """A new epoch draws new positive frames."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        name = "vision" if self.mode == "features" else "frames"
+        video = torch.from_numpy(load_features(self.path(record["vid"]), [name])[name])
+        saliency = torch.from_numpy(saliency_targets(record, len(video), 1.0 / self.fps)).float()
+        candidates = torch.nonzero(saliency > 0)[:, 0]
+        if len(candidates) == 0:  # a window shorter than a clip or past the features: its nearest frame
+            centre = float(np.mean(record["relevant_windows"][0])) * self.fps
+            candidates = torch.tensor([min(int(centre), len(video) - 1)])
+            saliency[candidates] = 1.0
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+        positive = candidates[torch.randint(len(candidates), (1,), generator=generator)].item()
+        return {
+            "record": record,
+            "video": video,
+            "windows": torch.tensor(record["relevant_windows"], dtype=torch.float32).reshape(-1, 2),
+            "saliency": saliency,
+            "positive": positive,
+        }
+
+
+def collate(items: list[dict], fps: float) -> dict:
+    """Pad to the longest video: video (B, T, ...), video_mask (B, T), saliency (B, T), positive (B,)."""
+    length = max(len(item["video"]) for item in items)
+    video = items[0]["video"].new_zeros((len(items), length, *items[0]["video"].shape[1:]))
+    mask = torch.zeros(len(items), length, dtype=torch.bool)
+    saliency = torch.zeros(len(items), length)
+    for i, item in enumerate(items):
+        n = len(item["video"])
+        video[i, :n], mask[i, :n], saliency[i, :n] = item["video"], True, item["saliency"]
+    return {
+        "records": [item["record"] for item in items],
+        "queries": [item["record"]["query"] for item in items],
+        "video": video,
+        "video_mask": mask,
+        "windows": [item["windows"] for item in items],
+        "saliency": saliency,
+        "positive": torch.tensor([item["positive"] for item in items]),
+        "fps": torch.full((len(items),), fps),
+    }
+
+
+class TextCache:
+    """Per-layer text states of each distinct query, computed once by the frozen text tower.
+
+    ``precompute`` encodes a whole dataset's queries sorted and in fixed chunks, so a
+    query's states never depend on which batch first needed it (a resumed run sees
+    the same numbers as an uninterrupted one).
+    """
+
+    chunk = 256
+
+    def __init__(self, backbone: FrozenBackbone):
+        self.backbone = backbone
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def precompute(self, queries) -> None:
+        missing = sorted({q for q in queries if q not in self._cache})
+        for start in range(0, len(missing), self.chunk):
+            part = missing[start : start + self.chunk]
+            states, mask = self.backbone.encode_text(part)
+            for query, s, m in zip(part, states, mask):
+                self._cache[query] = s[: int(m.sum())].half().cpu()
+
+    def __call__(self, queries: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries -> states (B, L, K, Dt) float32 and mask (B, L) on ``device``."""
+        self.precompute(queries)
+        tokens = [self._cache[q] for q in queries]
+        length = max(len(t) for t in tokens)
+        states = torch.zeros(len(tokens), length, *tokens[0].shape[1:])
+        mask = torch.zeros(len(tokens), length, dtype=torch.bool)
+        for i, t in enumerate(tokens):
+            states[i, : len(t)], mask[i, : len(t)] = t.float(), True
+        return states.to(device), mask.to(device)
+
+
+def load_split(cfg: DataConfig, split: str, backbone: FrozenBackbone, seed: int = 0) -> GroundingDataset:
+    """The train or val split of ``cfg`` as a dataset (annotation errors name file and line)."""
+    root = Path(cfg.root)
+    path = root / (cfg.train if split == "train" else cfg.val)
+    if not path.exists():
+        raise DataError(f"{path}: annotation file not found (data.root={cfg.root!r})")
+    extra = {}
+    if cfg.dataset == "charades":
+        extra["durations"] = {vid: d for name in cfg.durations for vid, d in read_charades_durations(root / name).items()} or None
+    records, report = read_annotations(path, cfg.dataset, skip_bad=cfg.skip_bad, **extra)
+    if report.skipped or report.clamped or report.missing_queries:
+        print(f"{path}: {report.summary()}")
+    if not records:
+        raise DataError(f"{path}: no usable records")
+    return GroundingDataset(records, root / cfg.features, backbone, cfg.fps, cfg.mode, seed)

@@ -1,0 +1,237 @@
+"""Training with Hugging Face Accelerate: mixed precision, DDP, accumulation, resume.
+
+``train(cfg)`` reads top to bottom: build the frozen backbone (never prepared,
+never in the optimizer, never saved), the data, the side network, AdamW with
+linear warmup and step decay; then per epoch: train, evaluate, keep the best.
+
+A run writes into ``cfg.output_dir``: ``best/`` (model.safetensors with the
+trainable weights only, config.json), ``last/`` (Accelerate state for
+``--resume``), ``metrics.jsonl`` (one line per evaluation), ``log.csv`` and
+TensorBoard events (per logged step), and ``val_predictions.jsonl`` (the best
+checkpoint's predictions on the validation annotations).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors.torch import save_file
+from torch.utils.data import ConcatDataset, DataLoader
+from tqdm import tqdm
+
+from .backbone import FrozenBackbone, load_backbone
+from .config import TrainConfig
+from .data import GroundingDataset, TextCache, collate, load_split
+from .evaluation import MAIN_METRIC, evaluate
+from .inference import predictions_for_batch
+from .losses import grounding_losses
+from .models import create_model
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example a non-finite loss); one line."""
+
+
+def lr_factor(step: int, epoch: int, cfg) -> float:
+    """Learning-rate multiplier: linear warmup over the first steps, then x decay at each decay epoch."""
+    warmup = cfg.warmup_ratio + (1 - cfg.warmup_ratio) * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    return warmup * cfg.decay ** sum(epoch >= e for e in cfg.decay_epochs)
+
+
+def video_states(batch: dict, backbone: FrozenBackbone, mode: str, device: torch.device) -> torch.Tensor:
+    """(B, T, K, P, D) float: cached states, or stored frames through the frozen backbone (no grad)."""
+    video = batch["video"].to(device)
+    if mode == "features":
+        return video.float()
+    b, t = video.shape[:2]
+    states = backbone.encode_frames(video.flatten(0, 1))  # inference mode: no graph, no gradient
+    return states.view(b, t, *states.shape[1:]).clone()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone, extra: dict) -> None:
+    """Write ``directory`` atomically: model.safetensors (side network only) and config.json."""
+    tmp = directory.with_name(f".{directory.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps({**cfg.to_dict(), "backbone_spec": backbone.spec.to_dict(), **extra}, indent=2))
+    old = directory.with_name(f".{directory.name}.old")
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@torch.no_grad()
+def predict(model, loader, backbone, text_cache, cfg: TrainConfig, device) -> list[dict]:
+    """Predictions (QVHighlights submission records) for every query of a loader."""
+    model.eval()
+    records = []
+    for batch in loader:
+        video = video_states(batch, backbone, cfg.data.mode, device)
+        query, query_mask = text_cache(queries_of(batch, cfg), device)
+        out = model(video, batch["video_mask"].to(device), query, query_mask)
+        records += predictions_for_batch(out, batch, cfg.model.strides, cfg.decode)
+    model.train()
+    return records
+
+
+def queries_of(batch: dict, cfg: TrainConfig) -> list[str]:
+    return [cfg.fixed_query] * len(batch["queries"]) if cfg.fixed_query else batch["queries"]
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; ``backbone`` is frozen and outside ``accelerator.prepare``."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    backbone: FrozenBackbone
+    text_cache: TextCache
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_set: GroundingDataset
+    val_set: GroundingDataset
+    train_loader: DataLoader
+    val_loader: DataLoader
+    state: dict
+
+
+def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
+    """Backbone, data, side network and optimizer, prepared by Accelerate; resumed from ``last/`` if asked."""
+    out_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "tensorboard")),
+    )
+    set_seed(cfg.seed)
+    device = accelerator.device
+
+    # The frozen backbone: outside prepare(), the optimizer and every checkpoint.
+    backbone = load_backbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.layers, device, cfg.backbone.precision)
+    cfg.model.vision_width, cfg.model.text_width = backbone.spec.vision_width, backbone.spec.text_width
+
+    train_set = load_split(cfg.data, "train", backbone, cfg.seed)
+    val_set = load_split(cfg.data, "val", backbone, cfg.seed)
+    batch_collate = partial(collate, fps=cfg.data.fps)
+    repeated = len(train_set) * cfg.optim.repeat
+    train_loader = DataLoader(ConcatDataset([train_set] * cfg.optim.repeat), batch_size=cfg.optim.batch_size, shuffle=True,
+                              collate_fn=batch_collate, num_workers=cfg.data.num_workers, drop_last=repeated > cfg.optim.batch_size)
+    val_loader = DataLoader(val_set, batch_size=cfg.optim.batch_size, collate_fn=batch_collate, num_workers=cfg.data.num_workers)
+
+    model = create_model(cfg.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    state = {"step": 0, "epoch": 0, "best": -math.inf, "best_metrics": {}}
+    if resume and (out_dir / "last").exists():
+        accelerator.load_state(str(out_dir / "last"))
+        state = json.loads((out_dir / "last" / "progress.json").read_text())
+        accelerator.print(f"resumed from {out_dir / 'last'} at epoch {state['epoch']}, step {state['step']}")
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.optim.lr * lr_factor(state["step"], state["epoch"], cfg.optim)
+    text_cache = TextCache(backbone)
+    text_cache.precompute([cfg.fixed_query] if cfg.fixed_query else [r["query"] for r in train_set.records + val_set.records])
+    return Run(cfg, accelerator, backbone, text_cache, model, optimizer, train_set, val_set, train_loader, val_loader, state)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train, evaluate every ``eval_every`` epochs, keep the best checkpoint; returns the best metrics."""
+    run = build_run(cfg, resume)
+    accelerator, backbone, text_cache, model, optimizer = run.accelerator, run.backbone, run.text_cache, run.model, run.optimizer
+    train_set, val_set, train_loader, val_loader, state = run.train_set, run.val_set, run.train_loader, run.val_loader, run.state
+    out_dir, device = Path(cfg.output_dir), accelerator.device
+    main_metric = MAIN_METRIC.get(cfg.data.dataset, "MR-full-mAP")
+    accelerator.init_trackers("train")
+    log_file = out_dir / "log.csv"
+    for epoch in range(state["epoch"], cfg.optim.epochs):
+        train_set.set_epoch(epoch)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not accelerator.is_local_main_process, file=sys.stderr)
+        started, samples = time.perf_counter(), 0
+        for batch in bar:
+            with accelerator.accumulate(model):
+                video = video_states(batch, backbone, cfg.data.mode, device)
+                query, query_mask = text_cache(queries_of(batch, cfg), device)
+                with accelerator.autocast():
+                    out = model(video, batch["video_mask"], query, query_mask)
+                out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
+                losses = grounding_losses(out, [w.to(device) for w in batch["windows"]], batch["fps"].to(device), batch["saliency"],
+                                          batch["video_mask"], batch["positive"], cfg.loss)
+                for name, value in losses.items():
+                    if not torch.isfinite(value):
+                        raise TrainingError(f"step {state['step']}: loss term {name!r} is {value.item()}; nothing was saved for this epoch")
+                total = sum(losses.values())
+                accelerator.backward(total)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                state["step"] += 1
+                lr = cfg.optim.lr * lr_factor(state["step"], epoch, cfg.optim)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                samples += len(batch["queries"]) * accelerator.num_processes
+                row = {"step": state["step"], "epoch": epoch + 1, "lr": lr, "loss": total.item(), **{k: v.item() for k, v in losses.items()}}
+                accelerator.log(row, step=state["step"])
+                bar.set_postfix(loss=f"{total.item():.3f}", samples_per_s=f"{samples / (time.perf_counter() - started):.0f}")
+                if accelerator.is_main_process:
+                    append_csv(log_file, row)
+
+        state["epoch"] = epoch + 1
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
+            if accelerator.is_main_process:
+                predictions = predict(accelerator.unwrap_model(model), val_loader, backbone, text_cache, cfg, device)
+                metrics = evaluate(predictions, val_set.records, cfg.data.dataset)["brief"]
+                with open(out_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"epoch": epoch + 1, "step": state["step"], **metrics}) + "\n")
+                accelerator.print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
+                if metrics[main_metric] > state["best"]:
+                    state["best"], state["best_metrics"] = metrics[main_metric], metrics
+                    save_checkpoint(out_dir / "best", accelerator.unwrap_model(model), cfg, backbone, {"epoch": epoch + 1, "metrics": metrics})
+                    atomic_write_text(out_dir / "val_predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
+            state = broadcast_state(accelerator, state)
+        accelerator.save_state(str(out_dir / "last"))
+        if accelerator.is_main_process:
+            atomic_write_text(out_dir / "last" / "progress.json", json.dumps(state))
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    print(f"[process {accelerator.process_index}] trained {state['step']} steps", file=sys.stderr)
+    return state["best_metrics"]
+
+
+def broadcast_state(accelerator: Accelerator, state: dict) -> dict:
+    """Every process continues with the main process's view of the best score."""
+    from accelerate.utils import broadcast_object_list
+
+    holder = [state]
+    broadcast_object_list(holder, from_process=0)
+    return holder[0]
+
+
+def append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
