@@ -26,6 +26,8 @@ import torchvision.transforms.v2.functional as TF
 from safetensors.torch import save_file
 from torchvision.transforms import InterpolationMode
 
+from .features import partial_path
+
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -60,7 +62,7 @@ def random_checkpoint(model_name: str, seed: int) -> Path:
     finally:
         torch.random.set_rng_state(generator_state)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = partial_path(path)
     save_file(state, str(tmp), metadata={"model": model_name, "seed": str(seed)})
     os.replace(tmp, path)
     log.info("created random backbone %s (seed %d) at %s", model_name, seed, path)

@@ -28,6 +28,19 @@ FORMAT_VERSION = "1"
 _DTYPES = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("uint8"): "U8"}
 
 
+def partial_path(path: Path) -> Path:
+    """The hidden, per-process sibling of ``path`` that an atomic write goes to before its rename."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    tmp = partial_path(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class StreamingSafetensorsWriter:
     """Write a safetensors file whose tensors arrive in row chunks.
 
@@ -39,7 +52,7 @@ class StreamingSafetensorsWriter:
     def __init__(self, path: str | Path, tensors: dict[str, tuple[np.dtype, tuple[int, ...]]], metadata: dict[str, str]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self.tmp = partial_path(self.path)
         self._layout: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}
         header: dict[str, object] = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
         offset = 0
@@ -129,11 +142,7 @@ class Manifest:
     def compact(self) -> None:
         """Rewrite the log atomically with only the latest record per id, sorted by id."""
         records = self.records()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for video_id in sorted(records):
-                f.write(json.dumps(records[video_id]) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(records[video_id]) + "\n" for video_id in sorted(records)))
 
 
 def summarize_store(out_dir: str | Path) -> dict:

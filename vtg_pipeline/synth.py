@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 import av
 import numpy as np
 
+from .features import atomic_write_text, partial_path
+
 COLORS = {
     "red": (220, 40, 40),
     "green": (40, 190, 60),
@@ -58,7 +60,7 @@ def write_video(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    tmp = partial_path(path)
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(tmp), mode="w", format=path.suffix.lstrip(".").replace("mkv", "matroska")) as container:
         stream = container.add_stream(codec, rate=rate)
@@ -250,7 +252,5 @@ def make_dataset(out: str | Path, videos: int = 40, seed: int = 0, val_fraction:
         split = "val" if i >= videos - n_val else "train"
         splits[split].extend(make_video_record(i, out, video_rng))
     for split, records in splits.items():
-        tmp = out / f".{split}.jsonl.partial"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, out / f"{split}.jsonl")
+        atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return {"videos": videos, "train_queries": len(splits["train"]), "val_queries": len(splits["val"])}

@@ -35,6 +35,7 @@ from .backbone import FrozenBackbone, load_backbone
 from .config import TrainConfig
 from .data import GroundingDataset, TextCache, collate, load_split
 from .evaluation import MAIN_METRIC, evaluate
+from .features import atomic_write_text
 from .inference import predictions_for_batch
 from .losses import grounding_losses
 from .models import create_model
@@ -58,12 +59,6 @@ def video_states(batch: dict, backbone: FrozenBackbone, mode: str, device: torch
     b, t = video.shape[:2]
     states = backbone.encode_frames(video.flatten(0, 1))  # inference mode: no graph, no gradient
     return states.view(b, t, *states.shape[1:]).clone()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone, extra: dict) -> None:
