@@ -128,3 +128,14 @@ def test_two_process_cpu_launch_steps_on_both_ranks(synth_root, tmp_path):
     steps = dict(re.findall(r"\[process (\d)\] trained (\d+) steps", result.stderr))
     assert set(steps) == {"0", "1"} and all(int(n) > 0 for n in steps.values()) and steps["0"] == steps["1"]
     assert (tmp_path / "ddp" / "best" / "model.safetensors").exists()
+
+
+def test_cli_train_reports_config_errors_in_one_line(capsys, tmp_path):
+    from vtg_pipeline.cli import main
+
+    config = str(ROOT / "configs" / "synthetic.yaml")
+    assert main(["train", "--config", config, "optim.nope=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vtg train: error: unknown config key 'optim.nope'") and len(err.splitlines()) == 1
+    assert main(["train", "--config", config, "data.root=/no/such/dir", f"output_dir={tmp_path}"]) == 2
+    assert "annotation file not found" in capsys.readouterr().err

@@ -80,10 +80,14 @@ def inspect_main(args: argparse.Namespace) -> int:
 
 def train_main(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .training import train
+    from .training import TrainingError, train
 
     cfg = load_config(args.config, args.overrides)
-    best = train(cfg, resume=args.resume)
+    try:
+        best = train(cfg, resume=args.resume)
+    except TrainingError as e:
+        print(f"vtg train: error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps({"output_dir": cfg.output_dir, "best": best}))
     return 0
 
