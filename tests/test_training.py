@@ -139,3 +139,15 @@ def test_cli_train_reports_config_errors_in_one_line(capsys, tmp_path):
     assert err.startswith("vtg train: error: unknown config key 'optim.nope'") and len(err.splitlines()) == 1
     assert main(["train", "--config", config, "data.root=/no/such/dir", f"output_dir={tmp_path}"]) == 2
     assert "annotation file not found" in capsys.readouterr().err
+
+
+def test_dataset_refuses_features_of_another_backbone_or_fps(synth_root):
+    from vtg_pipeline.backbone import load_backbone
+    from vtg_pipeline.data import DataConfig, DataError, load_split
+
+    other = load_backbone("vtg-tiny", "random:1")
+    with pytest.raises(DataError, match="backbone_sha256"):
+        load_split(DataConfig(root=str(synth_root)), "train", other)
+    same = load_backbone("vtg-tiny", "random:0")
+    with pytest.raises(DataError, match="fps is '0.5' but the config needs '1.0'"):
+        load_split(DataConfig(root=str(synth_root), fps=1.0), "train", same)
