@@ -32,8 +32,9 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -q
 
-extract: setup
+extract:
 	@test -n "$(VIDEOS)" -a -n "$(OUT)" || { echo "usage: make extract VIDEOS=dir OUT=dir [FPS= MODEL= PRETRAINED= LAYERS= STORE=features|frames|both DECODER=]"; exit 2; }
+	@$(MAKE) --no-print-directory setup
 	$(BIN)/python extract $(VIDEOS) --out $(OUT) --fps $(FPS) --model $(MODEL) --pretrained $(PRETRAINED) \
 		--layers $(LAYERS) --store $(STORE) --decoder $(DECODER)
 
