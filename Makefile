@@ -19,7 +19,7 @@ DECODER    ?= auto
 
 DEMO := demo
 
-.PHONY: setup test demo extract clean-demo
+.PHONY: setup test demo extract learn clean-demo
 
 setup: $(VENV)/.installed
 
@@ -47,6 +47,20 @@ demo: setup
 	@test -f $(DEMO)/data/val.jsonl || $(BIN)/vtg synth --out $(DEMO)/data --videos 40 --seed 0
 	$(BIN)/vtg extract $(DEMO)/data/videos --out $(DEMO)/data/features --model $(DEMO_MODEL) --pretrained $(DEMO_PRETRAINED)
 	$(BIN)/vtg inspect $(DEMO)/data/features
+
+# The learning check (docs/BENCHMARKS.md): synthetic videos -> vtg-tiny features -> training -> `vtg eval`.
+#   make learn                                                      # 500 videos, runs/learn/run
+#   make learn RUN=control TRAIN_ARGS='fixed_query="a shape does something"'
+LEARN        ?= runs/learn
+LEARN_VIDEOS ?= 500
+RUN          ?= run
+TRAIN_ARGS   ?=
+
+learn: setup
+	@test -f $(LEARN)/data/val.jsonl || $(BIN)/vtg synth --out $(LEARN)/data --videos $(LEARN_VIDEOS) --seed 0
+	$(BIN)/vtg extract $(LEARN)/data/videos --out $(LEARN)/data/features --model vtg-tiny --pretrained random:0
+	$(BIN)/vtg train --config configs/synthetic.yaml data.root=$(LEARN)/data output_dir=$(LEARN)/$(RUN) $(TRAIN_ARGS)
+	$(BIN)/vtg eval --pred $(LEARN)/$(RUN)/val_predictions.jsonl --gt $(LEARN)/data/val.jsonl
 
 clean-demo:
 	rm -rf $(DEMO)

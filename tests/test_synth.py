@@ -30,3 +30,24 @@ def test_different_seeds_give_different_data(tmp_path):
     make_dataset(tmp_path / "a", videos=2, seed=1, progress=False)
     make_dataset(tmp_path / "b", videos=2, seed=2, progress=False)
     assert (tmp_path / "a" / "train.jsonl").read_text() != (tmp_path / "b" / "train.jsonl").read_text()
+
+
+def test_events_take_turns_and_stay_inside_the_centre_crop():
+    """One event at a time, and every shape inside the centre square that CLIP's crop keeps."""
+    import numpy as np
+
+    from vtg_pipeline.synth import SIZES, _event_geometry, _plan_events
+
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        duration = int(rng.integers(15, 91)) * CLIP_SECONDS
+        events = sorted(_plan_events(duration, rng), key=lambda e: e.start)
+        assert all(a.end <= b.start for a, b in zip(events, events[1:]))
+        assert events[-1].end <= duration
+        width, height = SIZES[seed % len(SIZES)]
+        side = min(width, height)
+        for event in events:
+            for t in (event.start, event.end - 1e-6):
+                cx, cy, r, _ = _event_geometry(event, t, width, height)
+                assert (width - side) / 2 <= cx - r and cx + r <= (width + side) / 2
+                assert (height - side) / 2 <= cy - r and cy + r <= (height + side) / 2

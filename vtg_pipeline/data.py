@@ -14,12 +14,13 @@ layers, the fps and the stored tensors are checked when the dataset opens.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .annotations import read_annotations, read_charades_durations, saliency_targets
 from .backbone import FrozenBackbone
@@ -88,6 +89,10 @@ class GroundingDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def frame_counts(self) -> list[int]:
+        """Frames of each item's video, from the annotated duration (for length-grouped batching)."""
+        return [math.ceil(r["duration"] * self.fps) for r in self.records]
+
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         name = "vision" if self.mode == "features" else "frames"
@@ -107,6 +112,38 @@ class GroundingDataset(Dataset):
             "saliency": saliency,
             "positive": positive,
         }
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Shuffled batches of videos of similar length, so little of each batch is padding.
+
+    Per epoch (seeded by ``seed`` and ``set_epoch``): shuffle all indices, cut
+    them into pools of ``pool`` batches, sort each pool by length, cut it into
+    batches and shuffle the batches. Every index appears once per epoch.
+    ``lengths``: frames per item (any unit that orders them).
+    """
+
+    def __init__(self, lengths: list[float], batch_size: int, drop_last: bool = False, seed: int = 0, pool: int = 16):
+        self.lengths, self.batch_size, self.drop_last, self.seed, self.pool = torch.tensor(lengths), batch_size, drop_last, seed, pool
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator)
+        span = self.batch_size * self.pool
+        grouped = torch.cat([part[self.lengths[part].argsort(stable=True)] for part in order.split(span)])
+        batches = list(grouped.split(self.batch_size))
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        for i in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[i].tolist()
 
 
 def collate(items: list[dict], fps: float) -> dict:

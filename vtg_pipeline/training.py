@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
 from .config import TrainConfig
-from .data import GroundingDataset, TextCache, collate, load_split
+from .data import GroundingDataset, LengthGroupedBatches, TextCache, collate, load_split
 from .evaluation import MAIN_METRIC, evaluate
 from .features import atomic_write_text
 from .inference import predictions_for_batch
@@ -107,6 +107,7 @@ class Run:
     val_set: GroundingDataset
     train_loader: DataLoader
     val_loader: DataLoader
+    sampler: LengthGroupedBatches
     state: dict
 
 
@@ -129,10 +130,12 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     train_set = load_split(cfg.data, "train", backbone, cfg.seed)
     val_set = load_split(cfg.data, "val", backbone, cfg.seed)
     batch_collate = partial(collate, fps=cfg.data.fps)
-    repeated = len(train_set) * cfg.optim.repeat
-    train_loader = DataLoader(ConcatDataset([train_set] * cfg.optim.repeat), batch_size=cfg.optim.batch_size, shuffle=True,
-                              collate_fn=batch_collate, num_workers=cfg.data.num_workers, drop_last=repeated > cfg.optim.batch_size)
-    val_loader = DataLoader(val_set, batch_size=cfg.optim.batch_size, collate_fn=batch_collate, num_workers=cfg.data.num_workers)
+    repeated = len(train_set) * cfg.optim.repeat  # batches group videos of similar length: less padding
+    sampler = LengthGroupedBatches(train_set.frame_counts() * cfg.optim.repeat, cfg.optim.batch_size, repeated > cfg.optim.batch_size, cfg.seed)
+    train_loader = DataLoader(ConcatDataset([train_set] * cfg.optim.repeat), batch_sampler=sampler, collate_fn=batch_collate,
+                              num_workers=cfg.data.num_workers)
+    val_batches = LengthGroupedBatches(val_set.frame_counts(), cfg.optim.batch_size, pool=len(val_set))
+    val_loader = DataLoader(val_set, batch_sampler=val_batches, collate_fn=batch_collate, num_workers=cfg.data.num_workers)
 
     model = create_model(cfg.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -146,7 +149,7 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         group["lr"] = cfg.optim.lr * lr_factor(state["step"], state["epoch"], cfg.optim)
     text_cache = TextCache(backbone)
     text_cache.precompute([cfg.fixed_query] if cfg.fixed_query else [r["query"] for r in train_set.records + val_set.records])
-    return Run(cfg, accelerator, backbone, text_cache, model, optimizer, train_set, val_set, train_loader, val_loader, state)
+    return Run(cfg, accelerator, backbone, text_cache, model, optimizer, train_set, val_set, train_loader, val_loader, sampler, state)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -160,6 +163,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     log_file = out_dir / "log.csv"
     for epoch in range(state["epoch"], cfg.optim.epochs):
         train_set.set_epoch(epoch)
+        run.sampler.set_epoch(epoch)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not accelerator.is_local_main_process, file=sys.stderr)
         started, samples = time.perf_counter(), 0
         for batch in bar:
