@@ -42,6 +42,18 @@ def test_padding_does_not_change_a_sample():
     torch.testing.assert_close(together["reg"][1][keep], alone["reg"][0], rtol=1e-4, atol=1e-5)
 
 
+def test_one_video_shared_by_a_batch_of_queries_equals_repeating_it():
+    """Grounding many queries on one video: video (1, ...) broadcasts over B queries."""
+    torch.manual_seed(0)
+    model = small()
+    video, _, query, query_mask = batch(b=3, lengths=(20, 20, 20), query_lengths=(6, 2, 4))
+    video_mask = torch.ones(3, 20, dtype=torch.bool)
+    shared = model(video[:1], video_mask, query, query_mask)
+    repeated = model(video[:1].expand(3, -1, -1, -1, -1), video_mask, query, query_mask)
+    for key in ("cls", "reg", "saliency", "frames"):
+        torch.testing.assert_close(shared[key], repeated[key], rtol=1e-4, atol=1e-5)
+
+
 def test_default_parameter_count_matches_official():
     model = create_model(ModelConfig())
     assert sum(p.numel() for p in model.parameters()) == 2_836_242

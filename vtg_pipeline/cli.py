@@ -100,10 +100,60 @@ def eval_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def ground_main(args: argparse.Namespace) -> int:
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from .extract import find_videos
+    from .features import atomic_write_text
+    from .grounder import Grounder, Request, read_requests
+    from .report import write_report
+
+    if bool(args.videos) == bool(args.queries):
+        raise ValueError("give videos with --query, or --queries FILE (not both)")
+    if args.queries:
+        requests = read_requests(args.queries)
+    else:
+        if not args.query:
+            raise ValueError("give at least one --query with the videos")
+        videos = []
+        for path in args.videos:  # a missing path becomes an error record, a folder its videos
+            videos += [item.path for item in find_videos([path])] if Path(path).is_dir() else [path]
+        requests = [Request(video, query) for video in videos for query in args.query]
+    grounder = Grounder.from_pretrained(args.checkpoint, device=args.device or "cpu")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vtg-ground-") as tmp:
+        store = args.features or tmp
+        results = grounder.ground_many(requests, store, progress=not args.no_progress)
+        atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in results))
+        report = write_report(results, args.report, store) if args.report else None
+    seconds = time.perf_counter() - started
+    errors = [r for r in results if "error" in r]
+    for r in errors:
+        print(f"{r['video']}: {r['error']} (qid {r['qid']})", file=sys.stderr)
+    done = len(results) - len(errors)
+    print(f"ground: {done} queries grounded, {len(errors)} failed, {len({r['video'] for r in results})} videos, "
+          f"{seconds:.1f} s ({done / max(seconds, 1e-9):.1f} queries/s) -> {args.out}" + (f", report {report}" if report else ""), file=sys.stderr)
+    return 1 if errors else 0
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (configs/*.yaml); every key has a default")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last (optimizer, schedule, RNG, step)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.root=demo/data optim.epochs=5")
+
+
+def add_ground_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="*", metavar="VIDEO_OR_DIR", help="video files, or folders searched recursively")
+    parser.add_argument("--checkpoint", required=True, help="a trained checkpoint folder (a run's best/)")
+    parser.add_argument("--query", action="append", default=[], help="a query to ground in every video (repeatable)")
+    parser.add_argument("--queries", help='jsonl of {"video", "query"[, "qid"]} or a CSV with those columns; relative paths from its folder')
+    parser.add_argument("--out", required=True, help="predictions jsonl (QVHighlights submission records plus video, clip times, h:mm:ss)")
+    parser.add_argument("--features", help="feature store to reuse and fill (default: a temporary folder)")
+    parser.add_argument("--report", help="write a static HTML report into this folder")
+    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--allow-missing", action="store_true", help="score only the query ids present in both files")
     evaluation.add_argument("--full", action="store_true", help="print every block, not only 'brief'")
     evaluation.set_defaults(func=eval_main)
+
+    ground = sub.add_parser("ground", help="find the moments of queries in raw videos with a trained checkpoint")
+    add_ground_arguments(ground)
+    ground.set_defaults(func=ground_main)
 
     inspect = sub.add_parser("inspect", help="summarise a feature folder written by extract (JSON)")
     inspect.add_argument("features", help="the --out folder of extract")

@@ -98,6 +98,16 @@ def _set(cfg: Any, dotted: str, value: Any) -> None:
     setattr(target, last, _coerce(value, current, dotted))
 
 
+def config_from_dict(values: dict) -> TrainConfig:
+    """A TrainConfig from a checkpoint's config.json; keys that are not config keys are ignored."""
+    cfg = TrainConfig()
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in values.items():
+        if key in names:
+            _set(cfg, key, value)
+    return cfg
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """A TrainConfig from a YAML file (optional) and ``key=value`` overrides, applied in order."""
     cfg = TrainConfig()

@@ -325,7 +325,16 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
     items = find_videos(cfg.video_dirs)
     device = torch.device(cfg.device) if cfg.device else state.device
     backbone = load_backbone(cfg.model, cfg.pretrained, cfg.layers, device, cfg.precision)
-    decoder = make_decoder(cfg.decoder, str(device))
+    return extract_videos(cfg, items, backbone, state)
+
+
+def extract_videos(cfg: ExtractConfig, items: list[VideoItem], backbone: FrozenBackbone, state=None) -> ExtractSummary:
+    """Extract ``items`` into ``cfg.out`` with a loaded backbone (``cfg.video_dirs`` is not read).
+
+    ``state``: the accelerate process state to shard over (default: this process's).
+    """
+    state = state or process_state()
+    decoder = make_decoder(cfg.decoder, str(backbone.device))
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = run_settings(cfg, backbone)

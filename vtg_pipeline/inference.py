@@ -25,6 +25,8 @@ class DecodeConfig:
     unit: float = 0.0  # round boundaries to this many seconds (QVHighlights 2); 0 = no rounding
     nms: str = "hard"  # hard | linear | none
     nms_threshold: float = 0.7
+    window: float = 150.0  # seconds: longer videos are grounded in windows of this length (the training length)
+    window_stride: float = 75.0  # seconds between window starts (half-overlapping by default)
 
     def to_dict(self) -> dict:
         return asdict(self)

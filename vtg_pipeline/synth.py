@@ -3,12 +3,13 @@
 ``make_dataset(out, videos, seed)`` writes ``out/videos/*.mp4`` and
 ``out/train.jsonl`` / ``out/val.jsonl`` in QVHighlights format. Each video
 (30 to 180 s, an even number of seconds; small mixed sizes and frame rates)
-shows several events over a drifting, cutting background. An event is a
-(colour, shape, action) such as "a red striped disc moves to the left", lasting 4 to
-40 s on the 2 s clip grid. Videos hold distractors that share the colour,
-shape or action of a target, and some events repeat (a query with two
-windows), so a model has to read the whole query. Everything follows from the
-seed.
+shows 3 to 7 events, one at a time with background between them, over a
+drifting, cutting background. An event is a (colour, look, action) such as
+"a red striped disc moves to the left", lasting 4 to 40 s on the 2 s clip
+grid. Events share the colour, look or action of another event of the video,
+and some repeat (a query with two windows), so a model has to read the whole
+query: with a fixed query it can only guess which event is meant. Everything
+follows from the seed, video by video.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -127,7 +129,7 @@ def _event_geometry(event: Event, t: float, width: int, height: int) -> tuple[fl
     p = (t - event.start) / (event.end - event.start)
     base = 0.2 * side  # a shape spans about two 16-px patches at CLIP's 64-px input: its outline is visible
     cx, cy, r = (width - side) / 2 + event.x * side, (height - side) / 2 + event.y * side, base
-    travel = 0.4
+    travel = 0.5
     if event.action == "moves to the left":
         cx -= p * travel * side
     elif event.action == "moves to the right":
@@ -137,23 +139,23 @@ def _event_geometry(event: Event, t: float, width: int, height: int) -> tuple[fl
     elif event.action == "falls":
         cy += p * travel * side
     elif event.action == "grows":
-        r = base * (0.6 + 0.8 * p)
+        r = base * (0.5 + p)
     elif event.action == "shrinks":
-        r = base * (1.4 - 0.8 * p)
-    visible = event.action != "blinks" or (t - event.start) % 3.0 < 1.5  # 3 s period: not aliased by 0.5 fps sampling
+        r = base * (1.5 - p)
+    visible = event.action != "blinks" or (t - event.start) % 4.0 < 2.0  # on 2 s, off 2 s: every other 0.5-fps sample
     return cx, cy, r, visible
 
 
 def _start_position(action: str, rng: np.random.Generator) -> tuple[float, float]:
     x, y = rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6)
     if action == "moves to the left":
-        x = rng.uniform(0.65, 0.75)
+        x = rng.uniform(0.72, 0.78)
     elif action == "moves to the right":
-        x = rng.uniform(0.25, 0.35)
+        x = rng.uniform(0.22, 0.28)
     elif action == "rises":
-        y = rng.uniform(0.65, 0.75)
+        y = rng.uniform(0.72, 0.78)
     elif action == "falls":
-        y = rng.uniform(0.25, 0.35)
+        y = rng.uniform(0.22, 0.28)
     return x, y
 
 
@@ -225,8 +227,9 @@ def _saliency(windows: list[list[float]], rng: np.random.Generator) -> tuple[lis
     return ids, scores
 
 
-def make_video_record(index: int, out_dir: Path, rng: np.random.Generator) -> list[dict]:
-    """Render one synthetic video and return its QVHighlights query records."""
+def make_video_record(index: int, out_dir: Path, seed: int) -> list[dict]:
+    """Render video ``index`` of the dataset ``seed`` and return its QVHighlights query records."""
+    rng = np.random.default_rng([seed, index])
     duration = int(rng.integers(15, 91)) * CLIP_SECONDS
     width, height = SIZES[rng.integers(len(SIZES))]
     fps = int(rng.choice(FRAME_RATES))
@@ -263,10 +266,10 @@ def make_dataset(out: str | Path, videos: int = 40, seed: int = 0, val_fraction:
         raise ValueError("--videos must be at least 2 (one for train, one for val)")
     n_val = max(1, round(videos * val_fraction))
     splits: dict[str, list[dict]] = {"train": [], "val": []}
-    for i in tqdm(range(videos), desc="synth", unit="video", disable=not progress):
-        video_rng = np.random.default_rng([seed, i])
-        split = "val" if i >= videos - n_val else "train"
-        splits[split].extend(make_video_record(i, out, video_rng))
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:  # each video has its own seed: same output
+        rendered = pool.map(make_video_record, range(videos), [out] * videos, [seed] * videos)
+        for i, records in enumerate(tqdm(rendered, total=videos, desc="synth", unit="video", disable=not progress)):
+            splits["val" if i >= videos - n_val else "train"].extend(records)
     for split, records in splits.items():
         atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return {"videos": videos, "train_queries": len(splits["train"]), "val_queries": len(splits["val"])}

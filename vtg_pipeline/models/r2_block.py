@@ -63,13 +63,16 @@ class R2Block(nn.Module):
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> dict:
         """video (B, T, K, P, Dv), video_mask (B, T), query (B, L, K, Dt), query_mask (B, L).
 
+        ``video`` may also be (1, T, K, P, Dv): one video shared by B queries, whose
+        query-independent mapping then runs once instead of B times.
+
         Returns ``frames`` (B, T, C) refined features, ``query`` (B, L, C) mapped
         tokens of the first tapped layer, and per step (last layer first)
         ``cls`` (B, T, C) mapped CLS tokens and ``queries`` (B, L, C).
         """
         b, t, k, p, _ = video.shape
         lengths = video_mask.sum(1)
-        tef = temporal_endpoints(lengths, t)[:, :, None, :].expand(b, t, p, 2)
+        tef = temporal_endpoints(lengths[:b], t)[:, :, None, :].expand(b, t, p, 2)
         positions = sine_positions(lengths, t, self.dims)
         frames, cls_per_step, query_per_step = None, [], []
         for step in range(k - 1, -1, -1):

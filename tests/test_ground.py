@@ -1,0 +1,166 @@
+"""`vtg ground` and the Grounder API: shared encoding, windows for long videos, per-item errors, the report."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vtg_pipeline.cli import main
+from vtg_pipeline.config import load_config
+from vtg_pipeline.extract import ExtractConfig, run_extract
+from vtg_pipeline.grounder import GroundError, Grounder, Request, hms, read_requests, window_starts
+from vtg_pipeline.report import write_report
+from vtg_pipeline.synth import make_dataset
+from vtg_pipeline.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, backbone_cache):
+    """A 4-video synthetic dataset, its features and a checkpoint trained for one epoch."""
+    root = tmp_path_factory.mktemp("ground")
+    make_dataset(root, videos=4, seed=3, progress=False)
+    run_extract(ExtractConfig(video_dirs=[str(root / "videos")], out=str(root / "features"), model="vtg-tiny",
+                              pretrained="random:0", progress=False))
+    cfg = load_config(ROOT / "configs" / "synthetic.yaml", [
+        f"data.root={root}", f"output_dir={root / 'run'}", "optim.epochs=1", "optim.batch_size=4", "model.dims=32", "model.heads=4"])
+    train(cfg)
+    return root
+
+
+def videos(root: Path) -> list[Path]:
+    return sorted((root / "videos").glob("*.mp4"))
+
+
+def test_hms_and_windows():
+    assert hms(0) == "0:00:00.0" and hms(3725.25) == "1:02:05.2" and hms(59.96) == "0:01:00.0"
+    assert window_starts(50, 75, 37) == [0]
+    assert window_starts(200, 75, 37) == [0, 37, 74, 111, 125]
+
+
+def test_ground_returns_sorted_moments_and_a_saliency_curve(trained):
+    grounder = Grounder.from_pretrained(trained / "run" / "best")
+    video = videos(trained)[0]
+    results = grounder.ground(video, ["a red disc rises", "a blue ring grows"])
+    assert [r["query"] for r in results] == ["a red disc rises", "a blue ring grows"]
+    for r in results:
+        scores = [w[2] for w in r["pred_relevant_windows"]]
+        assert scores == sorted(scores, reverse=True) and 0 < len(scores) <= 50
+        assert all(0 <= s <= e <= r["duration"] for s, e, _ in r["pred_relevant_windows"])
+        assert len(r["pred_saliency_scores"]) == len(r["clip_times"]) == int(r["duration"] * 0.5)
+        assert r["pred_relevant_windows_hms"][0] == [hms(x) for x in r["pred_relevant_windows"][0][:2]]
+
+
+def test_windowed_grounding_covers_long_videos_in_absolute_seconds(trained):
+    """A video longer than decode.window is cut into windows; a window as long as the video changes nothing."""
+    grounder = Grounder.from_pretrained(trained / "run" / "best")
+    video = max(videos(trained), key=lambda p: p.stat().st_size)
+    whole = grounder.ground(video, ["a green square falls"])[0]
+    grounder.cfg.decode.window, grounder.cfg.decode.window_stride = 1e6, 5e5
+    assert grounder.ground(video, ["a green square falls"])[0] == whole
+    grounder.cfg.decode.window, grounder.cfg.decode.window_stride = 20.0, 10.0
+    windowed = grounder.ground(video, ["a green square falls"])[0]
+    assert whole["duration"] > 20
+    assert len(windowed["pred_saliency_scores"]) == len(whole["pred_saliency_scores"])
+    ends = [e for _, e, _ in windowed["pred_relevant_windows"]]
+    assert max(ends) > 20, "moments from later windows are shifted to absolute time"
+    assert all(0 <= s <= e <= windowed["duration"] for s, e, _ in windowed["pred_relevant_windows"])
+
+
+def test_bad_items_get_error_records_and_the_rest_complete(trained, tmp_path):
+    grounder = Grounder.from_pretrained(trained / "run" / "best")
+    good = str(videos(trained)[0])
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    long_query = " ".join(["red"] * 100)
+    results = grounder.ground_many([
+        Request(good, "a red disc rises", "a"), Request(str(tmp_path / "missing.mp4"), "x", "b"), Request(str(corrupt), "x", "c"),
+        Request(str(text), "x", "d"), Request(good, "   ", "e"), Request(good, long_query, "f"),
+    ], tmp_path / "store")
+    by_qid = {r["qid"]: r for r in results}
+    assert [r["qid"] for r in results] == list("abcdef")
+    assert "error" not in by_qid["a"] and by_qid["a"]["pred_relevant_windows"]
+    assert by_qid["b"]["error"] == "no such video file"
+    assert "error" in by_qid["c"] and "error" in by_qid["d"]
+    assert by_qid["e"]["error"] == "empty query"
+    assert "truncated" in by_qid["f"]["warning"] and by_qid["f"]["pred_relevant_windows"]
+
+
+def test_videos_in_the_feature_store_are_not_decoded_again(trained, tmp_path, monkeypatch):
+    grounder = Grounder.from_pretrained(trained / "run" / "best")
+    video = str(videos(trained)[1])
+    first = grounder.ground(video, ["a red disc rises"], tmp_path / "store")
+    import vtg_pipeline.grounder as module
+
+    def no_extract(cfg, items, backbone, state=None):
+        assert not items, "nothing should be decoded again"
+        from vtg_pipeline.extract import ExtractSummary
+
+        return ExtractSummary()
+
+    monkeypatch.setattr(module, "extract_videos", no_extract)
+    assert grounder.ground(video, ["a red disc rises"], tmp_path / "store") == first
+
+
+def test_checkpoint_with_other_backbone_weights_is_refused(trained, tmp_path):
+    checkpoint = tmp_path / "best"
+    shutil.copytree(trained / "run" / "best", checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["backbone_spec"]["backbone_sha256"] = "0" * 64
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GroundError, match="config.json: trained on backbone weights 0000"):
+        Grounder.from_pretrained(checkpoint)
+    with pytest.raises(GroundError, match="not found"):
+        Grounder.from_pretrained(tmp_path / "nothing")
+
+
+def test_queries_file_jsonl_and_csv(tmp_path):
+    (tmp_path / "q.jsonl").write_text('{"video": "a.mp4", "query": "x", "qid": 7}\n\n{"video": "/abs/b.mp4", "query": "y"}\n')
+    requests = read_requests(tmp_path / "q.jsonl")
+    assert requests == [Request(str(tmp_path / "a.mp4"), "x", 7), Request("/abs/b.mp4", "y", None)]
+    (tmp_path / "q.csv").write_text("video,query,qid\na.mp4,the chef cuts the pizza,\n")
+    assert read_requests(tmp_path / "q.csv") == [Request(str(tmp_path / "a.mp4"), "the chef cuts the pizza", None)]
+    (tmp_path / "bad.jsonl").write_text('{"video": "a.mp4", "query": "x"}\n{"query": "y"}\n')
+    with pytest.raises(GroundError, match=r"bad.jsonl:2: needs 'video' and 'query'"):
+        read_requests(tmp_path / "bad.jsonl")
+
+
+def test_vtg_ground_cli_writes_predictions_and_a_report(trained, tmp_path, capsys):
+    out = tmp_path / "preds.jsonl"
+    code = main(["ground", "--checkpoint", str(trained / "run" / "best"), str(trained / "videos"), str(tmp_path / "gone.mp4"),
+                 "--query", "a red disc rises", "--query", "a blue ring grows", "--out", str(out), "--report", str(tmp_path / "report"),
+                 "--no-progress"])
+    assert code == 1, "one missing video: exit 1 after the summary"
+    records = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(records) == 2 * (len(videos(trained)) + 1)
+    assert sum("error" in r for r in records) == 2
+    assert "2 failed" in capsys.readouterr().err
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count("<video") == len(videos(trained)) + 1 and "<svg" in page and "data:image/png;base64," in page
+    assert "onclick=\"seek(" in page and "no such video file" in page
+
+
+def test_report_renders_in_headless_chromium(trained, tmp_path):
+    """Open the report in a real browser: it renders, no console errors, a screenshot is saved."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt install chromium)")
+    grounder = Grounder.from_pretrained(trained / "run" / "best")
+    results = grounder.ground_many([(str(v), "a red disc rises") for v in videos(trained)[:2]], tmp_path / "store")
+    page = write_report(results, tmp_path / "report", tmp_path / "store")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files", "--virtual-time-budget=3000"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert 'data-rendered="ok"' in dom.stdout and "data-errors" not in dom.stdout, dom.stderr[-2000:]
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
+    saved = ROOT / "bench" / "out"
+    saved.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, saved / "report_screenshot.png")

@@ -1,0 +1,262 @@
+"""Grounding raw videos: ``Grounder`` and the ``vtg ground`` pipeline.
+
+``Grounder.from_pretrained(checkpoint_dir)`` loads a trained side network and
+the frozen backbone its config names (the weights hash must match). Then
+``ground(video, queries)`` / ``ground_many([(video, query), ...])`` return per
+query the moments ``[(start_s, end_s, score), ...]`` sorted by score and a
+saliency curve with its clip times.
+
+How a batch runs:
+1. Every distinct video is decoded and encoded once, by the ``extract``
+   pipeline (decoder threads overlap the backbone), into a feature store:
+   ``features_dir`` if given (videos already there are not decoded again),
+   else a temporary folder. Frames are stored too, for report thumbnails.
+2. Per video, all of its queries run through the side network as one batch
+   that shares the video's states. Videos longer than ``decode.window``
+   seconds are cut into overlapping windows read one at a time from the
+   store, so memory does not grow with duration; moments are shifted to
+   absolute seconds, merged and NMS'd, saliency is averaged where windows overlap.
+A missing or undecodable video or an empty query gives an error record for
+its items; the others complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from .backbone import FrozenBackbone, load_backbone
+from .config import TrainConfig, config_from_dict
+from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, run_settings
+from .features import Manifest
+from .inference import decode_windows, postprocess, saliency_curve
+from .models import create_model
+
+
+class GroundError(ValueError):
+    """A checkpoint or input that cannot be used; one line naming the file."""
+
+
+@dataclass
+class Request:
+    """One (video, query) pair to ground; ``qid`` defaults to its position in the batch."""
+
+    video: str
+    query: str
+    qid: int | str | None = None
+
+
+def hms(seconds: float) -> str:
+    """Seconds as h:mm:ss.s (``3725.25`` -> ``1:02:05.2``)."""
+    tenths = int(round(seconds * 10))
+    return f"{tenths // 36000}:{tenths // 600 % 60:02d}:{tenths % 600 / 10:04.1f}"
+
+
+def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
+    """First frame of each window covering [0, num_frames): every ``stride`` frames, the last one flush with the end."""
+    if num_frames <= window:
+        return [0]
+    starts = list(range(0, num_frames - window, stride))
+    return starts + [num_frames - window]
+
+
+class Grounder:
+    """A trained side network with its frozen backbone, ready to ground videos."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone):
+        self.model, self.cfg, self.backbone = model.eval(), cfg, backbone
+        self.fps = cfg.data.fps
+
+    @classmethod
+    def from_pretrained(cls, checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> "Grounder":
+        """Load ``checkpoint_dir`` (``best/`` of a run); refuses a backbone whose weights hash differs."""
+        checkpoint_dir = Path(checkpoint_dir)
+        config_file, weights_file = checkpoint_dir / "config.json", checkpoint_dir / "model.safetensors"
+        for path in (config_file, weights_file):
+            if not path.is_file():
+                raise GroundError(f"{path}: not found (a checkpoint is the best/ folder of a training run)")
+        values = json.loads(config_file.read_text())
+        cfg = config_from_dict(values)
+        backbone = load_backbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.layers, device, cfg.backbone.precision)
+        expected = values.get("backbone_spec", {}).get("backbone_sha256")
+        if expected != backbone.spec.backbone_sha256:
+            raise GroundError(f"{config_file}: trained on backbone weights {expected}, but {cfg.backbone.name} "
+                              f"{cfg.backbone.pretrained} has {backbone.spec.backbone_sha256}")
+        model = create_model(cfg.model)
+        model.load_state_dict(load_file(str(weights_file)))
+        return cls(model.to(device), cfg, backbone)
+
+    def ground(self, video: str | Path, queries: list[str], features_dir: str | Path | None = None) -> list[dict]:
+        """Ground ``queries`` in one video; one result per query (see ``ground_many``)."""
+        return self.ground_many([Request(str(video), q) for q in queries], features_dir)
+
+    def ground_many(self, requests: list[Request | tuple[str, str]], features_dir: str | Path | None = None,
+                    progress: bool = False) -> list[dict]:
+        """Ground many (video, query) pairs; results in the order of ``requests``.
+
+        A result is a QVHighlights submission record (``qid``, ``query``, ``vid``,
+        ``pred_relevant_windows`` [[start s, end s, score], ...] by score,
+        ``pred_saliency_scores`` per clip) plus ``video``, ``clip_times`` (s, the
+        start of each clip) and ``pred_relevant_windows_hms``; or, for an item
+        that could not be grounded, ``qid``, ``query``, ``video`` and ``error``.
+        """
+        requests = [r if isinstance(r, Request) else Request(*r) for r in requests]
+        results: list[dict | None] = [None] * len(requests)
+        by_video: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            qid = r.qid if r.qid is not None else i
+            if not r.query.strip():
+                results[i] = {"qid": qid, "query": r.query, "video": r.video, "error": "empty query"}
+            elif not os.path.isfile(r.video):
+                results[i] = {"qid": qid, "query": r.query, "video": r.video, "error": "no such video file"}
+            else:
+                by_video.setdefault(os.path.abspath(r.video), []).append(i)
+        with tempfile.TemporaryDirectory(prefix="vtg-ground-") as tmp:
+            store = Path(features_dir) if features_dir else Path(tmp)
+            files, failures = self.encode_videos(sorted(by_video), store, progress)
+            bar = tqdm(total=len(by_video), desc="ground", unit="video", disable=not progress)
+            for path, indices in by_video.items():
+                batch = [requests[i] for i in indices]
+                if path in failures:
+                    outputs = [{"error": failures[path]}] * len(batch)
+                else:
+                    outputs = self.ground_features(files[path], [r.query for r in batch])
+                for i, r, out in zip(indices, batch, outputs):
+                    results[i] = {"qid": r.qid if r.qid is not None else i, "query": r.query, "video": r.video, **out}
+                    if "error" not in out and is_truncated(self.backbone, r.query):
+                        results[i]["warning"] = f"query longer than {self.backbone.tokenizer.context_length} tokens: truncated"
+                bar.update(1)
+                bar.set_postfix(queries=sum(len(v) for v in by_video.values()), refresh=False)
+            bar.close()
+        return results
+
+    def encode_videos(self, paths: list[str], store: Path, progress: bool = False) -> tuple[dict[str, Path], dict[str, str]]:
+        """Feature files for ``paths`` (absolute), extracting those not already in ``store``.
+
+        Returns {path: feature file} and {path: reason} for the videos that failed.
+        """
+        store.mkdir(parents=True, exist_ok=True)
+        extract_cfg = ExtractConfig(video_dirs=[], out=str(store), fps=self.fps, model=self.cfg.backbone.name,
+                                    pretrained=self.cfg.backbone.pretrained, layers=self.cfg.backbone.layers, store="both",
+                                    precision=self.cfg.backbone.precision, progress=progress)
+        settings = run_settings(extract_cfg, self.backbone)
+        known = {os.path.abspath(r["path"]): vid for vid, r in Manifest(store).records().items()}
+        taken = set(known.values())
+        files, todo = {}, []
+        for path in paths:
+            vid = known.get(path)
+            if vid is None:
+                vid = unique_id(Path(path).stem, taken)
+                taken.add(vid)
+            item = VideoItem(vid, path)
+            files[path] = store / f"{vid}.safetensors"
+            if not is_up_to_date(files[path], item, settings):
+                todo.append(item)
+        summary = extract_videos(extract_cfg, todo, self.backbone)
+        failures = {os.path.abspath(path): reason for path, reason in summary.failures}
+        return files, failures
+
+    @torch.no_grad()
+    def ground_features(self, feature_file: Path, queries: list[str]) -> list[dict]:
+        """Ground ``queries`` on one stored video, window by window; one result dict per query."""
+        with safe_open(str(feature_file), framework="pt") as f:
+            meta = f.metadata()
+            times = f.get_tensor("timestamps").numpy()
+            vision = f.get_slice("vision")
+            num_frames, duration = len(times), float(meta["duration"])
+            window = max(1, round(self.cfg.decode.window * self.fps))
+            stride = max(1, round(self.cfg.decode.window_stride * self.fps))
+            query, query_mask = self.encode_queries(queries)
+            device = self.backbone.device
+            moments: list[list[np.ndarray]] = [[] for _ in queries]
+            saliency_sum = np.zeros((len(queries), num_frames))
+            covered = np.zeros(num_frames)
+            for start in window_starts(num_frames, window, stride):
+                states = vision[start : start + window].to(device).float()[None]  # (1, w, K, P, D): shared by the queries
+                w = states.size(1)
+                mask = torch.ones(len(queries), w, dtype=torch.bool, device=device)
+                out = self.model(states, mask, query, query_mask)
+                for i in range(len(queries)):
+                    local = decode_windows(out, i, self.fps, min(w / self.fps, duration - start / self.fps), self.cfg.decode)
+                    local[:, :2] += start / self.fps
+                    moments[i].append(local)
+                    saliency_sum[i, start : start + w] += saliency_curve(out, i, w, self.cfg.model.strides)
+                covered[start : start + w] += 1
+        results = []
+        for i in range(len(queries)):
+            merged = postprocess(np.concatenate(moments[i]), duration, self.cfg.decode)[: self.cfg.decode.max_moments]
+            windows = [[round(float(s), 4), round(float(e), 4), round(float(p), 4)] for s, e, p in merged]
+            results.append({
+                "vid": meta.get("video_id", feature_file.stem),
+                "duration": duration,
+                "pred_relevant_windows": windows,
+                "pred_relevant_windows_hms": [[hms(s), hms(e)] for s, e, _ in windows],
+                "pred_saliency_scores": [round(float(x), 4) for x in saliency_sum[i] / np.maximum(covered, 1)],
+                "clip_times": [round(float(t), 4) for t in times],
+            })
+        return results
+
+    def encode_queries(self, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text states (Q, L, K, Dt) and mask (Q, L) of the queries (longer than the context: truncated)."""
+        states, mask = zip(*(self.backbone.encode_text(queries[i : i + 256]) for i in range(0, len(queries), 256)))
+        length = max(m.size(1) for m in mask)
+        pad = lambda x: torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, length - x.size(1)))  # noqa: E731
+        return torch.cat([pad(s) for s in states]), torch.cat([pad(m) for m in mask])
+
+
+def unique_id(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, ... if another video already has it."""
+    candidate, n = stem, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
+
+
+def is_truncated(backbone: FrozenBackbone, query: str) -> bool:
+    """Whether the query has more tokens than the text tower's context (the tokenizer cuts it)."""
+    tokenizer = backbone.tokenizer
+    if hasattr(tokenizer, "encode"):  # open_clip's BPE tokenizer: + start and end tokens
+        return len(tokenizer.encode(query)) + 2 > tokenizer.context_length
+    return bool(backbone.tokenize([query])[0, -1] != 0)
+
+
+def read_requests(path: str | Path) -> list[Request]:
+    """Requests from a jsonl (``{"video", "query"[, "qid"]}`` per line) or CSV file with those columns.
+
+    Relative video paths are taken from the file's folder. Errors name the file and line.
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise GroundError(f"{path}: queries file not found")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            rows = [(i + 2, row) for i, row in enumerate(csv.DictReader(f))]
+    else:
+        rows = []
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((i, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise GroundError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+    requests = []
+    for line, row in rows:
+        if not isinstance(row, dict) or not row.get("video") or "query" not in row:
+            raise GroundError(f"{path}:{line}: needs 'video' and 'query'")
+        video = Path(row["video"])
+        qid = row.get("qid")
+        requests.append(Request(str(video if video.is_absolute() else path.parent / video), str(row["query"] or ""),
+                                None if qid in (None, "") else qid))
+    return requests
