@@ -18,6 +18,8 @@ STORE      ?= features
 DECODER    ?= auto
 
 DEMO := demo
+# Training budget of the demo (the learning check, `make learn`, trains on 500 videos).
+DEMO_TRAIN_ARGS ?= optim.epochs=12 "optim.decay_epochs=[10]" optim.batch_size=16
 
 .PHONY: setup test demo extract learn clean-demo
 
@@ -38,15 +40,21 @@ extract:
 	$(BIN)/python extract $(VIDEOS) --out $(OUT) --fps $(FPS) --model $(MODEL) --pretrained $(PRETRAINED) \
 		--layers $(LAYERS) --store $(STORE) --decoder $(DECODER)
 
-# The embedded default, offline: a synthetic dataset, then its features with the seeded vtg-tiny backbone.
+# The main job on the embedded default, offline: synthetic videos -> features (seeded vtg-tiny) -> training ->
+# grounding the validation videos -> metrics -> HTML report. A second run reuses what is done.
 # MODEL=ViT-B-32-quickgelu PRETRAINED=openai runs the same on real weights (needs them in the open_clip cache).
 DEMO_MODEL      ?= $(if $(filter command line,$(origin MODEL)),$(MODEL),vtg-tiny)
 DEMO_PRETRAINED ?= $(if $(filter command line,$(origin PRETRAINED)),$(PRETRAINED),$(if $(filter vtg-tiny,$(DEMO_MODEL)),random:0,openai))
 
 demo: setup
 	@test -f $(DEMO)/data/val.jsonl || $(BIN)/vtg synth --out $(DEMO)/data --videos 40 --seed 0
-	$(BIN)/vtg extract $(DEMO)/data/videos --out $(DEMO)/data/features --model $(DEMO_MODEL) --pretrained $(DEMO_PRETRAINED)
-	$(BIN)/vtg inspect $(DEMO)/data/features
+	$(BIN)/vtg extract $(DEMO)/data/videos --out $(DEMO)/data/features --model $(DEMO_MODEL) --pretrained $(DEMO_PRETRAINED) --store both
+	$(BIN)/vtg train --config configs/synthetic.yaml --resume data.root=$(DEMO)/data output_dir=$(DEMO)/run \
+		backbone.name=$(DEMO_MODEL) backbone.pretrained=$(DEMO_PRETRAINED) $(DEMO_TRAIN_ARGS)
+	$(BIN)/vtg ground --checkpoint $(DEMO)/run/best --queries $(DEMO)/data/val_queries.jsonl --features $(DEMO)/data/features \
+		--out $(DEMO)/predictions.jsonl --report $(DEMO)/report
+	$(BIN)/vtg eval --pred $(DEMO)/predictions.jsonl --gt $(DEMO)/data/val.jsonl
+	@echo "demo: predictions in $(DEMO)/predictions.jsonl, report in $(DEMO)/report/index.html"
 
 # The learning check (docs/BENCHMARKS.md): synthetic videos -> vtg-tiny features -> training -> `vtg eval`.
 #   make learn                                                      # 500 videos, runs/learn/run

@@ -164,3 +164,15 @@ def test_report_renders_in_headless_chromium(trained, tmp_path):
     saved = ROOT / "bench" / "out"
     saved.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, saved / "report_screenshot.png")
+
+
+def test_grounding_raw_videos_reproduces_the_training_evaluation(trained, tmp_path):
+    """`vtg ground` on the validation videos (features reused) gives the moments training's evaluation wrote."""
+    grounder = Grounder.from_pretrained(trained / "run" / "best")
+    results = grounder.ground_many(read_requests(trained / "val_queries.jsonl"), trained / "features")
+    expected = {json.loads(l)["qid"]: json.loads(l) for l in (trained / "run" / "val_predictions.jsonl").read_text().splitlines()}
+    assert {r["qid"] for r in results} == set(expected)
+    for r in results:
+        assert r["vid"] == expected[r["qid"]]["vid"]
+        np.testing.assert_allclose(r["pred_relevant_windows"], expected[r["qid"]]["pred_relevant_windows"], atol=2e-4)
+        np.testing.assert_allclose(r["pred_saliency_scores"], expected[r["qid"]]["pred_saliency_scores"], atol=2e-4)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from .backbone import FrozenBackbone, load_backbone
 from .config import TrainConfig, config_from_dict
 from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, run_settings
-from .features import Manifest
+from .features import Manifest, read_metadata
 from .inference import decode_windows, postprocess, saliency_curve
 from .models import create_model
 
@@ -148,7 +148,8 @@ class Grounder:
         extract_cfg = ExtractConfig(video_dirs=[], out=str(store), fps=self.fps, model=self.cfg.backbone.name,
                                     pretrained=self.cfg.backbone.pretrained, layers=self.cfg.backbone.layers, store="both",
                                     precision=self.cfg.backbone.precision, progress=progress)
-        settings = run_settings(extract_cfg, self.backbone)
+        # A file made by `vtg extract` with the same backbone, layers, fps and precision serves, whatever else it stores.
+        settings = {k: v for k, v in run_settings(extract_cfg, self.backbone).items() if k != "store"}
         known = {os.path.abspath(r["path"]): vid for vid, r in Manifest(store).records().items()}
         taken = set(known.values())
         files, todo = {}, []
@@ -159,7 +160,8 @@ class Grounder:
                 taken.add(vid)
             item = VideoItem(vid, path)
             files[path] = store / f"{vid}.safetensors"
-            if not is_up_to_date(files[path], item, settings):
+            stored = (read_metadata(files[path]) or {}).get("store")
+            if stored not in ("features", "both") or not is_up_to_date(files[path], item, settings):
                 todo.append(item)
         summary = extract_videos(extract_cfg, todo, self.backbone)
         failures = {os.path.abspath(path): reason for path, reason in summary.failures}

@@ -1,7 +1,8 @@
 """Synthetic grounding data: videos of coloured shapes doing things, with queries.
 
-``make_dataset(out, videos, seed)`` writes ``out/videos/*.mp4`` and
-``out/train.jsonl`` / ``out/val.jsonl`` in QVHighlights format. Each video
+``make_dataset(out, videos, seed)`` writes ``out/videos/*.mp4``,
+``out/train.jsonl`` / ``out/val.jsonl`` in QVHighlights format and
+``out/val_queries.jsonl`` for ``vtg ground --queries``. Each video
 (30 to 180 s, an even number of seconds; small mixed sizes and frame rates)
 shows 3 to 7 events, one at a time with background between them, over a
 drifting, cutting background. An event is a (colour, look, action) such as
@@ -272,4 +273,7 @@ def make_dataset(out: str | Path, videos: int = 40, seed: int = 0, val_fraction:
             splits["val" if i >= videos - n_val else "train"].extend(records)
     for split, records in splits.items():
         atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    # The validation queries as a `vtg ground --queries` file (video paths relative to `out`).
+    queries = [{"video": f"videos/{r['vid']}.mp4", "query": r["query"], "qid": r["qid"]} for r in splits["val"]]
+    atomic_write_text(out / "val_queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
     return {"videos": videos, "train_queries": len(splits["train"]), "val_queries": len(splits["val"])}
