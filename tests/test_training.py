@@ -172,6 +172,9 @@ def test_length_grouped_batches_cover_every_item_once_with_little_padding():
 
 def test_bf16_autocast_and_gradient_accumulation(synth_root, tmp_path):
     """bf16 autocast reaches the side network; grad_accum=2 steps the optimizer once per two batches."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # earlier tests in this process set mixed_precision=no
     cfg = tiny_config(synth_root, tmp_path / "run", "mixed_precision=bf16", "optim.grad_accum=2", "optim.epochs=1")
     run = build_run(cfg)
     batch = next(iter(run.train_loader))
@@ -188,3 +191,4 @@ def test_bf16_autocast_and_gradient_accumulation(synth_root, tmp_path):
     assert progress["step"] == -(-batches // 2)
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]
     assert len(rows) == progress["step"] and all(float(r.split(",")[3]) > 0 for r in rows)
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -107,7 +107,6 @@ class Run:
     val_set: GroundingDataset
     train_loader: DataLoader
     val_loader: DataLoader
-    sampler: LengthGroupedBatches
     state: dict
 
 
@@ -149,7 +148,7 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         group["lr"] = cfg.optim.lr * lr_factor(state["step"], state["epoch"], cfg.optim)
     text_cache = TextCache(backbone)
     text_cache.precompute([cfg.fixed_query] if cfg.fixed_query else [r["query"] for r in train_set.records + val_set.records])
-    return Run(cfg, accelerator, backbone, text_cache, model, optimizer, train_set, val_set, train_loader, val_loader, sampler, state)
+    return Run(cfg, accelerator, backbone, text_cache, model, optimizer, train_set, val_set, train_loader, val_loader, state)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -163,7 +162,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     log_file = out_dir / "log.csv"
     for epoch in range(state["epoch"], cfg.optim.epochs):
         train_set.set_epoch(epoch)
-        run.sampler.set_epoch(epoch)
+        train_loader.set_epoch(epoch)  # Accelerate's loader passes it to the length-grouped batches (also after --resume)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not accelerator.is_local_main_process, file=sys.stderr)
         started, samples = time.perf_counter(), 0
         for batch in bar:
