@@ -3,7 +3,6 @@
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,26 +10,21 @@ import pytest
 
 from vtg_pipeline.cli import main
 from vtg_pipeline.config import load_config
-from vtg_pipeline.extract import ExtractConfig, run_extract
 from vtg_pipeline.grounder import GroundError, Grounder, Request, hms, read_requests, window_starts
 from vtg_pipeline.report import write_report
-from vtg_pipeline.synth import make_dataset
 from vtg_pipeline.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, backbone_cache):
-    """A 4-video synthetic dataset, its features and a checkpoint trained for one epoch."""
-    root = tmp_path_factory.mktemp("ground")
-    make_dataset(root, videos=4, seed=3, progress=False)
-    run_extract(ExtractConfig(video_dirs=[str(root / "videos")], out=str(root / "features"), model="vtg-tiny",
-                              pretrained="random:0", progress=False))
+def trained(synth_root):
+    """The shared synthetic dataset, with a checkpoint trained for one epoch in ``run/``."""
     cfg = load_config(ROOT / "configs" / "synthetic.yaml", [
-        f"data.root={root}", f"output_dir={root / 'run'}", "optim.epochs=1", "optim.batch_size=4", "model.dims=32", "model.heads=4"])
+        f"data.root={synth_root}", f"output_dir={synth_root / 'run'}", "optim.epochs=1", "optim.batch_size=4", "model.dims=32",
+        "model.heads=4"])
     train(cfg)
-    return root
+    return synth_root
 
 
 def videos(root: Path) -> list[Path]:

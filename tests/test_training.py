@@ -12,20 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from vtg_pipeline.config import ConfigError, load_config
-from vtg_pipeline.extract import ExtractConfig, run_extract
-from vtg_pipeline.synth import make_dataset
 from vtg_pipeline.training import TrainingError, build_run, train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory, backbone_cache):
-    root = tmp_path_factory.mktemp("synth")
-    make_dataset(root, videos=4, seed=3, progress=False)
-    run_extract(ExtractConfig(video_dirs=[str(root / "videos")], out=str(root / "features"), model="vtg-tiny",
-                              pretrained="random:0", store="both", progress=False))
-    return root
 
 
 def tiny_config(root: Path, out: Path, *overrides: str):

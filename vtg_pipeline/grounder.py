@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
 from .config import TrainConfig, config_from_dict
+from .data import TextCache
 from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, run_settings
 from .features import Manifest, read_metadata
 from .inference import decode_windows, postprocess, saliency_curve
@@ -75,6 +76,7 @@ class Grounder:
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone):
         self.model, self.cfg, self.backbone = model.eval(), cfg, backbone
         self.fps = cfg.data.fps
+        self.text_cache = TextCache(backbone)  # a query asked of many videos is encoded once, as in training
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> "Grounder":
@@ -124,6 +126,7 @@ class Grounder:
             store = Path(features_dir) if features_dir else Path(tmp)
             files, failures = self.encode_videos(sorted(by_video), store, progress)
             bar = tqdm(total=len(by_video), desc="ground", unit="video", disable=not progress)
+            bar.set_postfix(queries=sum(len(v) for v in by_video.values()), refresh=False)
             for path, indices in by_video.items():
                 batch = [requests[i] for i in indices]
                 if path in failures:
@@ -135,7 +138,6 @@ class Grounder:
                     if "error" not in out and is_truncated(self.backbone, r.query):
                         results[i]["warning"] = f"query longer than {self.backbone.tokenizer.context_length} tokens: truncated"
                 bar.update(1)
-                bar.set_postfix(queries=sum(len(v) for v in by_video.values()), refresh=False)
             bar.close()
         return results
 
@@ -177,7 +179,7 @@ class Grounder:
             num_frames, duration = len(times), float(meta["duration"])
             window = max(1, round(self.cfg.decode.window * self.fps))
             stride = max(1, round(self.cfg.decode.window_stride * self.fps))
-            query, query_mask = self.encode_queries(queries)
+            query, query_mask = self.text_cache(queries, self.backbone.device)
             device = self.backbone.device
             moments: list[list[np.ndarray]] = [[] for _ in queries]
             saliency_sum = np.zeros((len(queries), num_frames))
@@ -206,13 +208,6 @@ class Grounder:
                 "clip_times": [round(float(t), 4) for t in times],
             })
         return results
-
-    def encode_queries(self, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text states (Q, L, K, Dt) and mask (Q, L) of the queries (longer than the context: truncated)."""
-        states, mask = zip(*(self.backbone.encode_text(queries[i : i + 256]) for i in range(0, len(queries), 256)))
-        length = max(m.size(1) for m in mask)
-        pad = lambda x: torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, length - x.size(1)))  # noqa: E731
-        return torch.cat([pad(s) for s in states]), torch.cat([pad(m) for m in mask])
 
 
 def unique_id(stem: str, taken: set[str]) -> str:
