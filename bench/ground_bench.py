@@ -3,6 +3,7 @@
     python bench/ground_bench.py videos --out /tmp/gbench            # 10-min, 1-h and 2-h 320x180 test videos (ffmpeg CLI)
     python bench/ground_bench.py queries /tmp/gbench/ten_min.mp4     # 1, 10, 100 queries on one encoded video
     python bench/ground_bench.py scale /tmp/gbench/ten_min.mp4 /tmp/gbench/one_hour.mp4 /tmp/gbench/two_hours.mp4
+    python bench/ground_bench.py queries /tmp/gbench/ten_min.mp4 --device cuda   # on a GPU
 
 ViT-B-32 with random weights (`random:0`, the compute of the real model) and
 the paper-sized side network (dims 256, K = 4), untrained: speed does not
@@ -41,20 +42,20 @@ def make_videos(out: Path) -> None:
         print(out / name, flush=True)
 
 
-def make_grounder(tmp: Path) -> Grounder:
+def make_grounder(tmp: Path, device: str = "cpu") -> Grounder:
     """An untrained ViT-B-32 checkpoint in ``tmp``, loaded back as a user would."""
     cfg = load_config(None, ["backbone.name=ViT-B-32", "backbone.pretrained=random:0", f"output_dir={tmp}"])
     backbone = load_backbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.layers)
     cfg.model.vision_width, cfg.model.text_width = backbone.spec.vision_width, backbone.spec.text_width
     torch.manual_seed(0)
     save_checkpoint(tmp / "best", create_model(cfg.model), cfg, backbone, {})
-    return Grounder.from_pretrained(tmp / "best")
+    return Grounder.from_pretrained(tmp / "best", device)
 
 
-def queries(video: str) -> dict:
+def queries(video: str, device: str = "cpu") -> dict:
     """Encode once, then time the side network for 1, 10 and 100 queries (best of 2)."""
     with tempfile.TemporaryDirectory() as tmp:
-        grounder = make_grounder(Path(tmp))
+        grounder = make_grounder(Path(tmp), device)
         start = time.perf_counter()
         files, failures = grounder.encode_videos([str(Path(video).resolve())], Path(tmp) / "store")
         encode = time.perf_counter() - start
@@ -68,7 +69,7 @@ def queries(video: str) -> dict:
                 times.append(time.perf_counter() - start)
             rows.append({"queries": n, "side_network_s": round(min(times), 3), "queries_per_s": round(n / min(times), 1)})
     one, hundred = rows[0]["side_network_s"], rows[-1]["side_network_s"]
-    return {"video": video, "encode_s": round(encode, 1), "runs": rows,
+    return {"video": video, "device": str(grounder.backbone.device), "encode_s": round(encode, 1), "runs": rows,
             "hundred_vs_one": round(hundred / one, 1),
             "end_to_end_100_vs_100x1": round((encode + hundred) / (100 * (encode + one)), 3)}
 
@@ -88,14 +89,15 @@ def main() -> None:
     parser.add_argument("what", choices=("videos", "queries", "scale", "one-scale"))
     parser.add_argument("paths", nargs="*")
     parser.add_argument("--out", type=Path, default=Path("/tmp/gbench"))
+    parser.add_argument("--device", default="cpu", help="queries: torch device of the backbone and side network")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     if args.what == "videos":
         make_videos(args.out)
     elif args.what == "queries":
-        result = queries(args.paths[0])
+        result = queries(args.paths[0], args.device)
         print(json.dumps(result))
-        (OUT / "ground_queries.json").write_text(json.dumps(result, indent=2))
+        (OUT / ("ground_queries.json" if args.device == "cpu" else "ground_queries_cuda.json")).write_text(json.dumps(result, indent=2))
     elif args.what == "one-scale":
         print(json.dumps(one_scale(args.paths[0])))
     else:

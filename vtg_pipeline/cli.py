@@ -58,8 +58,10 @@ def extract_main(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = run_extract(cfg)
-    if process_state().is_main_process:
+    state = process_state()
+    if state.is_main_process:
         print(summary.line(), file=sys.stderr)
+    state.destroy_process_group()  # a gloo group left to interpreter exit can abort a rank after its work is done
     return 1 if summary.failed else 0
 
 
