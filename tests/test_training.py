@@ -31,6 +31,9 @@ def test_config_rejects_unknown_keys_and_coerces_types(tmp_path):
         load_config(None, ["nope.x=1"])
     cfg = load_config(None, ["optim.lr=1", "model.strides=[1, 2]", "data.root=/x"])
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float) and cfg.model.strides == (1, 2)
+    assert load_config(None, ["optim.lr=2e-3"]).optim.lr == 0.002  # YAML reads 2e-3 as a string
+    with pytest.raises(ConfigError, match="optim.lr: expected float, got 'fast'"):
+        load_config(None, ["optim.lr=fast"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: {epochs: many}")
     with pytest.raises(ConfigError, match="optim.epochs: expected int"):

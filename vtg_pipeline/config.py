@@ -70,8 +70,11 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
         return value
     if isinstance(current, tuple):
         return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    if isinstance(current, float) and isinstance(value, int):
-        return float(value)
+    if isinstance(current, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML reads 2e-3 (no dot) as a string
+        except ValueError:
+            raise ConfigError(f"{key}: expected float, got {value!r}") from None
     if type(value) is not type(current):
         raise ConfigError(f"{key}: expected {type(current).__name__}, got {value!r}")
     return value
