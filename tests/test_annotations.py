@@ -16,6 +16,7 @@ from vtg_pipeline.annotations import (
     read_charades_durations,
     read_charades_sta,
     read_ego4d_nlq,
+    read_mad,
     read_qvhighlights,
     read_tacos,
     saliency_targets,
@@ -362,17 +363,90 @@ def test_tacos_file_of_the_wrong_shape_raises(tmp_path):
         read_tacos(path, skip_bad=True)
 
 
+# ---------------------------------------------------------------- MAD
+
+MAD_GOOD = {"movie": "3001_21_JUMP_STREET", "sentence": "Someone runs.", "timestamps": [12.5, 16.0], "movie_duration": 6000.0}
+
+
+def mad_file(tmp_path: Path, data) -> Path:
+    path = tmp_path / "MAD_val.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_mad_annotations_become_records_keyed_by_annotation_id(tmp_path):
+    alias = {"movie": "1010_TITANIC", "sentence": " She smiles. ", "timestamps": [0, 3.25], "duration": 11000}
+    path = mad_file(tmp_path, {"17": MAD_GOOD, "18": alias})
+    records, report = read_mad(path)
+    assert records == [
+        {"qid": "17", "query": "Someone runs.", "vid": "3001_21_JUMP_STREET", "duration": 6000.0, "relevant_windows": [[12.5, 16.0]]},
+        {"qid": "18", "query": "She smiles.", "vid": "1010_TITANIC", "duration": 11000.0, "relevant_windows": [[0.0, 3.25]]},
+    ]
+    assert report == ReadReport()
+    assert read_annotations(path, "mad") == (records, report)
+
+
+def test_mad_end_within_a_second_of_the_movie_end_is_clamped(tmp_path):
+    records, report = read_mad(mad_file(tmp_path, {"1": {**MAD_GOOD, "timestamps": [5995, 6000.6]}}))
+    assert records[0]["relevant_windows"] == [[5995.0, 6000.0]] and report.clamped == 1
+
+
+def mad_without(key: str) -> dict:
+    return {k: v for k, v in MAD_GOOD.items() if k != key}
+
+
+BAD_MAD = [
+    (mad_without("sentence"), "missing field 'sentence'"),
+    (mad_without("movie"), "missing field 'movie'"),
+    (mad_without("timestamps"), "missing field 'timestamps'"),
+    (mad_without("movie_duration"), r"missing field 'movie_duration' \(or 'duration'\)"),
+    ({**MAD_GOOD, "timestamps": [16.0, 12.5]}, r"window \[16, 12.5\] ends before it starts"),
+    ({**MAD_GOOD, "timestamps": [5990, 6010]}, r"window \[5990, 6010\] ends 10 s after the video end \(6000 s\)"),
+    ({**MAD_GOOD, "timestamps": [6000.5, 6000.8]}, r"window \[6000.5, 6000.8\] starts after the video end"),
+    ({**MAD_GOOD, "timestamps": [-3, 2]}, r"window \[-3, 2\] starts before 0"),
+    ({**MAD_GOOD, "sentence": "   "}, "query is empty or not a string"),
+    ({**MAD_GOOD, "movie_duration": None}, "duration must be a finite number, got None"),
+    ("Someone runs.", "expected an object with movie, sentence, timestamps, movie_duration"),
+]
+
+
+@pytest.mark.parametrize("bad, problem", BAD_MAD)
+def test_each_malformed_mad_annotation_raises_naming_file_and_key(tmp_path, bad, problem):
+    path = mad_file(tmp_path, {"1": MAD_GOOD, "2": bad, "3": MAD_GOOD})
+    with pytest.raises(AnnotationError, match=rf"^{re.escape(str(path))}:2: {problem}") as info:
+        read_mad(path)
+    assert "\n" not in str(info.value)
+    records, report = read_mad(path, skip_bad=True)
+    assert [r["qid"] for r in records] == ["1", "3"]
+    assert report.skipped == 1 and report.reasons[0].startswith(f"{path}:2: ")
+
+
+def test_mad_skip_bad_counts_every_bad_annotation(tmp_path):
+    data = {"good": MAD_GOOD, **{f"bad{i}": bad for i, (bad, _) in enumerate(BAD_MAD)}}
+    records, report = read_annotations(mad_file(tmp_path, data), "mad", skip_bad=True)
+    assert [r["qid"] for r in records] == ["good"]
+    assert report.skipped == len(BAD_MAD) and len(report.reasons) == MAX_REASONS
+
+
+@pytest.mark.parametrize("content, problem", [("[1, 2]", ": expected a mapping annotation id"), ('{"1": ', ":1: not valid JSON")])
+def test_mad_file_of_the_wrong_shape_raises_even_with_skip_bad(tmp_path, content, problem):
+    path = tmp_path / "MAD_test.json"
+    path.write_text(content)
+    with pytest.raises(AnnotationError, match=rf"^{re.escape(str(path))}{problem}"):
+        read_mad(path, skip_bad=True)
+
+
 # ---------------------------------------------------------------- dispatch
 
 
 def test_read_annotations_dispatches_and_rejects_unknown_datasets(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [GOOD])
-    assert DATASETS == ("qvhighlights", "charades", "ego4d", "tacos")
+    assert DATASETS == ("qvhighlights", "charades", "ego4d", "tacos", "mad")
     assert read_annotations(path, "qvhighlights") == read_qvhighlights(path)
     tacos = tacos_file(tmp_path, {"s1-d1.avi": {"num_frames": 250, "fps": 25.0, "timestamps": [[0, 25]], "sentences": ["b"]}})
     assert read_annotations(tacos, "tacos") == read_tacos(tacos)
-    with pytest.raises(ValueError, match="unknown dataset 'mad'; choose one of: qvhighlights, charades, ego4d, tacos"):
-        read_annotations(path, "mad")
+    with pytest.raises(ValueError, match="unknown dataset 'activitynet'; choose one of: qvhighlights, charades, ego4d, tacos, mad"):
+        read_annotations(path, "activitynet")
 
 
 # ---------------------------------------------------------------- saliency targets

@@ -6,7 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vtg_pipeline.evaluation import detection_ap, eval_top1, evaluate, load_jsonl, temporal_iou
+from vtg_pipeline.evaluation import (
+    RECALL_SPECS,
+    detection_ap,
+    eval_recall,
+    evaluate,
+    load_jsonl,
+    recall_at_k,
+    temporal_iou,
+    window_retrieval_recall,
+)
 
 QVH = Path(__file__).resolve().parents[2] / "shared" / "data" / "qvhighlights"
 
@@ -76,8 +85,85 @@ def test_hit_at_one_and_highlight_ap():
 
 def test_top1_metrics():
     truth = [gt(1, [[0, 10]]), gt(2, [[0, 10]])]
-    result = eval_top1([pred(1, [[0, 10, 0.9]]), pred(2, [[20, 30, 0.9], [0, 8, 0.5]])], truth)["brief"]
+    result = eval_recall([pred(1, [[0, 10, 0.9]]), pred(2, [[20, 30, 0.9], [0, 8, 0.5]])], truth, RECALL_SPECS["charades"])["brief"]
     assert result["R1@0.5"] == 50.0 and result["R5@0.7"] == 100.0 and result["mIoU"] == 50.0
+
+
+def ranked(*windows):
+    """[start, end] windows in rank order -> [start, end, score] with descending scores."""
+    return [[s, e, 1.0 - i / 1000] for i, (s, e) in enumerate(windows)]
+
+
+def test_strict_and_non_strict_iou_differ_exactly_at_the_threshold():
+    # [0, 5] against [0, 10]: IoU 5 / 10 = 0.5 exactly; [0, 3]: IoU 0.3 exactly
+    truth = [gt(1, [[0, 10]]), gt(2, [[0, 10]])]
+    preds = [pred(1, ranked((0, 5))), pred(2, ranked((0, 3)))]
+    ge = evaluate(preds, truth, "mad")["brief"]  # MAD default: IoU >= θ (official MAD code)
+    assert (ge["R1@0.1"], ge["R1@0.3"], ge["R1@0.5"]) == (100.0, 100.0, 50.0)
+    strict = evaluate(preds, truth, "mad", iou_compare="gt")["brief"]  # IoU > θ (official RGNet code)
+    assert (strict["R1@0.1"], strict["R1@0.3"], strict["R1@0.5"]) == (100.0, 50.0, 0.0)
+    ego4d = evaluate(preds, truth, "ego4d")["brief"]  # Ego4D default: strict, as the official NLQ evaluator
+    assert (ego4d["R1@0.3"], ego4d["R1@0.5"]) == (50.0, 0.0)
+    assert evaluate(preds, truth, "ego4d", iou_compare="ge")["brief"]["R1@0.5"] == 50.0
+
+
+def test_recall_grows_with_k_and_mad_keys():
+    filler = [(100 + 10 * i, 105 + 10 * i) for i in range(60)]  # IoU 0 with both ground truths
+    truth = [gt(1, [[50, 60]], duration=1000), gt(2, [[0, 10]], duration=1000), gt(3, [[200, 220]], duration=1000)]
+    preds = [
+        pred(1, ranked(*filler[:6], (50, 60), *filler[6:])),  # exact hit at rank 7
+        pred(2, ranked(*filler[:55], (0, 10))),  # exact hit at rank 56
+        pred(3, ranked((300, 310))),  # one window, a miss: counted as a miss at every k
+    ]
+    brief = evaluate(preds, truth, "mad")["brief"]
+    assert set(brief) == {f"R{k}@{t}" for k in (1, 5, 10, 50, 100) for t in (0.1, 0.3, 0.5)} | {"mIoU"}
+    # hits: k=1, 5: none; k=10, 50: query 1 (1/3); k=100: queries 1 and 2 (2/3)
+    assert [brief[f"R{k}@0.5"] for k in (1, 5, 10, 50, 100)] == [0.0, 0.0, 33.33, 33.33, 66.67]
+    assert recall_at_k(preds, truth, ks=(6, 7), thresholds=(0.5,)) == {"R6@0.5": 0.0, "R7@0.5": 33.33}
+
+
+def test_miou_is_the_mean_iou_of_the_first_window():
+    # [2, 8] in [0, 10]: 6 / 10 = 0.6; [5, 15] vs [0, 10]: 5 / 15 = 1/3 (the second window, IoU 1, is not first)
+    truth = [gt(1, [[0, 10]]), gt(2, [[0, 10]])]
+    brief = evaluate([pred(1, ranked((2, 8))), pred(2, ranked((5, 15), (0, 10)))], truth, "mad")["brief"]
+    assert brief["mIoU"] == 46.67  # (0.6 + 1/3) / 2 = 0.46667
+    assert brief["R1@0.5"] == 50.0 and brief["R5@0.5"] == 100.0
+
+
+def test_window_retrieval_overlap_and_contain_differ():
+    retrieved = [
+        [[0, 45], [50, 60], [30, 60]],  # moment [40, 50]: rank 1 overlaps it, rank 2 only touches it, rank 3 contains it
+        [[20, 30], [0, 20]],  # zero-length moment [10, 10]: rank 2 contains it (so overlaps it too)
+        [[0, 90]],  # moment [100, 104]: never found
+    ]
+    moments = [[[40, 50]], [[10, 10]], [[100, 104]]]
+    result = window_retrieval_recall(retrieved, moments, ks=(1, 2, 3))
+    # first hit (rank): overlap 1, 2, none -> R1 1/3, R2 2/3, R3 2/3; contain 3, 2, none -> R1 0, R2 1/3, R3 2/3
+    assert result == {"WR-overlap-R1": 33.33, "WR-overlap-R2": 66.67, "WR-overlap-R3": 66.67,
+                      "WR-contain-R1": 0.0, "WR-contain-R2": 33.33, "WR-contain-R3": 66.67}
+    assert set(window_retrieval_recall(retrieved, moments)) == {f"WR-{d}-R{k}" for d in ("overlap", "contain") for k in (1, 5, 10)}
+
+
+def test_evaluate_reports_window_retrieval_for_records_with_pred_windows():
+    truth = [gt(1, [[40, 50]], duration=400), gt(2, [[0, 10]], duration=400)]
+    with_windows = {**pred(1, ranked((40, 50))), "pred_windows": [[0, 45, 0.9], [30, 210, 0.8]]}
+    result = evaluate([with_windows, pred(2, ranked((0, 10)))], truth, "mad")
+    # only query 1 carries pred_windows: rank 1 overlaps [40, 50], rank 2 contains it
+    assert result["window_retrieval"] == {"queries": 1}
+    assert (result["brief"]["WR-overlap-R1"], result["brief"]["WR-contain-R1"], result["brief"]["WR-contain-R5"]) == (100.0, 0.0, 100.0)
+    assert not any(key.startswith("WR-") for key in evaluate([pred(1, ranked((40, 50))), pred(2, ranked((0, 10)))], truth, "mad")["brief"])
+    unsorted = {**with_windows, "pred_windows": [[0, 45, 0.1], [30, 210, 0.8]]}
+    with pytest.raises(ValueError, match="qid 1: pred_windows are not sorted by score"):
+        evaluate([unsorted, pred(2, ranked((0, 10)))], truth, "mad")
+
+
+def test_iou_compare_choices_are_checked():
+    truth, preds = [gt(1, [[0, 10]])], [pred(1, ranked((0, 10)))]
+    with pytest.raises(ValueError, match="unknown IoU comparison 'gte'"):
+        evaluate(preds, truth, "mad", iou_compare="gte")
+    with pytest.raises(ValueError, match="qvhighlights metrics are the official evaluator's"):
+        evaluate(preds, truth, "qvhighlights", iou_compare="gt")
+    assert evaluate(preds, truth, "qvhighlights", iou_compare="ge") == evaluate(preds, truth)
 
 
 @pytest.mark.parametrize(
@@ -117,3 +203,18 @@ def test_cli_eval_prints_brief(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["brief"]["MR-full-mAP"] == 100.0
     (tmp_path / "p.jsonl").write_text(json.dumps(pred(7, [[0, 10, 0.9]])) + "\n")
     assert main(["eval", "--pred", str(tmp_path / "p.jsonl"), "--gt", str(tmp_path / "gt.jsonl")]) == 2
+
+
+def test_cli_eval_reads_the_mad_json_and_takes_iou_compare(tmp_path, capsys):
+    from vtg_pipeline.cli import main
+
+    mad = {"a1": {"movie": "m", "sentence": "He runs.", "timestamps": [0, 10], "movie_duration": 100.0},
+           "a2": {"movie": "m", "sentence": "She sits.", "timestamps": [20, 30], "movie_duration": 100.0}}
+    (tmp_path / "MAD_test.json").write_text(json.dumps(mad))
+    # a1: [0, 5] has IoU 0.5 exactly; a2: [20, 30] IoU 1
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(pred(q, ranked(w))) + "\n" for q, w in (("a1", (0, 5)), ("a2", (20, 30)))))
+    args = ["eval", "--dataset", "mad", "--pred", str(tmp_path / "p.jsonl"), "--gt", str(tmp_path / "MAD_test.json")]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["brief"]["R1@0.5"] == 100.0
+    assert main(args + ["--iou-compare", "gt"]) == 0
+    assert json.loads(capsys.readouterr().out)["brief"]["R1@0.5"] == 50.0

@@ -25,6 +25,10 @@ Formats read:
   "timestamps": [[start_frame, end_frame], ...], "sentences": [...]}}``; frames are
   divided by fps, duration is ``num_frames / fps``, vid drops ``.avi`` and qid
   is ``{vid}_{i}`` with ``i`` the sentence index.
+* ``mad``: the MAD json ``{annotation id: {"movie", "sentence", "timestamps":
+  [start, end] (seconds), "movie_duration"}}`` (``duration`` is accepted for
+  ``movie_duration``); vid is the movie, query the sentence, qid the annotation
+  id (a string, as JSON keys are).
 
 Every record passes one validation (``_validate``). A window must start at or
 after 0 and before the duration, end after it starts, and end no later than the
@@ -46,10 +50,13 @@ tacos          1 s        rejected     48 of 18227 windows end past num_frames, 
 ego4d          1 s        accepted     not measured here (licence-gated); about 8.6 % of
                                        train+val windows have zero length (EGO4D/episodic-
                                        memory#14) and the official evaluator keeps them
+mad            1 s        rejected     not measured here (licence-gated); the official loader
+                                       (VLG-Net ``mad.py``) clamps windows to [0, duration]
+                                       and cannot represent end <= start
 =============  =========  ===========  ========================================================
 
 Problems are one line naming the file and the line (jsonl, text) or the record
-(json), e.g. ``train.jsonl:17: window [40, 20] ends before it starts``. By default
+(json: its key or path), e.g. ``train.jsonl:17: window [40, 20] ends before it starts``. By default
 the first malformed record raises ``AnnotationError``; with ``skip_bad=True`` it is
 left out and counted in the ``ReadReport``. Problems with the file as a whole
 (not JSON, wrong nesting, an unreadable durations CSV) always raise.
@@ -67,7 +74,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-DATASETS = ("qvhighlights", "charades", "ego4d", "tacos")
+DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "mad")
 QVH_CLIP_SECONDS = 2.0  # length of the clips that relevant_clip_ids and saliency_scores refer to
 MAX_SALIENCY = 12.0  # 3 annotators x score 4
 MAX_REASONS = 5  # reasons kept in a ReadReport
@@ -124,6 +131,7 @@ _RULES = {
     "charades": _Rules(end_slack=2.0, zero_length_ok=False),
     "tacos": _Rules(end_slack=1.0, zero_length_ok=False),
     "ego4d": _Rules(end_slack=1.0, zero_length_ok=True),
+    "mad": _Rules(end_slack=1.0, zero_length_ok=False),
 }
 
 _Candidate = tuple[str, Callable[[], dict]]  # (where, build the raw record)
@@ -457,10 +465,38 @@ def read_tacos(path: str | Path, skip_bad: bool = False) -> tuple[list[dict], Re
     return _gather(candidates, _RULES["tacos"], skip_bad)
 
 
+# ---------------------------------------------------------------- MAD
+
+
+def _mad_raw(key: str, entry: Any) -> dict:
+    """One MAD annotation as a raw record; ``duration`` stands in for a missing ``movie_duration``."""
+    if not isinstance(entry, dict):
+        raise _Malformed(f"expected an object with movie, sentence, timestamps, movie_duration, got {type(entry).__name__}")
+    if "movie_duration" not in entry and "duration" not in entry:
+        raise _Malformed("missing field 'movie_duration' (or 'duration')")
+    return {
+        "qid": key,
+        "query": _field(entry, "sentence"),
+        "vid": _field(entry, "movie"),
+        "duration": entry.get("movie_duration", entry.get("duration")),
+        "relevant_windows": [_field(entry, "timestamps")],
+    }
+
+
+def read_mad(path: str | Path, skip_bad: bool = False) -> tuple[list[dict], ReadReport]:
+    """MAD json (annotation id -> movie, sentence, timestamps in seconds, movie_duration); one record per id."""
+    path = Path(path)
+    data = _load_json(path)
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path}: expected a mapping annotation id -> {{movie, sentence, timestamps, movie_duration}}")
+    candidates = ((f"{path}:{key}", partial(_mad_raw, key, entry)) for key, entry in data.items())
+    return _gather(candidates, _RULES["mad"], skip_bad)
+
+
 # ---------------------------------------------------------------- dispatch and targets
 
 
-_READERS = {"qvhighlights": read_qvhighlights, "charades": read_charades_sta, "ego4d": read_ego4d_nlq, "tacos": read_tacos}
+_READERS = {"qvhighlights": read_qvhighlights, "charades": read_charades_sta, "ego4d": read_ego4d_nlq, "tacos": read_tacos, "mad": read_mad}
 
 
 def read_annotations(path: str | Path, dataset: str, skip_bad: bool = False, **kwargs: Any) -> tuple[list[dict], ReadReport]:
@@ -482,7 +518,7 @@ def _annotated_saliency(record: dict, num_clips: int, clip_seconds: float) -> np
     return np.array([by_id.get(int(i), 0.0) for i in annotated], dtype=np.float64)
 
 
-def _window_saliency(windows: list[list[float]], num_clips: int, clip_seconds: float) -> np.ndarray:
+def window_saliency(windows: list[list[float]], num_clips: int, clip_seconds: float) -> np.ndarray:
     """1 on clips overlapping a window (a zero-length window: the clip holding it), 0 elsewhere."""
     targets = np.zeros(num_clips, dtype=np.float64)
     for start, end in windows:
@@ -505,4 +541,4 @@ def saliency_targets(record: dict, num_clips: int, clip_seconds: float = 2.0) ->
         return _annotated_saliency(record, num_clips, clip_seconds)
     if "relevant_windows" not in record:
         raise ValueError(f"record {record.get('qid')!r} has neither saliency_scores nor relevant_windows")
-    return _window_saliency(record["relevant_windows"], num_clips, clip_seconds)
+    return window_saliency(record["relevant_windows"], num_clips, clip_seconds)

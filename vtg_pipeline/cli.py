@@ -68,7 +68,7 @@ def extract_main(args: argparse.Namespace) -> int:
 def synth_main(args: argparse.Namespace) -> int:
     from .synth import make_dataset
 
-    counts = make_dataset(args.out, videos=args.videos, seed=args.seed)
+    counts = make_dataset(args.out, videos=args.videos, seed=args.seed, long=args.long)
     print(json.dumps({"out": args.out, **counts}))
     return 0
 
@@ -95,9 +95,10 @@ def train_main(args: argparse.Namespace) -> int:
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate, load_jsonl
+    from .evaluation import evaluate, load_ground_truth, load_jsonl
 
-    result = evaluate(load_jsonl(args.pred), load_jsonl(args.gt), args.dataset, match_number=not args.allow_missing)
+    result = evaluate(load_jsonl(args.pred), load_ground_truth(args.gt, args.dataset), args.dataset,
+                      match_number=not args.allow_missing, iou_compare=args.iou_compare)
     print(json.dumps(result if args.full else {"brief": result["brief"]}, indent=2))
     return 0
 
@@ -162,10 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtg", description="Video temporal grounding from raw videos.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    synth = sub.add_parser("synth", help="write a synthetic grounding dataset (videos + QVHighlights jsonl)")
+    synth = sub.add_parser(
+        "synth",
+        help="write a synthetic grounding dataset (videos + QVHighlights jsonl)",
+        description="Write a synthetic grounding dataset: OUT/videos/*.mp4, OUT/train.jsonl and OUT/val.jsonl "
+        "(QVHighlights format, the last quarter of the videos is val) and OUT/val_queries.jsonl for `vtg ground --queries`. "
+        "Videos show coloured discs in four looks doing one of seven actions, one event at a time over a moving background; "
+        "queries name the colour, look and action. Default: 30-180 s videos, every event a query. --long: 20-60 min videos "
+        "at 1 frame/s and 64-128 px (cheap to render and decode) with an event every 30-60 s, for window retrieval + "
+        "grounding (RGNet): 5-10 target events (4-30 s, unique in their video) are the queries, all other events are "
+        "distractors sharing one or two attributes with a target. The same seed gives the same dataset.",
+    )
     synth.add_argument("--out", required=True, help="output folder: OUT/videos/*.mp4, OUT/train.jsonl, OUT/val.jsonl")
-    synth.add_argument("--videos", type=int, default=40, help="number of videos (default 40)")
+    synth.add_argument("--videos", type=int, default=None, help="number of videos (default 40, or 60 with --long)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
+    synth.add_argument("--long", action="store_true", help="long videos (20-60 min) with 5-10 target queries among distractors")
     synth.set_defaults(func=synth_main)
 
     extract = sub.add_parser("extract", help="decode videos and cache frozen open_clip per-layer states")
@@ -177,9 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=train_main)
 
     evaluation = sub.add_parser("eval", help="score predictions with the official metrics (JSON)")
-    evaluation.add_argument("--pred", required=True, help="predictions, QVHighlights submission jsonl")
-    evaluation.add_argument("--gt", required=True, help="ground truth annotations jsonl")
-    evaluation.add_argument("--dataset", default="qvhighlights", choices=("qvhighlights", "charades", "tacos", "ego4d"), help="which metrics")
+    evaluation.add_argument("--pred", required=True, help="predictions, QVHighlights submission jsonl; records with pred_windows "
+                            "(retrieved long-video windows [start, end, score], best first) add window-retrieval WR-overlap/contain-R1/5/10")
+    evaluation.add_argument("--gt", required=True, help="ground truth: annotations jsonl (QVHighlights records), or for other datasets "
+                            "their own file (Ego4D NLQ json, TACoS json, MAD json, Charades-STA txt)")
+    evaluation.add_argument("--dataset", default="qvhighlights", choices=("qvhighlights", "charades", "tacos", "ego4d", "mad"),
+                            help="which metrics: qvhighlights mAP/R1/HD; charades, tacos R1/R5@0.3/0.5/0.7; "
+                                 "ego4d R1..R100@0.3/0.5/0.7; mad R1..R100@0.1/0.3/0.5; all with mIoU")
+    evaluation.add_argument("--iou-compare", choices=("gt", "ge"), default=None,
+                            help="when a window passes an IoU threshold in R@k: gt is IoU > θ (official RGNet and Ego4D NLQ code), "
+                                 "ge is IoU >= θ (official MAD and moment_detr code); default gt for ego4d, ge for mad, charades, tacos; "
+                                 "qvhighlights is always ge")
     evaluation.add_argument("--allow-missing", action="store_true", help="score only the query ids present in both files")
     evaluation.add_argument("--full", action="store_true", help="print every block, not only 'brief'")
     evaluation.set_defaults(func=eval_main)

@@ -10,9 +10,20 @@ clips, labels binarised at scores >= 2 / 3 / 4): HIT@1 and mAP per annotator
 percentages rounded to 2 decimals. Beyond the official keys, ``brief`` also
 holds ``MR-full-R1@0.3`` and ``MR-full-mIoU``.
 
-Charades-STA, TACoS, Ego4D-NLQ: R@1 and R@5 at IoU 0.3 / 0.5 / 0.7 (a query
-counts when one of its first k windows reaches the IoU with a ground-truth
-window) and the mean IoU of the first window.
+Charades-STA, TACoS, Ego4D-NLQ, MAD: Recall@k at IoU thresholds (a query counts
+when one of its first k windows passes the threshold with a ground-truth window)
+and the mean IoU of the first window (``RECALL_SPECS``): R@{1, 5} at 0.3 / 0.5 /
+0.7 for Charades-STA and TACoS; R@{1, 5, 10, 50, 100} at 0.3 / 0.5 / 0.7 for
+Ego4D-NLQ and at 0.1 / 0.3 / 0.5 for MAD. "Passes" is selectable
+(``iou_compare``): ``gt`` is IoU > θ, as the official RGNet and Ego4D NLQ
+evaluators; ``ge`` is IoU >= θ, as the official MAD (VLG-Net) and moment_detr
+code. Defaults: ``gt`` for Ego4D-NLQ, ``ge`` for the others; QVHighlights is
+always ``ge``.
+
+Window retrieval (any dataset, when prediction records carry ``pred_windows``,
+the long video's retrieved windows [[start, end, score], ...] sorted by score):
+the fraction of queries with a ground-truth moment that one of the first k
+windows overlaps (``WR-overlap-R{k}``) or fully contains (``WR-contain-R{k}``).
 
 All windows are [start, end] in seconds; predictions are QVHighlights
 submission records with windows sorted by score.
@@ -22,16 +33,39 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
+from .annotations import read_annotations
+
 MR_THRESHOLDS = [round(float(x), 2) for x in np.linspace(0.5, 0.95, 10)]
 LENGTH_BUCKETS = {"short": (0, 10), "middle": (10, 30), "long": (30, 150), "full": (0, 150)}
 HL_LEVELS = {"Fair": 2, "Good": 3, "VeryGood": 4}
-TOP1_THRESHOLDS = (0.3, 0.5, 0.7)
-MAIN_METRIC = {"qvhighlights": "MR-full-mAP", "charades": "R1@0.5", "tacos": "R1@0.5", "ego4d": "R1@0.3"}
+LONG_VIDEO_KS = (1, 5, 10, 50, 100)
+WINDOW_RETRIEVAL_KS = (1, 5, 10)
+IOU_COMPARE = {"gt": np.greater, "ge": np.greater_equal}  # IoU passes θ: strict (RGNet, Ego4D NLQ) or not (MAD, moment_detr)
+
+
+@dataclass(frozen=True)
+class RecallSpec:
+    """Recall@k metrics of one dataset: ranks k, IoU thresholds, default comparison (a key of IOU_COMPARE)."""
+
+    ks: tuple[int, ...]
+    thresholds: tuple[float, ...]
+    iou_compare: str
+
+
+RECALL_SPECS = {
+    "charades": RecallSpec((1, 5), (0.3, 0.5, 0.7), "ge"),
+    "tacos": RecallSpec((1, 5), (0.3, 0.5, 0.7), "ge"),
+    "ego4d": RecallSpec(LONG_VIDEO_KS, (0.3, 0.5, 0.7), "gt"),
+    "mad": RecallSpec(LONG_VIDEO_KS, (0.1, 0.3, 0.5), "ge"),
+}
+DATASETS = ("qvhighlights", *RECALL_SPECS)
+MAIN_METRIC = {"qvhighlights": "MR-full-mAP", "charades": "R1@0.5", "tacos": "R1@0.5", "ego4d": "R1@0.3", "mad": "R1@0.3"}
 
 
 def load_jsonl(path: str | Path) -> list[dict]:
@@ -45,6 +79,17 @@ def load_jsonl(path: str | Path) -> list[dict]:
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
     return records
+
+
+def load_ground_truth(path: str | Path, dataset: str) -> list[dict]:
+    """Ground-truth records: normalised jsonl, or (not qvhighlights, not ``.jsonl``) the dataset's own file.
+
+    A Charades-STA text file is read without the durations CSV (which only
+    clamps window ends, changing no IoU that matters here).
+    """
+    if dataset == "qvhighlights" or Path(path).suffix == ".jsonl":
+        return load_jsonl(path)
+    return read_annotations(path, dataset, **({"durations": None} if dataset == "charades" else {}))[0]
 
 
 def percent(value: float) -> float:
@@ -97,6 +142,19 @@ def detection_ap(gt: np.ndarray, predictions: np.ndarray, thresholds: list[float
     return np.array([interpolated_ap(precision[t], recall[t]) for t in range(len(thresholds))])
 
 
+def check_scored_windows(windows: list, where: str) -> None:
+    """Refuse scored windows that are not a non-empty (N, 3) [start, end, score] list sorted by score."""
+    if not windows:
+        raise ValueError(f"{where} is empty")
+    values = np.asarray([w[:3] for w in windows], dtype=float)
+    if values.ndim != 2 or values.shape[1] != 3 or not np.isfinite(values).all():
+        raise ValueError(f"{where}: windows must be [start, end, score] with finite numbers")
+    if (values[:, 1] < values[:, 0]).any():
+        raise ValueError(f"{where}: a window ends before it starts")
+    if (np.diff(values[:, 2]) > 0).any():
+        raise ValueError(f"{where} are not sorted by score (descending)")
+
+
 def check_predictions(predictions: list[dict], ground_truth: list[dict], match_number: bool) -> tuple[list[dict], list[dict]]:
     """Pair predictions with ground truth by qid; refuse what would give a wrong number."""
     pred_ids = [p["qid"] for p in predictions]
@@ -113,17 +171,9 @@ def check_predictions(predictions: list[dict], ground_truth: list[dict], match_n
     for p in predictions:
         if "pred_relevant_windows" not in p and "pred_saliency_scores" not in p:
             raise ValueError(f"qid {p['qid']}: neither pred_relevant_windows nor pred_saliency_scores")
-        windows = p.get("pred_relevant_windows")
-        if windows is not None:
-            if not windows:
-                raise ValueError(f"qid {p['qid']}: pred_relevant_windows is empty")
-            values = np.asarray([w[:3] for w in windows], dtype=float)
-            if values.shape[1] != 3 or not np.isfinite(values).all():
-                raise ValueError(f"qid {p['qid']}: windows must be [start, end, score] with finite numbers")
-            if (values[:, 1] < values[:, 0]).any():
-                raise ValueError(f"qid {p['qid']}: a window ends before it starts")
-            if (np.diff(values[:, 2]) > 0).any():
-                raise ValueError(f"qid {p['qid']}: pred_relevant_windows are not sorted by score (descending)")
+        for key in ("pred_relevant_windows", "pred_windows"):
+            if p.get(key) is not None:
+                check_scored_windows(p[key], f"qid {p['qid']}: {key}")
         scores = p.get("pred_saliency_scores")
         if scores is not None and not np.isfinite(np.asarray(scores, dtype=float)).all():
             raise ValueError(f"qid {p['qid']}: pred_saliency_scores has NaN or infinite values")
@@ -235,25 +285,94 @@ def eval_qvhighlights(predictions: list[dict], ground_truth: list[dict], match_n
     return {"brief": brief, **dict(sorted(result.items()))}
 
 
-def eval_top1(predictions: list[dict], ground_truth: list[dict], match_number: bool = True) -> dict:
-    """R@1, R@5 at IoU 0.3/0.5/0.7 and mIoU of the first window (Charades-STA, TACoS, Ego4D-NLQ)."""
-    predictions, ground_truth = check_predictions(predictions, ground_truth, match_number)
+def recall_at_k(predictions: list[dict], ground_truth: list[dict], ks, thresholds, iou_compare: str = "ge") -> dict[str, float]:
+    """``R{k}@{θ}`` in percent: the fraction of queries whose first k windows hold one passing θ with a GT window.
+
+    ``iou_compare``: ``gt`` (IoU > θ) or ``ge`` (IoU >= θ). A query with fewer
+    than k windows is scored on those it has.
+    """
+    if iou_compare not in IOU_COMPARE:
+        raise ValueError(f"unknown IoU comparison {iou_compare!r}; choose gt (IoU > θ) or ge (IoU >= θ)")
     gt_by_qid = {g["qid"]: np.asarray(g["relevant_windows"], dtype=float) for g in ground_truth}
-    best_at = {1: [], 5: []}
-    for p in predictions:
-        ious = temporal_iou(np.asarray(p["pred_relevant_windows"], dtype=float)[:, :2], gt_by_qid[p["qid"]]).max(1)
-        for k in best_at:
-            best_at[k].append(ious[:k].max())
-    brief = {f"R{k}@{t}": percent(np.mean(np.array(v) >= t)) for k, v in best_at.items() for t in TOP1_THRESHOLDS}
+    depth = max(ks)
+    best = np.full((len(predictions), depth), -1.0)  # (Q, depth): best IoU with any GT window, per predicted window
+    for row, p in enumerate(predictions):
+        ious = temporal_iou(np.asarray(p["pred_relevant_windows"], dtype=float)[:depth, :2], gt_by_qid[p["qid"]]).max(1)
+        best[row, : len(ious)] = ious
+    best_at_k = np.maximum.accumulate(best, axis=1)[:, np.asarray(ks) - 1]  # (Q, K): best IoU among the first k
+    hits = IOU_COMPARE[iou_compare](best_at_k[:, :, None], np.asarray(thresholds)[None, None])  # (Q, K, T)
+    rates = hits.mean(0)
+    return {f"R{k}@{t}": percent(rates[i, j]) for i, k in enumerate(ks) for j, t in enumerate(thresholds)}
+
+
+def eval_recall(predictions: list[dict], ground_truth: list[dict], spec: RecallSpec, match_number: bool = True,
+                iou_compare: str | None = None) -> dict:
+    """``brief``: R@k at the spec's IoU thresholds and ``mIoU`` of the first window (percent).
+
+    ``iou_compare`` (``gt`` | ``ge``) overrides the spec's default.
+    """
+    predictions, ground_truth = check_predictions(predictions, ground_truth, match_number)
+    missing = [p["qid"] for p in predictions if "pred_relevant_windows" not in p]
+    if missing:
+        raise ValueError(f"{len(missing)} predictions have no pred_relevant_windows (e.g. qid {missing[0]})")
+    brief = recall_at_k(predictions, ground_truth, spec.ks, spec.thresholds, iou_compare or spec.iou_compare)
     brief["mIoU"] = percent(np.mean(top1_ious(predictions, ground_truth)))
     return {"brief": brief}
 
 
-def evaluate(predictions: list[dict], ground_truth: list[dict], dataset: str = "qvhighlights", match_number: bool = True) -> dict:
-    """Metrics for ``dataset`` (qvhighlights | charades | tacos | ego4d)."""
-    if dataset == "qvhighlights":
-        return eval_qvhighlights(predictions, ground_truth, match_number)
-    if dataset in ("charades", "tacos", "ego4d"):
-        return eval_top1(predictions, ground_truth, match_number)
-    raise ValueError(f"unknown dataset {dataset!r}; choose qvhighlights, charades, tacos or ego4d")
+def window_retrieval_recall(retrieved: list, ground_truth: list, ks=WINDOW_RETRIEVAL_KS) -> dict[str, float]:
+    """Retrieval R@k in percent of ranked windows, under two definitions of a found moment.
 
+    ``retrieved[i]``: query i's windows (W_i, 2+) [start, end, ...] in seconds,
+    best first; ``ground_truth[i]``: its moments (G_i, 2). ``WR-overlap-R{k}``:
+    one of the first k windows overlaps a moment (positive intersection, or
+    contains it, so that zero-length moments count); ``WR-contain-R{k}``: one
+    of them contains a moment (window start <= moment start, moment end <=
+    window end).
+    """
+    first_hit = {"overlap": [], "contain": []}  # per query: rank (0-based) of the first window that finds a moment, inf if none
+    for windows, moments in zip(retrieved, ground_truth):
+        w = np.asarray([x[:2] for x in windows[: max(ks)]], dtype=float).reshape(-1, 1, 2)  # (W, 1, 2)
+        g = np.asarray(moments, dtype=float).reshape(-1, 2)[None]  # (1, G, 2)
+        contain = ((w[..., 0] <= g[..., 0]) & (g[..., 1] <= w[..., 1])).any(1)  # (W,)
+        overlap = (np.minimum(w[..., 1], g[..., 1]) > np.maximum(w[..., 0], g[..., 0])).any(1) | contain
+        for name, found in (("overlap", overlap), ("contain", contain)):
+            first_hit[name].append(np.argmax(found) if found.any() else np.inf)
+    return {f"WR-{name}-R{k}": percent(np.mean(np.asarray(ranks) < k)) for name, ranks in first_hit.items() for k in ks}
+
+
+def window_retrieval_metrics(predictions: list[dict], ground_truth: list[dict]) -> tuple[dict[str, float], int]:
+    """Window retrieval R@k over the prediction records with a ground truth that carry ``pred_windows``, and their number.
+
+    ``pred_windows`` is trusted to be checked already (``check_predictions``).
+    """
+    gt_by_qid = {g["qid"]: g["relevant_windows"] for g in ground_truth}
+    carrying = [p for p in predictions if p.get("pred_windows") is not None and p["qid"] in gt_by_qid]
+    if not carrying:
+        return {}, 0
+    return window_retrieval_recall([p["pred_windows"] for p in carrying], [gt_by_qid[p["qid"]] for p in carrying]), len(carrying)
+
+
+def evaluate(predictions: list[dict], ground_truth: list[dict], dataset: str = "qvhighlights", match_number: bool = True,
+             iou_compare: str | None = None) -> dict:
+    """Metrics for ``dataset`` (one of DATASETS); window retrieval too when records carry ``pred_windows``.
+
+    ``iou_compare``: ``gt`` (IoU > θ) or ``ge`` (IoU >= θ) for the R@k
+    metrics; None takes the dataset's default (``RECALL_SPECS``). QVHighlights
+    keeps its official ``ge``.
+    """
+    if iou_compare not in (None, *IOU_COMPARE):
+        raise ValueError(f"unknown IoU comparison {iou_compare!r}; choose gt (IoU > θ) or ge (IoU >= θ)")
+    if dataset == "qvhighlights":
+        if iou_compare == "gt":
+            raise ValueError("qvhighlights metrics are the official evaluator's (IoU >= θ); iou_compare gt is for " + ", ".join(RECALL_SPECS))
+        result = eval_qvhighlights(predictions, ground_truth, match_number)
+    elif dataset in RECALL_SPECS:
+        result = eval_recall(predictions, ground_truth, RECALL_SPECS[dataset], match_number, iou_compare)
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    retrieval, count = window_retrieval_metrics(predictions, ground_truth)  # pred_windows checked by the metrics above
+    if count:
+        result["brief"] |= retrieval
+        result["window_retrieval"] = {"queries": count}
+    return result
