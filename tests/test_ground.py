@@ -10,7 +10,8 @@ import pytest
 
 from vtg_pipeline.cli import main
 from vtg_pipeline.config import load_config
-from vtg_pipeline.grounder import GroundError, Grounder, Request, hms, read_requests, window_starts
+from vtg_pipeline.grounder import GroundError, Grounder, Request, hms, read_requests
+from vtg_pipeline.inference import window_starts
 from vtg_pipeline.report import write_report
 from vtg_pipeline.training import train
 

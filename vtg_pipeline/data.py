@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch.utils.data import Dataset, Sampler
 
-from .annotations import read_annotations, read_charades_durations, saliency_targets
+from .annotations import window_saliency, read_annotations, read_charades_durations, saliency_targets
 from .backbone import FrozenBackbone
 from .features import load_features, read_metadata
 
@@ -43,6 +44,8 @@ class DataConfig:
     skip_bad: bool = False  # skip malformed annotation records (counted) instead of failing
     durations: tuple[str, ...] = ()  # Charades-STA: Charades_v1_{train,test}.csv video lengths (relative to root); empty: latest window end
     num_workers: int = 0
+    metrics: str = ""  # evaluation protocol (qvhighlights | charades | tacos | ego4d | mad); empty: the annotation format's
+    negatives: int = 3  # rgnet: same-video negative windows per query
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +115,108 @@ class GroundingDataset(Dataset):
             "saliency": saliency,
             "positive": positive,
         }
+
+
+class WindowDataset(GroundingDataset):
+    """RGNet training items: per query, one positive window and ``negatives`` windows of the same video.
+
+    Window length and stride are in frames (``DecodeConfig.window`` / ``window_stride`` x fps, the
+    windows inference uses). The positive window is placed at random so that it holds the
+    query's moment (one drawn per epoch when there are several); a moment longer than the window
+    is cut to it, the window then covering the moment's centre. Negatives are windows of the
+    inference grid that overlap none of the query's moments, drawn without replacement; a
+    video with fewer gets masked rows (``window_mask``). Cross-video negatives are not drawn here.
+
+    Item: ``video`` (1 + N, w, K, P, D), ``window_mask`` (1 + N,), ``frame_mask`` (1 + N, w),
+    ``in_moment`` (1 + N, w) frames inside a moment, ``windows`` (G, 2) seconds relative to the
+    positive window, ``saliency`` (w,) and ``positive`` (a frame) of the positive window,
+    ``starts`` (1 + N,) first frame of each window.
+    """
+
+    def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, window: int, stride: int,
+                 negatives: int, seed: int = 0):
+        super().__init__(records, feature_dir, backbone, fps, "features", seed)
+        self.window, self.stride, self.negatives = window, stride, negatives
+        self._frames = {}
+        for vid in {r["vid"] for r in records}:
+            with safe_open(str(self.path(vid)), framework="pt") as f:
+                self._frames[vid] = f.get_slice("vision").get_shape()[0]
+
+    def frame_counts(self) -> list[int]:
+        return [min(self._frames[r["vid"]], self.window) for r in self.records]
+
+    def positive_start(self, moment: tuple[float, float], num_frames: int, generator: torch.Generator) -> int:
+        """First frame of a window of ``self.window`` frames holding ``moment`` (frames), at random."""
+        last = max(0, num_frames - self.window)
+        start, end = moment
+        low, high = math.ceil(end) - self.window, math.floor(start)
+        if low > high:  # longer than the window: keep its centre
+            low = high = round((start + end) / 2 - self.window / 2)
+        low, high = min(max(low, 0), last), min(max(high, 0), last)
+        return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+    def __getitem__(self, index: int) -> dict:
+        from .inference import window_starts
+
+        record = self.records[index]
+        n, w, fps = self._frames[record["vid"]], self.window, self.fps
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+        moments = np.asarray(record["relevant_windows"], dtype=np.float64).reshape(-1, 2) * fps  # frames
+        moment = moments[int(torch.randint(len(moments), (1,), generator=generator))]
+        starts = [self.positive_start(tuple(moment), n, generator)]
+        grid = [s for s in window_starts(n, w, self.stride) if not ((moments[:, 0] < s + w) & (moments[:, 1] > s)).any()]
+        picked = torch.randperm(len(grid), generator=generator)[: self.negatives].tolist()
+        starts += [grid[i] for i in picked]
+        in_video = torch.from_numpy(window_saliency(record["relevant_windows"], n, 1.0 / fps)).float() > 0
+        saliency_full = torch.from_numpy(saliency_targets(record, n, 1.0 / fps)).float()
+        length = min(w, n)
+        with safe_open(str(self.path(record["vid"])), framework="pt") as f:
+            vision = f.get_slice("vision")
+            first = vision[starts[0] : starts[0] + length]
+            video = first.new_zeros((1 + self.negatives, length, *first.shape[1:]))
+            for row, start in enumerate(starts):
+                video[row] = first if row == 0 else vision[start : start + length]
+        window_mask = torch.zeros(1 + self.negatives, dtype=torch.bool)
+        window_mask[: len(starts)] = True
+        in_moment = torch.zeros(1 + self.negatives, length, dtype=torch.bool)
+        for row, start in enumerate(starts):
+            in_moment[row] = in_video[start : start + length]
+        saliency = saliency_full[starts[0] : starts[0] + length]
+        if not (saliency > 0).any():  # a moment shorter than a clip: its frame
+            saliency[min(int(moment.mean()) - starts[0], length - 1)] = 1.0
+        candidates = torch.nonzero(saliency > 0)[:, 0]
+        positive = candidates[torch.randint(len(candidates), (1,), generator=generator)].item()
+        offset = starts[0] / fps
+        relative = torch.tensor(record["relevant_windows"], dtype=torch.float32).reshape(-1, 2) - offset
+        relative = relative.clamp(0, length / fps)
+        relative = relative[relative[:, 1] > relative[:, 0]]
+        return {"record": record, "video": video, "window_mask": window_mask, "frame_mask": torch.ones(1 + self.negatives, length, dtype=torch.bool),
+                "in_moment": in_moment, "windows": relative, "saliency": saliency, "positive": positive,
+                "starts": torch.tensor(starts + [-1] * (1 + self.negatives - len(starts)))}
+
+
+def collate_windows(items: list[dict], fps: float) -> dict:
+    """Stack window items: video (B, 1 + N, w, ...), masks (B, 1 + N[, w]); videos shorter than a window are padded."""
+    length = max(item["video"].size(1) for item in items)
+
+    def pad(x: torch.Tensor, dim: int) -> torch.Tensor:
+        shape = list(x.shape)
+        shape[dim] = length - x.size(dim)
+        return torch.cat((x, x.new_zeros(shape)), dim=dim)
+
+    return {
+        "records": [item["record"] for item in items],
+        "queries": [item["record"]["query"] for item in items],
+        "video": torch.stack([pad(item["video"], 1) for item in items]),
+        "window_mask": torch.stack([item["window_mask"] for item in items]),
+        "frame_mask": torch.stack([pad(item["frame_mask"], 1) for item in items]),
+        "in_moment": torch.stack([pad(item["in_moment"], 1) for item in items]),
+        "windows": [item["windows"] for item in items],
+        "saliency": torch.stack([pad(item["saliency"], 0) for item in items]),
+        "positive": torch.tensor([item["positive"] for item in items]),
+        "starts": torch.stack([item["starts"] for item in items]),
+        "fps": torch.full((len(items),), fps),
+    }
 
 
 class LengthGroupedBatches(Sampler[list[int]]):

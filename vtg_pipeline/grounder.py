@@ -12,10 +12,12 @@ How a batch runs:
    ``features_dir`` if given (videos already there are not decoded again),
    else a temporary folder. Frames are stored too, for report thumbnails.
 2. Per video, all of its queries run through the side network as one batch
-   that shares the video's states. Videos longer than ``decode.window``
-   seconds are cut into overlapping windows read one at a time from the
-   store, so memory does not grow with duration; moments are shifted to
-   absolute seconds, merged and NMS'd, saliency is averaged where windows overlap.
+   that shares the video's states (``inference.ground_in_windows``). Videos
+   longer than ``decode.window`` seconds are cut into overlapping windows read
+   one at a time from the store, so memory does not grow with duration; an
+   RGNet checkpoint scores every window per query and grounds in its top
+   windows only. Moments are shifted to absolute seconds, merged and NMS'd,
+   saliency is averaged where windows overlap.
 A missing or undecodable video or an empty query gives an error record for
 its items; the others complete.
 """
@@ -28,7 +30,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -39,7 +40,7 @@ from .config import TrainConfig, config_from_dict
 from .data import TextCache
 from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, run_settings
 from .features import Manifest, read_metadata
-from .inference import decode_windows, postprocess, saliency_curve
+from .inference import ground_in_windows
 from .models import create_model
 
 
@@ -60,14 +61,6 @@ def hms(seconds: float) -> str:
     """Seconds as h:mm:ss.s (``3725.25`` -> ``1:02:05.2``)."""
     tenths = int(round(seconds * 10))
     return f"{tenths // 36000}:{tenths // 600 % 60:02d}:{tenths % 600 / 10:04.1f}"
-
-
-def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
-    """First frame of each window covering [0, num_frames): every ``stride`` frames, the last one flush with the end."""
-    if num_frames <= window:
-        return [0]
-    starts = list(range(0, num_frames - window, stride))
-    return starts + [num_frames - window]
 
 
 class Grounder:
@@ -176,37 +169,24 @@ class Grounder:
             meta = f.metadata()
             times = f.get_tensor("timestamps").numpy()
             vision = f.get_slice("vision")
-            num_frames, duration = len(times), float(meta["duration"])
-            window = max(1, round(self.cfg.decode.window * self.fps))
-            stride = max(1, round(self.cfg.decode.window_stride * self.fps))
+            duration = float(meta["duration"])
             query, query_mask = self.text_cache(queries, self.backbone.device)
-            device = self.backbone.device
-            moments: list[list[np.ndarray]] = [[] for _ in queries]
-            saliency_sum = np.zeros((len(queries), num_frames))
-            covered = np.zeros(num_frames)
-            for start in window_starts(num_frames, window, stride):
-                states = vision[start : start + window].to(device).float()[None]  # (1, w, K, P, D): shared by the queries
-                w = states.size(1)
-                mask = torch.ones(len(queries), w, dtype=torch.bool, device=device)
-                out = self.model(states, mask, query, query_mask)
-                for i in range(len(queries)):
-                    local = decode_windows(out, i, self.fps, min(w / self.fps, duration - start / self.fps), self.cfg.decode)
-                    local[:, :2] += start / self.fps
-                    moments[i].append(local)
-                    saliency_sum[i, start : start + w] += saliency_curve(out, i, w, self.cfg.model.strides)
-                covered[start : start + w] += 1
+            grounded = ground_in_windows(self.model, lambda start, stop: vision[start:stop], len(times), duration, query, query_mask,
+                                         self.fps, self.cfg.model.strides, self.cfg.decode)
         results = []
-        for i in range(len(queries)):
-            merged = postprocess(np.concatenate(moments[i]), duration, self.cfg.decode)[: self.cfg.decode.max_moments]
-            windows = [[round(float(s), 4), round(float(e), 4), round(float(p), 4)] for s, e, p in merged]
-            results.append({
+        for g in grounded:
+            windows = [[round(float(s), 4), round(float(e), 4), round(float(p), 4)] for s, e, p in g["moments"]]
+            result = {
                 "vid": meta.get("video_id", feature_file.stem),
                 "duration": duration,
                 "pred_relevant_windows": windows,
                 "pred_relevant_windows_hms": [[hms(s), hms(e)] for s, e, _ in windows],
-                "pred_saliency_scores": [round(float(x), 4) for x in saliency_sum[i] / np.maximum(covered, 1)],
+                "pred_saliency_scores": [round(float(x), 4) for x in g["saliency"]],
                 "clip_times": [round(float(t), 4) for t in times],
-            })
+            }
+            if "windows" in g:
+                result["pred_windows"] = [[round(float(s), 4), round(float(e), 4), round(float(p), 4)] for s, e, p in g["windows"]]
+            results.append(result)
         return results
 
 

@@ -7,11 +7,18 @@ duration are rounded to ``unit`` seconds, then greedy NMS (``hard``: overlaps
 >= threshold get score 0; ``linear``: scores times 1 - IoU) and a stable sort.
 Saliency per clip: each level's sigmoid(cls) brought back to clip resolution,
 max over levels, times the cosine saliency.
+
+Videos longer than ``DecodeConfig.window`` are grounded window by window
+(``ground_in_windows``): an R² model predicts in every window; an RGNet model
+first scores every window per query, then runs its heads on the top
+``retrieval_topk`` windows only. Moments are shifted to absolute seconds,
+merged and NMS'd.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,6 +34,8 @@ class DecodeConfig:
     nms_threshold: float = 0.7
     window: float = 150.0  # seconds: longer videos are grounded in windows of this length (the training length)
     window_stride: float = 75.0  # seconds between window starts (half-overlapping by default)
+    retrieval_topk: int = 20  # rgnet: windows per query that go to the heads
+    window_score: str = "product"  # rgnet: moment score x sigmoid(window logit) | moment: the moment score alone
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,3 +104,67 @@ def predictions_for_batch(out: dict, batch: dict, strides: tuple[int, ...], cfg:
         })
     return records
 
+
+
+def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
+    """First frame of each window covering [0, num_frames): every ``stride`` frames, the last one flush with the end."""
+    if num_frames <= window:
+        return [0]
+    starts = list(range(0, num_frames - window, stride))
+    return starts + [num_frames - window]
+
+
+@torch.no_grad()
+def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], num_frames: int, duration: float,
+                      query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...], cfg: DecodeConfig) -> list[dict]:
+    """Ground Q queries in one video, one window at a time (memory does not grow with duration).
+
+    ``read_frames(start, stop)`` returns the video's states (stop - start, K, P, D) for
+    frames [start, stop); query (Q, L, K, Dt), query_mask (Q, L). Each window's
+    states are read once and shared by the Q queries. Returns per query ``moments``
+    (M, 3) [start s, end s, score] sorted, ``saliency`` (num_frames,) and, for a
+    retrieval model, ``windows`` (W, 3) [start s, end s, sigmoid(window logit)] sorted.
+    """
+    window = max(1, round(cfg.window * fps))
+    stride = max(1, round(cfg.window_stride * fps))
+    starts = window_starts(num_frames, window, stride)
+    queries, device = len(query), query.device
+    retrieval = hasattr(model, "retrieve") and len(starts) > 1
+    if retrieval:  # pass 1: score every window for every query; pass 2 below: heads on the top-k
+        logits = torch.stack([model.retrieve(*window_inputs(read_frames, s, window, num_frames, queries, device), query, query_mask)[1]["window_logit"]
+                              for s in starts], dim=1)  # (Q, W)
+        ranked = logits.argsort(dim=1, descending=True).cpu()
+        chosen = [set(row[: cfg.retrieval_topk].tolist()) for row in ranked]
+    moments: list[list[np.ndarray]] = [[] for _ in range(queries)]
+    saliency_sum, covered = np.zeros((queries, num_frames)), np.zeros((queries, num_frames))
+    for w, start in enumerate(starts):
+        wanted = [i for i in range(queries) if not retrieval or w in chosen[i]]
+        if not wanted:
+            continue
+        video, mask = window_inputs(read_frames, start, window, num_frames, len(wanted), device)
+        out = model(video, mask, query[wanted], query_mask[wanted])
+        length = int(mask[0].sum())
+        for row, i in enumerate(wanted):
+            local = decode_windows(out, row, fps, min(length / fps, duration - start / fps), cfg)
+            local[:, :2] += start / fps
+            if retrieval and cfg.window_score == "product":
+                local[:, 2] *= float(logits[i, w].sigmoid())
+            moments[i].append(local)
+            saliency_sum[i, start : start + length] += saliency_curve(out, row, length, strides)
+            covered[i, start : start + length] += 1
+    results = []
+    for i in range(queries):
+        merged = postprocess(np.concatenate(moments[i]), duration, cfg)[: cfg.max_moments]
+        result = {"moments": merged, "saliency": saliency_sum[i] / np.maximum(covered[i], 1)}
+        if retrieval:
+            order = ranked[i].numpy()
+            result["windows"] = np.stack([np.array(starts)[order] / fps, np.minimum(np.array(starts)[order] + window, num_frames) / fps,
+                                          logits[i, order].sigmoid().cpu().numpy()], axis=1)
+        results.append(result)
+    return results
+
+
+def window_inputs(read_frames, start: int, window: int, num_frames: int, queries: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One window's states (1, w, K, P, D), shared by ``queries`` queries, and its mask (queries, w)."""
+    states = read_frames(start, min(start + window, num_frames)).to(device).float()[None]
+    return states, torch.ones(queries, states.size(1), dtype=torch.bool, device=device)

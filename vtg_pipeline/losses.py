@@ -22,6 +22,11 @@ class LossConfig:
     layer_cal: float = 0.1
     sample_radius: float = 1.5  # centre sampling, in strides
     temperature: float = 0.07
+    # RGNet (model.name=rgnet): inter-window contrastive, intra-window attention hinge, gate supervision
+    retrieval: float = 1.0  # MAD: 10
+    intra: float = 1.0
+    intra_margin: float = 0.2
+    gate: float = 0.5  # BCE of the sparsifier's logits against in-moment frames: keeps the gate from collapsing
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,4 +124,48 @@ def grounding_losses(out: dict, windows: list[torch.Tensor], fps: torch.Tensor, 
         "saliency": cfg.saliency * sampled_nce_loss(out["frames"], out["query"], frame_mask, saliency, positive, cfg.temperature),
         "video_cal": cfg.video_cal * info_nce_loss(cls_at_positive, queries, cfg.temperature),
         "layer_cal": cfg.layer_cal * info_nce_loss(cls_at_positive.transpose(0, 1), queries.transpose(0, 1), cfg.temperature),
+    }
+
+
+def window_retrieval_loss(window_logits: torch.Tensor, window_mask: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """InfoNCE of each query over its windows: logits (B, W) with the positive window first; window_mask (B, W)."""
+    logits = (window_logits / temperature).masked_fill(~window_mask, float("-inf"))
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
+def intra_window_loss(scores: torch.Tensor, in_moment: torch.Tensor, frame_mask: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """Hinge max(0, margin - S_in + S_out) on one random in-moment and one random out-of-moment frame per window.
+
+    scores (B, T) token-frame attention scores, in_moment / frame_mask (B, T) bool. Windows
+    without frames of both kinds are left out; 0 if none is left.
+    """
+    inside, outside = in_moment & frame_mask, ~in_moment & frame_mask
+    usable = inside.any(1) & outside.any(1)
+    if not usable.any():
+        return scores.sum() * 0.0
+    rows = torch.nonzero(usable)[:, 0]
+    pick_in = torch.multinomial(inside[rows].float(), 1)[:, 0]
+    pick_out = torch.multinomial(outside[rows].float(), 1)[:, 0]
+    return F.relu(margin - scores[rows, pick_in] + scores[rows, pick_out]).mean()
+
+
+def gate_loss(gate_logits: torch.Tensor, in_moment: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the sparsifier's logits (B, T) against in-moment frames, over valid frames."""
+    loss = F.binary_cross_entropy_with_logits(gate_logits, in_moment.to(gate_logits.dtype), reduction="none")
+    return (loss * frame_mask).sum() / frame_mask.sum().clamp(min=1)
+
+
+def window_losses(out: dict, window_mask: torch.Tensor, in_moment: torch.Tensor, frame_mask: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """RGNet's terms for B queries x W windows (positive first), flattened to B * W rows in ``out``.
+
+    window_mask (B, W); in_moment, frame_mask (B * W, T). The intra-window hinge uses the
+    positive windows; the gate loss every real window.
+    """
+    b, w = window_mask.shape
+    real = window_mask.flatten()
+    positive = torch.arange(b, device=real.device) * w
+    return {
+        "retrieval": cfg.retrieval * window_retrieval_loss(out["window_logit"].view(b, w), window_mask, cfg.temperature),
+        "intra": cfg.intra * intra_window_loss(out["attention"][positive], in_moment[positive], frame_mask[positive], cfg.intra_margin),
+        "gate": cfg.gate * gate_loss(out["gate_logits"][real], in_moment[real], frame_mask[real]),
     }

@@ -27,17 +27,18 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
 from .config import TrainConfig
-from .data import GroundingDataset, LengthGroupedBatches, TextCache, collate, load_split
+from .data import GroundingDataset, LengthGroupedBatches, TextCache, WindowDataset, collate, collate_windows, load_split
 from .evaluation import MAIN_METRIC, evaluate
 from .features import atomic_write_text
-from .inference import predictions_for_batch
-from .losses import grounding_losses
+from .inference import ground_in_windows, predictions_for_batch
+from .losses import grounding_losses, window_losses
 from .models import create_model
 
 
@@ -89,6 +90,60 @@ def predict(model, loader, backbone, text_cache, cfg: TrainConfig, device) -> li
     return records
 
 
+@torch.no_grad()
+def predict_in_windows(model, dataset: GroundingDataset, text_cache, cfg: TrainConfig, device) -> list[dict]:
+    """Predictions for every query of ``dataset``, each video grounded as ``vtg ground`` does (windows, retrieval).
+
+    Records also carry ``pred_windows`` [[start s, end s, score], ...], the windows ranked for the query.
+    """
+    model.eval()
+    by_video: dict[str, list[dict]] = {}
+    for record in dataset.records:
+        by_video.setdefault(record["vid"], []).append(record)
+    records = []
+    for vid, group in by_video.items():
+        query, query_mask = text_cache(queries_of({"queries": [r["query"] for r in group]}, cfg), device)
+        with safe_open(str(dataset.path(vid)), framework="pt") as f:
+            vision = f.get_slice("vision")
+            grounded = ground_in_windows(model, lambda start, stop: vision[start:stop], vision.get_shape()[0], float(group[0]["duration"]),
+                                         query, query_mask, cfg.data.fps, cfg.model.strides, cfg.decode)
+        for record, g in zip(group, grounded):
+            rounded = lambda rows: [[round(float(a), 4), round(float(b), 4), round(float(c), 4)] for a, b, c in rows]  # noqa: E731
+            records.append({"qid": record["qid"], "query": record["query"], "vid": vid,
+                            "pred_relevant_windows": rounded(g["moments"]),
+                            "pred_saliency_scores": [round(float(x), 4) for x in g["saliency"]],
+                            **({"pred_windows": rounded(g["windows"])} if "windows" in g else {})})
+    model.train()
+    return records
+
+
+def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, accelerator) -> tuple[dict, dict]:
+    """The weighted loss terms of one training batch, and statistics to log (the sparsifier's kept fraction)."""
+    device = accelerator.device
+    query, query_mask = text_cache(queries_of(batch, cfg), device)
+    if "window_mask" not in batch:  # one item per query: the whole video
+        video = video_states(batch, backbone, cfg.data.mode, device)
+        with accelerator.autocast():
+            out = model(video, batch["video_mask"], query, query_mask)
+        out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
+        return grounding_losses(out, [w.to(device) for w in batch["windows"]], batch["fps"].to(device), batch["saliency"],
+                                batch["video_mask"], batch["positive"], cfg.loss), {}
+    # RGNet: B queries x W windows (the positive first), the heads on the positive windows only.
+    b, w = batch["window_mask"].shape
+    video = batch["video"].to(device).flatten(0, 1).float()
+    frame_mask = batch["frame_mask"].to(device).flatten(0, 1)
+    positive_rows = torch.arange(b, device=device) * w
+    with accelerator.autocast():
+        out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0), heads_rows=positive_rows)
+    out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
+    losses = grounding_losses(out, [x.to(device) for x in batch["windows"]], batch["fps"].to(device), batch["saliency"].to(device),
+                              frame_mask[positive_rows], batch["positive"].to(device), cfg.loss)
+    losses.update(window_losses(out, batch["window_mask"].to(device), batch["in_moment"].to(device).flatten(0, 1), frame_mask, cfg.loss))
+    real = batch["window_mask"].to(device).flatten()
+    kept = (out["gate"][real] * frame_mask[real]).sum() / frame_mask[real].sum()
+    return losses, {"kept_fraction": kept.item()}
+
+
 def queries_of(batch: dict, cfg: TrainConfig) -> list[str]:
     return [cfg.fixed_query] * len(batch["queries"]) if cfg.fixed_query else batch["queries"]
 
@@ -129,9 +184,16 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     train_set = load_split(cfg.data, "train", backbone, cfg.seed)
     val_set = load_split(cfg.data, "val", backbone, cfg.seed)
     batch_collate = partial(collate, fps=cfg.data.fps)
+    if cfg.model.name == "rgnet":  # one positive and cfg.data.negatives same-video windows per query
+        fps = cfg.data.fps
+        train_set = WindowDataset(train_set.records, train_set.feature_dir, backbone, fps, max(1, round(cfg.decode.window * fps)),
+                                  max(1, round(cfg.decode.window_stride * fps)), cfg.data.negatives, cfg.seed)
+        train_collate = partial(collate_windows, fps=fps)
+    else:
+        train_collate = batch_collate
     repeated = len(train_set) * cfg.optim.repeat  # batches group videos of similar length: less padding
     sampler = LengthGroupedBatches(train_set.frame_counts() * cfg.optim.repeat, cfg.optim.batch_size, repeated > cfg.optim.batch_size, cfg.seed)
-    train_loader = DataLoader(ConcatDataset([train_set] * cfg.optim.repeat), batch_sampler=sampler, collate_fn=batch_collate,
+    train_loader = DataLoader(ConcatDataset([train_set] * cfg.optim.repeat), batch_sampler=sampler, collate_fn=train_collate,
                               num_workers=cfg.data.num_workers)
     val_batches = LengthGroupedBatches(val_set.frame_counts(), cfg.optim.batch_size, pool=len(val_set))
     val_loader = DataLoader(val_set, batch_sampler=val_batches, collate_fn=batch_collate, num_workers=cfg.data.num_workers)
@@ -157,7 +219,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     accelerator, backbone, text_cache, model, optimizer = run.accelerator, run.backbone, run.text_cache, run.model, run.optimizer
     train_set, val_set, train_loader, val_loader, state = run.train_set, run.val_set, run.train_loader, run.val_loader, run.state
     out_dir, device = Path(cfg.output_dir), accelerator.device
-    main_metric = MAIN_METRIC.get(cfg.data.dataset, "MR-full-mAP")
+    main_metric = MAIN_METRIC.get(cfg.data.metrics or cfg.data.dataset, "MR-full-mAP")
     accelerator.init_trackers("train")
     log_file = out_dir / "log.csv"
     for epoch in range(state["epoch"], cfg.optim.epochs):
@@ -167,13 +229,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         started, samples = time.perf_counter(), 0
         for batch in bar:
             with accelerator.accumulate(model):
-                video = video_states(batch, backbone, cfg.data.mode, device)
-                query, query_mask = text_cache(queries_of(batch, cfg), device)
-                with accelerator.autocast():
-                    out = model(video, batch["video_mask"], query, query_mask)
-                out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
-                losses = grounding_losses(out, [w.to(device) for w in batch["windows"]], batch["fps"].to(device), batch["saliency"],
-                                          batch["video_mask"], batch["positive"], cfg.loss)
+                losses, stats = batch_losses(model, batch, backbone, text_cache, cfg, accelerator)
                 for name, value in losses.items():
                     if not torch.isfinite(value):
                         raise TrainingError(f"step {state['step']}: loss term {name!r} is {value.item()}; nothing was saved for this epoch")
@@ -189,7 +245,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 samples += len(batch["queries"]) * accelerator.num_processes
-                row = {"step": state["step"], "epoch": epoch + 1, "lr": lr, "loss": total.item(), **{k: v.item() for k, v in losses.items()}}
+                row = {"step": state["step"], "epoch": epoch + 1, "lr": lr, "loss": total.item(), **{k: v.item() for k, v in losses.items()}, **stats}
                 accelerator.log(row, step=state["step"])
                 bar.set_postfix(loss=f"{total.item():.3f}", samples_per_s=f"{samples / (time.perf_counter() - started):.0f}")
                 if accelerator.is_main_process:
@@ -198,8 +254,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         state["epoch"] = epoch + 1
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
             if accelerator.is_main_process:
-                predictions = predict(accelerator.unwrap_model(model), val_loader, backbone, text_cache, cfg, device)
-                metrics = evaluate(predictions, val_set.records, cfg.data.dataset)["brief"]
+                if cfg.model.name == "rgnet":
+                    predictions = predict_in_windows(accelerator.unwrap_model(model), val_set, text_cache, cfg, device)
+                else:
+                    predictions = predict(accelerator.unwrap_model(model), val_loader, backbone, text_cache, cfg, device)
+                metrics = evaluate(predictions, val_set.records, cfg.data.metrics or cfg.data.dataset)["brief"]
                 with open(out_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps({"epoch": epoch + 1, "step": state["step"], **metrics}) + "\n")
                 accelerator.print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))

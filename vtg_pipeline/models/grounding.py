@@ -35,6 +35,13 @@ class ModelConfig:
     droppath: float = 0.1
     spatial_pooling: bool = True  # False: the CLS token only (ablation)
     max_moments: int = 50
+    # RGNet encoder (name: rgnet): retrieval token, sparsifier, retrieval attention
+    rg_cross_layers: int = 2
+    rg_self_layers: int = 2
+    rg_ffn_dims: int = 2048
+    rg_dropout: float = 0.1
+    sparsifier: bool = True  # False: every frame is kept (ablation)
+    gumbel_temperature: float = 0.3
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +88,11 @@ class R2Grounder(nn.Module):
         (B, T, C); ``query`` (B, C) pooled; ``saliency`` (B, T) cosine; ``cls_tokens``
         and ``queries`` per step (last layer first), each (B, T, C) / (B, C).
         """
+        r2 = self.refine(video, video_mask, query, query_mask)
+        return self.predict(r2["frames"], video_mask, query_mask, r2)
+
+    def refine(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> dict:
+        """The R² block's outputs (see ``R2Block.forward``), ``frames`` (B, T, C) after the stride-1 ReLU."""
         k = self.cfg.layers
         video, query = video[:, :, -k:], query[:, :, -k:]
         if not self.cfg.spatial_pooling:
@@ -88,7 +100,10 @@ class R2Grounder(nn.Module):
         r2 = self.r2(video, video_mask, query, query_mask)
         # The official stride-1 level is an in-place ReLU, so every later use sees ReLU(h).
         # Padding is zeroed so that a video in a batch gives what it gives alone.
-        frames = F.relu(r2["frames"]) * video_mask[..., None]
+        return {**r2, "frames": F.relu(r2["frames"]) * video_mask[..., None]}
+
+    def predict(self, frames: torch.Tensor, video_mask: torch.Tensor, query_mask: torch.Tensor, r2: dict) -> dict:
+        """Pyramid heads and saliency on frame features (B, T, C); ``r2`` supplies the mapped query tokens."""
         levels, level_masks = self.pyramid(frames, video_mask)
         lengths = video_mask.sum(1)
         complete = [torch.arange(x.size(1), device=x.device)[None] < (lengths // s)[:, None] for x, s in zip(levels, self.cfg.strides)]

@@ -30,8 +30,8 @@ def sine_positions(lengths: torch.Tensor, max_len: int, dims: int, temperature: 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate q/k/v/out projections and a key mask.
 
-    q (B, Tq, C), k (B, Tk, C), v (B, Tk, C), key_mask (B, Tk) bool (True = attend) -> (B, Tq, C).
-    Uses ``F.scaled_dot_product_attention``.
+    q (B, Tq, C), k (B, Tk, C), v (B, Tk, C), mask (B, Tk) per key or (B, Tq, Tk) per
+    query and key, bool (True = attend) -> (B, Tq, C). Uses ``F.scaled_dot_product_attention``.
     """
 
     def __init__(self, dims: int, heads: int = 8):
@@ -49,8 +49,9 @@ class MultiHeadAttention(nn.Module):
         b, t, c = x.shape
         return x.view(b, t, self.heads, c // self.heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        mask = None if key_mask is None else key_mask[:, None, None, :]
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
         out = F.scaled_dot_product_attention(self._split(self.q(q)), self._split(self.k(k)), self._split(self.v(v)), attn_mask=mask)
         b, _, t, _ = out.shape
         return self.out(out.transpose(1, 2).reshape(b, t, -1))
@@ -82,6 +83,30 @@ class TemporalLayer(nn.Module):
         q = x + positions
         x = self.self_norm(x + self.droppath(self.self_attn(q, q, x, frame_mask)))
         return self.ffn_norm(x + self.droppath(self.ffn(x)))
+
+
+class AttentionLayer(nn.Module):
+    """One post-norm transformer layer: x = LN(x + attn(x + pos, memory + memory_pos, memory)); x = LN(x + FFN(x)).
+
+    Self-attention when ``memory`` is None (memory = x, memory_pos = pos).
+    x (B, T, C), pos (B, T, C) or None, memory (B, M, C), mask (B, M) or (B, T, M) bool (True = attend) -> (B, T, C).
+    """
+
+    def __init__(self, dims: int = 256, heads: int = 8, ffn_dims: int = 1024, dropout: float = 0.1):
+        super().__init__()
+        self.attn = MultiHeadAttention(dims, heads)
+        self.ffn = nn.Sequential(nn.Linear(dims, ffn_dims), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dims, dims))
+        self.attn_norm = nn.LayerNorm(dims)
+        self.ffn_norm = nn.LayerNorm(dims)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, pos=None, memory=None, memory_pos=None, mask=None):
+        if memory is None:
+            memory, memory_pos = x, pos
+        q = x if pos is None else x + pos
+        k = memory if memory_pos is None else memory + memory_pos
+        x = self.attn_norm(x + self.dropout(self.attn(q, k, memory, mask)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
 def mapper(in_dims: int, dims: int, dropout: float) -> nn.Sequential:

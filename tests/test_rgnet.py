@@ -1,0 +1,159 @@
+"""RGNet: retrieval attention mask, sparsifier gate, window losses, training items, windowed inference."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vtg_pipeline.data import WindowDataset, collate_windows, load_split
+from vtg_pipeline.inference import DecodeConfig, ground_in_windows
+from vtg_pipeline.losses import gate_loss, intra_window_loss, window_retrieval_loss
+from vtg_pipeline.models import ModelConfig, create_model
+from vtg_pipeline.models.layers import AttentionLayer
+from vtg_pipeline.models.rgnet import gumbel_sigmoid_gate, retrieval_attention_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_rgnet(**overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="rgnet", vision_width=16, text_width=16, dims=32, heads=4, rg_ffn_dims=64, dropout=0.0, droppath=0.0,
+                      **overrides)
+    return create_model(cfg).eval()
+
+
+def test_retrieval_mask_token_sees_all_kept_frames_see_kept_dropped_frames_see_themselves():
+    keep = torch.tensor([[True, False, True, True]])
+    valid = torch.tensor([[True, True, True, False]])  # frame 3 is padding
+    mask = retrieval_attention_mask(keep, valid)[0].int()
+    # rows/cols: token, f0, f1, f2, f3
+    assert mask.tolist() == [
+        [1, 1, 1, 1, 0],  # token: itself and every valid frame, dropped or not
+        [1, 1, 0, 1, 0],  # kept f0: token and kept frames
+        [0, 0, 1, 0, 0],  # dropped f1: itself only
+        [1, 1, 0, 1, 0],  # kept f2
+        [0, 0, 0, 0, 1],  # padding: itself only (no empty softmax row)
+    ]
+
+
+def test_masked_attention_is_really_sparse():
+    """A dropped frame's output depends on nothing else; kept outputs ignore dropped inputs (the official float mask leaked)."""
+    torch.manual_seed(0)
+    layer = AttentionLayer(8, 2, 16, dropout=0.0).eval()
+    x = torch.randn(1, 5, 8)
+    mask = retrieval_attention_mask(torch.tensor([[True, False, True, True]]), torch.ones(1, 4, dtype=torch.bool))
+    changed = x.clone()
+    changed[0, 2] += 5.0  # dropped frame f1 (position 2 after the token)
+    a, b = layer(x, mask=mask), layer(changed, mask=mask)
+    assert torch.allclose(a[0, [1, 3, 4]], b[0, [1, 3, 4]], atol=1e-6)  # kept frames unaffected
+    assert not torch.allclose(a[0, 0], b[0, 0])  # the token reads every frame
+    alone = layer(x[:, 2:3], mask=torch.ones(1, 1, 1, dtype=torch.bool))
+    assert torch.allclose(a[0, 2], alone[0, 0], atol=1e-6)
+
+
+def test_gumbel_gate_is_binary_with_straight_through_gradient_and_deterministic_at_eval():
+    logits = torch.tensor([-3.0, -0.1, 0.0, 0.1, 3.0], requires_grad=True)
+    assert gumbel_sigmoid_gate(logits, 0.3, training=False).tolist() == [0, 0, 1, 1, 1]
+    torch.manual_seed(0)
+    gate = gumbel_sigmoid_gate(logits, 0.3, training=True)
+    assert torch.allclose(gate.detach(), gate.detach().round(), atol=1e-6)  # binary up to the straight-through rounding
+    gate.sum().backward()
+    assert (logits.grad > 0).all()  # the soft sigmoid's gradient passes through the threshold
+    torch.manual_seed(1)
+    draws = torch.stack([gumbel_sigmoid_gate(torch.zeros(2000), 0.3, True) for _ in range(2)])
+    assert 0.4 < draws.mean() < 0.6  # logistic noise: a zero logit is kept half of the time
+
+
+def test_rgnet_outputs_and_the_sparsifier_ablation():
+    video, mask = torch.randn(3, 12, 4, 5, 16), torch.ones(3, 12, dtype=torch.bool)
+    query, query_mask = torch.randn(3, 6, 4, 16), torch.ones(3, 6, dtype=torch.bool)
+    mask[2, 9:] = False
+    model = tiny_rgnet()
+    out = model(video, mask, query, query_mask)
+    assert out["window_logit"].shape == (3,) and out["gate"].shape == (3, 12) and out["attention"].shape == (3, 12)
+    assert not out["gate"][2, 9:].any()  # padding is never kept
+    rows = model(video, mask, query, query_mask, heads_rows=torch.tensor([0, 2]))
+    assert rows["cls"].shape[0] == 2 and rows["window_logit"].shape == (3,)
+    assert torch.allclose(rows["cls"], out["cls"][[0, 2]], atol=1e-5)
+    dense = tiny_rgnet(sparsifier=False)(video, mask, query, query_mask)
+    assert dense["gate"].tolist() == mask.float().tolist()
+
+
+def test_window_losses_on_hand_made_inputs():
+    logits = torch.tensor([[0.1, 0.05, 9.0]])
+    expected = -math.log(math.exp(0.1 / 0.07) / (math.exp(0.1 / 0.07) + math.exp(0.05 / 0.07)))  # the masked window is left out
+    assert window_retrieval_loss(logits, torch.tensor([[True, True, False]]), 0.07).item() == pytest.approx(expected, rel=1e-5)
+    scores = torch.tensor([[0.5, 0.45, 0.0], [1.0, 0.0, 0.0]])
+    in_moment = torch.tensor([[True, False, False], [True, True, True]])  # row 1: no frame outside: left out
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    assert intra_window_loss(scores, in_moment, valid, 0.2).item() == pytest.approx(0.2 - 0.5 + 0.45)
+    assert intra_window_loss(scores, in_moment.new_ones(2, 3), valid, 0.2).item() == 0.0
+    gate_logits = torch.tensor([[0.0, 0.0, 9.0]])
+    assert gate_loss(gate_logits, torch.tensor([[True, False, True]]), torch.tensor([[True, True, False]])).item() == pytest.approx(math.log(2))
+
+
+def test_window_items_hold_the_moment_and_negatives_from_the_same_video(synth_root, tiny_backbone):
+    from vtg_pipeline.data import DataConfig
+
+    val = load_split(DataConfig(root=str(synth_root)), "train", tiny_backbone)
+    data = WindowDataset(val.records, val.feature_dir, tiny_backbone, 0.5, window=10, stride=5, negatives=2)
+    for index, record in enumerate(data.records):
+        item = data[index]
+        start = int(item["starts"][0]) / 0.5
+        moments = np.asarray(record["relevant_windows"])
+        assert item["video"].shape[:2] == (3, 10)
+        assert len(item["windows"]) >= 1 and (item["windows"] >= 0).all() and (item["windows"] <= 20).all()
+        held = [(a >= start and b <= start + 20) or (b - a > 20) for a, b in moments]
+        assert any(held)  # a moment that fits is inside the positive window
+        assert item["saliency"][item["positive"]] > 0 and item["in_moment"][0].any()
+        for row in range(1, 3):
+            if item["window_mask"][row]:
+                s = int(item["starts"][row]) / 0.5
+                assert not ((moments[:, 0] < s + 20) & (moments[:, 1] > s)).any()  # no overlap with any moment
+                assert not item["in_moment"][row].any()
+    batch = collate_windows([data[0], data[1]], fps=0.5)
+    assert batch["video"].shape[:3] == (2, 3, 10) and batch["window_mask"].shape == (2, 3)
+
+
+def test_windowed_inference_grounds_only_in_the_top_windows():
+    model = tiny_rgnet()
+    video = torch.randn(40, 4, 5, 16)
+    query, query_mask = torch.randn(2, 6, 4, 16), torch.ones(2, 6, dtype=torch.bool)
+    calls = []
+
+    def read(start, stop):
+        calls.append((start, stop))
+        return video[start:stop]
+
+    cfg = DecodeConfig(window=20.0, window_stride=10.0, retrieval_topk=1, max_moments=100, nms="hard", nms_threshold=0.5)
+    results = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg)
+    for r in results:
+        best_start, best_end = r["windows"][0, :2]
+        assert len(r["windows"]) == 7  # windows of 10 frames every 5 frames over 40 frames
+        assert ((r["moments"][:, 0] >= best_start - 1e-6) & (r["moments"][:, 1] <= best_end + 1e-6)).all()
+        assert (r["saliency"][: int(best_start * 0.5)] == 0).all() or best_start == 0
+    assert len(calls) == 7 + len({tuple(r["windows"][0, :2]) for r in results})  # pass 1: every window; pass 2: the kept ones
+
+
+@pytest.mark.slow
+def test_rgnet_training_logs_kept_fraction_and_window_retrieval(synth_root, tmp_path):
+    from vtg_pipeline.config import load_config
+    from vtg_pipeline.training import train
+
+    cfg = load_config(ROOT / "configs" / "synthetic_long.yaml", [
+        f"data.root={synth_root}", f"output_dir={tmp_path}", "optim.epochs=1", "optim.batch_size=4", "model.dims=32", "model.heads=4",
+        "model.rg_ffn_dims=64", "decode.window=20", "decode.window_stride=10", "optim.warmup_steps=2",
+    ])
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"R1@0.3", "R5@0.3", "WR-overlap-R1", "WR-contain-R5"} <= set(metrics)
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert {"retrieval", "intra", "gate", "kept_fraction"} <= set(rows[0])
+    assert all(0.0 <= float(r["kept_fraction"]) <= 1.0 for r in rows)
+    predictions = [json.loads(line) for line in (tmp_path / "val_predictions.jsonl").read_text().splitlines()]
+    assert all(len(p["pred_relevant_windows"]) <= 100 for p in predictions)
+    assert any("pred_windows" in p for p in predictions)
