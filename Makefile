@@ -19,7 +19,7 @@ DECODER    ?= auto
 
 DEMO := demo
 # Training budget of the demo (the learning check, `make learn`, trains on 500 videos).
-DEMO_TRAIN_ARGS ?= optim.epochs=12 "optim.decay_epochs=[10]" optim.batch_size=16
+DEMO_TRAIN_ARGS ?= optim.epochs=12 "optim.decay_epochs=[10]"
 
 .PHONY: setup test demo extract learn clean-demo
 

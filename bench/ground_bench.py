@@ -42,9 +42,9 @@ def make_videos(out: Path) -> None:
         print(out / name, flush=True)
 
 
-def make_grounder(tmp: Path, device: str = "cpu") -> Grounder:
-    """An untrained ViT-B-32 checkpoint in ``tmp``, loaded back as a user would."""
-    cfg = load_config(None, ["backbone.name=ViT-B-32", "backbone.pretrained=random:0", f"output_dir={tmp}"])
+def make_grounder(tmp: Path, device: str = "cpu", overrides: tuple[str, ...] = ()) -> Grounder:
+    """An untrained ViT-B-32 checkpoint in ``tmp`` (config ``overrides`` applied), loaded back as a user would."""
+    cfg = load_config(None, ["backbone.name=ViT-B-32", "backbone.pretrained=random:0", f"output_dir={tmp}", *overrides])
     backbone = load_backbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.layers)
     cfg.model.vision_width, cfg.model.text_width = backbone.spec.vision_width, backbone.spec.text_width
     torch.manual_seed(0)

@@ -157,3 +157,16 @@ def test_rgnet_training_logs_kept_fraction_and_window_retrieval(synth_root, tmp_
     predictions = [json.loads(line) for line in (tmp_path / "val_predictions.jsonl").read_text().splitlines()]
     assert all(len(p["pred_relevant_windows"]) <= 100 for p in predictions)
     assert any("pred_windows" in p for p in predictions)
+
+
+def test_window_sampling_choice():
+    from vtg_pipeline.config import load_config
+    from vtg_pipeline.training import uses_windows
+
+    assert uses_windows(load_config(None, ["model.name=rgnet"]))
+    assert not uses_windows(load_config(None, ["model.name=r2"]))
+    assert uses_windows(load_config(None, ["model.name=r2", "data.sampling=windows"]))  # a grounder on oracle windows
+    with pytest.raises(ValueError, match="rgnet trains on windows"):
+        uses_windows(load_config(None, ["model.name=rgnet", "data.sampling=video"]))
+    with pytest.raises(ValueError, match="data.sampling must be"):
+        uses_windows(load_config(None, ["data.sampling=clips"]))

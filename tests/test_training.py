@@ -184,3 +184,11 @@ def test_bf16_autocast_and_gradient_accumulation(synth_root, tmp_path):
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]
     assert len(rows) == progress["step"] and all(float(r.split(",")[3]) > 0 for r in rows)
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_main_metric_chooses_the_best_checkpoint_and_must_exist(synth_root, tmp_path):
+    cfg = tiny_config(synth_root, tmp_path / "a", "optim.epochs=1", "main_metric=MR-full-R1@0.7")
+    best = train(cfg)
+    assert json.loads((tmp_path / "a" / "best" / "config.json").read_text())["metrics"] == best
+    with pytest.raises(TrainingError, match="main_metric 'R1@0.3' is not among the evaluation's metrics"):
+        train(tiny_config(synth_root, tmp_path / "b", "optim.epochs=1", "main_metric=R1@0.3"))

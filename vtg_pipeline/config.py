@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16 (autocast on the side network; CLIP stays frozen)
     eval_every: int = 1  # epochs
+    main_metric: str = ""  # brief-block key that picks best/ (empty: the dataset's, e.g. MR-full-mAP for QVHighlights)
     fixed_query: str = ""  # control experiment: replace every query by this text
 
     def to_dict(self) -> dict:

@@ -45,7 +45,8 @@ class DataConfig:
     durations: tuple[str, ...] = ()  # Charades-STA: Charades_v1_{train,test}.csv video lengths (relative to root); empty: latest window end
     num_workers: int = 0
     metrics: str = ""  # evaluation protocol (qvhighlights | charades | tacos | ego4d | mad); empty: the annotation format's
-    negatives: int = 3  # rgnet: same-video negative windows per query
+    sampling: str = "auto"  # video: one item per query, the whole video | windows: window items (WindowDataset) | auto: windows for rgnet
+    negatives: int = 3  # window sampling with a retrieval model (rgnet): same-video negative windows per query
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,7 +135,7 @@ class WindowDataset(GroundingDataset):
     """
 
     def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, window: int, stride: int,
-                 negatives: int, seed: int = 0):
+                 negatives: int = 0, seed: int = 0):
         super().__init__(records, feature_dir, backbone, fps, "features", seed)
         self.window, self.stride, self.negatives = window, stride, negatives
         self._frames = {}

@@ -117,6 +117,15 @@ def predict_in_windows(model, dataset: GroundingDataset, text_cache, cfg: TrainC
     return records
 
 
+def uses_windows(cfg: TrainConfig) -> bool:
+    """Whether training draws window items and evaluation grounds whole videos window by window."""
+    if cfg.data.sampling not in ("auto", "video", "windows"):
+        raise ValueError(f"data.sampling must be auto, video or windows, got {cfg.data.sampling!r}")
+    if cfg.model.name == "rgnet" and cfg.data.sampling == "video":
+        raise ValueError("model.name=rgnet trains on windows: data.sampling must be windows or auto")
+    return cfg.data.sampling == "windows" or (cfg.data.sampling == "auto" and cfg.model.name == "rgnet")
+
+
 def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, accelerator) -> tuple[dict, dict]:
     """The weighted loss terms of one training batch, and statistics to log (the sparsifier's kept fraction)."""
     device = accelerator.device
@@ -128,16 +137,20 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
         out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
         return grounding_losses(out, [w.to(device) for w in batch["windows"]], batch["fps"].to(device), batch["saliency"],
                                 batch["video_mask"], batch["positive"], cfg.loss), {}
-    # RGNet: B queries x W windows (the positive first), the heads on the positive windows only.
+    # Window items: B queries x W windows (the positive first); the heads run on the positive windows only.
     b, w = batch["window_mask"].shape
     video = batch["video"].to(device).flatten(0, 1).float()
     frame_mask = batch["frame_mask"].to(device).flatten(0, 1)
     positive_rows = torch.arange(b, device=device) * w
+    retrieval = cfg.model.name == "rgnet"
     with accelerator.autocast():
-        out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0), heads_rows=positive_rows)
+        out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0),
+                    **({"heads_rows": positive_rows} if retrieval else {}))
     out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
     losses = grounding_losses(out, [x.to(device) for x in batch["windows"]], batch["fps"].to(device), batch["saliency"].to(device),
                               frame_mask[positive_rows], batch["positive"].to(device), cfg.loss)
+    if not retrieval:  # a grounder trained on the windows that hold the moments (the two-stage baseline's second stage)
+        return losses, {}
     losses.update(window_losses(out, batch["window_mask"].to(device), batch["in_moment"].to(device).flatten(0, 1), frame_mask, cfg.loss))
     real = batch["window_mask"].to(device).flatten()
     kept = (out["gate"][real] * frame_mask[real]).sum() / frame_mask[real].sum()
@@ -184,10 +197,11 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     train_set = load_split(cfg.data, "train", backbone, cfg.seed)
     val_set = load_split(cfg.data, "val", backbone, cfg.seed)
     batch_collate = partial(collate, fps=cfg.data.fps)
-    if cfg.model.name == "rgnet":  # one positive and cfg.data.negatives same-video windows per query
+    if uses_windows(cfg):  # one positive window per query, plus same-video negatives for a retrieval model
         fps = cfg.data.fps
+        negatives = cfg.data.negatives if cfg.model.name == "rgnet" else 0
         train_set = WindowDataset(train_set.records, train_set.feature_dir, backbone, fps, max(1, round(cfg.decode.window * fps)),
-                                  max(1, round(cfg.decode.window_stride * fps)), cfg.data.negatives, cfg.seed)
+                                  max(1, round(cfg.decode.window_stride * fps)), negatives, cfg.seed)
         train_collate = partial(collate_windows, fps=fps)
     else:
         train_collate = batch_collate
@@ -219,7 +233,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     accelerator, backbone, text_cache, model, optimizer = run.accelerator, run.backbone, run.text_cache, run.model, run.optimizer
     train_set, val_set, train_loader, val_loader, state = run.train_set, run.val_set, run.train_loader, run.val_loader, run.state
     out_dir, device = Path(cfg.output_dir), accelerator.device
-    main_metric = MAIN_METRIC.get(cfg.data.metrics or cfg.data.dataset, "MR-full-mAP")
+    main_metric = cfg.main_metric or MAIN_METRIC.get(cfg.data.metrics or cfg.data.dataset, "MR-full-mAP")
     accelerator.init_trackers("train")
     log_file = out_dir / "log.csv"
     for epoch in range(state["epoch"], cfg.optim.epochs):
@@ -254,11 +268,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         state["epoch"] = epoch + 1
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
             if accelerator.is_main_process:
-                if cfg.model.name == "rgnet":
+                if uses_windows(cfg):
                     predictions = predict_in_windows(accelerator.unwrap_model(model), val_set, text_cache, cfg, device)
                 else:
                     predictions = predict(accelerator.unwrap_model(model), val_loader, backbone, text_cache, cfg, device)
                 metrics = evaluate(predictions, val_set.records, cfg.data.metrics or cfg.data.dataset)["brief"]
+                if main_metric not in metrics:
+                    raise TrainingError(f"main_metric {main_metric!r} is not among the evaluation's metrics: {', '.join(metrics)}")
                 with open(out_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps({"epoch": epoch + 1, "step": state["step"], **metrics}) + "\n")
                 accelerator.print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))

@@ -68,6 +68,8 @@ class RGEncoder(nn.Module):
         self.retrieval = nn.ModuleList(AttentionLayer(dims, heads, ffn_dims, dropout) for _ in range(self_layers))
         self.sparsifier = nn.Linear(dims, 1)
         self.window_head = nn.Linear(dims, 1)
+        nn.init.zeros_(self.window_head.weight)  # windows start equal: the InfoNCE at tau 0.07 begins at log(W), not overconfident
+        nn.init.zeros_(self.window_head.bias)
         self.frame_key = nn.Linear(dims, dims)
         self.token_key = nn.Linear(dims, dims)
 

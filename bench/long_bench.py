@@ -1,0 +1,188 @@
+"""Long videos (issue 5): RGNet grounding cost against duration, and unified versus two-stage training.
+
+    python bench/long_bench.py scale --minutes 30 60 120          # -> bench/out/long_scale.json
+    python bench/long_bench.py compare --root runs/long/data --runs runs/long   # -> bench/out/long_compare.json
+
+``scale``: the paper-sized RGNet side network (dims 256, K = 4, 180-s windows every
+90 s, top 30 windows per query; random weights: speed does not depend on them) on
+stored ViT-B-32-shaped states (T, 4, 50, 768) of 30-, 60- and 120-minute videos at
+0.5 fps, each length in a fresh process: wall time for 1 and 10 queries and peak
+RSS. Decoding and encoding a video (linear in duration, docs/BENCHMARKS.md) come
+on top and are shared by all of its queries.
+
+``compare``: reads the runs trained by the commands in docs/BENCHMARKS.md under
+``--runs`` (``unified``, ``retriever``, ``oracle_grounder``, ``no_sparsifier``)
+and evaluates on the validation videos of ``--root``: window retrieval R@1/R@5,
+grounding R1@0.3 inside the oracle window (the grid window that holds the
+moment), end-to-end R1@0.3/R5@0.3 (the two-stage baseline chains the retriever's
+top windows into the oracle-trained grounder), and the sparsifier's kept fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ground_bench import QUERIES, make_grounder
+from train_bench import peak_rss
+from vtg_pipeline.config import TrainConfig
+from vtg_pipeline.data import GroundingDataset, TextCache
+from vtg_pipeline.evaluation import evaluate
+from vtg_pipeline.grounder import Grounder
+from vtg_pipeline.inference import decode_windows, window_starts
+from vtg_pipeline.training import predict_in_windows
+
+OUT = Path(__file__).parent / "out"
+RGNET = ("model.name=rgnet", "model.rg_ffn_dims=2048", "decode.window=180", "decode.window_stride=90", "decode.retrieval_topk=30",
+         "decode.max_moments=100", "decode.nms_threshold=0.5")
+
+
+def write_states(path: Path, minutes: int, fps: float = 0.5) -> None:
+    """A feature file of random ViT-B-32-shaped states (T, 4, 50, 768) fp16 for a video of ``minutes``."""
+    frames = int(minutes * 60 * fps)
+    generator = torch.Generator().manual_seed(minutes)
+    vision = torch.randn(frames, 4, 50, 768, generator=generator, dtype=torch.float32).half()
+    save_file({"timestamps": torch.arange(frames, dtype=torch.float64) / fps, "vision": vision}, str(path),
+              metadata={"duration": str(minutes * 60.0), "video_id": f"{minutes}min"})
+
+
+def one_scale(minutes: int, features: Path) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        grounder = make_grounder(Path(tmp), overrides=RGNET)
+        grounder.text_cache.precompute(QUERIES[:10])
+        times = {}
+        for n in (1, 10):
+            start = time.perf_counter()
+            results = grounder.ground_features(features, QUERIES[:n])
+            times[n] = time.perf_counter() - start
+    per_query = (times[10] - times[1]) / 9
+    windows = len(results[0]["pred_windows"])
+    return {"minutes": minutes, "windows": windows, "one_query_s": round(times[1], 2), "ten_queries_s": round(times[10], 2),
+            "marginal_per_query_s": round(per_query, 3), "per_video_s": round(times[1] - per_query, 3),
+            "moments_per_query": len(results[0]["pred_relevant_windows"])}
+
+
+def scale(minutes: list[int]) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in minutes:
+            path = Path(tmp) / f"{m}min.safetensors"
+            write_states(path, m)
+            result, peak = peak_rss([sys.executable, __file__, "one-scale", str(m), str(path)])
+            result["peak_rss_mib"] = round(peak)
+            result["feature_file_mib"] = round(path.stat().st_size / 2**20)
+            rows.append(result)
+            print(json.dumps(result), flush=True)
+            path.unlink()
+    return rows
+
+
+class TwoStage(torch.nn.Module):
+    """The disjoint baseline: a retriever's window scores chained into a separately trained grounder."""
+
+    def __init__(self, retriever: torch.nn.Module, grounder: torch.nn.Module):
+        super().__init__()
+        self.retriever, self.grounder = retriever, grounder
+
+    def retrieve(self, *inputs):
+        return self.retriever.retrieve(*inputs)
+
+    def forward(self, *inputs):
+        return self.grounder(*inputs)
+
+
+@torch.no_grad()
+def oracle_window_r1(model, cfg: TrainConfig, dataset: GroundingDataset, text_cache: TextCache) -> float:
+    """R1@0.3 (percent, IoU >= 0.3) of the grounder run on each query's oracle window only.
+
+    The oracle window is the grid window that contains the query's first moment (the one
+    with the most overlap when none contains it).
+    """
+    fps = cfg.data.fps
+    window, stride = round(cfg.decode.window * fps), round(cfg.decode.window_stride * fps)
+    predictions = []
+    model.eval()
+    for record in dataset.records:
+        with safe_open(str(dataset.path(record["vid"])), framework="pt") as f:
+            vision = f.get_slice("vision")
+            n = vision.get_shape()[0]
+            a, b = (np.asarray(record["relevant_windows"][0]) * fps).tolist()
+            starts = np.asarray(window_starts(n, window, stride))
+            overlap = np.minimum(starts + window, b) - np.maximum(starts, a)
+            start = int(starts[np.argmax(overlap)])
+            states = vision[start : start + window].float()[None]
+        query, query_mask = text_cache([record["query"]], states.device)
+        out = model(states, torch.ones(1, states.size(1), dtype=torch.bool), query, query_mask)
+        moments = decode_windows(out, 0, fps, states.size(1) / fps, cfg.decode)
+        moments[:, :2] += start / fps
+        predictions.append({"qid": record["qid"], "pred_relevant_windows": moments.tolist()})
+    metrics = evaluate(predictions, dataset.records, "mad", match_number=False)["brief"]
+    return metrics["R1@0.3"]
+
+
+def kept_fraction(run: Path) -> float | None:
+    """The sparsifier's kept fraction over the last epoch's training steps (log.csv)."""
+    import csv
+
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    last = [float(r["kept_fraction"]) for r in rows if r.get("kept_fraction") and r["epoch"] == rows[-1]["epoch"]]
+    return round(float(np.mean(last)), 3) if last else None
+
+
+def compare(root: Path, runs: Path) -> list[dict]:
+    grounders = {name: Grounder.from_pretrained(runs / name / "best") for name in ("unified", "retriever", "oracle_grounder", "no_sparsifier")
+                 if (runs / name / "best").exists()}
+    some = next(iter(grounders.values()))
+    cfg = some.cfg
+    records = [json.loads(line) for line in (root / cfg.data.val).read_text().splitlines() if line.strip()]
+    dataset = GroundingDataset(records, root / cfg.data.features, some.backbone, cfg.data.fps)
+    rows = []
+    systems = {"unified (RGNet)": ("unified", "unified"), "two-stage": ("retriever", "oracle_grounder"),
+               "unified, no sparsifier": ("no_sparsifier", "no_sparsifier")}
+    for label, (retriever, grounder) in systems.items():
+        if retriever not in grounders or grounder not in grounders:
+            continue
+        model = TwoStage(grounders[retriever].model, grounders[grounder].model) if retriever != grounder else grounders[grounder].model
+        run_cfg = grounders[grounder].cfg
+        run_cfg.decode = grounders[retriever].cfg.decode
+        metrics = evaluate(predict_in_windows(model, dataset, grounders[grounder].text_cache, run_cfg, "cpu"), records, "mad")["brief"]
+        rows.append({"system": label, "WR-overlap-R1": metrics["WR-overlap-R1"], "WR-overlap-R5": metrics["WR-overlap-R5"],
+                     "WR-contain-R1": metrics["WR-contain-R1"], "WR-contain-R5": metrics["WR-contain-R5"],
+                     "oracle-window R1@0.3": oracle_window_r1(grounders[grounder].model, run_cfg, dataset, grounders[grounder].text_cache),
+                     "R1@0.3": metrics["R1@0.3"], "R5@0.3": metrics["R5@0.3"], "R1@0.5": metrics["R1@0.5"], "R5@0.5": metrics["R5@0.5"],
+                     "kept_fraction": kept_fraction(runs / retriever) if retriever != "no_sparsifier" else 1.0})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("scale", "one-scale", "compare"))
+    parser.add_argument("args", nargs="*")
+    parser.add_argument("--minutes", type=int, nargs="*", default=[30, 60, 120])
+    parser.add_argument("--root", type=Path)
+    parser.add_argument("--runs", type=Path)
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    torch.set_grad_enabled(False)
+    if args.what == "one-scale":
+        print(json.dumps(one_scale(int(args.args[0]), Path(args.args[1]))))
+    elif args.what == "scale":
+        rows = scale(args.minutes)
+        (OUT / "long_scale.json").write_text(json.dumps({"device": "cpu", "threads": torch.get_num_threads(), "runs": rows}, indent=2))
+    else:
+        rows = compare(args.root, args.runs)
+        (OUT / "long_compare.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
