@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .evaluation import temporal_iou
+from .models.detr import span_to_window
 
 
 @dataclass
@@ -43,6 +44,11 @@ class DecodeConfig:
 
 def decode_windows(out: dict, index: int, fps: float, duration: float, cfg: DecodeConfig) -> np.ndarray:
     """Moments (M, 3) [start s, end s, score] of one sample, sorted by score, after NMS."""
+    if "spans" in out:  # anchor decoder: the last layer's spans, score p(foreground)
+        windows = span_to_window(out["spans"][-1, index]) * out["lengths"][index] / fps
+        scores = out["span_logits"][-1, index].softmax(-1)[:, 0]
+        top = scores.argsort(descending=True, stable=True)[: cfg.max_moments]
+        return postprocess(torch.cat((windows[top], scores[top, None]), dim=1).detach().double().cpu().numpy(), duration, cfg)
     keep = out["complete_points"][index]
     points = out["points"][keep]
     distances = out["reg"][index][keep] * points[:, 3:4]
@@ -75,7 +81,10 @@ def postprocess(moments: np.ndarray, duration: float, cfg: DecodeConfig) -> np.n
 
 
 def saliency_curve(out: dict, index: int, num_frames: int, strides: tuple[int, ...]) -> np.ndarray:
-    """Per-clip saliency (T,) of one sample: max over levels of upsampled sigmoid(cls), times cosine."""
+    """Per-clip saliency (T,) of one sample: max over levels of upsampled sigmoid(cls), times cosine
+    (the cosine alone for the anchor decoder, which has no per-clip scores)."""
+    if "spans" in out:
+        return out["saliency"][index, :num_frames].detach().cpu().numpy()
     per_level = out["cls"][index].sigmoid().split(out["level_lengths"])
     curves = []
     for scores, stride in zip(per_level, strides):

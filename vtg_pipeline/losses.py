@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from .models.detr import generalized_iou, hungarian_match, span_to_window, window_to_span
+
 
 @dataclass
 class LossConfig:
@@ -27,6 +29,11 @@ class LossConfig:
     intra: float = 1.0
     intra_margin: float = 0.2
     gate: float = 0.5  # BCE of the sparsifier's logits against in-moment frames: keeps the gate from collapsing
+    # Anchor decoder (model.head=decoder): Hungarian-matched L1 / gIoU / 2-way CE, on every decoder layer
+    span_l1: float = 10.0
+    span_giou: float = 1.0
+    span_cls: float = 4.0
+    background_weight: float = 0.1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +109,41 @@ def info_nce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) -
     return (F.cross_entropy(logits.flatten(0, -2), target.flatten()) + F.cross_entropy(logits.transpose(-1, -2).flatten(0, -2), target.flatten())) / 2
 
 
+def pyramid_losses(out: dict, windows: list[torch.Tensor], cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Focal loss over the valid anchor points and L1 on the positive ones; windows per sample (G, 2) in frames."""
+    targets = [point_targets(out["points"], w, cfg.sample_radius) for w in windows]
+    cls_target = torch.stack([c for c, _ in targets])
+    reg_target = torch.stack([r for _, r in targets])
+    valid = torch.cat(out["level_masks"], dim=1).float()
+    return {"cls": cfg.cls * focal_loss(out["cls"], cls_target, valid),
+            "reg": cfg.reg * regression_loss(out["reg"], reg_target, cls_target * valid)}
+
+
+def decoder_losses(out: dict, windows: list[torch.Tensor], cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """DETR set losses summed over decoder layers (the last and the auxiliary ones).
+
+    Per layer and sample the Q predicted spans are matched one-to-one to the ground-truth
+    spans (``hungarian_match``); matched pairs get L1 and 1 - gIoU on (centre, width) in units
+    of the video's length, every query a 2-way cross-entropy (foreground if matched,
+    background otherwise, background weighted ``cfg.background_weight``). Windows (G, 2) in frames.
+    """
+    spans, logits, lengths = out["spans"], out["span_logits"], out["lengths"].float()
+    targets = [window_to_span(w / n) for w, n in zip(windows, lengths)]
+    class_weight = torch.tensor([1.0, cfg.background_weight], device=logits.device)
+    total_gt = max(1, sum(len(t) for t in targets))
+    l1 = giou = cls = logits.sum() * 0.0
+    for layer_spans, layer_logits in zip(spans, logits):
+        labels = torch.ones(layer_logits.shape[:2], dtype=torch.long, device=logits.device)  # 1 = background
+        for b, target in enumerate(targets):
+            pred, gt = hungarian_match(layer_spans[b], layer_logits[b], target, cfg.span_l1, cfg.span_giou, cfg.span_cls)
+            pred, gt = pred.to(logits.device), gt.to(logits.device)
+            labels[b, pred] = 0
+            l1 = l1 + F.l1_loss(layer_spans[b, pred], target[gt], reduction="sum")
+            giou = giou + (1 - generalized_iou(span_to_window(layer_spans[b, pred]), span_to_window(target[gt])).diagonal()).sum()
+        cls = cls + F.cross_entropy(layer_logits.flatten(0, 1), labels.flatten(), weight=class_weight)
+    return {"span_l1": cfg.span_l1 * l1 / total_gt, "span_giou": cfg.span_giou * giou / total_gt, "span_cls": cfg.span_cls * cls}
+
+
 def grounding_losses(out: dict, windows: list[torch.Tensor], fps: torch.Tensor, saliency: torch.Tensor,
                      frame_mask: torch.Tensor, positive: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Every weighted loss term of a batch, by name (sum them for the total).
@@ -110,17 +152,13 @@ def grounding_losses(out: dict, windows: list[torch.Tensor], fps: torch.Tensor, 
     targets; frame_mask (B, T); positive (B,) a positive frame per sample.
     """
     lengths = frame_mask.sum(1).float()
-    targets = [point_targets(out["points"], frame_windows(w, float(f), float(n)), cfg.sample_radius)
-               for w, f, n in zip(windows, fps, lengths)]
-    cls_target = torch.stack([c for c, _ in targets])
-    reg_target = torch.stack([r for _, r in targets])
-    valid = torch.cat(out["level_masks"], dim=1).float()
+    frame_targets = [frame_windows(w, float(f), float(n)) for w, f, n in zip(windows, fps, lengths)]
+    terms = decoder_losses(out, frame_targets, cfg) if "spans" in out else pyramid_losses(out, frame_targets, cfg)
     rows = torch.arange(len(positive), device=positive.device)
     cls_at_positive = torch.stack([c[rows, positive] for c in out["cls_tokens"]])  # (K, B, C)
     queries = torch.stack(out["queries"])  # (K, B, C)
     return {
-        "cls": cfg.cls * focal_loss(out["cls"], cls_target, valid),
-        "reg": cfg.reg * regression_loss(out["reg"], reg_target, cls_target * valid),
+        **terms,
         "saliency": cfg.saliency * sampled_nce_loss(out["frames"], out["query"], frame_mask, saliency, positive, cfg.temperature),
         "video_cal": cfg.video_cal * info_nce_loss(cls_at_positive, queries, cfg.temperature),
         "layer_cal": cfg.layer_cal * info_nce_loss(cls_at_positive.transpose(0, 1), queries.transpose(0, 1), cfg.temperature),

@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .detr import AnchorDecoder
 from .heads import AttentionPooling, ConvHead, TemporalPyramid, pyramid_points
+from .layers import sine_positions
 from .r2_block import R2Block
 
 
@@ -35,6 +37,10 @@ class ModelConfig:
     droppath: float = 0.1
     spatial_pooling: bool = True  # False: the CLS token only (ablation)
     max_moments: int = 50
+    head: str = "pyramid"  # pyramid: R² stride pyramid + conv heads | decoder: anchor-query (DAB-DETR style) decoder
+    decoder_layers: int = 6
+    decoder_queries: int = 5
+    decoder_ffn_dims: int = 1024
     # RGNet encoder (name: rgnet): retrieval token, sparsifier, retrieval attention
     rg_cross_layers: int = 2
     rg_self_layers: int = 2
@@ -65,17 +71,23 @@ def create_model(cfg: ModelConfig) -> nn.Module:
 
 
 class R2Grounder(nn.Module):
-    """R²-Tuning: frame features from the R² block, pyramid heads for moments, cosine saliency."""
+    """R²-Tuning: frame features from the R² block, pyramid heads (or the anchor decoder) for moments, cosine saliency."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.r2 = R2Block(cfg.vision_width, cfg.text_width, cfg.dims, cfg.layers, cfg.dropout, cfg.heads, cfg.ffn_ratio, cfg.droppath)
-        self.pyramid = TemporalPyramid(cfg.dims, cfg.strides)
+        if cfg.head not in ("pyramid", "decoder"):
+            raise ValueError(f"model.head must be pyramid or decoder, got {cfg.head!r}")
+        if cfg.head == "pyramid":  # built in this order so that a seed gives the same weights as before the decoder existed
+            self.pyramid = TemporalPyramid(cfg.dims, cfg.strides)
         self.query_pool = AttentionPooling(cfg.dims)
-        self.cls_head = ConvHead(cfg.dims, 1)
-        self.reg_head = ConvHead(cfg.dims, 2)
-        self.reg_scale = nn.Parameter(torch.ones(len(cfg.strides)))
+        if cfg.head == "pyramid":
+            self.cls_head = ConvHead(cfg.dims, 1)
+            self.reg_head = ConvHead(cfg.dims, 2)
+            self.reg_scale = nn.Parameter(torch.ones(len(cfg.strides)))
+        else:
+            self.decoder = AnchorDecoder(cfg.dims, cfg.heads, cfg.decoder_layers, cfg.decoder_queries, cfg.decoder_ffn_dims, cfg.dropout)
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> dict:
         """video (B, T, K', P, Dv) with K' >= K (the last K are used), video_mask (B, T) bool,
@@ -103,13 +115,29 @@ class R2Grounder(nn.Module):
         return {**r2, "frames": F.relu(r2["frames"]) * video_mask[..., None]}
 
     def predict(self, frames: torch.Tensor, video_mask: torch.Tensor, query_mask: torch.Tensor, r2: dict) -> dict:
-        """Pyramid heads and saliency on frame features (B, T, C); ``r2`` supplies the mapped query tokens."""
+        """Moment heads and saliency on frame features (B, T, C); ``r2`` supplies the mapped query tokens.
+
+        With ``head=decoder`` the moment outputs are ``spans`` (N, B, Q, 2) (centre, width) in
+        units of each video's length, ``span_logits`` (N, B, Q, 2) and ``lengths`` (B,) frames,
+        instead of the pyramid's ``cls`` / ``reg`` / ``points``.
+        """
+        pooled = self.query_pool(r2["query"], query_mask)
+        common = {
+            "frames": frames,
+            "query": pooled,
+            "saliency": F.cosine_similarity(frames, pooled[:, None], dim=-1),
+            "cls_tokens": r2["cls"],
+            "queries": [self.query_pool(q, query_mask) for q in r2["queries"]],
+        }
+        if self.cfg.head == "decoder":
+            lengths = video_mask.sum(1)
+            decoded = self.decoder(frames, video_mask, sine_positions(lengths, frames.size(1), self.cfg.dims))
+            return {"spans": decoded["spans"], "span_logits": decoded["logits"], "lengths": lengths, **common}
         levels, level_masks = self.pyramid(frames, video_mask)
         lengths = video_mask.sum(1)
         complete = [torch.arange(x.size(1), device=x.device)[None] < (lengths // s)[:, None] for x, s in zip(levels, self.cfg.strides)]
         cls = torch.cat([self.cls_head(x, m)[..., 0] for x, m in zip(levels, complete)], dim=1)
         reg = torch.cat([self.reg_head(x, m).exp() * self.reg_scale[i] for i, (x, m) in enumerate(zip(levels, complete))], dim=1)
-        pooled = self.query_pool(r2["query"], query_mask)
         return {
             "cls": cls,
             "reg": reg,
@@ -117,11 +145,7 @@ class R2Grounder(nn.Module):
             "level_lengths": [x.size(1) for x in levels],
             "level_masks": level_masks,
             "complete_points": torch.cat(complete, dim=1),
-            "frames": frames,
-            "query": pooled,
-            "saliency": F.cosine_similarity(frames, pooled[:, None], dim=-1),
-            "cls_tokens": r2["cls"],
-            "queries": [self.query_pool(q, query_mask) for q in r2["queries"]],
+            **common,
         }
 
 
