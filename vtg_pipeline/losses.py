@@ -29,6 +29,7 @@ class LossConfig:
     intra: float = 1.0
     intra_margin: float = 0.2
     gate: float = 0.5  # BCE of the sparsifier's logits against in-moment frames: keeps the gate from collapsing
+    clip_aware: float = 0.0  # FlashVTG clip-aware score loss (their weight: 4)
     # Anchor decoder (model.head=decoder): Hungarian-matched L1 / gIoU / 2-way CE, on every decoder layer
     span_l1: float = 10.0
     span_giou: float = 1.0
@@ -144,6 +145,22 @@ def decoder_losses(out: dict, windows: list[torch.Tensor], cfg: LossConfig) -> d
     return {"span_l1": cfg.span_l1 * l1 / total_gt, "span_giou": cfg.span_giou * giou / total_gt, "span_cls": cfg.span_cls * cls}
 
 
+def clip_aware_score_loss(stride1_logits: torch.Tensor, saliency: torch.Tensor, frame_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """FlashVTG's clip-aware score loss: MSE between the min-max-normalised stride-1 confidences
+    and the min-max-normalised saliency labels, per sample over its valid clips, averaged over samples.
+
+    stride1_logits, saliency (B, T); frame_mask (B, T) bool.
+    """
+
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        low = x.masked_fill(~frame_mask, float("inf")).amin(1, keepdim=True)
+        high = x.masked_fill(~frame_mask, float("-inf")).amax(1, keepdim=True)
+        return (x - low) / (high - low + eps)
+
+    error = (normalise(stride1_logits) - normalise(saliency)).pow(2) * frame_mask
+    return (error.sum(1) / frame_mask.sum(1).clamp(min=1)).mean()
+
+
 def grounding_losses(out: dict, windows: list[torch.Tensor], fps: torch.Tensor, saliency: torch.Tensor,
                      frame_mask: torch.Tensor, positive: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Every weighted loss term of a batch, by name (sum them for the total).
@@ -154,6 +171,11 @@ def grounding_losses(out: dict, windows: list[torch.Tensor], fps: torch.Tensor, 
     lengths = frame_mask.sum(1).float()
     frame_targets = [frame_windows(w, float(f), float(n)) for w, f, n in zip(windows, fps, lengths)]
     terms = decoder_losses(out, frame_targets, cfg) if "spans" in out else pyramid_losses(out, frame_targets, cfg)
+    if cfg.clip_aware and "cls" in out:
+        t = frame_mask.size(1)  # the stride-1 level: the first T points
+        if out["level_lengths"][0] != t:
+            raise ValueError("loss.clip_aware needs a stride-1 pyramid level first (model.strides)")
+        terms["clip_aware"] = cfg.clip_aware * clip_aware_score_loss(out["cls"][:, :t], saliency, frame_mask)
     rows = torch.arange(len(positive), device=positive.device)
     cls_at_positive = torch.stack([c[rows, positive] for c in out["cls_tokens"]])  # (K, B, C)
     queries = torch.stack(out["queries"])  # (K, B, C)

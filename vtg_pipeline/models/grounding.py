@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .detr import AnchorDecoder
-from .heads import AttentionPooling, ConvHead, TemporalPyramid, pyramid_points
+from .heads import AttentionPooling, ConvHead, ScoreRefinement, TemporalPyramid, pyramid_points
 from .layers import sine_positions
 from .r2_block import R2Block
 
@@ -37,6 +37,8 @@ class ModelConfig:
     droppath: float = 0.1
     spatial_pooling: bool = True  # False: the CLS token only (ablation)
     max_moments: int = 50
+    score_refinement: bool = False  # FlashVTG adaptive score refinement replaces the cls head's confidences (pyramid head)
+    refinement_kernel: int = 5
     head: str = "pyramid"  # pyramid: R² stride pyramid + conv heads | decoder: anchor-query (DAB-DETR style) decoder
     decoder_layers: int = 6
     decoder_queries: int = 5
@@ -83,9 +85,12 @@ class R2Grounder(nn.Module):
             self.pyramid = TemporalPyramid(cfg.dims, cfg.strides)
         self.query_pool = AttentionPooling(cfg.dims)
         if cfg.head == "pyramid":
-            self.cls_head = ConvHead(cfg.dims, 1)
+            if not cfg.score_refinement:
+                self.cls_head = ConvHead(cfg.dims, 1)
             self.reg_head = ConvHead(cfg.dims, 2)
             self.reg_scale = nn.Parameter(torch.ones(len(cfg.strides)))
+            if cfg.score_refinement:
+                self.score_refinement = ScoreRefinement(cfg.dims, cfg.refinement_kernel)
         else:
             self.decoder = AnchorDecoder(cfg.dims, cfg.heads, cfg.decoder_layers, cfg.decoder_queries, cfg.decoder_ffn_dims, cfg.dropout)
 
@@ -136,7 +141,10 @@ class R2Grounder(nn.Module):
         levels, level_masks = self.pyramid(frames, video_mask)
         lengths = video_mask.sum(1)
         complete = [torch.arange(x.size(1), device=x.device)[None] < (lengths // s)[:, None] for x, s in zip(levels, self.cfg.strides)]
-        cls = torch.cat([self.cls_head(x, m)[..., 0] for x, m in zip(levels, complete)], dim=1)
+        if self.cfg.score_refinement:
+            cls = self.score_refinement(levels, complete)
+        else:
+            cls = torch.cat([self.cls_head(x, m)[..., 0] for x, m in zip(levels, complete)], dim=1)
         reg = torch.cat([self.reg_head(x, m).exp() * self.reg_scale[i] for i, (x, m) in enumerate(zip(levels, complete))], dim=1)
         return {
             "cls": cls,

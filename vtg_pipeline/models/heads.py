@@ -69,6 +69,40 @@ class ConvHead(nn.Module):
         return self.out(hidden * keep).transpose(1, 2)
 
 
+class ScoreRefinement(nn.Module):
+    """FlashVTG's adaptive score refinement: moment confidences from each level and from all levels.
+
+    within: Conv1d(C, C, k) -> MLP -> 1 on each pyramid level alone; cross: the same (own
+    weights) on all levels concatenated along time, so a point sees neighbours of other
+    scales. logit = x * within + (1 - x) * cross with x = sigmoid(mix) in [0, 1] (0.5 at init).
+    levels: list of (B, T_s, C), masks: list of (B, T_s) -> (B, N) logits, N = sum of T_s.
+    """
+
+    def __init__(self, dims: int, kernel_size: int = 5):
+        super().__init__()
+        self.within = nn.ModuleList((nn.Conv1d(dims, dims, kernel_size, padding=kernel_size // 2),
+                                     nn.Sequential(nn.ReLU(), nn.Linear(dims, dims), nn.ReLU(), nn.Linear(dims, 1))))
+        self.cross = nn.ModuleList((nn.Conv1d(dims, dims, kernel_size, padding=kernel_size // 2),
+                                    nn.Sequential(nn.ReLU(), nn.Linear(dims, dims), nn.ReLU(), nn.Linear(dims, 1))))
+        self.mix = nn.Parameter(torch.zeros(()))
+
+    @staticmethod
+    def score(scorer: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        conv, mlp = scorer
+        hidden = conv((x * mask[..., None].to(x.dtype)).transpose(1, 2)).transpose(1, 2)
+        return mlp(hidden)[..., 0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """x in [0, 1]: the share of the within-level score."""
+        return self.mix.sigmoid()
+
+    def forward(self, levels: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+        within = torch.cat([self.score(self.within, x, m) for x, m in zip(levels, masks)], dim=1)
+        cross = self.score(self.cross, torch.cat(levels, dim=1), torch.cat(masks, dim=1))
+        return self.weight * within + (1 - self.weight) * cross
+
+
 class AttentionPooling(nn.Module):
     """Softmax-weighted sum of valid tokens, weights from Linear(C, 1): (B, L, C), (B, L) -> (B, C)."""
 

@@ -1,0 +1,64 @@
+"""FlashVTG options: adaptive score refinement and the clip-aware score loss."""
+
+import pytest
+import torch
+
+from vtg_pipeline.losses import LossConfig, clip_aware_score_loss, grounding_losses
+from vtg_pipeline.models import ModelConfig, create_model
+from vtg_pipeline.models.heads import ScoreRefinement
+
+
+def levels_and_masks():
+    torch.manual_seed(0)
+    levels = [torch.randn(2, 8, 16), torch.randn(2, 4, 16), torch.randn(2, 2, 16)]
+    masks = [torch.ones(2, 8, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool)]
+    masks[0][1, 6:] = False
+    return levels, masks
+
+
+def test_score_refinement_mixes_within_and_cross_level_scores_with_x_in_0_1():
+    levels, masks = levels_and_masks()
+    asr = ScoreRefinement(16, kernel_size=5)
+    within = torch.cat([asr.score(asr.within, x, m) for x, m in zip(levels, masks)], 1)
+    cross = asr.score(asr.cross, torch.cat(levels, 1), torch.cat(masks, 1))
+    assert asr(levels, masks).shape == (2, 14) and asr.weight.item() == 0.5
+    with torch.no_grad():
+        asr.mix.fill_(60.0)
+        assert 0.0 <= asr.weight.item() <= 1.0 and torch.allclose(asr(levels, masks), within)
+        asr.mix.fill_(-60.0)
+        assert 0.0 <= asr.weight.item() <= 1.0 and torch.allclose(asr(levels, masks), cross)
+
+
+def test_cross_level_scorer_sees_the_next_scale_within_level_scorer_does_not():
+    levels, masks = levels_and_masks()
+    asr = ScoreRefinement(16, kernel_size=5)
+    changed = [levels[0], levels[1].clone(), levels[2]]
+    changed[1][:, 0] += 3.0  # the first stride-2 point, right after the last stride-1 point in the concatenation
+    within = lambda ls: torch.cat([asr.score(asr.within, x, m) for x, m in zip(ls, masks)], 1)  # noqa: E731
+    cross = lambda ls: asr.score(asr.cross, torch.cat(ls, 1), torch.cat(masks, 1))  # noqa: E731
+    assert torch.equal(within(levels)[0, :8], within(changed)[0, :8])
+    assert not torch.allclose(cross(levels)[0, 6:8], cross(changed)[0, 6:8])
+
+
+def test_clip_aware_loss_hand_values_and_padding():
+    mask = torch.tensor([[True, True, True, False]])
+    saliency = torch.tensor([[0.0, 0.5, 1.0, 9.0]])
+    assert clip_aware_score_loss(torch.tensor([[0.0, 1.0, 2.0, -5.0]]), saliency, mask).item() == pytest.approx(0.0, abs=1e-5)
+    # normalised logits [0, 1, 0.5] against [0, 0.5, 1]: squared errors 0, 0.25, 0.25 over 3 valid clips
+    assert clip_aware_score_loss(torch.tensor([[0.0, 2.0, 1.0, 100.0]]), saliency, mask).item() == pytest.approx(0.5 / 3, rel=1e-4)
+
+
+def test_refined_model_trains_with_the_clip_aware_loss():
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(vision_width=16, text_width=16, dims=32, heads=4, dropout=0.0, droppath=0.0, score_refinement=True))
+    assert not hasattr(model, "cls_head")  # replaced, not left unused
+    video, mask = torch.randn(2, 16, 4, 5, 16), torch.ones(2, 16, dtype=torch.bool)
+    query, query_mask = torch.randn(2, 6, 4, 16), torch.ones(2, 6, dtype=torch.bool)
+    out = model(video, mask, query, query_mask)
+    saliency = torch.zeros(2, 16)
+    saliency[:, 4:8] = 1.0
+    losses = grounding_losses(out, [torch.tensor([[8.0, 16.0]])] * 2, torch.full((2,), 0.5), saliency, mask, torch.tensor([5, 6]),
+                              LossConfig(clip_aware=4.0))
+    assert losses["clip_aware"].item() > 0
+    sum(losses.values()).backward()
+    assert model.score_refinement.mix.grad is not None
