@@ -175,6 +175,17 @@ class FrozenBackbone:
         return states, mask[:, :length]
 
 
+    @torch.inference_mode()
+    def embed_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Texts -> CLIP sentence embeddings (N, E), L2-normalised (for text-to-text similarity)."""
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenize(texts[start : start + batch_size]).to(self.device)
+            with self._autocast():
+                chunks.append(self.model.encode_text(tokens, normalize=True).float())
+        return torch.cat(chunks).cpu()
+
+
 def _tap_indices(depth: int, layers: int) -> tuple[int, ...]:
     if not 1 <= layers <= depth:
         raise BackboneError(f"layers={layers} but the model has {depth} blocks")

@@ -47,6 +47,9 @@ class DataConfig:
     metrics: str = ""  # evaluation protocol (qvhighlights | charades | tacos | ego4d | mad); empty: the annotation format's
     sampling: str = "auto"  # video: one item per query, the whole video | windows: window items (WindowDataset) | auto: windows for rgnet
     negatives: int = 3  # window sampling with a retrieval model (rgnet): same-video negative windows per query
+    negative_queries: bool = False  # BM-DETR: pair each query with a negative query (needs model.background_matching)
+    negative_similarity: float = 0.9  # a negative query's CLIP text cosine with the positive must be below this
+    temporal_shift_below: float = 0.0  # BM-DETR temporal shifting for videos shorter than this (seconds); 0 = off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,14 +75,62 @@ def check_feature_file(path: Path, backbone: FrozenBackbone, fps: float, mode: s
         raise DataError(f"{path}: stores {meta.get('store')!r}; data.mode={mode} needs store={needed[0]} or both")
 
 
+def negative_query_candidates(records: list[dict], embeddings: dict[str, torch.Tensor], max_similarity: float,
+                              max_iou: float = 0.5) -> tuple[list[list[str]], int]:
+    """BM-DETR's negative queries: per record, the queries of the same video whose moments all have
+    IoU < ``max_iou`` with the record's and whose text embedding cosine is below ``max_similarity``.
+
+    ``embeddings``: query -> L2-normalised sentence embedding. A record with no such query takes
+    every query of the other videos (counted: the second value).
+    """
+    from .evaluation import temporal_iou
+
+    by_video: dict[str, list[dict]] = {}
+    for r in records:
+        by_video.setdefault(r["vid"], []).append(r)
+    candidates, fallbacks = [], 0
+    for r in records:
+        mine = np.asarray(r["relevant_windows"], dtype=float).reshape(-1, 2)
+        same = [o["query"] for o in by_video[r["vid"]] if o["query"] != r["query"]
+                and temporal_iou(mine, np.asarray(o["relevant_windows"], dtype=float).reshape(-1, 2)).max() < max_iou
+                and float(embeddings[r["query"]] @ embeddings[o["query"]]) < max_similarity]
+        if not same:
+            fallbacks += 1
+            same = sorted({o["query"] for o in records if o["vid"] != r["vid"]})
+        candidates.append(same)
+    return candidates, fallbacks
+
+
+def shift_moment(video: torch.Tensor, saliency: torch.Tensor, window: list[float], fps: float, generator: torch.Generator):
+    """BM-DETR temporal shifting: move the frames of ``window`` (seconds) to a random place among the others.
+
+    video (T, ...), saliency (T,) -> the shifted video and saliency and the moment's new window in
+    seconds. Frames are cut on the clip grid (a clip belongs to the moment if it overlaps it).
+    """
+    t = len(video)
+    first, stop = int(math.floor(window[0] * fps)), min(t, max(int(math.ceil(window[1] * fps)), int(math.floor(window[0] * fps)) + 1))
+    order = torch.arange(t)
+    moment, rest = order[first:stop], torch.cat((order[:first], order[stop:]))
+    at = int(torch.randint(len(rest) + 1, (1,), generator=generator))
+    order = torch.cat((rest[:at], moment, rest[at:]))
+    offset = (at - first) / fps
+    return video[order], saliency[order], [max(0.0, window[0] + offset), min(t / fps, window[1] + offset)]
+
+
 class GroundingDataset(Dataset):
     """Queries with their video's features, windows (seconds) and saliency targets."""
 
-    def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, mode: str = "features", seed: int = 0):
+    def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, mode: str = "features", seed: int = 0,
+                 negative_similarity: float | None = None, shift_below: float = 0.0):
         if mode not in ("features", "frames"):
             raise DataError(f"data.mode must be features or frames, got {mode!r}")
         self.records, self.feature_dir, self.fps, self.mode, self.seed = records, Path(feature_dir), fps, mode, seed
-        self.epoch = 0
+        self.epoch, self.shift_below = 0, shift_below
+        self.negatives: list[list[str]] | None = None
+        if negative_similarity is not None:  # sentence embeddings computed once for the dataset
+            queries = sorted({r["query"] for r in records})
+            embeddings = dict(zip(queries, backbone.embed_text(queries)))
+            self.negatives, self.negative_fallbacks = negative_query_candidates(records, embeddings, negative_similarity)
         for vid in sorted({r["vid"] for r in records}):
             check_feature_file(self.path(vid), backbone, fps, mode)
 
@@ -108,14 +159,22 @@ class GroundingDataset(Dataset):
             candidates = torch.tensor([min(int(centre), len(video) - 1)])
             saliency[candidates] = 1.0
         generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+        windows = record["relevant_windows"]
+        if len(video) / self.fps < self.shift_below and len(windows) == 1 and torch.rand((), generator=generator) < 0.5:
+            video, saliency, shifted = shift_moment(video, saliency, windows[0], self.fps, generator)
+            windows, candidates = [shifted], torch.nonzero(saliency > 0)[:, 0]
         positive = candidates[torch.randint(len(candidates), (1,), generator=generator)].item()
-        return {
+        item = {
             "record": record,
             "video": video,
-            "windows": torch.tensor(record["relevant_windows"], dtype=torch.float32).reshape(-1, 2),
+            "windows": torch.tensor(windows, dtype=torch.float32).reshape(-1, 2),
             "saliency": saliency,
             "positive": positive,
         }
+        if self.negatives is not None:
+            choices = self.negatives[index]
+            item["negative_query"] = choices[int(torch.randint(len(choices), (1,), generator=generator))]
+        return item
 
 
 class WindowDataset(GroundingDataset):
@@ -270,6 +329,7 @@ def collate(items: list[dict], fps: float) -> dict:
         "saliency": saliency,
         "positive": torch.tensor([item["positive"] for item in items]),
         "fps": torch.full((len(items),), fps),
+        **({"negative_queries": [item["negative_query"] for item in items]} if "negative_query" in items[0] else {}),
     }
 
 
@@ -321,4 +381,11 @@ def load_split(cfg: DataConfig, split: str, backbone: FrozenBackbone, seed: int 
         print(f"{path}: {report.summary()}")
     if not records:
         raise DataError(f"{path}: no usable records")
+    if split == "train" and (cfg.negative_queries or cfg.temporal_shift_below):
+        dataset = GroundingDataset(records, root / cfg.features, backbone, cfg.fps, cfg.mode, seed,
+                                   cfg.negative_similarity if cfg.negative_queries else None, cfg.temporal_shift_below)
+        if cfg.negative_queries and dataset.negative_fallbacks:
+            print(f"{path}: {dataset.negative_fallbacks} of {len(records)} queries have no same-video negative query; "
+                  "they take one from another video")
+        return dataset
     return GroundingDataset(records, root / cfg.features, backbone, cfg.fps, cfg.mode, seed)

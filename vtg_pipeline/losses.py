@@ -30,6 +30,11 @@ class LossConfig:
     intra_margin: float = 0.2
     gate: float = 0.5  # BCE of the sparsifier's logits against in-moment frames: keeps the gate from collapsing
     clip_aware: float = 0.0  # FlashVTG clip-aware score loss (their weight: 4)
+    # BM-DETR (model.background_matching): frame margin (hinge, margin 0.2), frame probability, semantic alignment
+    frame_margin: float = 0.0
+    frame_prob: float = 0.0
+    semantic: float = 0.0
+    frame_margin_delta: float = 0.2
     # Anchor decoder (model.head=decoder): Hungarian-matched L1 / gIoU / 2-way CE, on every decoder layer
     span_l1: float = 10.0
     span_giou: float = 1.0
@@ -228,4 +233,31 @@ def window_losses(out: dict, window_mask: torch.Tensor, in_moment: torch.Tensor,
         "retrieval": cfg.retrieval * window_retrieval_loss(out["window_logit"].view(b, w), window_mask, cfg.temperature),
         "intra": cfg.intra * intra_window_loss(out["attention"][positive], in_moment[positive], frame_mask[positive], cfg.intra_margin),
         "gate": cfg.gate * gate_loss(out["gate_logits"][real], in_moment[real], frame_mask[real]),
+    }
+
+
+def frame_probability_loss(prob: torch.Tensor, in_moment: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """1 - mean p over in-moment frames + mean p over the other valid frames, per sample, averaged.
+
+    prob (B, T) in [0, 1]; in_moment, frame_mask (B, T) bool. Samples without frames of both kinds
+    count only the side they have.
+    """
+    inside, outside = (in_moment & frame_mask).float(), (~in_moment & frame_mask).float()
+    mean_in = (prob * inside).sum(1) / inside.sum(1).clamp(min=1)
+    mean_out = (prob * outside).sum(1) / outside.sum(1).clamp(min=1)
+    return (1 - mean_in * (inside.sum(1) > 0) - (inside.sum(1) == 0).float() + mean_out).mean()
+
+
+def semantic_alignment_loss(video: torch.Tensor, query: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """InfoNCE over the batch of cosine(video_i, query_j) / temperature, video i matching query i. video, query (B, C)."""
+    logits = F.normalize(video, dim=-1) @ F.normalize(query, dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(video), device=video.device))
+
+
+def background_losses(out: dict, in_moment: torch.Tensor, frame_mask: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """BM-DETR's terms: frame margin hinge (one in-moment vs one background frame), frame probability, semantic alignment."""
+    return {
+        "frame_margin": cfg.frame_margin * intra_window_loss(out["frame_score"], in_moment, frame_mask, cfg.frame_margin_delta),
+        "frame_prob": cfg.frame_prob * frame_probability_loss(out["frame_prob"], in_moment, frame_mask),
+        "semantic": cfg.semantic * semantic_alignment_loss(out["video_embedding"], out["query"], cfg.temperature),
     }

@@ -38,7 +38,7 @@ from .data import GroundingDataset, LengthGroupedBatches, TextCache, WindowDatas
 from .evaluation import MAIN_METRIC, evaluate
 from .features import atomic_write_text
 from .inference import ground_in_windows, predictions_for_batch
-from .losses import grounding_losses, window_losses
+from .losses import background_losses, grounding_losses, window_losses
 from .models import create_model
 
 
@@ -132,11 +132,15 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
     query, query_mask = text_cache(queries_of(batch, cfg), device)
     if "window_mask" not in batch:  # one item per query: the whole video
         video = video_states(batch, backbone, cfg.data.mode, device)
+        negative = text_cache(batch["negative_queries"], device) if "negative_queries" in batch else ()
         with accelerator.autocast():
-            out = model(video, batch["video_mask"], query, query_mask)
+            out = model(video, batch["video_mask"], query, query_mask, *negative)
         out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
-        return grounding_losses(out, [w.to(device) for w in batch["windows"]], batch["fps"].to(device), batch["saliency"],
-                                batch["video_mask"], batch["positive"], cfg.loss), {}
+        losses = grounding_losses(out, [w.to(device) for w in batch["windows"]], batch["fps"].to(device), batch["saliency"],
+                                  batch["video_mask"], batch["positive"], cfg.loss)
+        if "frame_prob" in out:  # BM-DETR
+            losses.update(background_losses(out, batch["saliency"].to(device) > 0, batch["video_mask"].to(device), cfg.loss))
+        return losses, {}
     # Window items: B queries x W windows (the positive first); the heads run on the positive windows only.
     b, w = batch["window_mask"].shape
     video = batch["video"].to(device).flatten(0, 1).float()
@@ -180,6 +184,10 @@ class Run:
 
 def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     """Backbone, data, side network and optimizer, prepared by Accelerate; resumed from ``last/`` if asked."""
+    if cfg.data.negative_queries != cfg.model.background_matching:
+        raise ValueError("data.negative_queries and model.background_matching go together (BM-DETR)")
+    if cfg.model.background_matching and uses_windows(cfg):
+        raise ValueError("model.background_matching trains on whole videos (data.sampling=video, not rgnet) for now")
     out_dir = Path(cfg.output_dir)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,

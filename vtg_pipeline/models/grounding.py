@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .detr import AnchorDecoder
-from .heads import AttentionPooling, ConvHead, ScoreRefinement, TemporalPyramid, pyramid_points
+from .heads import AttentionPooling, ConvHead, FrameQueryMatcher, ScoreRefinement, TemporalPyramid, pyramid_points
 from .layers import sine_positions
 from .r2_block import R2Block
 
@@ -37,6 +37,7 @@ class ModelConfig:
     droppath: float = 0.1
     spatial_pooling: bool = True  # False: the CLS token only (ablation)
     max_moments: int = 50
+    background_matching: bool = False  # BM-DETR probabilistic frame-query matcher re-weighting the frames before the heads
     score_refinement: bool = False  # FlashVTG adaptive score refinement replaces the cls head's confidences (pyramid head)
     refinement_kernel: int = 5
     head: str = "pyramid"  # pyramid: R² stride pyramid + conv heads | decoder: anchor-query (DAB-DETR style) decoder
@@ -93,20 +94,34 @@ class R2Grounder(nn.Module):
                 self.score_refinement = ScoreRefinement(cfg.dims, cfg.refinement_kernel)
         else:
             self.decoder = AnchorDecoder(cfg.dims, cfg.heads, cfg.decoder_layers, cfg.decoder_queries, cfg.decoder_ffn_dims, cfg.dropout)
+        if cfg.background_matching:
+            self.frame_matcher = FrameQueryMatcher(cfg.dims)
+            self.frame_score = nn.Linear(cfg.dims, 1)  # BM-DETR's frame margin scores
+            self.video_pool = AttentionPooling(cfg.dims)  # BM-DETR's semantic alignment
 
-    def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> dict:
+    def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
+                negative_query: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> dict:
         """video (B, T, K', P, Dv) with K' >= K (the last K are used), video_mask (B, T) bool,
-        query (B, L, K', Dt), query_mask (B, L) bool.
+        query (B, L, K', Dt), query_mask (B, L) bool; with ``background_matching``, optionally a
+        negative query (B, L', K', Dt) and its mask (training only).
 
         Returns: ``cls`` (B, N) logits; ``reg`` (B, N, 2) distances to start/end in
         strides; ``points`` (N, 4); ``level_masks`` list of (B, T_s) (any valid frame:
         the loss mask); ``complete_points`` (B, N) points whose frames are all valid
         (the ones inference uses, as a video alone would have); ``frames``
         (B, T, C); ``query`` (B, C) pooled; ``saliency`` (B, T) cosine; ``cls_tokens``
-        and ``queries`` per step (last layer first), each (B, T, C) / (B, C).
+        and ``queries`` per step (last layer first), each (B, T, C) / (B, C). With
+        ``background_matching`` also ``frame_prob`` (B, T) p(f|Q+)(1 - p(f|Q-)),
+        ``frame_score`` (B, T) and ``video_embedding`` (B, C).
         """
         r2 = self.refine(video, video_mask, query, query_mask)
-        return self.predict(r2["frames"], video_mask, query_mask, r2)
+        if not self.cfg.background_matching:
+            return self.predict(r2["frames"], video_mask, query_mask, r2)
+        negative = None if negative_query is None else self.refine(video, video_mask, negative_query, negative_mask)["frames"]
+        matched = self.frame_matcher(r2["frames"], video_mask, negative)
+        out = self.predict(matched["frames"], video_mask, query_mask, r2)
+        return {**out, "frame_prob": matched["prob"], "frame_score": self.frame_score(matched["frames"])[..., 0],
+                "video_embedding": self.video_pool(matched["frames"], video_mask)}
 
     def refine(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> dict:
         """The R² block's outputs (see ``R2Block.forward``), ``frames`` (B, T, C) after the stride-1 ReLU."""

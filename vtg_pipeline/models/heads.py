@@ -103,6 +103,28 @@ class ScoreRefinement(nn.Module):
         return self.weight * within + (1 - self.weight) * cross
 
 
+class FrameQueryMatcher(nn.Module):
+    """BM-DETR's probabilistic frame-query matcher and frame re-weighting.
+
+    PFM(f) = sigmoid(tanh(f W1) W2), W1: C -> C/2, W2: C/2 -> 1. With a negative query the
+    frame probability is p = PFM(f+) (1 - PFM(f-)), else PFM(f+) (inference). Frames are
+    re-weighted by o = softmax(p) over the valid frames, times their number, so that equal
+    probabilities leave the features unchanged.
+    frames (B, T, C), mask (B, T), negative_frames (B, T, C) or None -> ``frames`` (B, T, C), ``prob`` (B, T).
+    """
+
+    def __init__(self, dims: int):
+        super().__init__()
+        self.pfm = nn.Sequential(nn.Linear(dims, dims // 2, bias=False), nn.Tanh(), nn.Linear(dims // 2, 1, bias=False), nn.Sigmoid())
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor, negative_frames: torch.Tensor | None = None) -> dict:
+        prob = self.pfm(frames)[..., 0]
+        if negative_frames is not None:
+            prob = prob * (1 - self.pfm(negative_frames)[..., 0])
+        attention = prob.masked_fill(~mask, float("-inf")).softmax(-1) * mask.sum(1, keepdim=True)
+        return {"frames": frames * attention[..., None], "prob": prob}
+
+
 class AttentionPooling(nn.Module):
     """Softmax-weighted sum of valid tokens, weights from Linear(C, 1): (B, L, C), (B, L) -> (B, C)."""
 

@@ -1,0 +1,114 @@
+"""BM-DETR options: negative queries, the probabilistic frame-query matcher reaching the spans, its losses, temporal shifting."""
+
+import math
+
+import pytest
+import torch
+
+from vtg_pipeline.data import negative_query_candidates, shift_moment
+from vtg_pipeline.losses import LossConfig, background_losses, frame_probability_loss, semantic_alignment_loss
+from vtg_pipeline.models import ModelConfig, create_model
+from vtg_pipeline.models.heads import FrameQueryMatcher
+
+
+def bm_model(**overrides):
+    torch.manual_seed(0)
+    return create_model(ModelConfig(vision_width=16, text_width=16, dims=32, heads=4, dropout=0.0, droppath=0.0, background_matching=True,
+                                    **overrides)).eval()
+
+
+def inputs():
+    torch.manual_seed(1)
+    video, mask = torch.randn(2, 16, 4, 5, 16), torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 12:] = False
+    return video, mask, torch.randn(2, 6, 4, 16), torch.ones(2, 6, dtype=torch.bool)
+
+
+def test_negative_queries_follow_the_iou_and_similarity_rules_and_count_fallbacks():
+    records = [
+        {"vid": "a", "query": "red", "relevant_windows": [[0, 10]]},
+        {"vid": "a", "query": "blue", "relevant_windows": [[20, 30]]},  # disjoint: a negative of "red"
+        {"vid": "a", "query": "crimson", "relevant_windows": [[40, 50]]},  # disjoint but too similar to "red"
+        {"vid": "a", "query": "overlap", "relevant_windows": [[2, 10]]},  # IoU 0.8 with "red"
+        {"vid": "b", "query": "alone", "relevant_windows": [[0, 5]]},  # no other query in its video
+    ]
+    e = {"red": [1.0, 0.0], "crimson": [0.95, math.sqrt(1 - 0.95**2)], "blue": [0.0, 1.0], "overlap": [0.0, 1.0], "alone": [0.0, 1.0]}
+    candidates, fallbacks = negative_query_candidates(records, {k: torch.tensor(v) for k, v in e.items()}, max_similarity=0.9)
+    assert candidates[0] == ["blue"]
+    assert "red" not in candidates[3]  # overlaps red's moment
+    assert candidates[4] == sorted({"red", "blue", "crimson", "overlap"}) and fallbacks == 1
+
+
+def test_matcher_probabilities_and_reweighting():
+    matcher = FrameQueryMatcher(8)
+    frames, mask = torch.randn(1, 5, 8), torch.tensor([[True, True, True, True, False]])
+    out = matcher(frames, mask)
+    p_pos = matcher.pfm(frames)[..., 0]
+    assert torch.allclose(out["prob"], p_pos)  # inference: p(f|Q+) alone
+    negative = torch.randn(1, 5, 8)
+    joint = matcher(frames, mask, negative)["prob"]
+    assert torch.allclose(joint, p_pos * (1 - matcher.pfm(negative)[..., 0]))
+    weights = joint.masked_fill(~mask, float("-inf")).softmax(-1) * 4
+    assert torch.allclose(matcher(frames, mask, negative)["frames"], frames * weights[..., None])
+    assert (matcher(frames, mask, negative)["frames"][0, 4] == 0).all()  # padding gets no weight
+
+
+def test_the_negative_query_changes_the_predicted_spans():
+    """Unlike the official code, the re-weighted features reach the moment heads."""
+    model = bm_model()
+    video, mask, query, query_mask = inputs()
+    with torch.no_grad():
+        model.frame_matcher.pfm[2].weight.mul_(30)  # make the matcher decisive
+        alone = model(video, mask, query, query_mask)
+        with_negative = model(video, mask, query, query_mask, torch.randn(2, 4, 4, 16), torch.ones(2, 4, dtype=torch.bool))
+    assert not torch.allclose(alone["reg"], with_negative["reg"]) and not torch.allclose(alone["cls"], with_negative["cls"])
+    decoder = bm_model(head="decoder", decoder_layers=2, decoder_ffn_dims=64)
+    with torch.no_grad():
+        decoder.frame_matcher.pfm[2].weight.mul_(30)
+        a = decoder(video, mask, query, query_mask)["span_logits"]
+        b = decoder(video, mask, query, query_mask, torch.randn(2, 4, 4, 16), torch.ones(2, 4, dtype=torch.bool))["span_logits"]
+    assert not torch.allclose(a, b)
+
+
+def test_background_losses_on_hand_made_inputs():
+    prob = torch.tensor([[0.9, 0.8, 0.1, 0.3]])
+    in_moment = torch.tensor([[True, True, False, False]])
+    mask = torch.tensor([[True, True, True, False]])
+    assert frame_probability_loss(prob, in_moment, mask).item() == pytest.approx(1 - 0.85 + 0.1)
+    video, query = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    expected = -math.log(math.exp(1 / 0.5) / (math.exp(1 / 0.5) + 1))  # cosines 1 (own query) and 0 (the other)
+    assert semantic_alignment_loss(video, query, 0.5).item() == pytest.approx(expected, rel=1e-5)
+    out = {"frame_score": torch.tensor([[0.5, 0.5, 0.4, 9.0]]), "frame_prob": prob, "video_embedding": video[:1], "query": query[:1]}
+    losses = background_losses(out, in_moment, mask, LossConfig(frame_margin=1.0, frame_prob=1.0, semantic=1.0))
+    assert losses["frame_margin"].item() == pytest.approx(0.2 - 0.5 + 0.4)  # the only background frame is 2
+
+
+@pytest.mark.parametrize("fps", [0.5, 1.0, 2.0])
+def test_temporal_shift_moves_the_moment_in_seconds_at_any_fps(fps):
+    t = int(40 * fps)
+    video = torch.arange(t, dtype=torch.float32)[:, None]  # each frame holds its index
+    saliency = torch.zeros(t)
+    first, stop = int(10 * fps), int(16 * fps)
+    saliency[first:stop] = 1.0
+    generator = torch.Generator().manual_seed(3)
+    shifted, shifted_saliency, window = shift_moment(video, saliency, [10.0, 16.0], fps, generator)
+    start = int(round(window[0] * fps))
+    assert window[1] - window[0] == pytest.approx(6.0)
+    assert shifted[start : start + stop - first, 0].tolist() == list(range(first, stop))  # the moment's frames, in order
+    assert (shifted_saliency[start : start + stop - first] == 1).all() and shifted_saliency.sum() == stop - first
+    assert sorted(shifted[:, 0].tolist()) == list(range(t))  # nothing lost or duplicated
+
+
+@pytest.mark.slow
+def test_training_with_negative_queries(synth_root, tmp_path):
+    import csv
+
+    from test_training import tiny_config
+    from vtg_pipeline.training import train
+
+    train(tiny_config(synth_root, tmp_path, "optim.epochs=1", "model.background_matching=true", "data.negative_queries=true",
+                      "data.temporal_shift_below=1000", "loss.frame_margin=1", "loss.frame_prob=1", "loss.semantic=1"))
+    row = next(csv.DictReader(open(tmp_path / "log.csv")))
+    assert float(row["frame_prob"]) > 0 and float(row["semantic"]) > 0
+    with pytest.raises(ValueError, match="go together"):
+        train(tiny_config(synth_root, tmp_path / "b", "model.background_matching=true"))
