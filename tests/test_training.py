@@ -192,3 +192,12 @@ def test_main_metric_chooses_the_best_checkpoint_and_must_exist(synth_root, tmp_
     assert json.loads((tmp_path / "a" / "best" / "config.json").read_text())["metrics"] == best
     with pytest.raises(TrainingError, match="main_metric 'R1@0.3' is not among the evaluation's metrics"):
         train(tiny_config(synth_root, tmp_path / "b", "optim.epochs=1", "main_metric=R1@0.3"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
+def test_every_shipped_config_loads_and_builds_its_model(path):
+    from vtg_pipeline.models import create_model
+
+    cfg = load_config(path, ["data.root=/nowhere", "output_dir=/tmp/unused"])
+    cfg.model.vision_width, cfg.model.text_width = 64, 64
+    create_model(cfg.model)
