@@ -58,7 +58,59 @@ def test_refined_model_trains_with_the_clip_aware_loss():
     saliency = torch.zeros(2, 16)
     saliency[:, 4:8] = 1.0
     losses = grounding_losses(out, [torch.tensor([[8.0, 16.0]])] * 2, torch.full((2,), 0.5), saliency, mask, torch.tensor([5, 6]),
-                              LossConfig(clip_aware=4.0))
-    assert losses["clip_aware"].item() > 0
+                              LossConfig(clip_aware=4.0, saliency_hinge=1.0, saliency_rank=1.0))
+    assert losses["clip_aware"].item() > 0 and {"saliency_hinge", "saliency_rank"} <= set(losses)
     sum(losses.values()).backward()
     assert model.score_refinement.mix.grad is not None
+
+
+def test_adaptive_cross_attention_discards_attention_on_dummies():
+    from vtg_pipeline.models.layers import DummyCrossAttention
+
+    torch.manual_seed(0)
+    layer = DummyCrossAttention(16, heads=2, dummies=4)
+    frames, words = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    out = layer(frames, words, words, mask)
+    assert out.shape == (2, 5, 16)
+    # by hand: softmax over [words; query-aware dummies], values of the words only
+    attn = layer.attn
+    keep = torch.cat((mask, mask.new_ones(2, 4)), 1)
+    dummies = layer.dummy_encoder(torch.cat((words, layer.dummies.expand(2, -1, -1)), 1), mask=keep)[:, 3:]
+    q, k = attn._split(attn.q(frames)), attn._split(attn.k(torch.cat((words, dummies), 1)))
+    weights = (q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~keep[:, None, None], float("-inf")).softmax(-1)
+    expected = attn.out((weights[..., :3] @ attn._split(attn.v(words))).transpose(1, 2).flatten(2))
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert (weights[..., :3].sum(-1) < 1).all()  # part of every frame's attention went to the dummies and was dropped
+    changed = words.clone()
+    changed[1, 2] += 10.0  # a padded word changes nothing
+    assert torch.allclose(layer(frames, changed, changed, mask)[1], out[1], atol=1e-5)
+
+
+def test_dummy_fusion_is_a_model_option():
+    model = create_model(ModelConfig(vision_width=16, text_width=16, dims=32, heads=4, fusion="dummy", dummies=6))
+    assert model.r2.temporal.cross_attn.dummies.shape == (6, 32)
+    out = model(torch.randn(1, 8, 4, 5, 16), torch.ones(1, 8, dtype=torch.bool), torch.randn(1, 5, 4, 16), torch.ones(1, 5, dtype=torch.bool))
+    assert out["cls"].shape[0] == 1
+    with pytest.raises(ValueError, match="model.fusion"):
+        create_model(ModelConfig(fusion="gated"))
+
+
+def test_saliency_hinge_and_rank_contrastive_losses():
+    import math
+
+    from vtg_pipeline.losses import rank_contrastive_loss
+
+    scores = torch.tensor([[2.0, 1.0, 0.0, 5.0]])
+    saliency = torch.tensor([[1.0, 0.5, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    # levels 0.5 and 1.0, temperature 1: log-softmax over the 3 valid clips
+    z = math.log(math.exp(2) + math.exp(1) + 1)
+    level_low = -((2 - z) + (1 - z)) / 2  # clips 0 and 1 have label >= 0.5
+    level_high = -(2 - z)  # only clip 0 has label >= 1
+    assert rank_contrastive_loss(scores, saliency, mask, temperature=1.0).item() == pytest.approx((level_low + level_high) / 2, rel=1e-5)
+    out = {"saliency": torch.tensor([[0.3, 0.3, 0.2, 0.9]])}
+    assert rank_contrastive_loss(out["saliency"], torch.zeros(1, 4), mask).item() == 0.0  # no salient clip: nothing to rank
+    from vtg_pipeline.losses import intra_window_loss
+
+    assert intra_window_loss(out["saliency"], saliency > 0, mask, 0.2).item() == pytest.approx(0.2 - 0.3 + 0.2)  # clip 2 is the only non-salient one

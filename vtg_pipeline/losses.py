@@ -30,6 +30,8 @@ class LossConfig:
     intra_margin: float = 0.2
     gate: float = 0.5  # BCE of the sparsifier's logits against in-moment frames: keeps the gate from collapsing
     clip_aware: float = 0.0  # FlashVTG clip-aware score loss (their weight: 4)
+    saliency_hinge: float = 0.0  # FlashVTG's saliency hinge (one salient vs one other clip, margin 0.2)
+    saliency_rank: float = 0.0  # FlashVTG's rank-contrastive saliency loss
     # BM-DETR (model.background_matching): frame margin (hinge, margin 0.2), frame probability, semantic alignment
     frame_margin: float = 0.0
     frame_prob: float = 0.0
@@ -166,6 +168,25 @@ def clip_aware_score_loss(stride1_logits: torch.Tensor, saliency: torch.Tensor, 
     return (error.sum(1) / frame_mask.sum(1).clamp(min=1)).mean()
 
 
+def rank_contrastive_loss(scores: torch.Tensor, saliency: torch.Tensor, frame_mask: torch.Tensor, temperature: float = 0.07,
+                          max_levels: int = 12) -> torch.Tensor:
+    """Rank-contrastive saliency loss: for each saliency level r of the batch, clips with label >= r
+    should outrank all others: mean over them of -log softmax(scores / temperature) over the
+    valid clips, averaged over the samples that have such clips and over the levels.
+
+    scores, saliency (B, T); frame_mask (B, T) bool.
+    """
+    levels = torch.unique(saliency[(saliency > 0) & frame_mask])[:max_levels]
+    log_prob = (scores / temperature).masked_fill(~frame_mask, float("-inf")).log_softmax(1).masked_fill(~frame_mask, 0.0)
+    terms = []
+    for level in levels:
+        positive = (saliency >= level) & frame_mask
+        has = positive.any(1)
+        per_sample = -(log_prob * positive).sum(1) / positive.sum(1).clamp(min=1)
+        terms.append(per_sample[has].mean())
+    return torch.stack(terms).mean() if terms else scores.sum() * 0.0
+
+
 def grounding_losses(out: dict, windows: list[torch.Tensor], fps: torch.Tensor, saliency: torch.Tensor,
                      frame_mask: torch.Tensor, positive: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Every weighted loss term of a batch, by name (sum them for the total).
@@ -176,6 +197,10 @@ def grounding_losses(out: dict, windows: list[torch.Tensor], fps: torch.Tensor, 
     lengths = frame_mask.sum(1).float()
     frame_targets = [frame_windows(w, float(f), float(n)) for w, f, n in zip(windows, fps, lengths)]
     terms = decoder_losses(out, frame_targets, cfg) if "spans" in out else pyramid_losses(out, frame_targets, cfg)
+    if cfg.saliency_hinge:
+        terms["saliency_hinge"] = cfg.saliency_hinge * intra_window_loss(out["saliency"], saliency > 0, frame_mask, 0.2)
+    if cfg.saliency_rank:
+        terms["saliency_rank"] = cfg.saliency_rank * rank_contrastive_loss(out["saliency"], saliency, frame_mask, cfg.temperature)
     if cfg.clip_aware and "cls" in out:
         t = frame_mask.size(1)  # the stride-1 level: the first T points
         if out["level_lengths"][0] != t:

@@ -37,6 +37,8 @@ class ModelConfig:
     droppath: float = 0.1
     spatial_pooling: bool = True  # False: the CLS token only (ablation)
     max_moments: int = 50
+    fusion: str = "standard"  # R² text cross-attention: standard | dummy (FlashVTG adaptive cross-attention)
+    dummies: int = 40  # dummy tokens of the adaptive cross-attention (FlashVTG: 40 QVHighlights/Charades, 35 TACoS)
     background_matching: bool = False  # BM-DETR probabilistic frame-query matcher re-weighting the frames before the heads
     score_refinement: bool = False  # FlashVTG adaptive score refinement replaces the cls head's confidences (pyramid head)
     refinement_kernel: int = 5
@@ -79,7 +81,10 @@ class R2Grounder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.r2 = R2Block(cfg.vision_width, cfg.text_width, cfg.dims, cfg.layers, cfg.dropout, cfg.heads, cfg.ffn_ratio, cfg.droppath)
+        if cfg.fusion not in ("standard", "dummy"):
+            raise ValueError(f"model.fusion must be standard or dummy, got {cfg.fusion!r}")
+        self.r2 = R2Block(cfg.vision_width, cfg.text_width, cfg.dims, cfg.layers, cfg.dropout, cfg.heads, cfg.ffn_ratio, cfg.droppath,
+                          cfg.dummies if cfg.fusion == "dummy" else 0)
         if cfg.head not in ("pyramid", "decoder"):
             raise ValueError(f"model.head must be pyramid or decoder, got {cfg.head!r}")
         if cfg.head == "pyramid":  # built in this order so that a seed gives the same weights as before the decoder existed

@@ -57,17 +57,48 @@ class MultiHeadAttention(nn.Module):
         return self.out(out.transpose(1, 2).reshape(b, t, -1))
 
 
+class DummyCrossAttention(nn.Module):
+    """FlashVTG's adaptive cross-attention: frames attend to the words and L_d dummy tokens, but only
+    word values are summed, so attention a frame gives the dummies is discarded (a frame unrelated
+    to the query can attend to nothing). The dummies are made query-aware by one self-attention
+    layer over [words; dummies].
+
+    Same call as ``MultiHeadAttention``: q (B, T, C), k = v = words (B, L, C), mask (B, L) -> (B, T, C).
+    """
+
+    def __init__(self, dims: int, heads: int = 8, dummies: int = 40):
+        super().__init__()
+        self.heads = heads
+        self.dummies = nn.Parameter(torch.randn(dummies, dims) * 0.02)
+        self.dummy_encoder = AttentionLayer(dims, heads, dims * 2, dropout=0.0)
+        self.attn = MultiHeadAttention(dims, heads)  # its projections; values of the dummies are zero
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, length, _ = k.shape
+        if mask is None:
+            mask = torch.ones(b, length, dtype=torch.bool, device=k.device)
+        keep = torch.cat((mask, mask.new_ones(b, len(self.dummies))), dim=1)
+        encoded = self.dummy_encoder(torch.cat((k, self.dummies.expand(b, -1, -1)), dim=1), mask=keep)
+        keys = torch.cat((k, encoded[:, length:]), dim=1)
+        attn = self.attn
+        words = attn._split(attn.v(v))  # (B, H, L, C / H)
+        values = torch.cat((words, words.new_zeros(b, self.heads, len(self.dummies), words.size(-1))), dim=2)  # dummies add nothing
+        out = F.scaled_dot_product_attention(attn._split(attn.q(q)), attn._split(attn.k(keys)), values, attn_mask=keep[:, None, None, :])
+        return attn.out(out.transpose(1, 2).flatten(2))
+
+
 class TemporalLayer(nn.Module):
     """One post-norm layer: cross-attention to the query, self-attention over frames, FFN.
 
     Each sub-layer is x = LN(x + DropPath(sublayer(x))). Positions are added to
-    the attention queries (and self-attention keys), never to values.
+    the attention queries (and self-attention keys), never to values. ``dummies`` > 0
+    uses FlashVTG's adaptive cross-attention (``DummyCrossAttention``).
     x (B, T, C), memory (B, L, C), positions (B, T, C), frame_mask (B, T), memory_mask (B, L) -> (B, T, C).
     """
 
-    def __init__(self, dims: int = 256, heads: int = 8, ffn_ratio: int = 4, droppath: float = 0.1):
+    def __init__(self, dims: int = 256, heads: int = 8, ffn_ratio: int = 4, droppath: float = 0.1, dummies: int = 0):
         super().__init__()
-        self.cross_attn = MultiHeadAttention(dims, heads)
+        self.cross_attn = DummyCrossAttention(dims, heads, dummies) if dummies else MultiHeadAttention(dims, heads)
         self.self_attn = MultiHeadAttention(dims, heads)
         self.ffn = nn.Sequential(nn.Linear(dims, dims * ffn_ratio), nn.ReLU(), nn.Linear(dims * ffn_ratio, dims))
         for layer in (self.ffn[0], self.ffn[2]):

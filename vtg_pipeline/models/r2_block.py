@@ -38,6 +38,7 @@ class R2Block(nn.Module):
         heads: int = 8,
         ffn_ratio: int = 4,
         droppath: float = 0.1,
+        dummies: int = 0,
     ):
         super().__init__()
         self.dims, self.layers = dims, layers
@@ -47,7 +48,7 @@ class R2Block(nn.Module):
         self.q_map = nn.Linear(dims, dims)
         self.scale = nn.Parameter(torch.zeros(layers))
         self.gate = nn.Parameter(torch.zeros(layers - 1))
-        self.temporal = TemporalLayer(dims, heads, ffn_ratio, droppath)
+        self.temporal = TemporalLayer(dims, heads, ffn_ratio, droppath, dummies)
 
     def pool_frames(self, video: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor, step: int) -> torch.Tensor:
         """Query-modulated spatial pooling.
