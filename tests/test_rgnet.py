@@ -157,6 +157,13 @@ def test_rgnet_training_logs_kept_fraction_and_window_retrieval(synth_root, tmp_
     predictions = [json.loads(line) for line in (tmp_path / "val_predictions.jsonl").read_text().splitlines()]
     assert all(len(p["pred_relevant_windows"]) <= 100 for p in predictions)
     assert any("pred_windows" in p for p in predictions)
+    from vtg_pipeline.grounder import Grounder
+
+    grounder = Grounder.from_pretrained(tmp_path / "best")  # vtg ground's path on a stored video longer than one window
+    feature_file = sorted((synth_root / "features").glob("*.safetensors"))[0]
+    results = grounder.ground_features(feature_file, ["a red disc rises", "a blue ring grows"])
+    assert all(len(r["pred_windows"]) > 1 and len(r["pred_relevant_windows"]) <= 100 for r in results)
+    assert results[0]["pred_windows"] != results[1]["pred_windows"]  # each query ranks the windows itself
 
 
 def test_window_sampling_choice():
