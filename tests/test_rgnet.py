@@ -177,3 +177,19 @@ def test_window_sampling_choice():
         uses_windows(load_config(None, ["model.name=rgnet", "data.sampling=video"]))
     with pytest.raises(ValueError, match="data.sampling must be"):
         uses_windows(load_config(None, ["data.sampling=clips"]))
+
+
+def test_cross_video_negatives_come_from_other_videos(synth_root, tiny_backbone):
+    from safetensors.torch import load_file
+
+    from vtg_pipeline.data import DataConfig
+
+    train = load_split(DataConfig(root=str(synth_root)), "train", tiny_backbone)
+    data = WindowDataset(train.records, train.feature_dir, tiny_backbone, 0.5, window=10, stride=5, negatives=1, cross_video=1)
+    item = data[0]
+    assert item["video"].shape[0] == 3 and item["window_mask"][2] and not item["in_moment"][2].any()
+    own = load_file(str(data.path(data.records[0]["vid"])))["vision"]
+    others = [load_file(str(data.path(v)))["vision"] for v in data._frames if v != data.records[0]["vid"]]
+    row = item["video"][2]
+    assert not any(torch.equal(row, own[s : s + 10]) for s in range(len(own) - 9))
+    assert any(torch.equal(row, o[s : s + 10]) for o in others for s in range(len(o) - 9))

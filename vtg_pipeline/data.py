@@ -47,6 +47,7 @@ class DataConfig:
     metrics: str = ""  # evaluation protocol (qvhighlights | charades | tacos | ego4d | mad); empty: the annotation format's
     sampling: str = "auto"  # video: one item per query, the whole video | windows: window items (WindowDataset) | auto: windows for rgnet
     negatives: int = 3  # window sampling with a retrieval model (rgnet): same-video negative windows per query
+    cross_video_negatives: int = 0  # rgnet: windows of other videos added as negatives (the paper uses none)
     negative_queries: bool = False  # BM-DETR: pair each query with a negative query (needs model.background_matching)
     negative_similarity: float = 0.9  # a negative query's CLIP text cosine with the positive must be below this
     temporal_shift_below: float = 0.0  # BM-DETR temporal shifting for videos shorter than this (seconds); 0 = off
@@ -178,27 +179,29 @@ class GroundingDataset(Dataset):
 
 
 class WindowDataset(GroundingDataset):
-    """RGNet training items: per query, one positive window and ``negatives`` windows of the same video.
+    """RGNet training items: per query, one positive window, ``negatives`` windows of the same video
+    and ``cross_video`` windows of other videos.
 
     Window length and stride are in frames (``DecodeConfig.window`` / ``window_stride`` x fps, the
     windows inference uses). The positive window is placed at random so that it holds the
     query's moment (one drawn per epoch when there are several); a moment longer than the window
-    is cut to it, the window then covering the moment's centre. Negatives are windows of the
-    inference grid that overlap none of the query's moments, drawn without replacement; a
-    video with fewer gets masked rows (``window_mask``). Cross-video negatives are not drawn here.
+    is cut to it, the window then covering the moment's centre. Same-video negatives are windows
+    of the inference grid that overlap none of the query's moments, drawn without replacement; a
+    video with fewer gets masked rows (``window_mask``). Cross-video negatives (off by default, as
+    the paper) are grid windows of other videos at least as long as the positive window.
 
-    Item: ``video`` (1 + N, w, K, P, D), ``window_mask`` (1 + N,), ``frame_mask`` (1 + N, w),
-    ``in_moment`` (1 + N, w) frames inside a moment, ``windows`` (G, 2) seconds relative to the
-    positive window, ``saliency`` (w,) and ``positive`` (a frame) of the positive window,
-    ``starts`` (1 + N,) first frame of each window.
+    Item: ``video`` (W, w, K, P, D) with W = 1 + negatives + cross_video, ``window_mask`` (W,),
+    ``frame_mask`` (W, w), ``in_moment`` (W, w) frames inside a moment, ``windows`` (G, 2) seconds
+    relative to the positive window, ``saliency`` (w,) and ``positive`` (a frame) of the positive
+    window, ``starts`` (W,) first frame of each same-video window (-1: masked or another video's).
     """
 
     def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, window: int, stride: int,
-                 negatives: int = 0, seed: int = 0):
+                 negatives: int = 0, seed: int = 0, cross_video: int = 0):
         super().__init__(records, feature_dir, backbone, fps, "features", seed)
-        self.window, self.stride, self.negatives = window, stride, negatives
+        self.window, self.stride, self.same_video, self.cross_video = window, stride, negatives, cross_video
         self._frames = {}
-        for vid in {r["vid"] for r in records}:
+        for vid in sorted({r["vid"] for r in records}):
             with safe_open(str(self.path(vid)), framework="pt") as f:
                 self._frames[vid] = f.get_slice("vision").get_shape()[0]
 
@@ -215,32 +218,47 @@ class WindowDataset(GroundingDataset):
         low, high = min(max(low, 0), last), min(max(high, 0), last)
         return int(torch.randint(low, high + 1, (1,), generator=generator))
 
+    def read_window(self, vid: str, start: int, length: int) -> torch.Tensor:
+        with safe_open(str(self.path(vid)), framework="pt") as f:
+            return f.get_slice("vision")[start : start + length]
+
+    def other_video_windows(self, vid: str, length: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """``cross_video`` windows of ``length`` frames from random other videos long enough to hold one."""
+        from .inference import window_starts
+
+        others = [v for v, n in self._frames.items() if v != vid and n >= length]
+        windows = []
+        for i in torch.randperm(len(others), generator=generator)[: self.cross_video].tolist():
+            grid = window_starts(self._frames[others[i]], length, self.stride)
+            windows.append(self.read_window(others[i], grid[int(torch.randint(len(grid), (1,), generator=generator))], length))
+        return windows
+
     def __getitem__(self, index: int) -> dict:
         from .inference import window_starts
 
         record = self.records[index]
         n, w, fps = self._frames[record["vid"]], self.window, self.fps
+        rows = 1 + self.same_video + self.cross_video
         generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
         moments = np.asarray(record["relevant_windows"], dtype=np.float64).reshape(-1, 2) * fps  # frames
         moment = moments[int(torch.randint(len(moments), (1,), generator=generator))]
         starts = [self.positive_start(tuple(moment), n, generator)]
         grid = [s for s in window_starts(n, w, self.stride) if not ((moments[:, 0] < s + w) & (moments[:, 1] > s)).any()]
-        picked = torch.randperm(len(grid), generator=generator)[: self.negatives].tolist()
+        picked = torch.randperm(len(grid), generator=generator)[: self.same_video].tolist()
         starts += [grid[i] for i in picked]
         in_video = torch.from_numpy(window_saliency(record["relevant_windows"], n, 1.0 / fps)).float() > 0
         saliency_full = torch.from_numpy(saliency_targets(record, n, 1.0 / fps)).float()
         length = min(w, n)
-        with safe_open(str(self.path(record["vid"])), framework="pt") as f:
-            vision = f.get_slice("vision")
-            first = vision[starts[0] : starts[0] + length]
-            video = first.new_zeros((1 + self.negatives, length, *first.shape[1:]))
-            for row, start in enumerate(starts):
-                video[row] = first if row == 0 else vision[start : start + length]
-        window_mask = torch.zeros(1 + self.negatives, dtype=torch.bool)
-        window_mask[: len(starts)] = True
-        in_moment = torch.zeros(1 + self.negatives, length, dtype=torch.bool)
+        first = self.read_window(record["vid"], starts[0], length)
+        video = first.new_zeros((rows, length, *first.shape[1:]))
+        window_mask = torch.zeros(rows, dtype=torch.bool)
+        in_moment = torch.zeros(rows, length, dtype=torch.bool)
         for row, start in enumerate(starts):
-            in_moment[row] = in_video[start : start + length]
+            video[row] = first if row == 0 else self.read_window(record["vid"], start, length)
+            window_mask[row], in_moment[row] = True, in_video[start : start + length]
+        if self.cross_video:
+            for row, states in enumerate(self.other_video_windows(record["vid"], length, generator), start=1 + self.same_video):
+                video[row], window_mask[row] = states, True
         saliency = saliency_full[starts[0] : starts[0] + length]
         if not (saliency > 0).any():  # a moment shorter than a clip: its frame
             saliency[min(int(moment.mean()) - starts[0], length - 1)] = 1.0
@@ -250,9 +268,9 @@ class WindowDataset(GroundingDataset):
         relative = torch.tensor(record["relevant_windows"], dtype=torch.float32).reshape(-1, 2) - offset
         relative = relative.clamp(0, length / fps)
         relative = relative[relative[:, 1] > relative[:, 0]]
-        return {"record": record, "video": video, "window_mask": window_mask, "frame_mask": torch.ones(1 + self.negatives, length, dtype=torch.bool),
+        return {"record": record, "video": video, "window_mask": window_mask, "frame_mask": torch.ones(rows, length, dtype=torch.bool),
                 "in_moment": in_moment, "windows": relative, "saliency": saliency, "positive": positive,
-                "starts": torch.tensor(starts + [-1] * (1 + self.negatives - len(starts)))}
+                "starts": torch.tensor(starts + [-1] * (rows - len(starts)))}
 
 
 def collate_windows(items: list[dict], fps: float) -> dict:

@@ -207,9 +207,10 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     batch_collate = partial(collate, fps=cfg.data.fps)
     if uses_windows(cfg):  # one positive window per query, plus same-video negatives for a retrieval model
         fps = cfg.data.fps
-        negatives = cfg.data.negatives if cfg.model.name == "rgnet" else 0
+        retrieval = cfg.model.name == "rgnet"
         train_set = WindowDataset(train_set.records, train_set.feature_dir, backbone, fps, max(1, round(cfg.decode.window * fps)),
-                                  max(1, round(cfg.decode.window_stride * fps)), negatives, cfg.seed)
+                                  max(1, round(cfg.decode.window_stride * fps)), cfg.data.negatives if retrieval else 0, cfg.seed,
+                                  cfg.data.cross_video_negatives if retrieval else 0)
         train_collate = partial(collate_windows, fps=fps)
     else:
         train_collate = batch_collate
