@@ -370,10 +370,20 @@ def available_decoders() -> list[str]:
     for name, module in (("torchcodec", "torchcodec"), ("decord", "decord")):
         try:
             __import__(module)
-            names.append(name)
         except Exception:  # an optional backend may fail to import for many reasons (missing FFmpeg libs)
             continue
+        if name == "torchcodec" and not _torchcodec_has_ffmpeg():
+            continue
+        names.append(name)
     return names + ["pyav"]
+
+
+def _torchcodec_has_ffmpeg() -> bool:
+    """torchcodec imports without FFmpeg's shared libraries and fails only when it decodes; its
+    ops module records whether they loaded (private flag; assumed present if it ever goes away)."""
+    import torchcodec._core.ops as ops
+
+    return bool(getattr(ops, "_FFMPEG_AVAILABLE", True))
 
 
 def make_decoder(name: str = "auto", device: str = "cpu") -> Decoder:
