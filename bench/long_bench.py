@@ -2,6 +2,7 @@
 
     python bench/long_bench.py scale --minutes 30 60 120          # -> bench/out/long_scale.json
     python bench/long_bench.py compare --root runs/long/data --runs runs/long   # -> bench/out/long_compare.json
+    python bench/long_bench.py compare ... --systems "unified (RGNet)"          # only that row (others in the file kept)
 
 ``scale``: the paper-sized RGNet side network (dims 256, K = 4, 180-s windows every
 90 s, top 30 windows per query; random weights: speed does not depend on them) on
@@ -138,7 +139,11 @@ def kept_fraction(run: Path) -> float | None:
     return round(float(np.mean(last)), 3) if last else None
 
 
-def compare(root: Path, runs: Path) -> list[dict]:
+SYSTEMS = {"unified (RGNet)": ("unified", "unified"), "two-stage": ("retriever", "oracle_grounder"),
+           "unified, no sparsifier": ("no_sparsifier", "no_sparsifier")}
+
+
+def compare(root: Path, runs: Path, only: list[str] | None = None) -> list[dict]:
     grounders = {name: Grounder.from_pretrained(runs / name / "best") for name in ("unified", "retriever", "oracle_grounder", "no_sparsifier")
                  if (runs / name / "best").exists()}
     some = next(iter(grounders.values()))
@@ -146,10 +151,8 @@ def compare(root: Path, runs: Path) -> list[dict]:
     records = [json.loads(line) for line in (root / cfg.data.val).read_text().splitlines() if line.strip()]
     dataset = GroundingDataset(records, root / cfg.data.features, some.backbone, cfg.data.fps)
     rows = []
-    systems = {"unified (RGNet)": ("unified", "unified"), "two-stage": ("retriever", "oracle_grounder"),
-               "unified, no sparsifier": ("no_sparsifier", "no_sparsifier")}
-    for label, (retriever, grounder) in systems.items():
-        if retriever not in grounders or grounder not in grounders:
+    for label, (retriever, grounder) in SYSTEMS.items():
+        if retriever not in grounders or grounder not in grounders or (only and label not in only):
             continue
         model = TwoStage(grounders[retriever].model, grounders[grounder].model) if retriever != grounder else grounders[grounder].model
         run_cfg = grounders[grounder].cfg
@@ -171,6 +174,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, nargs="*", default=[30, 60, 120])
     parser.add_argument("--root", type=Path)
     parser.add_argument("--runs", type=Path)
+    parser.add_argument("--systems", nargs="*", choices=list(SYSTEMS), help="compare: only these rows")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     torch.set_grad_enabled(False)
@@ -180,8 +184,10 @@ def main() -> None:
         rows = scale(args.minutes)
         (OUT / "long_scale.json").write_text(json.dumps({"device": "cpu", "threads": torch.get_num_threads(), "runs": rows}, indent=2))
     else:
-        rows = compare(args.root, args.runs)
-        (OUT / "long_compare.json").write_text(json.dumps(rows, indent=2))
+        path = OUT / "long_compare.json"  # rows of earlier calls are kept unless recomputed
+        rows = {r["system"]: r for r in (json.loads(path.read_text()) if path.exists() else [])}
+        rows.update({r["system"]: r for r in compare(args.root, args.runs, args.systems)})
+        path.write_text(json.dumps(list(rows.values()), indent=2))
 
 
 if __name__ == "__main__":
