@@ -249,13 +249,14 @@ class WindowDataset(GroundingDataset):
         in_video = torch.from_numpy(window_saliency(record["relevant_windows"], n, 1.0 / fps)).float() > 0
         saliency_full = torch.from_numpy(saliency_targets(record, n, 1.0 / fps)).float()
         length = min(w, n)
-        first = self.read_window(record["vid"], starts[0], length)
-        video = first.new_zeros((rows, length, *first.shape[1:]))
+        with safe_open(str(self.path(record["vid"])), framework="pt") as f:  # the query's own windows: one open
+            vision = f.get_slice("vision")
+            own = [vision[start : start + length] for start in starts]
+        video = own[0].new_zeros((rows, length, *own[0].shape[1:]))
         window_mask = torch.zeros(rows, dtype=torch.bool)
         in_moment = torch.zeros(rows, length, dtype=torch.bool)
-        for row, start in enumerate(starts):
-            video[row] = first if row == 0 else self.read_window(record["vid"], start, length)
-            window_mask[row], in_moment[row] = True, in_video[start : start + length]
+        for row, (start, states) in enumerate(zip(starts, own)):
+            video[row], window_mask[row], in_moment[row] = states, True, in_video[start : start + length]
         if self.cross_video:
             for row, states in enumerate(self.other_video_windows(record["vid"], length, generator), start=1 + self.same_video):
                 video[row], window_mask[row] = states, True

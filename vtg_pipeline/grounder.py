@@ -40,7 +40,7 @@ from .config import TrainConfig, config_from_dict
 from .data import TextCache
 from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, run_settings
 from .features import Manifest, read_metadata
-from .inference import ground_in_windows
+from .inference import ground_in_windows, rounded
 from .models import create_model
 
 
@@ -175,17 +175,17 @@ class Grounder:
                                          self.fps, self.cfg.model.strides, self.cfg.decode)
         results = []
         for g in grounded:
-            windows = [[round(float(s), 4), round(float(e), 4), round(float(p), 4)] for s, e, p in g["moments"]]
+            windows = rounded(g["moments"])
             result = {
                 "vid": meta.get("video_id", feature_file.stem),
                 "duration": duration,
                 "pred_relevant_windows": windows,
                 "pred_relevant_windows_hms": [[hms(s), hms(e)] for s, e, _ in windows],
-                "pred_saliency_scores": [round(float(x), 4) for x in g["saliency"]],
-                "clip_times": [round(float(t), 4) for t in times],
+                "pred_saliency_scores": rounded(g["saliency"]),
+                "clip_times": rounded(times),
             }
             if "windows" in g:
-                result["pred_windows"] = [[round(float(s), 4), round(float(e), 4), round(float(p), 4)] for s, e, p in g["windows"]]
+                result["pred_windows"] = rounded(g["windows"])
             results.append(result)
         return results
 

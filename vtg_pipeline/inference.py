@@ -41,6 +41,15 @@ class DecodeConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def window_frames(self, fps: float) -> tuple[int, int]:
+        """Window length and stride in frames (at least 1)."""
+        return max(1, round(self.window * fps)), max(1, round(self.window_stride * fps))
+
+
+def rounded(values, digits: int = 4) -> list:
+    """Numbers, or rows of numbers such as [start, end, score], as rounded Python floats for prediction files."""
+    return [rounded(v, digits) if np.ndim(v) else round(float(v), digits) for v in values]
+
 
 def decode_windows(out: dict, index: int, fps: float, duration: float, cfg: DecodeConfig) -> np.ndarray:
     """Moments (M, 3) [start s, end s, score] of one sample, sorted by score, after NMS."""
@@ -108,8 +117,8 @@ def predictions_for_batch(out: dict, batch: dict, strides: tuple[int, ...], cfg:
             "qid": record["qid"],
             "query": record["query"],
             "vid": record["vid"],
-            "pred_relevant_windows": [[round(float(s), 4), round(float(e), 4), round(float(p), 4)] for s, e, p in moments],
-            "pred_saliency_scores": [round(float(x), 4) for x in saliency_curve(out, i, num_frames, strides)],
+            "pred_relevant_windows": rounded(moments),
+            "pred_saliency_scores": rounded(saliency_curve(out, i, num_frames, strides)),
         })
     return records
 
@@ -129,13 +138,14 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
     """Ground Q queries in one video, one window at a time (memory does not grow with duration).
 
     ``read_frames(start, stop)`` returns the video's states (stop - start, K, P, D) for
-    frames [start, stop); query (Q, L, K, Dt), query_mask (Q, L). Each window's
-    states are read once and shared by the Q queries. Returns per query ``moments``
+    frames [start, stop); query (Q, L, K, Dt), query_mask (Q, L). A window's states are
+    shared by the Q queries; a retrieval model reads every window once to score it and
+    reads its kept windows again for the heads (nothing is held across windows).
+    Returns per query ``moments``
     (M, 3) [start s, end s, score] sorted, ``saliency`` (num_frames,) and, for a
     retrieval model, ``windows`` (W, 3) [start s, end s, sigmoid(window logit)] sorted.
     """
-    window = max(1, round(cfg.window * fps))
-    stride = max(1, round(cfg.window_stride * fps))
+    window, stride = cfg.window_frames(fps)
     starts = window_starts(num_frames, window, stride)
     queries, device = len(query), query.device
     retrieval = hasattr(model, "retrieve") and len(starts) > 1
@@ -167,7 +177,8 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
         result = {"moments": merged, "saliency": saliency_sum[i] / np.maximum(covered[i], 1)}
         if retrieval:
             order = ranked[i].numpy()
-            result["windows"] = np.stack([np.array(starts)[order] / fps, np.minimum(np.array(starts)[order] + window, num_frames) / fps,
+            first = np.asarray(starts)[order]
+            result["windows"] = np.stack([first / fps, np.minimum(first + window, num_frames) / fps,
                                           logits[i, order].sigmoid().cpu().numpy()], axis=1)
         results.append(result)
     return results

@@ -269,8 +269,9 @@ def frame_probability_loss(prob: torch.Tensor, in_moment: torch.Tensor, frame_ma
     """
     inside, outside = (in_moment & frame_mask).float(), (~in_moment & frame_mask).float()
     mean_in = (prob * inside).sum(1) / inside.sum(1).clamp(min=1)
-    mean_out = (prob * outside).sum(1) / outside.sum(1).clamp(min=1)
-    return (1 - mean_in * (inside.sum(1) > 0) - (inside.sum(1) == 0).float() + mean_out).mean()
+    mean_out = (prob * outside).sum(1) / outside.sum(1).clamp(min=1)  # 0 without background frames
+    foreground_term = torch.where(inside.sum(1) > 0, 1 - mean_in, torch.zeros_like(mean_in))
+    return (foreground_term + mean_out).mean()
 
 
 def semantic_alignment_loss(video: torch.Tensor, query: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:

@@ -37,7 +37,7 @@ from .config import TrainConfig
 from .data import GroundingDataset, LengthGroupedBatches, TextCache, WindowDataset, collate, collate_windows, load_split
 from .evaluation import MAIN_METRIC, evaluate
 from .features import atomic_write_text
-from .inference import ground_in_windows, predictions_for_batch
+from .inference import ground_in_windows, predictions_for_batch, rounded
 from .losses import background_losses, grounding_losses, window_losses
 from .models import create_model
 
@@ -108,10 +108,9 @@ def predict_in_windows(model, dataset: GroundingDataset, text_cache, cfg: TrainC
             grounded = ground_in_windows(model, lambda start, stop: vision[start:stop], vision.get_shape()[0], float(group[0]["duration"]),
                                          query, query_mask, cfg.data.fps, cfg.model.strides, cfg.decode)
         for record, g in zip(group, grounded):
-            rounded = lambda rows: [[round(float(a), 4), round(float(b), 4), round(float(c), 4)] for a, b, c in rows]  # noqa: E731
             records.append({"qid": record["qid"], "query": record["query"], "vid": vid,
                             "pred_relevant_windows": rounded(g["moments"]),
-                            "pred_saliency_scores": [round(float(x), 4) for x in g["saliency"]],
+                            "pred_saliency_scores": rounded(g["saliency"]),
                             **({"pred_windows": rounded(g["windows"])} if "windows" in g else {})})
     model.train()
     return records
@@ -208,9 +207,8 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     if uses_windows(cfg):  # one positive window per query, plus same-video negatives for a retrieval model
         fps = cfg.data.fps
         retrieval = cfg.model.name == "rgnet"
-        train_set = WindowDataset(train_set.records, train_set.feature_dir, backbone, fps, max(1, round(cfg.decode.window * fps)),
-                                  max(1, round(cfg.decode.window_stride * fps)), cfg.data.negatives if retrieval else 0, cfg.seed,
-                                  cfg.data.cross_video_negatives if retrieval else 0)
+        train_set = WindowDataset(train_set.records, train_set.feature_dir, backbone, fps, *cfg.decode.window_frames(fps),
+                                  cfg.data.negatives if retrieval else 0, cfg.seed, cfg.data.cross_video_negatives if retrieval else 0)
         train_collate = partial(collate_windows, fps=fps)
     else:
         train_collate = batch_collate
