@@ -112,3 +112,51 @@ def test_training_with_negative_queries(synth_root, tmp_path):
     assert float(row["frame_prob"]) > 0 and float(row["semantic"]) > 0
     with pytest.raises(ValueError, match="go together"):
         train(tiny_config(synth_root, tmp_path / "b", "model.background_matching=true"))
+
+
+def test_with_rgnet_the_negative_query_changes_the_spans_of_the_head_rows():
+    from test_rgnet import tiny_rgnet
+
+    model = tiny_rgnet(background_matching=True)
+    video, mask, query, query_mask = inputs()
+    rows = torch.tensor([1])  # heads on the second (query, window) pair only
+    negative, negative_mask = torch.randn(1, 4, 4, 16), torch.ones(1, 4, dtype=torch.bool)
+    with torch.no_grad():
+        model.frame_matcher.pfm[2].weight.mul_(30)
+        alone = model(video, mask, query, query_mask, heads_rows=rows)
+        with_negative = model(video, mask, query, query_mask, negative, negative_mask, heads_rows=rows)
+    assert alone["reg"].shape[0] == 1 and alone["window_logit"].shape == (2,) and with_negative["frame_prob"].shape == (1, 16)
+    assert (with_negative["frame_prob"][0, 12:] >= 0).all()  # padding frames still get a probability; the softmax drops them
+    assert not torch.allclose(alone["reg"], with_negative["reg"]) and not torch.allclose(alone["cls"], with_negative["cls"])
+    assert torch.allclose(alone["window_logit"], with_negative["window_logit"])  # retrieval does not see the negative
+
+
+def test_window_items_carry_negative_queries(synth_root, tiny_backbone):
+    from vtg_pipeline.data import DataConfig, WindowDataset, collate_windows, load_split
+
+    train = load_split(DataConfig(root=str(synth_root)), "train", tiny_backbone)
+    data = WindowDataset(train.records, train.feature_dir, tiny_backbone, 0.5, window=10, stride=5, negatives=1, negative_similarity=0.99)
+    items = [data[i] for i in range(3)]
+    batch = collate_windows(items, 0.5)
+    assert len(batch["negative_queries"]) == 3
+    for item, negative in zip(items, batch["negative_queries"]):
+        assert negative != item["record"]["query"] and negative in data.negatives[data.records.index(item["record"])]
+
+
+@pytest.mark.slow
+def test_rgnet_training_with_negative_queries(synth_root, tmp_path):
+    import csv
+
+    from test_rgnet import ROOT
+    from vtg_pipeline.config import load_config
+    from vtg_pipeline.training import train
+
+    overrides = [f"data.root={synth_root}", "optim.epochs=1", "optim.batch_size=4", "model.dims=32", "model.heads=4",
+                 "model.rg_ffn_dims=64", "decode.window=20", "decode.window_stride=10", "optim.warmup_steps=2",
+                 "model.background_matching=true", "data.negative_queries=true", "loss.frame_margin=1", "loss.frame_prob=1", "loss.semantic=1"]
+    train(load_config(ROOT / "configs" / "synthetic_long.yaml", [*overrides, f"output_dir={tmp_path}"]))
+    row = next(csv.DictReader(open(tmp_path / "log.csv")))
+    assert float(row["frame_prob"]) > 0 and float(row["semantic"]) > 0 and float(row["retrieval"]) > 0
+    assert (tmp_path / "best" / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="temporal_shift_below"):
+        train(load_config(ROOT / "configs" / "synthetic_long.yaml", [*overrides, f"output_dir={tmp_path / 'b'}", "data.temporal_shift_below=60"]))

@@ -201,3 +201,29 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
     cfg = load_config(path, ["data.root=/nowhere", "output_dir=/tmp/unused"])
     cfg.model.vision_width, cfg.model.text_width = 64, 64
     create_model(cfg.model)
+
+
+ROW_OPTIONS = {  # ablation row -> the settings it adds to the base config (docs/BENCHMARKS.md)
+    "r2": {},
+    "r2_asr": {"model.score_refinement": True},
+    "r2_asr_cas": {"model.score_refinement": True, "loss.clip_aware": 4.0},
+    "r2_bm": {"model.background_matching": True, "data.negative_queries": True, "loss.frame_margin": 1.0, "loss.frame_prob": 1.0,
+              "loss.semantic": 1.0},
+}
+ROW_OPTIONS["all"] = {**ROW_OPTIONS["r2_asr_cas"], **ROW_OPTIONS["r2_bm"]}
+
+
+def flat(cfg) -> dict:
+    return {f"{section}.{key}": value for section, values in cfg.to_dict().items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
+@pytest.mark.parametrize("folder, base, extra", [("ablation", "synthetic.yaml", {"data.temporal_shift_below": 60.0}),
+                                                 ("ablation/long", "synthetic_long.yaml", {})])
+@pytest.mark.parametrize("row", sorted(ROW_OPTIONS))
+def test_ablation_rows_are_the_base_config_plus_their_options(folder, base, extra, row):
+    base_cfg = flat(load_config(ROOT / "configs" / base, []))
+    row_cfg = flat(load_config(ROOT / "configs" / folder / f"{row}.yaml", []))
+    expected = {**ROW_OPTIONS[row], **(extra if row in ("r2_bm", "all") else {})}
+    changed = {k: v for k, v in row_cfg.items() if v != base_cfg[k] and k != "data.root"}
+    assert changed == expected

@@ -173,9 +173,13 @@ class GroundingDataset(Dataset):
             "positive": positive,
         }
         if self.negatives is not None:
-            choices = self.negatives[index]
-            item["negative_query"] = choices[int(torch.randint(len(choices), (1,), generator=generator))]
+            item["negative_query"] = self.negative_query(index, generator)
         return item
+
+    def negative_query(self, index: int, generator: torch.Generator) -> str:
+        """One of item ``index``'s BM-DETR negative queries, drawn with ``generator``."""
+        choices = self.negatives[index]
+        return choices[int(torch.randint(len(choices), (1,), generator=generator))]
 
 
 class WindowDataset(GroundingDataset):
@@ -193,12 +197,13 @@ class WindowDataset(GroundingDataset):
     Item: ``video`` (W, w, K, P, D) with W = 1 + negatives + cross_video, ``window_mask`` (W,),
     ``frame_mask`` (W, w), ``in_moment`` (W, w) frames inside a moment, ``windows`` (G, 2) seconds
     relative to the positive window, ``saliency`` (w,) and ``positive`` (a frame) of the positive
-    window, ``starts`` (W,) first frame of each same-video window (-1: masked or another video's).
+    window, ``starts`` (W,) first frame of each same-video window (-1: masked or another video's),
+    and with ``negative_similarity`` a BM-DETR ``negative_query`` (chosen as for whole videos).
     """
 
     def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, window: int, stride: int,
-                 negatives: int = 0, seed: int = 0, cross_video: int = 0):
-        super().__init__(records, feature_dir, backbone, fps, "features", seed)
+                 negatives: int = 0, seed: int = 0, cross_video: int = 0, negative_similarity: float | None = None):
+        super().__init__(records, feature_dir, backbone, fps, "features", seed, negative_similarity)
         self.window, self.stride, self.same_video, self.cross_video = window, stride, negatives, cross_video
         self._frames = {}
         for vid in sorted({r["vid"] for r in records}):
@@ -269,9 +274,12 @@ class WindowDataset(GroundingDataset):
         relative = torch.tensor(record["relevant_windows"], dtype=torch.float32).reshape(-1, 2) - offset
         relative = relative.clamp(0, length / fps)
         relative = relative[relative[:, 1] > relative[:, 0]]
-        return {"record": record, "video": video, "window_mask": window_mask, "frame_mask": torch.ones(rows, length, dtype=torch.bool),
+        item = {"record": record, "video": video, "window_mask": window_mask, "frame_mask": torch.ones(rows, length, dtype=torch.bool),
                 "in_moment": in_moment, "windows": relative, "saliency": saliency, "positive": positive,
                 "starts": torch.tensor(starts + [-1] * (rows - len(starts)))}
+        if self.negatives is not None:
+            item["negative_query"] = self.negative_query(index, generator)
+        return item
 
 
 def collate_windows(items: list[dict], fps: float) -> dict:
@@ -295,6 +303,7 @@ def collate_windows(items: list[dict], fps: float) -> dict:
         "positive": torch.tensor([item["positive"] for item in items]),
         "starts": torch.stack([item["starts"] for item in items]),
         "fps": torch.full((len(items),), fps),
+        **negative_queries(items),
     }
 
 
@@ -348,8 +357,13 @@ def collate(items: list[dict], fps: float) -> dict:
         "saliency": saliency,
         "positive": torch.tensor([item["positive"] for item in items]),
         "fps": torch.full((len(items),), fps),
-        **({"negative_queries": [item["negative_query"] for item in items]} if "negative_query" in items[0] else {}),
+        **negative_queries(items),
     }
+
+
+def negative_queries(items: list[dict]) -> dict:
+    """``{"negative_queries": [str] * B}`` when the items carry BM-DETR negative queries, else ``{}``."""
+    return {"negative_queries": [item["negative_query"] for item in items]} if "negative_query" in items[0] else {}
 
 
 class TextCache:

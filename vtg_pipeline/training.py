@@ -129,9 +129,9 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
     """The weighted loss terms of one training batch, and statistics to log (the sparsifier's kept fraction)."""
     device = accelerator.device
     query, query_mask = text_cache(queries_of(batch, cfg), device)
+    negative = text_cache(batch["negative_queries"], device) if "negative_queries" in batch else ()  # BM-DETR, (B, L', ...)
     if "window_mask" not in batch:  # one item per query: the whole video
         video = video_states(batch, backbone, cfg.data.mode, device)
-        negative = text_cache(batch["negative_queries"], device) if "negative_queries" in batch else ()
         with accelerator.autocast():
             out = model(video, batch["video_mask"], query, query_mask, *negative)
         out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
@@ -147,11 +147,14 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
     positive_rows = torch.arange(b, device=device) * w
     retrieval = cfg.model.name == "rgnet"
     with accelerator.autocast():
-        out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0),
+        out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0), *negative,
                     **({"heads_rows": positive_rows} if retrieval else {}))
     out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
-    losses = grounding_losses(out, [x.to(device) for x in batch["windows"]], batch["fps"].to(device), batch["saliency"].to(device),
+    saliency = batch["saliency"].to(device)
+    losses = grounding_losses(out, [x.to(device) for x in batch["windows"]], batch["fps"].to(device), saliency,
                               frame_mask[positive_rows], batch["positive"].to(device), cfg.loss)
+    if "frame_prob" in out:  # BM-DETR on the positive windows
+        losses.update(background_losses(out, saliency > 0, frame_mask[positive_rows], cfg.loss))
     if not retrieval:  # a grounder trained on the windows that hold the moments (the two-stage baseline's second stage)
         return losses, {}
     losses.update(window_losses(out, batch["window_mask"].to(device), batch["in_moment"].to(device).flatten(0, 1), frame_mask, cfg.loss))
@@ -185,8 +188,8 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     """Backbone, data, side network and optimizer, prepared by Accelerate; resumed from ``last/`` if asked."""
     if cfg.data.negative_queries != cfg.model.background_matching:
         raise ValueError("data.negative_queries and model.background_matching go together (BM-DETR)")
-    if cfg.model.background_matching and uses_windows(cfg):
-        raise ValueError("model.background_matching trains on whole videos (data.sampling=video, not rgnet) for now")
+    if cfg.data.temporal_shift_below and uses_windows(cfg):
+        raise ValueError("data.temporal_shift_below (BM-DETR temporal shifting) applies to whole-video training, not to window sampling")
     out_dir = Path(cfg.output_dir)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
@@ -208,7 +211,8 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         fps = cfg.data.fps
         retrieval = cfg.model.name == "rgnet"
         train_set = WindowDataset(train_set.records, train_set.feature_dir, backbone, fps, *cfg.decode.window_frames(fps),
-                                  cfg.data.negatives if retrieval else 0, cfg.seed, cfg.data.cross_video_negatives if retrieval else 0)
+                                  cfg.data.negatives if retrieval else 0, cfg.seed, cfg.data.cross_video_negatives if retrieval else 0,
+                                  cfg.data.negative_similarity if cfg.data.negative_queries else None)
         train_collate = partial(collate_windows, fps=fps)
     else:
         train_collate = batch_collate

@@ -120,10 +120,19 @@ class R2Grounder(nn.Module):
         ``frame_score`` (B, T) and ``video_embedding`` (B, C).
         """
         r2 = self.refine(video, video_mask, query, query_mask)
+        negative = None
+        if self.cfg.background_matching and negative_query is not None:
+            negative = self.refine(video, video_mask, negative_query, negative_mask)["frames"]
+        return self.heads(r2["frames"], video_mask, query_mask, r2, negative)
+
+    def heads(self, frames: torch.Tensor, video_mask: torch.Tensor, query_mask: torch.Tensor, r2: dict,
+              negative_frames: torch.Tensor | None = None) -> dict:
+        """``predict`` on frames (B, T, C); with ``background_matching`` first re-weighted by the
+        frame-query matcher (p+ (1 - p-) with ``negative_frames`` (B, T, C), the negative query's
+        frames, in training; p+ alone without), adding ``frame_prob``, ``frame_score`` and ``video_embedding``."""
         if not self.cfg.background_matching:
-            return self.predict(r2["frames"], video_mask, query_mask, r2)
-        negative = None if negative_query is None else self.refine(video, video_mask, negative_query, negative_mask)["frames"]
-        matched = self.frame_matcher(r2["frames"], video_mask, negative)
+            return self.predict(frames, video_mask, query_mask, r2)
+        matched = self.frame_matcher(frames, video_mask, negative_frames)
         out = self.predict(matched["frames"], video_mask, query_mask, r2)
         return {**out, "frame_prob": matched["prob"], "frame_score": self.frame_score(matched["frames"])[..., 0],
                 "video_embedding": self.video_pool(matched["frames"], video_mask)}

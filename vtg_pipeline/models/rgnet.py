@@ -117,16 +117,22 @@ class RGNetGrounder(R2Grounder):
         return r2, self.rg(r2["frames"], video_mask, r2["query"], query_mask)
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
+                negative_query: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None,
                 heads_rows: torch.Tensor | None = None) -> dict:
         """As ``R2Grounder.forward``, plus ``window_logit`` (B,), ``gate``, ``gate_logits`` and ``attention`` (B, T).
 
         ``heads_rows`` (R,) restricts the heads to those pairs (training: the positive
-        windows); the head outputs then have R rows, the encoder outputs keep B.
+        windows); the head outputs then have R rows, the encoder outputs keep B. With
+        ``background_matching`` a negative query (R, L', K', Dt) is encoded on the same
+        R windows (R² block and RG-Encoder), and its fused frames give p-.
         """
         r2, rg = self.retrieve(video, video_mask, query, query_mask)
         rows = slice(None) if heads_rows is None else heads_rows
         selected = {"query": r2["query"][rows], "cls": [c[rows] for c in r2["cls"]], "queries": [q[rows] for q in r2["queries"]]}
-        out = self.predict(rg["fused"][rows], video_mask[rows], query_mask[rows], selected)
+        negative = None
+        if self.cfg.background_matching and negative_query is not None:
+            negative = self.retrieve(video[rows], video_mask[rows], negative_query, negative_mask)[1]["fused"]
+        out = self.heads(rg["fused"][rows], video_mask[rows], query_mask[rows], selected, negative)
         return {**out, **{k: rg[k] for k in ("window_logit", "gate", "gate_logits", "attention")}}
 
 
