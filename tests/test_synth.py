@@ -133,7 +133,9 @@ def test_long_dataset_end_to_end(tmp_path):
     assert args.long and args.videos is None
     counts = make_dataset(tmp_path, videos=2, seed=4, progress=False, long=True)
     records = [json.loads(l) for split in ("train", "val") for l in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
-    assert counts == {"videos": 2, "train_queries": len(records) - counts["val_queries"], "val_queries": counts["val_queries"]}
+    assert counts == {"videos": 2, "train_queries": len(records) - counts["val_queries"], "val_queries": counts["val_queries"],
+                      "queries_sharing_words": counts["queries_sharing_words"]}
+    assert sum(counts["queries_sharing_words"].values()) == len(records) and counts["queries_sharing_words"]["0"] == 0
     assert {r["vid"] for r in records} == {"long_0000", "long_0001"}
     assert len((tmp_path / "val_queries.jsonl").read_text().splitlines()) == counts["val_queries"] >= 5
     for vid in ("long_0000", "long_0001"):
@@ -141,3 +143,18 @@ def test_long_dataset_end_to_end(tmp_path):
         duration = next(r["duration"] for r in records if r["vid"] == vid)
         assert 20 * 60 <= duration <= 60 * 60 and abs(info.duration - duration) < 1.01
         assert info.width <= 128 and info.height <= 128 and 0.5 <= info.average_fps <= 2
+
+
+def test_shared_words_counts_the_closest_other_event_of_each_query():
+    import numpy as np
+
+    from vtg_pipeline.synth import Event, VideoPlan, plan_video, shared_words
+
+    def event(color, shape, action, target=True):
+        return Event(color, shape, action, 0.0, 4.0, 0.5, 0.5, target)
+
+    plan = VideoPlan(60, 64, 64, 1, (event("red", "disc", "rises"), event("red", "disc", "falls", target=False),
+                                     event("blue", "ring", "grows"), event("red", "disc", "rises")), np.zeros(0), np.zeros((1, 2, 3)))
+    assert shared_words(plan) == {"a red disc rises": 2, "a blue ring grows": 0}  # the repeat of a query is not another event
+    for seed in range(3):  # long videos: every target has a distractor sharing one or two of its words
+        assert set(shared_words(plan_video(np.random.default_rng([seed, 0]), long=True)).values()) <= {1, 2}

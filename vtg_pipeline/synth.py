@@ -382,6 +382,14 @@ def query_records(index: int, vid: str, plan: VideoPlan, rng: np.random.Generato
     return records
 
 
+def shared_words(plan: VideoPlan) -> dict[str, int]:
+    """Per distinct query of ``plan``: the most attributes (words) it shares with another event of the
+    video, 0 to 2 (another event is any event with a different combination, target or distractor)."""
+    targets = {event.query: event.combo for event in plan.events if event.target}
+    return {query: max((sum(a == b for a, b in zip(combo, other.combo)) for other in plan.events if other.combo != combo), default=0)
+            for query, combo in sorted(targets.items())}
+
+
 def make_video_record(index: int, out_dir: Path, seed: int, long: bool = False) -> list[dict]:
     """Render video ``index`` of the dataset ``seed`` and return its QVHighlights query records."""
     rng = np.random.default_rng([seed, index])
@@ -415,4 +423,7 @@ def make_dataset(
     # The validation queries as a `vtg ground --queries` file (video paths relative to `out`).
     queries = [{"video": f"videos/{r['vid']}.mp4", "query": r["query"], "qid": r["qid"]} for r in splits["val"]]
     atomic_write_text(out / "val_queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
-    return {"videos": videos, "train_queries": len(splits["train"]), "val_queries": len(splits["val"])}
+    shared = [n for i in range(videos) for n in shared_words(plan_video(np.random.default_rng([seed, i]), long)).values()]
+    return {"videos": videos, "train_queries": len(splits["train"]), "val_queries": len(splits["val"]),
+            # the weak-alignment difficulty: how many queries have another event in their video sharing 2, 1 or 0 words
+            "queries_sharing_words": {str(k): shared.count(k) for k in (2, 1, 0)}}
