@@ -96,6 +96,17 @@ def test_dummy_fusion_is_a_model_option():
         create_model(ModelConfig(fusion="gated"))
 
 
+def test_pyramid_only_options_refuse_the_decoder_head():
+    with pytest.raises(ValueError, match="score_refinement .* needs model.head=pyramid"):
+        create_model(ModelConfig(vision_width=16, text_width=16, dims=32, heads=4, head="decoder", score_refinement=True))
+    decoder = create_model(ModelConfig(vision_width=16, text_width=16, dims=32, heads=4, head="decoder", decoder_layers=1, decoder_ffn_dims=32))
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    out = decoder(torch.randn(1, 8, 4, 5, 16), mask, torch.randn(1, 5, 4, 16), torch.ones(1, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="clip_aware needs the pyramid"):
+        grounding_losses(out, [torch.tensor([[2.0, 6.0]])], torch.tensor([0.5]), torch.ones(1, 8), mask, torch.tensor([2]),
+                         LossConfig(clip_aware=4.0))
+
+
 def test_saliency_hinge_and_rank_contrastive_losses():
     import math
 

@@ -201,7 +201,9 @@ def grounding_losses(out: dict, windows: list[torch.Tensor], fps: torch.Tensor, 
         terms["saliency_hinge"] = cfg.saliency_hinge * intra_window_loss(out["saliency"], saliency > 0, frame_mask, 0.2)
     if cfg.saliency_rank:
         terms["saliency_rank"] = cfg.saliency_rank * rank_contrastive_loss(out["saliency"], saliency, frame_mask, cfg.temperature)
-    if cfg.clip_aware and "cls" in out:
+    if cfg.clip_aware:
+        if "cls" not in out:
+            raise ValueError("loss.clip_aware needs the pyramid head's stride-1 scores (model.head=pyramid)")
         t = frame_mask.size(1)  # the stride-1 level: the first T points
         if out["level_lengths"][0] != t:
             raise ValueError("loss.clip_aware needs a stride-1 pyramid level first (model.strides)")

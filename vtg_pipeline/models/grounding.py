@@ -87,6 +87,8 @@ class R2Grounder(nn.Module):
                           cfg.dummies if cfg.fusion == "dummy" else 0)
         if cfg.head not in ("pyramid", "decoder"):
             raise ValueError(f"model.head must be pyramid or decoder, got {cfg.head!r}")
+        if cfg.score_refinement and cfg.head != "pyramid":
+            raise ValueError("model.score_refinement refines the pyramid heads' scores: it needs model.head=pyramid")
         if cfg.head == "pyramid":  # built in this order so that a seed gives the same weights as before the decoder existed
             self.pyramid = TemporalPyramid(cfg.dims, cfg.strides)
         self.query_pool = AttentionPooling(cfg.dims)
