@@ -12,7 +12,7 @@ run named after the file, trained with that config. ``--parallel`` runs go at
 once, sharing the machine's threads. A run whose ``val_predictions.jsonl``
 exists is not trained again. The table (best and last value of each
 ``--metrics``, the first being the main one, mean and spread over seeds) is
-printed and written to ``OUT/summary.json``.
+printed as JSON and markdown and written to ``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -76,6 +76,19 @@ def summarize(rows: list[dict], metrics: list[str]) -> list[dict]:
     return table
 
 
+def markdown(table: list[dict], metrics: list[str]) -> str:
+    """The table as markdown: mean ± spread over seeds of each metric at the last evaluation, then the best of the first."""
+    head = ["run", "seeds", *[f"{k} (last)" for k in metrics], f"{metrics[0]} (best epoch)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for line in table:
+        if "error" in line:
+            lines.append(f"| {line['run']} | {line['error']} |")
+            continue
+        cells = [f"{line[key]:.2f} ± {line[key + ' spread']:.2f}" for key in [*[f"last {k}" for k in metrics], f"best {metrics[0]}"]]
+        lines.append(f"| `{line['run']}` | {line['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, required=True, help="dataset folder (data.root)")
@@ -100,6 +113,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "command"}), flush=True)
     table = summarize(rows, args.metrics)
     print(json.dumps(table, indent=1))
+    print(markdown(table, args.metrics))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps({"runs": rows, "table": table}, indent=2))
 
