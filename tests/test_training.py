@@ -206,7 +206,7 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
 ROW_OPTIONS = {  # ablation row -> the settings it adds to the base config (docs/BENCHMARKS.md)
     "r2": {},
     "r2_asr": {"model.score_refinement": True},
-    "r2_asr_cas": {"model.score_refinement": True, "loss.clip_aware": 4.0},
+    "r2_asr_cas": {"model.score_refinement": True, "loss.clip_aware": 0.8},
     "r2_bm": {"model.background_matching": True, "data.negative_queries": True, "loss.frame_margin": 1.0, "loss.frame_prob": 1.0,
               "loss.semantic": 1.0},
 }

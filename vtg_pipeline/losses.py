@@ -29,7 +29,7 @@ class LossConfig:
     intra: float = 1.0
     intra_margin: float = 0.2
     gate: float = 0.5  # BCE of the sparsifier's logits against in-moment frames: keeps the gate from collapsing
-    clip_aware: float = 0.0  # FlashVTG clip-aware score loss (their weight: 4)
+    clip_aware: float = 0.0  # FlashVTG clip-aware score loss (theirs: 4 beside focal 5; the ablation configs keep that ratio: 0.8)
     saliency_hinge: float = 0.0  # FlashVTG's saliency hinge (one salient vs one other clip, margin 0.2)
     saliency_rank: float = 0.0  # FlashVTG's rank-contrastive saliency loss
     # BM-DETR (model.background_matching): frame margin (hinge, margin 0.2), frame probability, semantic alignment
