@@ -134,8 +134,10 @@ def test_with_rgnet_the_negative_query_changes_the_spans_of_the_head_rows():
 def test_window_items_carry_negative_queries(synth_root, tiny_backbone):
     from vtg_pipeline.data import DataConfig, WindowDataset, collate_windows, load_split
 
-    train = load_split(DataConfig(root=str(synth_root)), "train", tiny_backbone)
-    data = WindowDataset(train.records, train.feature_dir, tiny_backbone, 0.5, window=10, stride=5, negatives=1, negative_similarity=0.99)
+    train = load_split(DataConfig(root=str(synth_root), negative_queries=True, negative_similarity=0.99), "train", tiny_backbone)
+    assert train.negatives is not None
+    data = WindowDataset(train.records, train.feature_dir, tiny_backbone, 0.5, window=10, stride=5, negatives=1,
+                         negative_queries=train.negatives)
     items = [data[i] for i in range(3)]
     batch = collate_windows(items, 0.5)
     assert len(batch["negative_queries"]) == 3

@@ -198,12 +198,14 @@ class WindowDataset(GroundingDataset):
     ``frame_mask`` (W, w), ``in_moment`` (W, w) frames inside a moment, ``windows`` (G, 2) seconds
     relative to the positive window, ``saliency`` (w,) and ``positive`` (a frame) of the positive
     window, ``starts`` (W,) first frame of each same-video window (-1: masked or another video's),
-    and with ``negative_similarity`` a BM-DETR ``negative_query`` (chosen as for whole videos).
+    and with ``negative_queries`` (per record, the candidates ``GroundingDataset`` found) a BM-DETR
+    ``negative_query``.
     """
 
     def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, window: int, stride: int,
-                 negatives: int = 0, seed: int = 0, cross_video: int = 0, negative_similarity: float | None = None):
-        super().__init__(records, feature_dir, backbone, fps, "features", seed, negative_similarity)
+                 negatives: int = 0, seed: int = 0, cross_video: int = 0, negative_queries: list[list[str]] | None = None):
+        super().__init__(records, feature_dir, backbone, fps, "features", seed)
+        self.negatives = negative_queries
         self.window, self.stride, self.same_video, self.cross_video = window, stride, negatives, cross_video
         self._frames = {}
         for vid in sorted({r["vid"] for r in records}):

@@ -212,7 +212,7 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         retrieval = cfg.model.name == "rgnet"
         train_set = WindowDataset(train_set.records, train_set.feature_dir, backbone, fps, *cfg.decode.window_frames(fps),
                                   cfg.data.negatives if retrieval else 0, cfg.seed, cfg.data.cross_video_negatives if retrieval else 0,
-                                  cfg.data.negative_similarity if cfg.data.negative_queries else None)
+                                  train_set.negatives)
         train_collate = partial(collate_windows, fps=fps)
     else:
         train_collate = batch_collate
