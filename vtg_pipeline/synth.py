@@ -390,13 +390,13 @@ def shared_words(plan: VideoPlan) -> dict[str, int]:
             for query, combo in sorted(targets.items())}
 
 
-def make_video_record(index: int, out_dir: Path, seed: int, long: bool = False) -> list[dict]:
-    """Render video ``index`` of the dataset ``seed`` and return its QVHighlights query records."""
+def make_video_record(index: int, out_dir: Path, seed: int, long: bool = False) -> tuple[list[dict], dict[str, int]]:
+    """Render video ``index`` of the dataset ``seed``; return its QVHighlights query records and ``shared_words``."""
     rng = np.random.default_rng([seed, index])
     plan = plan_video(rng, long)
     vid = f"{'long' if long else 'synth'}_{index:04d}"
     write_video(out_dir / "videos" / f"{vid}.mp4", render_frames(plan), fps=plan.fps, gop=LONG_GOP if long else None)
-    return query_records(index, vid, plan, rng)
+    return query_records(index, vid, plan, rng), shared_words(plan)
 
 
 def make_dataset(
@@ -414,16 +414,17 @@ def make_dataset(
         raise ValueError("--videos must be at least 2 (one for train, one for val)")
     n_val = max(1, round(videos * val_fraction))
     splits: dict[str, list[dict]] = {"train": [], "val": []}
+    shared: list[int] = []  # per query, the words shared with the closest other event of its video
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:  # each video has its own seed: same output
         rendered = pool.map(make_video_record, range(videos), [out] * videos, [seed] * videos, [long] * videos)
-        for i, records in enumerate(tqdm(rendered, total=videos, desc="synth", unit="video", disable=not progress)):
+        for i, (records, words) in enumerate(tqdm(rendered, total=videos, desc="synth", unit="video", disable=not progress)):
             splits["val" if i >= videos - n_val else "train"].extend(records)
+            shared.extend(words.values())
     for split, records in splits.items():
         atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     # The validation queries as a `vtg ground --queries` file (video paths relative to `out`).
     queries = [{"video": f"videos/{r['vid']}.mp4", "query": r["query"], "qid": r["qid"]} for r in splits["val"]]
     atomic_write_text(out / "val_queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
-    shared = [n for i in range(videos) for n in shared_words(plan_video(np.random.default_rng([seed, i]), long)).values()]
     return {"videos": videos, "train_queries": len(splits["train"]), "val_queries": len(splits["val"]),
             # the weak-alignment difficulty: how many queries have another event in their video sharing 2, 1 or 0 words
             "queries_sharing_words": {str(k): shared.count(k) for k in (2, 1, 0)}}

@@ -130,32 +130,27 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
     device = accelerator.device
     query, query_mask = text_cache(queries_of(batch, cfg), device)
     negative = text_cache(batch["negative_queries"], device) if "negative_queries" in batch else ()  # BM-DETR, (B, L', ...)
-    if "window_mask" not in batch:  # one item per query: the whole video
-        video = video_states(batch, backbone, cfg.data.mode, device)
+    windowed = "window_mask" in batch
+    if not windowed:  # one item per query: the whole video
+        video, heads_mask = video_states(batch, backbone, cfg.data.mode, device), batch["video_mask"].to(device)
         with accelerator.autocast():
-            out = model(video, batch["video_mask"], query, query_mask, *negative)
-        out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
-        losses = grounding_losses(out, [w.to(device) for w in batch["windows"]], batch["fps"].to(device), batch["saliency"],
-                                  batch["video_mask"], batch["positive"], cfg.loss)
-        if "frame_prob" in out:  # BM-DETR
-            losses.update(background_losses(out, batch["saliency"].to(device) > 0, batch["video_mask"].to(device), cfg.loss))
-        return losses, {}
-    # Window items: B queries x W windows (the positive first); the heads run on the positive windows only.
-    b, w = batch["window_mask"].shape
-    video = batch["video"].to(device).flatten(0, 1).float()
-    frame_mask = batch["frame_mask"].to(device).flatten(0, 1)
-    positive_rows = torch.arange(b, device=device) * w
-    retrieval = cfg.model.name == "rgnet"
-    with accelerator.autocast():
-        out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0), *negative,
-                    **({"heads_rows": positive_rows} if retrieval else {}))
+            out = model(video, heads_mask, query, query_mask, *negative)
+    else:  # B queries x W windows (the positive first); the heads run on the positive windows only
+        b, w = batch["window_mask"].shape
+        video = batch["video"].to(device).flatten(0, 1).float()
+        frame_mask = batch["frame_mask"].to(device).flatten(0, 1)
+        positive_rows = torch.arange(b, device=device) * w
+        with accelerator.autocast():
+            out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0), *negative,
+                        **({"heads_rows": positive_rows} if cfg.model.name == "rgnet" else {}))
+        heads_mask = frame_mask[positive_rows]
     out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
     saliency = batch["saliency"].to(device)
-    losses = grounding_losses(out, [x.to(device) for x in batch["windows"]], batch["fps"].to(device), saliency,
-                              frame_mask[positive_rows], batch["positive"].to(device), cfg.loss)
-    if "frame_prob" in out:  # BM-DETR on the positive windows
-        losses.update(background_losses(out, saliency > 0, frame_mask[positive_rows], cfg.loss))
-    if not retrieval:  # a grounder trained on the windows that hold the moments (the two-stage baseline's second stage)
+    losses = grounding_losses(out, [x.to(device) for x in batch["windows"]], batch["fps"].to(device), saliency, heads_mask,
+                              batch["positive"].to(device), cfg.loss)
+    if "frame_prob" in out:  # BM-DETR
+        losses.update(background_losses(out, saliency > 0, heads_mask, cfg.loss))
+    if not windowed or cfg.model.name != "rgnet":  # no retrieval (a window-trained R² grounder: the two-stage baseline's second stage)
         return losses, {}
     losses.update(window_losses(out, batch["window_mask"].to(device), batch["in_moment"].to(device).flatten(0, 1), frame_mask, cfg.loss))
     real = batch["window_mask"].to(device).flatten()
