@@ -1,15 +1,18 @@
 """Run configuration: nested dataclasses, loaded from YAML, with ``key=value`` overrides.
 
 Every key has a default; an unknown key (in the file or an override) is an
-error naming it and the valid keys.
+error naming it and the valid keys. Values take the type of their default
+(tuple elements too), and every numeric or choice key is range-checked at load
+(``RANGES``), so a bad value fails before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -65,12 +68,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, current: Any, key: str) -> Any:
-    """Match the type of the default (YAML gives lists for tuples, ints for floats)."""
+def _coerce(value: Any, current: Any, key: str, element: type | None = None) -> Any:
+    """Match the type of the default (YAML gives lists for tuples, ints for floats); ``element``: a tuple's item type."""
     if isinstance(current, bool) or current is None:
         return value
     if isinstance(current, tuple):
-        return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        items = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        return tuple(_coerce(v, element(), f"{key}[{i}]") for i, v in enumerate(items)) if element else items
     if isinstance(current, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
             return float(value)  # YAML reads 2e-3 (no dot) as a string
@@ -99,7 +103,69 @@ def _set(cfg: Any, dotted: str, value: Any) -> None:
         for key, sub in value.items():
             _set(cfg, f"{dotted}.{key}", sub)
         return
-    setattr(target, last, _coerce(value, current, dotted))
+    hint = typing.get_type_hints(type(target))[last]
+    element = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else None
+    setattr(target, last, _coerce(value, current, dotted, element))
+
+
+def _between(low: float, high: float = float("inf"), low_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+    """A range rule: low <= v <= high (low < v with ``low_open``), and its description."""
+    test = (lambda v: low < v <= high) if low_open else (lambda v: low <= v <= high)
+    bound = f"> {low}" if low_open else f">= {low}"
+    return test, bound if high == float("inf") else f"{bound} and <= {high}"
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+POSITIVE, AT_LEAST_1, NON_NEGATIVE, FRACTION = _between(0, low_open=True), _between(1), _between(0), _between(0, 1)
+# Every numeric and choice key a run depends on: (dotted key, rule). Tuples are checked element by element.
+RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
+    ("optim.lr", POSITIVE), ("optim.weight_decay", NON_NEGATIVE), ("optim.warmup_steps", NON_NEGATIVE),
+    ("optim.warmup_ratio", FRACTION), ("optim.epochs", AT_LEAST_1), ("optim.decay_epochs", AT_LEAST_1),
+    ("optim.decay", _between(0, 1, low_open=True)), ("optim.grad_clip", POSITIVE), ("optim.batch_size", AT_LEAST_1),
+    ("optim.grad_accum", AT_LEAST_1), ("optim.repeat", AT_LEAST_1), ("eval_every", AT_LEAST_1),
+    ("mixed_precision", _one_of("no", "fp16", "bf16")), ("backbone.layers", AT_LEAST_1),
+    ("backbone.precision", _one_of("fp32", "fp16", "bf16")),
+    ("data.fps", POSITIVE), ("data.mode", _one_of("features", "frames")), ("data.num_workers", NON_NEGATIVE),
+    ("data.sampling", _one_of("auto", "video", "windows")), ("data.negatives", NON_NEGATIVE),
+    ("data.cross_video_negatives", NON_NEGATIVE), ("data.negative_similarity", _between(-1, 1)),
+    ("data.temporal_shift_below", NON_NEGATIVE),
+    ("model.layers", AT_LEAST_1), ("model.dims", AT_LEAST_1), ("model.heads", AT_LEAST_1), ("model.strides", AT_LEAST_1),
+    ("model.dropout", _between(0, 1)), ("model.droppath", _between(0, 1)), ("model.ffn_ratio", AT_LEAST_1),
+    ("model.max_moments", AT_LEAST_1), ("model.fusion", _one_of("standard", "dummy")), ("model.dummies", AT_LEAST_1),
+    ("model.refinement_kernel", AT_LEAST_1), ("model.head", _one_of("pyramid", "decoder")),
+    ("model.decoder_layers", AT_LEAST_1), ("model.decoder_queries", AT_LEAST_1), ("model.decoder_ffn_dims", AT_LEAST_1),
+    ("model.rg_cross_layers", AT_LEAST_1), ("model.rg_self_layers", AT_LEAST_1), ("model.rg_ffn_dims", AT_LEAST_1),
+    ("model.rg_dropout", _between(0, 1)), ("model.gumbel_temperature", POSITIVE),
+    ("decode.max_moments", AT_LEAST_1), ("decode.unit", NON_NEGATIVE), ("decode.nms", _one_of("hard", "linear", "none")),
+    ("decode.nms_threshold", FRACTION), ("decode.window", POSITIVE), ("decode.window_stride", POSITIVE),
+    ("decode.retrieval_topk", AT_LEAST_1), ("decode.window_score", _one_of("product", "moment")),
+    ("loss.sample_radius", POSITIVE), ("loss.temperature", POSITIVE),
+]
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Range-check every key of ``RANGES``, loss weights (>= 0) and the keys that must agree; ConfigError names the key."""
+    def get(dotted: str) -> Any:
+        value = cfg
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        return value
+
+    rules = RANGES + [(f"loss.{f.name}", NON_NEGATIVE) for f in dataclasses.fields(cfg.loss)
+                      if isinstance(getattr(cfg.loss, f.name), float)]
+    for key, (test, wanted) in rules:
+        value = get(key)
+        for item in value if isinstance(value, tuple) else (value,):
+            if not test(item):
+                raise ConfigError(f"{key}={value!r}: must be {wanted}")
+    if cfg.model.dims % cfg.model.heads:
+        raise ConfigError(f"model.dims={cfg.model.dims} must be divisible by model.heads={cfg.model.heads}")
+    if cfg.model.layers > cfg.backbone.layers:
+        raise ConfigError(f"model.layers={cfg.model.layers} uses more CLIP layers than backbone.layers={cfg.backbone.layers} taps")
+    return cfg
 
 
 def config_from_dict(values: dict) -> TrainConfig:
@@ -109,7 +175,7 @@ def config_from_dict(values: dict) -> TrainConfig:
     for key, value in values.items():
         if key in names:
             _set(cfg, key, value)
-    return cfg
+    return check_config(cfg)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
@@ -131,4 +197,4 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ConfigError(f"override {override!r} is not key=value")
         key, text = override.split("=", 1)
         _set(cfg, key.strip(), yaml.safe_load(text) if text.strip() else "")
-    return cfg
+    return check_config(cfg)

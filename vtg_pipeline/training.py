@@ -46,10 +46,18 @@ class TrainingError(RuntimeError):
     """Training cannot go on (for example a non-finite loss); one line."""
 
 
-def lr_factor(step: int, epoch: int, cfg) -> float:
-    """Learning-rate multiplier: linear warmup over the first steps, then x decay at each decay epoch."""
+class ResumeError(ValueError):
+    """``--resume`` cannot use the saved state; one line naming the folder."""
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
+    """Learning-rate multiplier of optimizer step ``step`` (0-based, counted over the whole run).
+
+    Linear warmup over the first ``warmup_steps`` steps, then x ``decay`` from the first step of each decay
+    epoch (epoch = step // steps_per_epoch). A function of the step alone, so a resumed run matches.
+    """
     warmup = cfg.warmup_ratio + (1 - cfg.warmup_ratio) * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    return warmup * cfg.decay ** sum(epoch >= e for e in cfg.decay_epochs)
+    return warmup * cfg.decay ** sum(step // steps_per_epoch >= e for e in cfg.decay_epochs)
 
 
 def video_states(batch: dict, backbone: FrozenBackbone, mode: str, device: torch.device) -> torch.Tensor:
@@ -62,18 +70,100 @@ def video_states(batch: dict, backbone: FrozenBackbone, mode: str, device: torch
     return states.view(b, t, *states.shape[1:]).clone()
 
 
-def save_checkpoint(directory: Path, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone, extra: dict) -> None:
-    """Write ``directory`` atomically: model.safetensors (side network only) and config.json."""
-    tmp = directory.with_name(f".{directory.name}.partial")
+# Run folders written whole or not at all: each is written into ``.NAME.partial`` with its marker file last, then
+# swapped in by ``swap_in``; ``recover_folder`` finishes a swap that a kill interrupted.
+MARKERS = {"best": "config.json", "last": "progress.json"}
+
+
+def staging_folder(folder: Path) -> Path:
+    """The empty ``.NAME.partial`` sibling that a new version of ``folder`` is written into."""
+    tmp = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    (tmp / "config.json").write_text(json.dumps({**cfg.to_dict(), "backbone_spec": backbone.spec.to_dict(), **extra}, indent=2))
-    old = directory.with_name(f".{directory.name}.old")
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
+    return tmp
+
+
+def swap_in(tmp: Path, folder: Path) -> None:
+    """Replace ``folder`` by the complete folder ``tmp``; a kill at any point leaves what ``recover_folder`` repairs."""
+    old = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(folder: Path) -> None:
+    """Resolve leftovers of an interrupted ``swap_in``: keep ``folder`` if complete, else the newest complete one
+    of ``.NAME.partial`` and ``.NAME.old``; remove the rest. Complete: holds its marker file (written last)."""
+    marker = MARKERS[folder.name]
+    tmp, old = folder.with_name(f".{folder.name}.partial"), folder.with_name(f".{folder.name}.old")
+    for candidate in (tmp, old):
+        if not (folder / marker).is_file() and (candidate / marker).is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(candidate, folder)
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone, extra: dict) -> None:
+    """Write ``directory`` atomically: model.safetensors (side network only), then config.json (its marker)."""
+    tmp = staging_folder(directory)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    atomic_write_text(tmp / "config.json", json.dumps({**cfg.to_dict(), "backbone_spec": backbone.spec.to_dict(), **extra}, indent=2))
+    swap_in(tmp, directory)
+
+
+def save_resume_state(accelerator: Accelerator, folder: Path, state: dict) -> None:
+    """Write ``last/`` atomically on every process: Accelerate's state (weights, optimizer, RNG), then progress.json."""
+    tmp = folder.with_name(f".{folder.name}.partial")
+    if accelerator.is_main_process:
+        staging_folder(folder)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_text(tmp / "progress.json", json.dumps(state))
+        swap_in(tmp, folder)
+    accelerator.wait_for_everyone()
+
+
+def load_resume_state(accelerator: Accelerator, folder: Path) -> dict:
+    """Restore Accelerate's state from ``last/`` and return its progress; ResumeError for an unusable folder."""
+    if not (folder / "progress.json").is_file():
+        raise ResumeError(f"{folder}: incomplete resume state (no progress.json); move it away to start over")
+    try:
+        progress = json.loads((folder / "progress.json").read_text())
+        accelerator.load_state(str(folder))
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as e:
+        raise ResumeError(f"{folder}: cannot resume ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(progress, dict) or not {"step", "epoch", "best", "best_metrics"} <= set(progress):
+        raise ResumeError(f"{folder}/progress.json: not a progress record")
+    return progress
+
+
+def trim_logs(out_dir: Path, state: dict) -> None:
+    """Drop rows of metrics.jsonl and log.csv that come after ``state`` (written by an interrupted epoch), and any
+    line a kill cut short, so a resumed run does not repeat rows. A fresh run (step 0) starts both afresh."""
+    metrics = out_dir / "metrics.jsonl"
+    if metrics.exists():
+        kept = []
+        for line in metrics.read_text().splitlines():
+            try:
+                if json.loads(line)["epoch"] <= state["epoch"]:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+        atomic_write_text(metrics, "".join(kept))
+    log_file = out_dir / "log.csv"
+    if log_file.exists():
+        with open(log_file, newline="") as f:
+            rows = list(csv.DictReader(f))
+        kept_rows = [r for r in rows if None not in r and None not in r.values() and r.get("step", "").isdigit()
+                     and int(r["step"]) <= state["step"]]
+        log_file.unlink()
+        for row in kept_rows:
+            append_csv(log_file, row)
 
 
 @torch.no_grad()
@@ -222,12 +312,15 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     state = {"step": 0, "epoch": 0, "best": -math.inf, "best_metrics": {}}
+    if accelerator.is_main_process:  # a kill during a swap of best/ or last/ left two folders: keep the complete one
+        for name in MARKERS:
+            recover_folder(out_dir / name)
+    accelerator.wait_for_everyone()
     if resume and (out_dir / "last").exists():
-        accelerator.load_state(str(out_dir / "last"))
-        state = json.loads((out_dir / "last" / "progress.json").read_text())
+        state = load_resume_state(accelerator, out_dir / "last")
         accelerator.print(f"resumed from {out_dir / 'last'} at epoch {state['epoch']}, step {state['step']}")
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.optim.lr * lr_factor(state["step"], state["epoch"], cfg.optim)
+    if accelerator.is_main_process:
+        trim_logs(out_dir, state)
     text_cache = TextCache(backbone)
     text_cache.precompute([cfg.fixed_query] if cfg.fixed_query else [r["query"] for r in train_set.records + val_set.records])
     return Run(cfg, accelerator, backbone, text_cache, model, optimizer, train_set, val_set, train_loader, val_loader, state)
@@ -242,12 +335,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     main_metric = cfg.main_metric or MAIN_METRIC.get(cfg.data.metrics or cfg.data.dataset, "MR-full-mAP")
     accelerator.init_trackers("train")
     log_file = out_dir / "log.csv"
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.grad_accum)  # Accelerate also steps at the loader's end
     for epoch in range(state["epoch"], cfg.optim.epochs):
         train_set.set_epoch(epoch)
         train_loader.set_epoch(epoch)  # Accelerate's loader passes it to the length-grouped batches (also after --resume)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not accelerator.is_local_main_process, file=sys.stderr)
         started, samples = time.perf_counter(), 0
         for batch in bar:
+            lr = cfg.optim.lr * lr_factor(state["step"], steps_per_epoch, cfg.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             with accelerator.accumulate(model):
                 losses, stats = batch_losses(model, batch, backbone, text_cache, cfg, accelerator)
                 for name, value in losses.items():
@@ -261,9 +358,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
                 state["step"] += 1
-                lr = cfg.optim.lr * lr_factor(state["step"], epoch, cfg.optim)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
                 samples += len(batch["queries"]) * accelerator.num_processes
                 row = {"step": state["step"], "epoch": epoch + 1, "lr": lr, "loss": total.item(), **{k: v.item() for k, v in losses.items()}, **stats}
                 accelerator.log(row, step=state["step"])
@@ -289,10 +383,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     save_checkpoint(out_dir / "best", accelerator.unwrap_model(model), cfg, backbone, {"epoch": epoch + 1, "metrics": metrics})
                     atomic_write_text(out_dir / "val_predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
             state = broadcast_state(accelerator, state)
-        accelerator.save_state(str(out_dir / "last"))
-        if accelerator.is_main_process:
-            atomic_write_text(out_dir / "last" / "progress.json", json.dumps(state))
-        accelerator.wait_for_everyone()
+        save_resume_state(accelerator, out_dir / "last", state)
     accelerator.end_training()
     print(f"[process {accelerator.process_index}] trained {state['step']} steps", file=sys.stderr)
     return state["best_metrics"]
