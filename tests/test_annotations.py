@@ -2,6 +2,7 @@
 
 import json
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,10 @@ BAD_QVH = [
     (with_(relevant_clip_ids=None), "saliency_scores has 7 rows for 0 relevant_clip_ids"),
     (with_(relevant_clip_ids=[1], saliency_scores=[[5, 1, 1]]), r"saliency row \[5, 1, 1\] is not 3 scores in \[0, 4\]"),
     (with_(relevant_clip_ids=[1], saliency_scores=[[1, 1]]), r"saliency row \[1, 1\] is not 3 scores"),
+    (with_(relevant_clip_ids=[1], saliency_scores=[[]]), r"saliency row \[\] is not 3 scores"),
+    (with_(duration=float("nan")), "duration must be a finite number, got nan"),
+    (with_(qid=8, vid="../../etc/x"), "video id '../../etc/x' contains '..'"),
+    (with_(qid=8, vid="/abs/v"), "video id '/abs/v' is absolute"),
 ]
 
 
@@ -124,9 +129,46 @@ def test_each_malformed_qvhighlights_record_raises_naming_file_and_line(tmp_path
     assert "\n" not in str(info.value)
 
 
+def test_duplicate_qids_are_refused_naming_both_lines(tmp_path):
+    path = write_jsonl(tmp_path / "val.jsonl", [GOOD, with_(qid=8), "", with_(qid=7, query="another")])
+    with pytest.raises(AnnotationError, match=rf"^{re.escape(str(path))}:4: duplicate qid 7 \(first at {re.escape(str(path))}:1\)$"):
+        read_qvhighlights(path)
+    records, report = read_qvhighlights(path, skip_bad=True)  # the later one is left out
+    assert [r["query"] for r in records] == ["A man cooks.", "A man cooks."] and report.skipped == 1
+
+
+def test_duplicate_qids_are_refused_in_json_formats_too(tmp_path):
+    """TACoS qids are ``{vid}_{i}``: ``a.avi`` and ``a`` both give ``a_0``."""
+    video = {"num_frames": 250, "fps": 25.0, "timestamps": [[0, 25]], "sentences": ["b"]}
+    path = tacos_file(tmp_path, {"a.avi": video, "a": video})
+    with pytest.raises(AnnotationError, match=rf"^{re.escape(str(path))}:a\[0\]: duplicate qid 'a_0' \(first at .*:a\.avi\[0\]\)$"):
+        read_tacos(path)
+
+
+@pytest.mark.parametrize("dataset", ["mad", "charades"])
+def test_unsafe_vids_are_refused_in_every_format(tmp_path, dataset):
+    if dataset == "mad":
+        path = mad_file(tmp_path, {"17": {**MAD_GOOD, "movie": "../../etc/x"}})
+        where, kwargs = f"{path}:17", {}
+    else:
+        path = tmp_path / "sta.txt"
+        path.write_text("../../etc/x 1.0 2.0##person turns.\n")
+        where, kwargs = f"{path}:1", {"durations": {"../../etc/x": 30.0}}
+    with pytest.raises(AnnotationError, match=rf"^{re.escape(where)}: video id '../../etc/x' contains '..'$"):
+        read_annotations(path, dataset, **kwargs)
+
+
+@pytest.mark.parametrize("reader", [read_qvhighlights, read_tacos, partial(read_charades_sta, durations=None)])
+def test_a_missing_file_or_a_folder_is_one_error_naming_it(tmp_path, reader):
+    with pytest.raises(AnnotationError, match=rf"^{re.escape(str(tmp_path / 'gone'))}: file not found$"):
+        reader(tmp_path / "gone")
+    with pytest.raises(AnnotationError, match=rf"^{re.escape(str(tmp_path))}: is a folder, not a file$"):
+        reader(tmp_path)
+
+
 def test_skip_bad_counts_every_bad_record_and_keeps_the_first_reasons(tmp_path):
     bad = [b for b, _ in BAD_QVH]
-    path = write_jsonl(tmp_path / "train.jsonl", [GOOD, *bad, GOOD])
+    path = write_jsonl(tmp_path / "train.jsonl", [GOOD, *bad, with_(qid=8)])
     records, report = read_qvhighlights(path, skip_bad=True)
     assert len(records) == 2
     assert report.skipped == len(BAD_QVH)

@@ -1,6 +1,7 @@
 """Metrics equal the official evaluators': the QVHighlights fixture, hand cases, refusals."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,11 @@ from vtg_pipeline.evaluation import (
     RECALL_SPECS,
     detection_ap,
     eval_recall,
+    PredictionError,
+    check_prediction,
     evaluate,
-    load_jsonl,
+    load_ground_truth,
+    load_predictions,
     recall_at_k,
     temporal_iou,
     window_retrieval_recall,
@@ -22,7 +26,8 @@ QVH = Path(__file__).resolve().parents[2] / "shared" / "data" / "qvhighlights"
 
 @pytest.mark.skipif(not (QVH / "sample_val_preds.jsonl").exists(), reason="shared QVHighlights fixture not present")
 def test_reproduces_every_number_of_the_official_evaluator():
-    result = evaluate(load_jsonl(QVH / "sample_val_preds.jsonl"), load_jsonl(QVH / "highlight_val_release.jsonl"))
+    """Through the checking readers: validated ground truth gives the official numbers unchanged."""
+    result = evaluate(load_predictions(QVH / "sample_val_preds.jsonl"), load_ground_truth(QVH / "highlight_val_release.jsonl", "qvhighlights"))
     expected = json.loads((QVH / "sample_val_preds_metrics_raw.json").read_text())
 
     def compare(ours, theirs, path):
@@ -173,7 +178,9 @@ def test_iou_compare_choices_are_checked():
         ([pred(1, [[0, 10, 0.9]]), pred(2, [[0, 10, 0.9]]), pred(3, [[0, 10, 0.9]])], "1 extra"),
         ([pred(1, [[0, 10, 0.1], [0, 5, 0.9]]), pred(2, [[0, 10, 0.9]])], "not sorted by score"),
         ([pred(1, [[0, 10, float("nan")]]), pred(2, [[0, 10, 0.9]])], "finite"),
-        ([pred(1, [[0, 10, 0.9]], saliency=[float("nan")]), pred(2, [[0, 10, 0.9]], saliency=[0.1])], "NaN"),
+        ([pred(1, [[0, 10, 0.9]], saliency=[float("nan")]), pred(2, [[0, 10, 0.9]], saliency=[0.1])], "qid 1: pred_saliency_scores must be"),
+        ([pred(1, [[0, 10, 0.9]], saliency=[0.1]), pred(2, [[0, 10, 0.9]])], "qid 2 has no pred_saliency_scores, which qid 1 has"),
+        ([{"query": "q", "pred_relevant_windows": [[0, 10, 0.9]]}, pred(2, [[0, 10, 0.9]])], "prediction 0: missing field 'qid'"),
         ([pred(1, [[0, 10, 0.9]]), pred(1, [[0, 10, 0.9]])], "repeat query ids"),
     ],
 )
@@ -187,11 +194,64 @@ def test_allow_missing_scores_the_shared_queries():
     assert result["brief"]["MR-full-R1@0.5"] == 100.0
 
 
-def test_bad_jsonl_line_names_file_and_line(tmp_path):
+@pytest.mark.parametrize(
+    "record,problem",
+    [
+        ([1, 2], r"expected a JSON object, got \[1, 2\]"),
+        ({"pred_relevant_windows": [[0, 10, 0.9]]}, "missing field 'qid'"),
+        (pred(True, [[0, 10, 0.9]]), "qid must be an int or a non-empty string, got True"),
+        ({"qid": 1}, "neither pred_relevant_windows nor pred_saliency_scores"),
+        (pred(1, None), "pred_relevant_windows must be a non-empty list of .start, end, score. with finite numbers, got None"),
+        (pred(1, []), "pred_relevant_windows must be a non-empty list"),
+        (pred(1, [5, 6, 7]), "pred_relevant_windows must be a non-empty list"),
+        (pred(1, [[0, 10]]), "pred_relevant_windows must be a non-empty list"),
+        (pred(1, [[0, 10, 0.9], [0, "x", 0.5]]), "pred_relevant_windows must be a non-empty list"),
+        (pred(1, [[10, 0, 0.9]]), "pred_relevant_windows: a window ends before it starts"),
+        ({**pred(1, [[0, 10, 0.9]]), "pred_windows": None}, "pred_windows must be a non-empty list"),
+        (pred(1, [[0, 10, 0.9]], saliency=None) | {"pred_saliency_scores": None}, "pred_saliency_scores must be a non-empty list"),
+        (pred(1, [[0, 10, 0.9]], saliency=[]), "pred_saliency_scores must be a non-empty list"),
+        (pred(1, [[0, 10, 0.9]], saliency=[[0.1, 0.2]]), "pred_saliency_scores must be a non-empty list"),
+    ],
+)
+def test_each_malformed_prediction_is_refused_with_its_problem(record, problem):
+    with pytest.raises(ValueError, match=f"^{problem}"):
+        check_prediction(record)
+
+
+def test_prediction_file_errors_name_file_and_line(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_text('{"qid": 1}\n{oops\n')
-    with pytest.raises(ValueError, match=r"p\.jsonl:2: not valid JSON"):
-        load_jsonl(path)
+    good = json.dumps(pred(1, [[0, 10, 0.9]]))
+    for lines, problem in [
+        ([good, "", "{oops"], "3: not valid JSON"),  # blank lines count
+        ([good, '{"query": "q", "pred_relevant_windows": [[0, 10, 0.9]]}'], "2: missing field 'qid'"),
+        ([good, good], rf"2: duplicate qid 1 \(first at {re.escape(str(path))}:1\)"),
+    ]:
+        path.write_text("\n".join(lines) + "\n")
+        with pytest.raises(PredictionError, match=rf"^{re.escape(str(path))}:{problem}"):
+            load_predictions(path)
+
+
+def test_ground_truth_is_validated_with_the_dataset_rules(tmp_path):
+    path = tmp_path / "gt.jsonl"
+    path.write_text(json.dumps(gt(1, [[0, 10]])) + "\n" + json.dumps(gt(2, [[20, 10]])) + "\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:2: window \[20, 10\] ends before it starts$"):
+        load_ground_truth(path, "qvhighlights")
+    path.write_text(json.dumps(gt(1, [[5, 5]])) + "\n")  # zero length: refused for QVHighlights, kept for Ego4D (official evaluator)
+    with pytest.raises(ValueError, match="has zero length"):
+        load_ground_truth(path, "qvhighlights")
+    assert load_ground_truth(path, "ego4d")[0]["relevant_windows"] == [[5.0, 5.0]]
+
+
+def test_saliency_only_predictions_score_ground_truth_without_windows(tmp_path, capsys):
+    """The test split's layout (no windows) with annotator scores: enough for highlight detection, as `vtg eval` reads it."""
+    from vtg_pipeline.cli import main
+
+    record = {k: v for k, v in gt(1, [[0, 6]], duration=8, clips=[0, 1], scores=[[4, 4, 4], [0, 0, 0]]).items() if k != "relevant_windows"}
+    (tmp_path / "gt.jsonl").write_text(json.dumps(record) + "\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"qid": 1, "pred_saliency_scores": [0.9, 0.1, 0.0, 0.0]}) + "\n")
+    assert main(["eval", "--pred", str(tmp_path / "p.jsonl"), "--gt", str(tmp_path / "gt.jsonl")]) == 0
+    brief = json.loads(capsys.readouterr().out)["brief"]
+    assert brief["HL-min-VeryGood-Hit1"] == 100.0 and not any(key.startswith("MR-") for key in brief)
 
 
 def test_cli_eval_prints_brief(tmp_path, capsys):

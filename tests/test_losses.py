@@ -35,9 +35,27 @@ def test_long_window_reaches_the_coarsest_level():
     assert reg[coarse][1].tolist() == [1.0, 2.75] and reg[coarse][2].tolist() == [2.0, 1.75]
 
 
-def test_frame_windows_widen_then_clamp():
-    windows = frame_windows(torch.tensor([[10.0, 10.5], [-4.0, 200.0]]), fps=0.5, num_frames=50)
-    assert windows.tolist() == [[4.625, 5.625], [0.0, 50.0]]  # 0.5 s widened to [9.25, 11.25] s
+@pytest.mark.parametrize(
+    "seconds, num_frames, frames",
+    [
+        ([10.0, 10.5], 50, [4.625, 5.625]),  # shorter than a clip in the middle: [9.25, 11.25] s around its centre
+        ([-4.0, 200.0], 50, [0.0, 50.0]),  # clamped to the video
+        ([0.0, 0.0], 74, [0.0, 1.0]),  # at 0: the first clip, not [0, 0.5]
+        ([148.0, 150.0], 74, [73.0, 74.0]),  # past the end of a 148 s video: its last clip, not the empty [74, 74]
+        ([147.0, 150.0], 74, [73.0, 74.0]),  # clamped to [147, 148] s first, then widened inside the video
+        ([0.2, 0.8], 1, [0.0, 1.0]),  # a video shorter than one clip (its one frame): the whole clip
+        ([4.0, 10.0], 74, [2.0, 5.0]),  # long enough: unchanged
+    ],
+)
+def test_frame_windows_clamp_then_widen_inside_the_video(seconds, num_frames, frames):
+    """Hand-computed at 0.5 fps: the official R2-Tuning rule (clamp, then widen to one clip, centre kept inside the video)."""
+    assert frame_windows(torch.tensor([seconds]), fps=0.5, num_frames=num_frames).tolist() == [frames]
+
+
+def test_a_window_past_the_end_still_has_a_positive_point():
+    points = pyramid_points([74, 37, 19, 10], (1, 2, 4, 8))
+    cls, _ = point_targets(points, frame_windows(torch.tensor([[148.0, 150.0]]), fps=0.5, num_frames=74))
+    assert cls.sum() >= 1
 
 
 def test_focal_loss_value():

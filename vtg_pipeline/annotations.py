@@ -55,11 +55,15 @@ mad            1 s        rejected     not measured here (licence-gated); the of
                                        and cannot represent end <= start
 =============  =========  ===========  ========================================================
 
+Every ``vid`` must be a safe relative video id (``names.check_video_id``), and
+no two records of a file may share a qid (the error names both places).
+
 Problems are one line naming the file and the line (jsonl, text) or the record
 (json: its key or path), e.g. ``train.jsonl:17: window [40, 20] ends before it starts``. By default
 the first malformed record raises ``AnnotationError``; with ``skip_bad=True`` it is
-left out and counted in the ``ReadReport``. Problems with the file as a whole
-(not JSON, wrong nesting, an unreadable durations CSV) always raise.
+left out and counted in the ``ReadReport`` (of two records sharing a qid, the
+later one). Problems with the file as a whole (missing, a folder, not JSON,
+wrong nesting, an unreadable durations CSV) always raise.
 """
 
 from __future__ import annotations
@@ -70,9 +74,11 @@ import math
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import IO, Any, Callable, Iterable, Mapping
 
 import numpy as np
+
+from .names import UnsafeNameError, check_video_id
 
 DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "mad")
 QVH_CLIP_SECONDS = 2.0  # length of the clips that relevant_clip_ids and saliency_scores refer to
@@ -86,7 +92,7 @@ class AnnotationError(ValueError):
     """A malformed annotation: one line, ``file:line: problem`` or ``file:record: problem``."""
 
 
-class _Malformed(Exception):
+class _Malformed(ValueError):
     """A record-level problem; the reader adds where it is."""
 
 
@@ -207,11 +213,22 @@ def _saliency_rows(value: Any, clip_ids: list[int]) -> list[list[float]]:
     return [[float(x) for x in row] for row in value]
 
 
-def _validate(raw: Mapping[str, Any], rules: _Rules) -> tuple[dict, int]:
-    """The normalised record built from a raw one, and how many window ends were clamped."""
-    qid = _field(raw, "qid")
+def check_qid(qid: Any) -> int | str:
+    """``qid`` if it is an int or a non-empty string, else a ValueError naming the problem (callers add where)."""
     if isinstance(qid, bool) or not isinstance(qid, (int, str)) or qid == "":
         raise _Malformed(f"qid must be an int or a non-empty string, got {qid!r}")
+    return qid
+
+
+def repeated_qid(qid: int | str, where: str, seen: dict[int | str, str]) -> str | None:
+    """The problem if ``qid`` was read before (``seen``: qid -> where), else None after noting ``where`` for it."""
+    first = seen.setdefault(qid, where)
+    return None if first == where else f"duplicate qid {qid!r} (first at {first})"
+
+
+def _validate(raw: Mapping[str, Any], rules: _Rules) -> tuple[dict, int]:
+    """The normalised record built from a raw one, and how many window ends were clamped."""
+    qid = check_qid(_field(raw, "qid"))
     duration = _number(_field(raw, "duration"), "duration")
     if duration <= 0:
         raise _Malformed(f"duration {_fmt(duration)} s is not positive")
@@ -232,13 +249,17 @@ def _validate(raw: Mapping[str, Any], rules: _Rules) -> tuple[dict, int]:
 
 
 def _gather(candidates: Iterable[_Candidate], rules: _Rules, skip_bad: bool) -> tuple[list[dict], ReadReport]:
-    """Build and validate each candidate; raise on the first problem or skip and count it."""
-    records, report = [], ReadReport()
+    """Build and validate each candidate (safe vid, qid not seen before); raise on the first problem or skip and count it."""
+    records, report, seen = [], ReadReport(), {}
     for where, build in candidates:
         try:
             record, clamped = _validate(build(), rules)
-        except _Malformed as problem:
-            error = AnnotationError(f"{where}: {problem}")
+            check_video_id(record["vid"], where)
+            repeated = repeated_qid(record["qid"], where, seen)
+            if repeated:
+                raise _Malformed(repeated)
+        except (_Malformed, UnsafeNameError) as problem:  # an UnsafeNameError names where already
+            error = AnnotationError(str(problem) if isinstance(problem, UnsafeNameError) else f"{where}: {problem}")
             if not skip_bad:
                 raise error from None
             report.add_skip(str(error))
@@ -251,9 +272,17 @@ def _gather(candidates: Iterable[_Candidate], rules: _Rules, skip_bad: bool) -> 
 # ---------------------------------------------------------------- file helpers
 
 
-def _lines(path: Path) -> Iterable[tuple[int, str]]:
+def open_text(path: str | Path, newline: str | None = None) -> IO[str]:
+    """``path`` opened as UTF-8 text (a BOM skipped); a missing file or a folder is an AnnotationError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
+    return open(path, encoding="utf-8-sig", newline=newline)
+
+
+def text_lines(path: str | Path) -> Iterable[tuple[int, str]]:
     """(1-based line number, stripped text) of each non-blank line."""
-    with open(path, encoding="utf-8-sig") as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 yield number, line.strip()
@@ -261,7 +290,7 @@ def _lines(path: Path) -> Iterable[tuple[int, str]]:
 
 def _load_json(path: Path) -> Any:
     """The parsed json file; invalid JSON names the line."""
-    with open(path, encoding="utf-8-sig") as f:
+    with open_text(path) as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as exc:
@@ -276,8 +305,8 @@ def _shown(text: str, limit: int = 60) -> str:
 # ---------------------------------------------------------------- QVHighlights
 
 
-def _qvh_raw(line: str) -> dict:
-    """One QVHighlights JSON line as a dict."""
+def json_object(line: str) -> dict:
+    """One JSON line that must hold an object; a ValueError names the problem (callers add where)."""
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -287,11 +316,15 @@ def _qvh_raw(line: str) -> dict:
     return raw
 
 
-def read_qvhighlights(path: str | Path, skip_bad: bool = False, require_windows: bool = True) -> tuple[list[dict], ReadReport]:
-    """QVHighlights jsonl; ``require_windows=False`` accepts records without windows (the test split)."""
+def read_qvhighlights(path: str | Path, skip_bad: bool = False, require_windows: bool = True,
+                      dataset: str = "qvhighlights") -> tuple[list[dict], ReadReport]:
+    """QVHighlights jsonl; ``require_windows=False`` accepts records without windows (the test split).
+
+    ``dataset`` (one of DATASETS) picks the window rules, for another dataset's records in this format.
+    """
     path = Path(path)
-    rules = replace(_RULES["qvhighlights"], require_windows=require_windows)
-    candidates = ((f"{path}:{number}", partial(_qvh_raw, line)) for number, line in _lines(path))
+    rules = replace(_RULES[dataset], require_windows=require_windows)
+    candidates = ((f"{path}:{number}", partial(json_object, line)) for number, line in text_lines(path))
     return _gather(candidates, rules, skip_bad)
 
 
@@ -322,7 +355,7 @@ def _charades_raw(index: int, line: str, durations: Mapping[str, float]) -> dict
 def read_charades_durations(path: str | Path) -> dict[str, float]:
     """vid -> seconds from a Charades CSV (``Charades_v1_test.csv``: columns ``id`` and ``length``)."""
     path = Path(path)
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open_text(path, newline="") as f:
         reader = csv.DictReader(f)
         if not {"id", "length"} <= set(reader.fieldnames or ()):
             raise AnnotationError(f"{path}:1: a durations CSV needs columns 'id' and 'length', got {reader.fieldnames}")
@@ -357,7 +390,7 @@ def read_charades_sta(
     moment exists and no window is ever clamped.
     """
     path = Path(path)
-    lines = list(_lines(path))
+    lines = list(text_lines(path))
     if durations is None:
         durations = _latest_ends(lines)
     elif isinstance(durations, (str, Path)):

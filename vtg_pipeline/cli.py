@@ -95,10 +95,15 @@ def train_main(args: argparse.Namespace) -> int:
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate, load_ground_truth, load_jsonl
+    from .evaluation import PredictionError, evaluate, load_ground_truth, load_predictions
 
-    result = evaluate(load_jsonl(args.pred), load_ground_truth(args.gt, args.dataset), args.dataset,
-                      match_number=not args.allow_missing, iou_compare=args.iou_compare)
+    predictions = load_predictions(args.pred)  # both files checked line by line first: errors name file and line
+    needs_windows = any("pred_relevant_windows" in p or "pred_windows" in p for p in predictions)  # else saliency only
+    ground_truth = load_ground_truth(args.gt, args.dataset, require_windows=needs_windows)
+    try:
+        result = evaluate(predictions, ground_truth, args.dataset, match_number=not args.allow_missing, iou_compare=args.iou_compare)
+    except PredictionError as e:  # about the predictions as a whole (qids, fields), so no line to name
+        raise PredictionError(f"{args.pred}: {e}") from None
     print(json.dumps(result if args.full else {"brief": result["brief"]}, indent=2))
     return 0
 

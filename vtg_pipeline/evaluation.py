@@ -27,19 +27,23 @@ windows overlaps (``WR-overlap-R{k}``) or fully contains (``WR-contain-R{k}``).
 
 All windows are [start, end] in seconds; predictions are QVHighlights
 submission records with windows sorted by score.
+
+Inputs are checked before anything is scored: every prediction line
+(``check_prediction``) and every ground-truth record (the annotation readers'
+validation, annotations.py), each problem one line naming the file and line.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
-from .annotations import read_annotations
+from .annotations import check_qid, json_object, read_annotations, read_qvhighlights, repeated_qid, text_lines
 
 MR_THRESHOLDS = [round(float(x), 2) for x in np.linspace(0.5, 0.95, 10)]
 LENGTH_BUCKETS = {"short": (0, 10), "middle": (10, 30), "long": (30, 150), "full": (0, 150)}
@@ -68,27 +72,39 @@ DATASETS = ("qvhighlights", *RECALL_SPECS)
 MAIN_METRIC = {"qvhighlights": "MR-full-mAP", "charades": "R1@0.5", "tacos": "R1@0.5", "ego4d": "R1@0.3", "mad": "R1@0.3"}
 
 
-def load_jsonl(path: str | Path) -> list[dict]:
-    """Records of a jsonl file; a bad line is an error naming file and line."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+class PredictionError(ValueError):
+    """Predictions that cannot be scored: a malformed record, repeated qids, qids that differ from the ground truth."""
+
+
+def load_predictions(path: str | Path) -> list[dict]:
+    """Prediction records of a jsonl file, each checked (``check_prediction``), no qid twice; errors name file and line."""
+    records, seen = [], {}
+    for number, line in text_lines(path):
+        where = f"{path}:{number}"
+        try:
+            record = json_object(line)
+            check_prediction(record)
+        except ValueError as problem:
+            raise PredictionError(f"{where}: {problem}") from None
+        repeated = repeated_qid(record["qid"], where, seen)
+        if repeated:
+            raise PredictionError(f"{where}: {repeated}")
+        records.append(record)
     return records
 
 
-def load_ground_truth(path: str | Path, dataset: str) -> list[dict]:
-    """Ground-truth records: normalised jsonl, or (not qvhighlights, not ``.jsonl``) the dataset's own file.
+def load_ground_truth(path: str | Path, dataset: str, require_windows: bool = True) -> list[dict]:
+    """Validated ground-truth records: normalised jsonl, or (not qvhighlights, not ``.jsonl``) the dataset's own file.
 
-    A Charades-STA text file is read without the durations CSV (which only
+    Records pass the annotation readers' checks with ``dataset``'s window rules
+    (annotations.py); a problem is one line naming the file and line.
+    ``require_windows=False`` accepts jsonl records without windows (the
+    QVHighlights test split's layout), enough to score saliency. A
+    Charades-STA text file is read without the durations CSV (which only
     clamps window ends, changing no IoU that matters here).
     """
     if dataset == "qvhighlights" or Path(path).suffix == ".jsonl":
-        return load_jsonl(path)
+        return read_qvhighlights(path, require_windows=require_windows, dataset=dataset)[0]
     return read_annotations(path, dataset, **({"durations": None} if dataset == "charades" else {}))[0]
 
 
@@ -142,43 +158,84 @@ def detection_ap(gt: np.ndarray, predictions: np.ndarray, thresholds: list[float
     return np.array([interpolated_ap(precision[t], recall[t]) for t in range(len(thresholds))])
 
 
-def check_scored_windows(windows: list, where: str) -> None:
-    """Refuse scored windows that are not a non-empty (N, 3) [start, end, score] list sorted by score."""
-    if not windows:
-        raise ValueError(f"{where} is empty")
-    values = np.asarray([w[:3] for w in windows], dtype=float)
-    if values.ndim != 2 or values.shape[1] != 3 or not np.isfinite(values).all():
-        raise ValueError(f"{where}: windows must be [start, end, score] with finite numbers")
+def _cut(value: Any, limit: int = 60) -> str:
+    """``value`` as text for a message, cut to ``limit`` characters."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _finite_array(values: Any) -> np.ndarray | None:
+    """``values`` as a float array when it is a non-empty list (or tuple) of finite numbers, rows allowed, else None."""
+    if not isinstance(values, (list, tuple)) or not values:
+        return None
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):  # ragged rows, strings, objects
+        return None
+    return array if np.isfinite(array).all() else None
+
+
+def check_scored_windows(windows: Any, name: str) -> None:
+    """Refuse (ValueError starting with ``name``) windows that are not a non-empty [start, end, score] list sorted by score."""
+    rows = [w[:3] if isinstance(w, (list, tuple)) else w for w in windows] if isinstance(windows, (list, tuple)) else windows
+    values = _finite_array(rows)
+    if values is None or values.ndim != 2 or values.shape[1] != 3:
+        raise ValueError(f"{name} must be a non-empty list of [start, end, score] with finite numbers, got {_cut(windows)}")
     if (values[:, 1] < values[:, 0]).any():
-        raise ValueError(f"{where}: a window ends before it starts")
+        raise ValueError(f"{name}: a window ends before it starts")
     if (np.diff(values[:, 2]) > 0).any():
-        raise ValueError(f"{where} are not sorted by score (descending)")
+        raise ValueError(f"{name} are not sorted by score (descending)")
+
+
+def check_prediction(record: Any) -> None:
+    """Refuse (ValueError; callers add where) what is not a submission record.
+
+    A record is an object with a qid (int or non-empty string) and
+    ``pred_relevant_windows`` and/or ``pred_saliency_scores`` (optionally
+    ``pred_windows``); a field that is present is never null.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {_cut(record)}")
+    if "qid" not in record:
+        raise ValueError("missing field 'qid'")
+    check_qid(record["qid"])
+    if "pred_relevant_windows" not in record and "pred_saliency_scores" not in record:
+        raise ValueError("neither pred_relevant_windows nor pred_saliency_scores")
+    for key in ("pred_relevant_windows", "pred_windows"):
+        if key in record:
+            check_scored_windows(record[key], key)
+    if "pred_saliency_scores" in record:
+        scores = _finite_array(record["pred_saliency_scores"])
+        if scores is None or scores.ndim != 1:
+            raise ValueError(f"pred_saliency_scores must be a non-empty list of finite numbers, got {_cut(record['pred_saliency_scores'])}")
 
 
 def check_predictions(predictions: list[dict], ground_truth: list[dict], match_number: bool) -> tuple[list[dict], list[dict]]:
     """Pair predictions with ground truth by qid; refuse what would give a wrong number."""
+    for index, p in enumerate(predictions):
+        try:
+            check_prediction(p)
+        except ValueError as problem:
+            where = f"qid {p['qid']}" if isinstance(p, dict) and "qid" in p else f"prediction {index}"
+            raise PredictionError(f"{where}: {problem}") from None
+    for key in ("pred_relevant_windows", "pred_saliency_scores"):  # the metrics read a field from all records or none
+        having = [key in p for p in predictions]
+        if any(having) and not all(having):
+            lacking, carrying = predictions[having.index(False)]["qid"], predictions[having.index(True)]["qid"]
+            raise PredictionError(f"qid {lacking} has no {key}, which qid {carrying} has")
     pred_ids = [p["qid"] for p in predictions]
     if len(set(pred_ids)) != len(pred_ids):
-        raise ValueError("predictions repeat query ids: " + ", ".join(map(str, sorted({q for q in pred_ids if pred_ids.count(q) > 1})[:5])))
+        raise PredictionError("predictions repeat query ids: " + ", ".join(map(str, sorted({q for q in pred_ids if pred_ids.count(q) > 1})[:5])))
     gt_ids = {g["qid"] for g in ground_truth}
     missing, extra = gt_ids - set(pred_ids), set(pred_ids) - gt_ids
     if match_number and (missing or extra):
-        raise ValueError(f"query ids differ from the ground truth: {len(missing)} missing (e.g. {sorted(missing, key=str)[:3]}), "
-                         f"{len(extra)} extra (e.g. {sorted(extra, key=str)[:3]}); --allow-missing scores the shared ones")
+        raise PredictionError(f"query ids differ from the ground truth: {len(missing)} missing (e.g. {sorted(missing, key=str)[:3]}), "
+                              f"{len(extra)} extra (e.g. {sorted(extra, key=str)[:3]}); --allow-missing scores the shared ones")
     shared = gt_ids & set(pred_ids)
     predictions = [p for p in predictions if p["qid"] in shared]
     ground_truth = [g for g in ground_truth if g["qid"] in shared]
-    for p in predictions:
-        if "pred_relevant_windows" not in p and "pred_saliency_scores" not in p:
-            raise ValueError(f"qid {p['qid']}: neither pred_relevant_windows nor pred_saliency_scores")
-        for key in ("pred_relevant_windows", "pred_windows"):
-            if p.get(key) is not None:
-                check_scored_windows(p[key], f"qid {p['qid']}: {key}")
-        scores = p.get("pred_saliency_scores")
-        if scores is not None and not np.isfinite(np.asarray(scores, dtype=float)).all():
-            raise ValueError(f"qid {p['qid']}: pred_saliency_scores has NaN or infinite values")
     if not predictions:
-        raise ValueError("no query id is shared by predictions and ground truth")
+        raise PredictionError("no query id is shared by predictions and ground truth")
     return predictions, ground_truth
 
 
@@ -314,7 +371,7 @@ def eval_recall(predictions: list[dict], ground_truth: list[dict], spec: RecallS
     predictions, ground_truth = check_predictions(predictions, ground_truth, match_number)
     missing = [p["qid"] for p in predictions if "pred_relevant_windows" not in p]
     if missing:
-        raise ValueError(f"{len(missing)} predictions have no pred_relevant_windows (e.g. qid {missing[0]})")
+        raise PredictionError(f"{len(missing)} predictions have no pred_relevant_windows (e.g. qid {missing[0]})")
     brief = recall_at_k(predictions, ground_truth, spec.ks, spec.thresholds, iou_compare or spec.iou_compare)
     brief["mIoU"] = percent(np.mean(top1_ious(predictions, ground_truth)))
     return {"brief": brief}
@@ -346,11 +403,12 @@ def window_retrieval_metrics(predictions: list[dict], ground_truth: list[dict]) 
 
     ``pred_windows`` is trusted to be checked already (``check_predictions``).
     """
-    gt_by_qid = {g["qid"]: g["relevant_windows"] for g in ground_truth}
-    carrying = [p for p in predictions if p.get("pred_windows") is not None and p["qid"] in gt_by_qid]
+    gt_by_qid = {g["qid"]: g for g in ground_truth}
+    carrying = [p for p in predictions if "pred_windows" in p and p["qid"] in gt_by_qid]
     if not carrying:
         return {}, 0
-    return window_retrieval_recall([p["pred_windows"] for p in carrying], [gt_by_qid[p["qid"]] for p in carrying]), len(carrying)
+    moments = [gt_by_qid[p["qid"]]["relevant_windows"] for p in carrying]
+    return window_retrieval_recall([p["pred_windows"] for p in carrying], moments), len(carrying)
 
 
 def evaluate(predictions: list[dict], ground_truth: list[dict], dataset: str = "qvhighlights", match_number: bool = True,

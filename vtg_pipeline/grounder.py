@@ -50,7 +50,7 @@ class GroundError(ValueError):
 
 @dataclass
 class Request:
-    """One (video, query) pair to ground; ``qid`` defaults to its position in the batch."""
+    """One (video, query) pair to ground; ``qid`` None: its position in the batch (``read_requests`` gives every row one)."""
 
     video: str
     query: str
@@ -90,8 +90,12 @@ class Grounder:
         model.load_state_dict(load_file(str(weights_file)))
         return cls(model.to(device), cfg, backbone)
 
-    def ground(self, video: str | Path, queries: list[str], features_dir: str | Path | None = None) -> list[dict]:
-        """Ground ``queries`` in one video; one result per query (see ``ground_many``)."""
+    def ground(self, video: str | Path, queries: str | list[str], features_dir: str | Path | None = None) -> list[dict]:
+        """Ground ``queries`` (one string, or a list of them) in one video; one result per query (see ``ground_many``)."""
+        if isinstance(queries, str):
+            queries = [queries]
+        if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+            raise TypeError(f"queries must be a string or a list of strings, got {type(queries).__name__} {str(queries)[:60]}")
         return self.ground_many([Request(str(video), q) for q in queries], features_dir)
 
     def ground_many(self, requests: list[Request | tuple[str, str]], features_dir: str | Path | None = None,
@@ -210,30 +214,50 @@ def is_truncated(backbone: FrozenBackbone, query: str) -> bool:
 def read_requests(path: str | Path) -> list[Request]:
     """Requests from a jsonl (``{"video", "query"[, "qid"]}`` per line) or CSV file with those columns.
 
-    Relative video paths are taken from the file's folder. Errors name the file and line.
+    Relative video paths are taken from the file's folder. A qid is an int or a
+    non-empty string (in a CSV, integer text such as ``7`` is the int 7); a qid
+    given twice is an error naming both lines. Rows without a qid are numbered
+    0, 1, 2, ... in file order, skipping the numbers other rows give, so no
+    two requests share one. Errors name the file and line.
     """
     import csv
+    import itertools
+    import re
+
+    from .annotations import check_qid, json_object, open_text, repeated_qid, text_lines
 
     path = Path(path)
-    if not path.is_file():
-        raise GroundError(f"{path}: queries file not found")
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            rows = [(i + 2, row) for i, row in enumerate(csv.DictReader(f))]
+    is_csv = path.suffix.lower() == ".csv"
+    if is_csv:
+        with open_text(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [(reader.line_num, row) for row in reader]
     else:
         rows = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((i, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise GroundError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-    requests = []
-    for line, row in rows:
-        if not isinstance(row, dict) or not row.get("video") or "query" not in row:
-            raise GroundError(f"{path}:{line}: needs 'video' and 'query'")
-        video = Path(row["video"])
+        for number, line in text_lines(path):
+            try:
+                rows.append((number, json_object(line)))
+            except ValueError as e:
+                raise GroundError(f"{path}:{number}: {e}") from None
+    items, seen = [], {}  # items: (video, query, qid or None); seen: explicit qid -> where
+    for number, row in rows:
+        where = f"{path}:{number}"
+        if not row.get("video") or "query" not in row:
+            raise GroundError(f"{where}: needs 'video' and 'query'")
         qid = row.get("qid")
-        requests.append(Request(str(video if video.is_absolute() else path.parent / video), str(row["query"] or ""),
-                                None if qid in (None, "") else qid))
-    return requests
+        if is_csv and qid is not None:
+            qid = int(qid) if re.fullmatch(r"0|-?[1-9][0-9]*", qid.strip()) else qid.strip()
+        if qid in (None, ""):
+            qid = None
+        else:
+            try:
+                check_qid(qid)
+            except ValueError as e:
+                raise GroundError(f"{where}: {e}") from None
+            repeated = repeated_qid(qid, where, seen)
+            if repeated:
+                raise GroundError(f"{where}: {repeated}")
+        video = Path(row["video"])
+        items.append((str(video if video.is_absolute() else path.parent / video), str(row["query"] or ""), qid))
+    free = (n for n in itertools.count() if n not in seen)
+    return [Request(video, query, next(free) if qid is None else qid) for video, query, qid in items]

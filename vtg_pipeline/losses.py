@@ -71,13 +71,17 @@ def point_targets(points: torch.Tensor, windows: torch.Tensor, sample_radius: fl
 
 
 def frame_windows(windows: torch.Tensor, fps: float, num_frames: float) -> torch.Tensor:
-    """Windows (G, 2) in seconds -> frames, clamped to [0, num_frames]; windows shorter
-    than one frame period are first widened around their centre to 1 / fps."""
-    period = 1.0 / fps
-    centre = windows.mean(1, keepdim=True)
-    widened = torch.cat((centre - period / 2, centre + period / 2), dim=1)
-    windows = torch.where((windows[:, 1:] - windows[:, :1]) < period, widened, windows)
-    return (windows * fps).clamp(0, num_frames)
+    """Windows (G, 2) in seconds -> frames (G, 2), as the official R2-Tuning targets.
+
+    First clamped to [0, num_frames]; then a window shorter than one frame is
+    widened to one frame around its centre, the centre moved into
+    [0.5, num_frames - 0.5] so the frame stays inside the video (num_frames >= 1:
+    a video shorter than one period still has its first frame).
+    """
+    frames = (windows * fps).clamp(0, num_frames)
+    centre = frames.mean(1, keepdim=True).clamp(0.5, num_frames - 0.5)
+    widened = torch.cat((centre - 0.5, centre + 0.5), dim=1)
+    return torch.where(frames[:, 1:] - frames[:, :1] < 1, widened, frames)
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
