@@ -175,7 +175,7 @@ def test_window_sampling_choice():
     assert uses_windows(load_config(None, ["model.name=r2", "data.sampling=windows"]))  # a grounder on oracle windows
     with pytest.raises(ValueError, match="rgnet trains on windows"):
         uses_windows(load_config(None, ["model.name=rgnet", "data.sampling=video"]))
-    with pytest.raises(ValueError, match="data.sampling must be"):
+    with pytest.raises(ValueError, match="data.sampling"):
         uses_windows(load_config(None, ["data.sampling=clips"]))
 
 

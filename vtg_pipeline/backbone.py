@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,6 +138,12 @@ class FrozenBackbone:
         self.preprocess = Preprocess(model.visual.preprocess_cfg)
         self.tokenizer = open_clip.get_tokenizer(spec.backbone)
 
+    def row_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of one frame's row in a feature file: ``vision`` (K, 1+P, D) states, ``frames`` (3, S, S) pixels."""
+        size = self.spec.image_size
+        tokens = (size // self.model.visual.patch_size[0]) ** 2 + 1
+        return {"vision": (len(self.spec.layers), tokens, self.spec.vision_width), "frames": (3, size, size)}
+
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -220,7 +227,12 @@ def load_backbone(
     try:
         model = open_clip.create_model(name, pretrained=source)
     except RuntimeError as e:
-        raise BackboneError(f"cannot load {name} with pretrained={pretrained!r}: {str(e).splitlines()[0]}") from None
+        raise BackboneError(f"cannot load {name} with pretrained={pretrained!r}: {first_line(e)}") from None
+    except Exception as e:  # a file that is not a checkpoint: torch.load, safetensors and state-dict errors of every kind
+        if not (source and os.path.isfile(source)):
+            raise
+        why = "not a weights-only PyTorch file" if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {first_line(e)}"
+        raise BackboneError(f"{pretrained}: not an open_clip checkpoint of {name} ({why})") from None
     spec = BackboneSpec(
         backbone=name,
         pretrained=pretrained or "none",
@@ -232,6 +244,11 @@ def load_backbone(
         text_width=model.transformer.width,
     )
     return FrozenBackbone(model, spec, torch.device(device), precision)
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (library errors often span many lines)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
 
 
 def spec_metadata(spec: BackboneSpec) -> dict[str, str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from .annotations import window_saliency, read_annotations, read_charades_durations, saliency_targets
 from .backbone import FrozenBackbone
 from .features import load_features, read_metadata
+from .names import path_in
 
 
 class DataError(ValueError):
@@ -56,8 +58,9 @@ class DataConfig:
         return asdict(self)
 
 
-def check_feature_file(path: Path, backbone: FrozenBackbone, fps: float, mode: str) -> None:
-    """Refuse a feature file made with another backbone, layers, fps or without the needed tensor."""
+def check_feature_file(path: Path, backbone: FrozenBackbone, fps: float, mode: str) -> int:
+    """Refuse a feature file made with another backbone, layers, fps, without the needed tensor, or whose tensors'
+    shapes disagree (rows of ``vision`` / ``frames`` vs ``timestamps``, row shapes vs the backbone). Returns T, the frames."""
     meta = read_metadata(path)
     if meta is None:
         raise DataError(f"{path}: missing or unreadable feature file (run `vtg extract` first)")
@@ -74,6 +77,30 @@ def check_feature_file(path: Path, backbone: FrozenBackbone, fps: float, mode: s
     needed = {"features": ("features", "both"), "frames": ("frames", "both")}[mode]
     if meta.get("store") not in needed:
         raise DataError(f"{path}: stores {meta.get('store')!r}; data.mode={mode} needs store={needed[0]} or both")
+    return check_shapes(path, backbone.row_shapes())
+
+
+def check_shapes(path: Path, row_shapes: dict[str, tuple[int, ...]]) -> int:
+    """Rows of every stored tensor of ``row_shapes`` equal len(timestamps) and have that row shape; returns T."""
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+        if "timestamps" not in names:
+            raise DataError(f"{path}: no timestamps tensor")
+        frames = f.get_slice("timestamps").get_shape()
+        for name in sorted(names & set(row_shapes)):
+            shape = tuple(f.get_slice(name).get_shape())
+            if len(frames) != 1 or shape != (frames[0], *row_shapes[name]):
+                raise DataError(f"{path}: {name} has shape {list(shape)}, expected {[*frames[:1], *row_shapes[name]]} "
+                                f"({frames[0] if frames else '?'} timestamps)")
+    return frames[0]
+
+
+def check_finite(states: torch.Tensor, path: Path) -> torch.Tensor:
+    """``states`` if every value is finite, else DataError naming the file and the first bad frame."""
+    if states.is_floating_point() and not torch.isfinite(states).all():
+        bad = (~torch.isfinite(states)).flatten(1).any(1).nonzero()[0, 0].item()
+        raise DataError(f"{path}: non-finite values (NaN or inf) in the stored states, first at row {bad} of this read")
+    return states
 
 
 def negative_query_candidates(records: list[dict], embeddings: dict[str, torch.Tensor], max_similarity: float,
@@ -132,11 +159,25 @@ class GroundingDataset(Dataset):
             queries = sorted({r["query"] for r in records})
             embeddings = dict(zip(queries, backbone.embed_text(queries)))
             self.negatives, self.negative_fallbacks = negative_query_candidates(records, embeddings, negative_similarity)
-        for vid in sorted({r["vid"] for r in records}):
-            check_feature_file(self.path(vid), backbone, fps, mode)
+        self._frames = {vid: check_feature_file(self.path(vid), backbone, fps, mode) for vid in sorted({r["vid"] for r in records})}
+        self.past_end = self.check_lengths()
+        self._finite: set[str] = set()  # videos whose whole states were read and found finite
 
     def path(self, vid: str) -> Path:
-        return self.feature_dir / f"{vid}.safetensors"
+        return path_in(self.feature_dir, vid, ".safetensors")
+
+    def check_lengths(self) -> int:
+        """Refuse a window that starts after its video's last stored frame; count records whose windows or duration
+        run past it (their targets are cut to the stored frames)."""
+        past_end = 0
+        for r in self.records:
+            covered = self._frames[r["vid"]] / self.fps  # seconds: the end of the last stored clip
+            late = [w for w in r["relevant_windows"] if w[0] >= covered]
+            if late:
+                raise DataError(f"{self.path(r['vid'])}: query {r['qid']!r} has window {late[0]} starting after the "
+                                f"{self._frames[r['vid']]} stored frames ({covered:g} s at {self.fps:g} fps)")
+            past_end += max(r["duration"], *(w[1] for w in r["relevant_windows"])) > covered + 1 / self.fps
+        return past_end
 
     def set_epoch(self, epoch: int) -> None:
         """A new epoch draws new positive frames."""
@@ -152,7 +193,11 @@ class GroundingDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         name = "vision" if self.mode == "features" else "frames"
-        video = torch.from_numpy(load_features(self.path(record["vid"]), [name])[name])
+        path = self.path(record["vid"])
+        video = torch.from_numpy(load_features(path, [name])[name])
+        if record["vid"] not in self._finite:
+            check_finite(video, path)
+            self._finite.add(record["vid"])
         saliency = torch.from_numpy(saliency_targets(record, len(video), 1.0 / self.fps)).float()
         candidates = torch.nonzero(saliency > 0)[:, 0]
         if len(candidates) == 0:  # a window shorter than a clip or past the features: its nearest frame
@@ -207,10 +252,6 @@ class WindowDataset(GroundingDataset):
         super().__init__(records, feature_dir, backbone, fps, "features", seed)
         self.negatives = negative_queries
         self.window, self.stride, self.same_video, self.cross_video = window, stride, negatives, cross_video
-        self._frames = {}
-        for vid in sorted({r["vid"] for r in records}):
-            with safe_open(str(self.path(vid)), framework="pt") as f:
-                self._frames[vid] = f.get_slice("vision").get_shape()[0]
 
     def frame_counts(self) -> list[int]:
         return [min(self._frames[r["vid"]], self.window) for r in self.records]
@@ -227,7 +268,7 @@ class WindowDataset(GroundingDataset):
 
     def read_window(self, vid: str, start: int, length: int) -> torch.Tensor:
         with safe_open(str(self.path(vid)), framework="pt") as f:
-            return f.get_slice("vision")[start : start + length]
+            return check_finite(f.get_slice("vision")[start : start + length], self.path(vid))
 
     def other_video_windows(self, vid: str, length: int, generator: torch.Generator) -> list[torch.Tensor]:
         """``cross_video`` windows of ``length`` frames from random other videos long enough to hold one."""
@@ -258,7 +299,7 @@ class WindowDataset(GroundingDataset):
         length = min(w, n)
         with safe_open(str(self.path(record["vid"])), framework="pt") as f:  # the query's own windows: one open
             vision = f.get_slice("vision")
-            own = [vision[start : start + length] for start in starts]
+            own = [check_finite(vision[start : start + length], self.path(record["vid"])) for start in starts]
         video = own[0].new_zeros((rows, length, *own[0].shape[1:]))
         window_mask = torch.zeros(rows, dtype=torch.bool)
         in_moment = torch.zeros(rows, length, dtype=torch.bool)
@@ -416,11 +457,14 @@ def load_split(cfg: DataConfig, split: str, backbone: FrozenBackbone, seed: int 
         print(f"{path}: {report.summary()}")
     if not records:
         raise DataError(f"{path}: no usable records")
-    if split == "train" and (cfg.negative_queries or cfg.temporal_shift_below):
-        dataset = GroundingDataset(records, root / cfg.features, backbone, cfg.fps, cfg.mode, seed,
-                                   cfg.negative_similarity if cfg.negative_queries else None, cfg.temporal_shift_below)
-        if cfg.negative_queries and dataset.negative_fallbacks:
-            print(f"{path}: {dataset.negative_fallbacks} of {len(records)} queries have no same-video negative query; "
-                  "they take one from another video")
-        return dataset
-    return GroundingDataset(records, root / cfg.features, backbone, cfg.fps, cfg.mode, seed)
+    train = split == "train"
+    dataset = GroundingDataset(records, root / cfg.features, backbone, cfg.fps, cfg.mode, seed,
+                               cfg.negative_similarity if train and cfg.negative_queries else None,
+                               cfg.temporal_shift_below if train else 0.0)
+    if dataset.negatives is not None and dataset.negative_fallbacks:
+        print(f"{path}: {dataset.negative_fallbacks} of {len(records)} queries have no same-video negative query; "
+              "they take one from another video")
+    if dataset.past_end:
+        print(f"{path}: warning: {dataset.past_end} of {len(records)} queries have a window or duration past their video's "
+              f"stored frames; their targets stop at the last frame", file=sys.stderr)
+    return dataset
