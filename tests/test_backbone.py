@@ -94,3 +94,34 @@ def test_bad_backbone_requests_are_clear_errors(name, pretrained, message):
 def test_too_many_layers_is_an_error():
     with pytest.raises(BackboneError, match="layers=5"):
         load_backbone("vtg-tiny", "random:0", layers=5)
+
+
+def test_uncached_weights_without_the_hub_fail_in_seconds(tmp_path, monkeypatch):
+    """No network and nothing cached: one line saying what to do, not minutes of Hub retries."""
+    import time
+
+    import huggingface_hub.constants
+
+    import vtg_pipeline.backbone as backbone
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # the URL cache (~/.cache/clip) is empty too
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(backbone.BackboneError, match="HF_HUB_OFFLINE.*--pretrained PATH.*--model vtg-tiny"):
+        backbone.load_backbone("ViT-B-32-quickgelu", "openai")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(backbone, "hub_reachable", lambda *a, **k: False)
+    with pytest.raises(backbone.BackboneError, match="cannot be reached"):
+        backbone.load_backbone("ViT-B-32-quickgelu", "openai")
+    assert time.perf_counter() - started < 10
+    with pytest.raises(backbone.BackboneError, match="no pretrained weights 'laion2b'.*openai"):
+        backbone.load_backbone("ViT-B-32-quickgelu", "laion2b")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header"])
+def test_a_pretrained_file_that_is_not_a_checkpoint_is_one_line(tmp_path, content):
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(BackboneError, match=f"{path}: not an open_clip checkpoint of vtg-tiny"):
+        load_backbone("vtg-tiny", str(path))

@@ -224,6 +224,8 @@ def load_backbone(
         source = str(random_checkpoint(name, seed))
     elif pretrained and os.path.sep in pretrained and not os.path.isfile(pretrained):
         raise BackboneError(f"pretrained checkpoint {pretrained} does not exist")
+    elif pretrained and not os.path.isfile(pretrained):
+        check_weights_reachable(name, pretrained)
     try:
         model = open_clip.create_model(name, pretrained=source)
     except RuntimeError as e:
@@ -244,6 +246,43 @@ def load_backbone(
         text_width=model.transformer.width,
     )
     return FrozenBackbone(model, spec, torch.device(device), precision)
+
+
+def weights_cached(cfg: dict) -> bool:
+    """Whether open_clip's pretrained ``cfg`` (from ``get_pretrained_cfg``) is already in the Hugging Face or URL cache."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import _get_safe_alternatives
+
+    if cfg.get("hf_hub"):
+        model_id, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or "open_clip_pytorch_model.bin"
+        return any(isinstance(try_to_load_from_cache(model_id, f), str) for f in [*_get_safe_alternatives(filename), filename])
+    return bool(cfg.get("url")) and os.path.isfile(os.path.expanduser(f"~/.cache/clip/{os.path.basename(cfg['url'])}"))
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_weights_reachable(name: str, tag: str) -> None:
+    """Fail in seconds, not after minutes of Hub retries, when weights ``tag`` of ``name`` are neither cached nor downloadable."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise BackboneError(f"{name} has no pretrained weights {tag!r} (open_clip knows: {tags}; or give a checkpoint file)")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if weights_cached(cfg) or (not offline and hub_reachable()):
+        return
+    raise BackboneError(f"{name} {tag} weights are not in the local cache and the Hugging Face Hub "
+                        f"{'is off (HF_HUB_OFFLINE)' if offline else 'cannot be reached'}: download them once on a connected machine, "
+                        f"give a local checkpoint file (--pretrained PATH), or try the offline model (--model vtg-tiny)")
 
 
 def first_line(error: BaseException) -> str:

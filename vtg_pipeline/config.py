@@ -41,7 +41,7 @@ class OptimConfig:
     warmup_steps: int = 500  # linear warmup from warmup_ratio x lr
     warmup_ratio: float = 0.001
     epochs: int = 30
-    decay_epochs: tuple[int, ...] = (20,)  # multiply the lr by `decay` at these epochs
+    decay_epochs: tuple[int, ...] = (20,)  # multiply the lr by `decay` from the first step after this many epochs
     decay: float = 0.1
     grad_clip: float = 35.0
     batch_size: int = 128  # per process
