@@ -1,5 +1,6 @@
 """`extract` end to end: files, resume, redo, bad input, sharding over processes."""
 
+import errno
 import json
 import os
 import subprocess
@@ -9,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bad_input import assert_one_line_error
 from pattern import index_image
 
 from vtg_pipeline.cli import main
 from vtg_pipeline.extract import ExtractConfig, ExtractError, find_videos, run_extract
-from vtg_pipeline.features import load_features, read_metadata
+from vtg_pipeline.features import StreamingSafetensorsWriter, load_features, read_metadata
 from vtg_pipeline.synth import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +115,29 @@ def test_cli_user_errors_are_one_line(args, message, capsys, tmp_path, monkeypat
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_disk_fault_keeps_finished_videos_and_ends_with_one_line(videos, tmp_path, capsys, monkeypatch, code):
+    """The disk fills up (or turns read-only) after the first video is committed."""
+    out = tmp_path / "features"
+    committed, real_write, real_commit = [], StreamingSafetensorsWriter.write, StreamingSafetensorsWriter.commit
+
+    def write(self, name, start_row, rows):
+        if committed:
+            raise OSError(code, os.strerror(code), str(self.tmp))
+        real_write(self, name, start_row, rows)
+
+    monkeypatch.setattr(StreamingSafetensorsWriter, "write", write)
+    monkeypatch.setattr(StreamingSafetensorsWriter, "commit", lambda self: committed.append(real_commit(self)) or committed[-1])
+    args = ["extract", str(videos), "--out", str(out), "--model", "vtg-tiny", "--fps", "2", "--store", "both", "--batch-size", "2",
+            "--workers", "1", "--no-progress"]
+    assert_one_line_error(args, capsys, str(out), os.strerror(code))
+    assert committed and sorted(out.rglob("*.safetensors")) == sorted(committed)
+    for path in committed:
+        data = load_features(path, ["timestamps", "frames", "vision"])
+        assert len(data["timestamps"]) == len(data["frames"]) == len(data["vision"]) > 0
+    assert not list(out.rglob(".*")), "no partial or lock file is left"
 
 
 def test_duplicate_video_ids_name_both_files(tmp_path):

@@ -13,6 +13,7 @@ import sys
 
 from .backbone import BackboneError
 from .extract import STORE_CHOICES, ExtractConfig, ExtractError, process_state, run_extract
+from .names import printable
 
 USER_ERRORS: tuple[type[Exception], ...] = (ExtractError, BackboneError, ValueError, FileNotFoundError)
 
@@ -139,10 +140,11 @@ def ground_main(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     errors = [r for r in results if "error" in r]
     for r in errors:
-        print(f"{r['video']}: {r['error']} (qid {r['qid']})", file=sys.stderr)
+        print(printable(f"{r['video']}: {r['error']} (qid {r['qid']})"), file=sys.stderr)  # a file name cannot forge a line
     done = len(results) - len(errors)
-    print(f"ground: {done} queries grounded, {len(errors)} failed, {len({r['video'] for r in results})} videos, "
-          f"{seconds:.1f} s ({done / max(seconds, 1e-9):.1f} queries/s) -> {args.out}" + (f", report {report}" if report else ""), file=sys.stderr)
+    print(printable(f"ground: {done} queries grounded, {len(errors)} failed, {len({r['video'] for r in results})} videos, "
+                    f"{seconds:.1f} s ({done / max(seconds, 1e-9):.1f} queries/s) -> {args.out}" + (f", report {report}" if report else "")),
+          file=sys.stderr)
     return 1 if errors else 0
 
 

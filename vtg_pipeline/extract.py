@@ -11,6 +11,12 @@ Resumable: a video whose feature file exists with the same source size and
 mtime and the same settings is skipped; anything else is redone. One bad video
 is recorded as failed (manifest and stderr) and the rest continue. Under
 ``accelerate launch`` the videos are sharded over processes.
+
+Runs sharing an output folder (two ``extract``, or ``extract`` and ``ground
+--features``) cooperate: a video is written under its ``FileLock``; one that
+another run holds is taken up after the rest, once that run lets go of it, and
+counts as done by that run when it finished it. A full or read-only disk stops
+the run with one line (``ExtractError``); finished files stay, partial ones go.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +38,8 @@ import torch
 from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone, spec_metadata
-from .features import FORMAT_VERSION, Manifest, StreamingSafetensorsWriter, read_metadata
+from .features import FORMAT_VERSION, FileLock, Manifest, StreamingSafetensorsWriter, feature_path, read_metadata, remove_stale_partials
+from .names import UnsafeNameError, check_video_id, printable
 from .video import VIDEO_EXTENSIONS, Decoder, VideoError, make_decoder, probe, sample_times
 
 log = logging.getLogger(__name__)
@@ -72,15 +80,17 @@ class VideoItem:
 @dataclass
 class ExtractSummary:
     done: int = 0
-    skipped: int = 0
+    skipped: int = 0  # already up to date
     failed: int = 0
+    by_others: int = 0  # finished by another run sharing the output folder while this one waited
     frames: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     def line(self) -> str:
         rate = self.frames / self.seconds if self.seconds else 0.0
-        return f"extract: {self.done} done, {self.skipped} skipped, {self.failed} failed ({self.frames} frames, {rate:.1f} frames/s)"
+        others = f", {self.by_others} done by another run" if self.by_others else ""
+        return f"extract: {self.done} done, {self.skipped} skipped, {self.failed} failed{others} ({self.frames} frames, {rate:.1f} frames/s)"
 
 
 def find_videos(paths: list[str]) -> list[VideoItem]:
@@ -100,10 +110,10 @@ def find_videos(paths: list[str]) -> list[VideoItem]:
                 if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
             ]
         else:
-            raise ExtractError(f"{root}: no such file or folder")
+            raise ExtractError(printable(f"{root}: no such file or folder"))
         for video_id, path in found:
             if video_id in items:
-                raise ExtractError(f"two videos have the id {video_id!r}: {items[video_id].path} and {path}")
+                raise ExtractError(printable(f"two videos have the id {video_id!r}: {items[video_id].path} and {path}"))
             items[video_id] = VideoItem(video_id, str(path))
     return [items[k] for k in sorted(items)]
 
@@ -135,11 +145,25 @@ def is_up_to_date(out_file: Path, item: VideoItem, settings: dict[str, str]) -> 
     return all(meta.get(k) == v for k, v in wanted.items())
 
 
+def output_folder(out: str | Path) -> Path:
+    """``out`` as a folder, created when missing; ExtractError (one line) when it is a file or cannot be made."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ExtractError(printable(f"{out}: exists and is not a folder"))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExtractError(printable(f"{out}: cannot create the folder ({e.strerror})")) from None
+    return path
+
+
 @dataclass
 class _Job:
-    """A video being extracted: its writer and how many rows reached the file."""
+    """A video being extracted under its lock: its writer and how many rows reached the file."""
 
     item: VideoItem
+    target: Path
+    lock: FileLock
     writer: StreamingSafetensorsWriter | None = None
     total: int = 0
     encoded: int = 0
@@ -193,18 +217,90 @@ def _post_quietly(post, message: tuple) -> None:
 
 
 class _Extractor:
-    """The consumer side: batches frames across videos through the backbone into feature files."""
+    """The consumer side: claims videos, batches their frames across videos through the backbone into feature files."""
 
     def __init__(self, cfg: ExtractConfig, backbone: FrozenBackbone, settings: dict[str, str], manifest: Manifest, bar: tqdm):
         self.cfg, self.backbone, self.settings, self.manifest, self.bar = cfg, backbone, settings, manifest, bar
-        self.out_dir = Path(cfg.out)
+        self.out_dir = manifest.path.parent
         self.jobs: dict[str, _Job] = {}
         self.pending: list[tuple[_Job, int, torch.Tensor]] = []  # frames waiting for the backbone
         self.summary = ExtractSummary()
 
+    def select(self, items: list[VideoItem]) -> list[tuple[VideoItem, Path]]:
+        """Each item to extract with its feature file; counts those up to date, fails ids that cannot be stored."""
+        todo = []
+        for item in items:
+            try:
+                target = feature_path(self.out_dir, check_video_id(item.video_id, "not extracted"))
+            except UnsafeNameError as e:  # a control character in a file name, a symlink out of the folder
+                self._count_failure(item, str(e))
+                continue
+            if is_up_to_date(target, item, self.settings):
+                self.summary.skipped += 1
+                self.bar.update(1)
+            else:
+                todo.append((item, target))
+        return todo
+
+    def run(self, videos: list[tuple[VideoItem, Path]], decoder: Decoder) -> None:
+        """Extract ``videos``, one decoder thread per claimed video; a video another run holds waits for it."""
+        todo, workers = deque(videos), max(1, self.cfg.workers)
+        messages: queue.Queue = queue.Queue(maxsize=max(4, 2 * workers))
+        stop = threading.Event()
+        start, decoding = time.perf_counter(), 0
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            try:
+                while todo or decoding:
+                    claimed = self._claim(todo, workers - decoding)
+                    for job in claimed:
+                        pool.submit(_decode_into, job.item, decoder, self.backbone, self.cfg, messages, stop)
+                    decoding += len(claimed)
+                    if not decoding:  # every video left is being written by another run
+                        self.flush()
+                        self.bar.set_postfix_str("waiting for another run", refresh=False)
+                        time.sleep(0.2)
+                        continue
+                    try:
+                        message = messages.get(timeout=0.5)
+                    except queue.Empty:
+                        self.flush()  # decoders are slow: do not sit on a partial batch
+                        continue
+                    self.handle(message)
+                    decoding -= message[0] in ("end", "error")
+                    elapsed = time.perf_counter() - start
+                    self.bar.set_postfix(frames_per_s=f"{self.summary.frames / max(elapsed, 1e-9):.1f}", refresh=False)
+                self.flush()
+            except BaseException:
+                stop.set()
+                self.abort_open()
+                raise
+
+    def _claim(self, todo: deque[tuple[VideoItem, Path]], slots: int) -> list[_Job]:
+        """Take up to ``slots`` videos off the front of ``todo`` and lock them for this run; returns their jobs.
+
+        A video locked by another run goes to the back of ``todo``; one that another run finished meanwhile
+        counts as done by it.
+        """
+        busy, claimed = [], []
+        while todo and len(claimed) < slots:
+            item, target = todo.popleft()
+            lock = FileLock(target)
+            if not lock.acquire(wait=False):
+                busy.append((item, target))
+            elif is_up_to_date(target, item, self.settings):
+                lock.release()
+                self.summary.by_others += 1
+                self.bar.update(1)
+            else:
+                self.jobs[item.video_id] = job = _Job(item, target, lock)
+                claimed.append(job)
+                remove_stale_partials(target)  # under the lock: only a killed run's files are left
+        todo.extend(busy)
+        return claimed
+
     def handle(self, message: tuple) -> None:
         kind, item = message[0], message[1]
-        job = self.jobs.setdefault(item.video_id, _Job(item))
+        job = self.jobs[item.video_id]
         if kind == "start":
             self._start(job, *message[2:])
         elif kind == "frames":
@@ -231,7 +327,7 @@ class _Extractor:
             "video_id": job.item.video_id,
         }
         job.total = len(times)
-        job.writer = StreamingSafetensorsWriter(self.out_dir / f"{job.item.video_id}.safetensors", tensors, metadata)
+        job.writer = StreamingSafetensorsWriter(job.target, tensors, metadata)
         job.writer.write("timestamps", 0, times)
 
     def _frames(self, job: _Job, row: int, frames: torch.Tensor) -> None:
@@ -271,13 +367,19 @@ class _Extractor:
                 self.manifest.append(video_id, job.item.path, "done", frames=job.total)
                 self.summary.done += 1
                 self.bar.update(1)
-                del self.jobs[video_id]
+                self._close(job)
+
+    def _close(self, job: _Job) -> None:
+        """Forget a finished or failed video and let other runs at it."""
+        del self.jobs[job.item.video_id]
+        job.lock.release()
 
     def abort_open(self) -> None:
-        """Remove the partial files of every unfinished video (the run is stopping)."""
+        """Remove the partial files of every unfinished video and unlock it (the run is stopping)."""
         for job in self.jobs.values():
             if job.writer is not None:
                 job.writer.abort()
+            job.lock.release()
 
     def _fail(self, job: _Job, reason: str) -> None:
         job.failed = True
@@ -285,19 +387,14 @@ class _Extractor:
             job.writer.abort()
         self.pending = [p for p in self.pending if p[0] is not job]
         self.manifest.append(job.item.video_id, job.item.path, "failed", reason=reason)
+        self._count_failure(job.item, reason)
+        self._close(job)
+
+    def _count_failure(self, item: VideoItem, reason: str) -> None:
         self.summary.failed += 1
-        self.summary.failures.append((job.item.path, reason))
-        tqdm.write(f"{job.item.path}: {reason}", file=sys.stderr)
+        self.summary.failures.append((item.path, reason))
+        tqdm.write(printable(f"{item.path}: {reason}"), file=sys.stderr)  # a file name cannot forge a line
         self.bar.update(1)
-        del self.jobs[job.item.video_id]
-
-
-def _remove_stale_partials(out_dir: Path, items: list[VideoItem]) -> None:
-    """Delete temporary files left by a killed run for these videos."""
-    for item in items:
-        target = out_dir / f"{item.video_id}.safetensors"
-        for stale in target.parent.glob(f".{target.name}.*.partial"):
-            stale.unlink(missing_ok=True)
 
 
 def process_state():
@@ -323,6 +420,7 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
         raise ExtractError(f"--fps must be positive, got {cfg.fps}")
     state = process_state()
     items = find_videos(cfg.video_dirs)
+    output_folder(cfg.out)  # a bad --out fails before the backbone loads
     device = torch.device(cfg.device) if cfg.device else state.device
     backbone = load_backbone(cfg.model, cfg.pretrained, cfg.layers, device, cfg.precision)
     return extract_videos(cfg, items, backbone, state)
@@ -331,67 +429,39 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
 def extract_videos(cfg: ExtractConfig, items: list[VideoItem], backbone: FrozenBackbone, state=None) -> ExtractSummary:
     """Extract ``items`` into ``cfg.out`` with a loaded backbone (``cfg.video_dirs`` is not read).
 
-    ``state``: the accelerate process state to shard over (default: this process's).
+    ``state``: the accelerate process state to shard over (default: this process's). A manifest with an unsafe
+    id is refused before any work; a disk fault in the folder is an ExtractError naming it.
     """
     state = state or process_state()
     decoder = make_decoder(cfg.decoder, str(backbone.device))
-    out_dir = Path(cfg.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    settings = run_settings(cfg, backbone)
-    summary_skipped = 0
-    todo = []
-    for item in items[state.process_index :: state.num_processes]:
-        if is_up_to_date(out_dir / f"{item.video_id}.safetensors", item, settings):
-            summary_skipped += 1
-        else:
-            todo.append(item)
-    _remove_stale_partials(out_dir, todo)
-
+    out_dir = output_folder(cfg.out)
     manifest = Manifest(out_dir)
-    messages: queue.Queue = queue.Queue(maxsize=max(4, 2 * cfg.workers))
+    manifest.records()  # UnsafeNameError naming the line of a crafted id, before anything is written
+    mine = items[state.process_index :: state.num_processes]
     start = time.perf_counter()
-    with tqdm(total=len(todo), desc=f"extract[{state.process_index}]", unit="video", disable=not cfg.progress, file=sys.stderr) as bar:
-        extractor = _Extractor(cfg, backbone, settings, manifest, bar)
-        extractor.summary.skipped = summary_skipped
-        stop = threading.Event()
-        with ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix="decode") as pool:
-            for item in todo:
-                pool.submit(_decode_into, item, decoder, backbone, cfg, messages, stop)
-            try:
-                finished = 0
-                while finished < len(todo):
-                    try:
-                        message = messages.get(timeout=0.5)
-                    except queue.Empty:
-                        extractor.flush()  # decoders are slow: do not sit on a partial batch
-                        continue
-                    extractor.handle(message)
-                    finished += message[0] in ("end", "error")
-                    elapsed = time.perf_counter() - start
-                    bar.set_postfix(frames_per_s=f"{extractor.summary.frames / max(elapsed, 1e-9):.1f}", refresh=False)
-                extractor.flush()
-            except BaseException:
-                stop.set()
-                extractor.abort_open()
-                raise
-    summary = extractor.summary
-    summary.seconds = time.perf_counter() - start
-    _finalize(state, manifest, summary)
+    try:
+        with tqdm(total=len(mine), desc=f"extract[{state.process_index}]", unit="video", disable=not cfg.progress, file=sys.stderr) as bar:
+            extractor = _Extractor(cfg, backbone, run_settings(cfg, backbone), manifest, bar)
+            extractor.run(extractor.select(mine), decoder)
+        summary = extractor.summary
+        summary.seconds = time.perf_counter() - start
+        _finalize(state, manifest, summary)
+    except OSError as e:  # the output folder's disk: full, read-only, gone
+        raise ExtractError(printable(f"{out_dir}: cannot write ({e.strerror or e}); finished videos are kept, "
+                                     f"unfinished ones removed")) from None
     return summary
 
 
 def _finalize(state, manifest: Manifest, summary: ExtractSummary) -> None:
-    """Across processes: add up the counts and compact the manifest once."""
+    """Across processes: add up the counts, then compact the manifest once if this run added to it."""
     if state.num_processes > 1:
         from accelerate.utils import gather_object
 
         parts = gather_object([json.dumps(summary.__dict__)])
         state.wait_for_everyone()
         merged = [json.loads(p) for p in parts]
-        summary.done = sum(p["done"] for p in merged)
-        summary.skipped = sum(p["skipped"] for p in merged)
-        summary.failed = sum(p["failed"] for p in merged)
-        summary.frames = sum(p["frames"] for p in merged)
+        for key in ("done", "skipped", "failed", "by_others", "frames"):
+            setattr(summary, key, sum(p[key] for p in merged))
         summary.failures = [tuple(f) for p in merged for f in p["failures"]]
-    if state.is_main_process and manifest.path.exists():
+    if state.is_main_process and (summary.done or summary.failed) and manifest.path.exists():
         manifest.compact()

@@ -7,14 +7,20 @@ string metadata (docs/ARCHITECTURE.md lists the keys). Files are written by
 header length, JSON header, contiguous tensor bytes) with exact shapes known
 up front and fills rows as they arrive, so a long video is never held in
 memory. Files are read with the ``safetensors`` library itself. Writes go to a
-temporary file that is renamed into place only when complete.
+temporary file ``.<name>.<pid>.partial`` that is renamed into place only when
+complete; a writer holds ``FileLock(<file>)`` meanwhile, so two runs never write
+one video at once, and a partial file is removed only once its process is gone.
 
-``OUT/manifest.jsonl`` has one record per video and attempt (``status`` done or
-failed with ``reason``); the latest record for an id wins.
+``OUT/manifest.jsonl`` has one record per video and attempt (``id``, ``path``
+the source's absolute real path, ``status`` done or failed with ``reason``); the
+latest record for an id wins. Every path built from an id goes through
+``feature_path``, which refuses one that leaves ``OUT``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
@@ -23,6 +29,8 @@ from typing import Iterable
 
 import numpy as np
 from safetensors import safe_open
+
+from .names import check_video_id, path_in, printable
 
 FORMAT_VERSION = "1"
 _DTYPES = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("uint8"): "U8"}
@@ -33,12 +41,95 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
+def feature_path(out_dir: str | Path, video_id: str) -> Path:
+    """``OUT/<video id>.safetensors``; UnsafeNameError when it lies outside ``out_dir`` (``..``, a symlink out)."""
+    return path_in(out_dir, video_id, ".safetensors")
+
+
+def _remove_quietly(path: Path) -> None:
+    """Unlink ``path`` if possible; a read-only or vanished disk keeps it (the next run clears partial files)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part."""
     path = Path(path)
     tmp = partial_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Delete ``path``'s partial files whose writing process is gone (a killed run); a live writer's file stays."""
+    prefix, suffix = f".{path.name}.", ".partial"
+    if not path.parent.is_dir():
+        return
+    for entry in path.parent.iterdir():
+        pid = entry.name[len(prefix) : -len(suffix)]
+        if entry.name.startswith(prefix) and entry.name.endswith(suffix) and pid.isdigit() and not _alive(int(pid)):
+            entry.unlink(missing_ok=True)
+
+
+class FileLock:
+    """An exclusive ``fcntl.flock`` on the hidden file ``.<name>.lock`` next to ``path``, removed on release.
+
+    One holder at a time across processes and within one (each FileLock opens its own file). The kernel
+    drops the lock when its holder dies, so a killed run never leaves a file locked.
+    """
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        self.path = path.with_name(f".{path.name}.lock")
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = True) -> bool:
+        """Take the lock, waiting for its holder; with ``wait=False``, return False at once when it is held."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    self._fd = fd
+                    return True
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # the previous holder removed this file on release: lock the one there now
+
+    def release(self) -> None:
+        """Remove the lock file and let go (the file is removed first, so a waiter re-locks a fresh one)."""
+        if self._fd is None:
+            return
+        _remove_quietly(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "FileLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class StreamingSafetensorsWriter:
@@ -67,8 +158,12 @@ class StreamingSafetensorsWriter:
         self._data_start = 8 + len(encoded)
         self._rows_written = {name: 0 for name in tensors}
         self._file = open(self.tmp, "wb")
-        self._file.write(len(encoded).to_bytes(8, "little") + encoded)
-        self._file.truncate(self._data_start + offset)
+        try:
+            self._file.write(len(encoded).to_bytes(8, "little") + encoded)
+            self._file.truncate(self._data_start + offset)
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, name: str, start_row: int, rows: np.ndarray) -> None:
         dtype, shape, offset = self._layout[name]
@@ -91,9 +186,10 @@ class StreamingSafetensorsWriter:
         return self.path
 
     def abort(self) -> None:
-        if not self._file.closed:
+        """Drop the partial file (quietly: a full disk may refuse the buffered bytes, a read-only one the removal)."""
+        with contextlib.suppress(OSError):
             self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        _remove_quietly(self.tmp)
 
 
 def read_metadata(path: str | Path) -> dict[str, str] | None:
@@ -115,50 +211,65 @@ def load_features(path: str | Path, names: Iterable[str] = ("timestamps", "visio
 
 
 class Manifest:
-    """Append-only status log ``OUT/manifest.jsonl``; the latest record per video id wins."""
+    """Status log ``OUT/manifest.jsonl``; the latest record per video id wins.
+
+    Appends and compaction hold ``FileLock(manifest.jsonl)``, so runs sharing a store never lose a record.
+    """
 
     def __init__(self, out_dir: str | Path):
         self.path = Path(out_dir) / "manifest.jsonl"
 
     def append(self, video_id: str, path: str, status: str, **fields) -> None:
-        record = {"id": video_id, "path": path, "status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
+        """Record ``status`` of a video; ``path`` (its source) is stored as an absolute real path."""
+        record = {"id": video_id, "path": os.path.realpath(path), "status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:  # one short O_APPEND write per record: safe across processes
+        with FileLock(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def records(self) -> dict[str, dict]:
+        """The latest record per id; an unsafe id (``../x``, absolute) is an UnsafeNameError naming ``manifest.jsonl:LINE``."""
         latest: dict[str, dict] = {}
         if not self.path.exists():
             return latest
         with open(self.path, encoding="utf-8") as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by a killed run
-                latest[record["id"]] = record
+                where = printable(f"{self.path}:{number}")
+                if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+                    raise ValueError(f"{where}: not a manifest record (an object with 'id' and 'path')")
+                latest[check_video_id(record.get("id"), where)] = record
         return latest
 
     def compact(self) -> None:
-        """Rewrite the log atomically with only the latest record per id, sorted by id."""
-        records = self.records()
-        atomic_write_text(self.path, "".join(json.dumps(records[video_id]) + "\n" for video_id in sorted(records)))
+        """Rewrite the log atomically with only the latest record per id, sorted by id; appends wait meanwhile."""
+        with FileLock(self.path):
+            records = self.records()
+            atomic_write_text(self.path, "".join(json.dumps(records[video_id]) + "\n" for video_id in sorted(records)))
 
 
 def summarize_store(out_dir: str | Path) -> dict:
     """Counts, shapes, settings and size of a feature store, for ``vtg inspect``."""
     out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"{printable(out_dir)}: not a folder")
     files = sorted(out_dir.rglob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{out_dir}: no feature files (*.safetensors)")
+        raise FileNotFoundError(f"{printable(out_dir)}: no feature files (*.safetensors)")
     frames, seconds, settings, shapes = 0, 0.0, set(), {}
     for path in files:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            for name in f.keys():
-                shapes[name] = list(f.get_slice(name).get_shape()[1:])
-            frames += f.get_slice("timestamps").get_shape()[0]
-        seconds += float(meta.get("duration", 0.0))
+        try:
+            with safe_open(str(path), framework="np") as f:
+                meta = f.metadata() or {}
+                for name in f.keys():
+                    shapes[name] = list(f.get_slice(name).get_shape()[1:])
+                frames += f.get_slice("timestamps").get_shape()[0]
+            seconds += float(meta.get("duration", 0.0))
+        except Exception as e:  # SafetensorError for a garbage file, a missing tensor, a bad duration
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(printable(f"{path}: not a readable feature file ({reason})")) from None
         settings.add(tuple(meta.get(k, "?") for k in ("backbone", "pretrained", "layers", "fps", "store")))
     statuses = [r["status"] for r in Manifest(out_dir).records().values()]
     return {

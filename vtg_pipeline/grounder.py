@@ -141,24 +141,31 @@ class Grounder:
     def encode_videos(self, paths: list[str], store: Path, progress: bool = False) -> tuple[dict[str, Path], dict[str, str]]:
         """Feature files for ``paths`` (absolute), extracting those not already in ``store``.
 
-        Returns {path: feature file} and {path: reason} for the videos that failed.
+        A stored video is found by its source's real path in the store's manifest (wherever `vtg extract` ran)
+        and reused when its source size, mtime and settings match. Returns {path: feature file} and
+        {path: reason} for the videos that failed. A manifest id or file that would leave ``store`` is an
+        UnsafeNameError.
         """
-        store.mkdir(parents=True, exist_ok=True)
+        from .extract import output_folder
+        from .features import feature_path
+
+        output_folder(store)
         extract_cfg = ExtractConfig(video_dirs=[], out=str(store), fps=self.fps, model=self.cfg.backbone.name,
                                     pretrained=self.cfg.backbone.pretrained, layers=self.cfg.backbone.layers, store="both",
                                     precision=self.cfg.backbone.precision, progress=progress)
         # A file made by `vtg extract` with the same backbone, layers, fps and precision serves, whatever else it stores.
         settings = {k: v for k, v in run_settings(extract_cfg, self.backbone).items() if k != "store"}
-        known = {os.path.abspath(r["path"]): vid for vid, r in Manifest(store).records().items()}
-        taken = set(known.values())
+        records = Manifest(store).records()
+        known = {os.path.realpath(r["path"]): vid for vid, r in records.items()}  # old relative paths may not match
+        taken = set(records)
         files, todo = {}, []
         for path in paths:
-            vid = known.get(path)
+            vid = known.get(os.path.realpath(path))
             if vid is None:
                 vid = unique_id(Path(path).stem, taken)
                 taken.add(vid)
             item = VideoItem(vid, path)
-            files[path] = store / f"{vid}.safetensors"
+            files[path] = feature_path(store, vid)
             stored = (read_metadata(files[path]) or {}).get("store")
             if stored not in ("features", "both") or not is_up_to_date(files[path], item, settings):
                 todo.append(item)
@@ -195,11 +202,18 @@ class Grounder:
 
 
 def unique_id(stem: str, taken: set[str]) -> str:
-    """``stem``, or ``stem-2``, ``stem-3``, ... if another video already has it."""
-    candidate, n = stem, 1
+    """A safe video id for a file ``stem``: ``stem``, or ``stem-2``, ``stem-3``, ... if another video has it.
+
+    Control characters and backslashes become ``_``; a blank, ``.`` or ``..`` stem becomes ``video``.
+    """
+    import re
+
+    base = re.sub(r"[\x00-\x1f\x7f\\]", "_", stem)
+    base = "video" if not base.strip() or base in (".", "..") else base
+    candidate, n = base, 1
     while candidate in taken:
         n += 1
-        candidate = f"{stem}-{n}"
+        candidate = f"{base}-{n}"
     return candidate
 
 

@@ -4,7 +4,8 @@ One self-contained ``index.html`` (inline CSS, JS, SVG and PNG thumbnails; no
 server, no network). Per video: an HTML5 player on the local file. Per query:
 the top moments as buttons that seek the player, the saliency curve over time
 with the moments shaded, and a thumbnail of each moment's most salient frame,
-cut from the frames stored in the feature store while decoding.
+cut from the frames stored in the feature store while decoding (only files
+inside the store are read: an id that leads out of it is an UnsafeNameError).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 from safetensors import safe_open
 
-from .features import atomic_write_text
+from .features import atomic_write_text, feature_path
 from .grounder import hms
 
 STYLE = """
@@ -105,7 +106,7 @@ def write_report(results: list[dict], out_dir: str | Path, store: str | Path | N
             moments = r["pred_relevant_windows"][:top]
             buttons = "".join(f'<button onclick="seek(\'{player}\', {s})">{html.escape(hs)}–{html.escape(he)} · {p:.2f}</button>'
                               for (s, e, p), (hs, he) in zip(moments, r["pred_relevant_windows_hms"]))
-            thumbs = thumbnails(Path(store) / f'{r["vid"]}.safetensors', best_frames(r, moments)) if store else []
+            thumbs = thumbnails(feature_path(store, r["vid"]), best_frames(r, moments)) if store else []
             images = "".join(f'<img src="{uri}" alt="best frame of moment {i + 1}" title="moment {i + 1}">' for i, uri in enumerate(thumbs))
             warning = f'<div class="error">{html.escape(r["warning"])}</div>' if r.get("warning") else ""
             queries.append(f'<div class="query">{title}{warning}<div>{buttons}</div>'
