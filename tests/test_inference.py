@@ -19,6 +19,13 @@ def test_hard_nms_zeroes_overlaps_and_keeps_them_listed():
     assert out.tolist() == [[0.0, 9.0, 0.9], [20.0, 30.0, 0.7], [0.0, 10.0, 0.0]]
 
 
+def test_hard_nms_can_drop_what_it_suppressed_but_not_a_low_score():
+    """User-facing outputs drop suppressed windows; a window whose own score is 0 is not a suppressed one."""
+    moments = np.array([[0.0, 10.0, 0.8], [0.0, 9.0, 0.9], [20.0, 30.0, 0.0], [40.0, 50.0, 0.7], [40.0, 49.0, 0.6]])
+    out = postprocess(moments, duration=60.0, cfg=DecodeConfig(nms="hard", nms_threshold=0.7, keep_suppressed=False))
+    assert out.tolist() == [[0.0, 9.0, 0.9], [40.0, 50.0, 0.7], [20.0, 30.0, 0.0]]
+
+
 def test_linear_nms_scales_by_one_minus_iou():
     moments = np.array([[0.0, 10.0, 1.0], [5.0, 15.0, 0.9]])
     out = postprocess(moments, duration=60.0, cfg=DecodeConfig(nms="linear"))

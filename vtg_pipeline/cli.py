@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 
 from .backbone import BackboneError
 from .extract import STORE_CHOICES, ExtractConfig, ExtractError, process_state, run_extract
@@ -110,7 +111,6 @@ def eval_main(args: argparse.Namespace) -> int:
 
 
 def ground_main(args: argparse.Namespace) -> int:
-    import tempfile
     import time
     from pathlib import Path
 
@@ -130,6 +130,10 @@ def ground_main(args: argparse.Namespace) -> int:
         for path in args.videos:  # a missing path becomes an error record, a folder its videos
             videos += [item.path for item in find_videos([path])] if Path(path).is_dir() else [path]
         requests = [Request(video, query) for video in videos for query in args.query]
+    ensure_writable(args.out, is_folder=False)  # before any work: a bad --out must not throw the grounding away
+    for folder in (args.report, args.features):
+        if folder:
+            ensure_writable(folder, is_folder=True)
     grounder = Grounder.from_pretrained(args.checkpoint, device=args.device or "cpu")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vtg-ground-") as tmp:
@@ -146,6 +150,24 @@ def ground_main(args: argparse.Namespace) -> int:
                     f"{seconds:.1f} s ({done / max(seconds, 1e-9):.1f} queries/s) -> {args.out}" + (f", report {report}" if report else "")),
           file=sys.stderr)
     return 1 if errors else 0
+
+
+def ensure_writable(path: str, is_folder: bool) -> None:
+    """Fail at once, with one line naming ``path``, when that file (or folder) cannot be written; creates the folder."""
+    from pathlib import Path
+
+    target = Path(path)
+    if is_folder and target.exists() and not target.is_dir():
+        raise ValueError(f"{path}: exists and is not a folder")
+    if not is_folder and target.is_dir():
+        raise ValueError(f"{path}: is a folder; give a file name")
+    try:
+        folder = target if is_folder else target.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be written ({e.strerror})") from None
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as e:
-        print(f"vtg {args.command}: error: {e}", file=sys.stderr)
+        print(f"vtg {args.command}: error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vtg {args.command}: interrupted; finished outputs are kept, partial ones removed", file=sys.stderr)

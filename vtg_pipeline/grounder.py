@@ -24,10 +24,14 @@ its items; the others complete.
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import os
+import re
 import tempfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,13 +39,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from .backbone import FrozenBackbone, load_backbone
+from .annotations import check_qid, json_object, open_text, repeated_qid, text_lines
+from .backbone import FrozenBackbone, first_line, load_backbone
 from .config import TrainConfig, config_from_dict
-from .data import TextCache
-from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, run_settings
-from .features import Manifest, read_metadata
+from .data import DataError, TextCache, check_finite, check_shapes
+from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, output_folder, run_settings
+from .features import Manifest, feature_path, read_metadata
 from .inference import ground_in_windows, rounded
 from .models import create_model
+
+
+# The fields of a checkpoint's backbone_spec that change the states its weights were trained on.
+STATE_FIELDS = ("backbone", "backbone_sha256", "layers", "text_layers", "image_size", "vision_width", "text_width")
 
 
 class GroundError(ValueError):
@@ -73,21 +82,35 @@ class Grounder:
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> "Grounder":
-        """Load ``checkpoint_dir`` (``best/`` of a run); refuses a backbone whose weights hash differs."""
+        """Load ``checkpoint_dir`` (``best/`` of a run).
+
+        Refuses (GroundError, one line naming the file) an unreadable config or weights file, config values out of
+        range, weights that do not fit the configured model, and a backbone whose states would differ from the
+        ones the weights were trained on (``STATE_FIELDS`` of ``backbone_spec``).
+        """
         checkpoint_dir = Path(checkpoint_dir)
         config_file, weights_file = checkpoint_dir / "config.json", checkpoint_dir / "model.safetensors"
         for path in (config_file, weights_file):
             if not path.is_file():
                 raise GroundError(f"{path}: not found (a checkpoint is the best/ folder of a training run)")
-        values = json.loads(config_file.read_text())
-        cfg = config_from_dict(values)
+        try:
+            values = json.loads(config_file.read_text())
+            if not isinstance(values, dict) or not isinstance(values.get("backbone_spec"), dict):
+                raise ValueError("expected a JSON object with a backbone_spec")
+            cfg = config_from_dict(values)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise GroundError(f"{config_file}: not a checkpoint config ({e})") from None
         backbone = load_backbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.layers, device, cfg.backbone.precision)
-        expected = values.get("backbone_spec", {}).get("backbone_sha256")
-        if expected != backbone.spec.backbone_sha256:
-            raise GroundError(f"{config_file}: trained on backbone weights {expected}, but {cfg.backbone.name} "
-                              f"{cfg.backbone.pretrained} has {backbone.spec.backbone_sha256}")
+        trained_on, now = values["backbone_spec"], backbone.spec.to_dict()
+        for field in STATE_FIELDS:
+            if json.dumps(trained_on.get(field)) != json.dumps(now[field]):
+                raise GroundError(f"{config_file}: the weights were trained on backbone {field} {trained_on.get(field)}, but its "
+                                  f"backbone settings ({cfg.backbone.name}, {cfg.backbone.pretrained}, {cfg.backbone.layers} layers) give {now[field]}")
         model = create_model(cfg.model)
-        model.load_state_dict(load_file(str(weights_file)))
+        try:
+            model.load_state_dict(load_file(str(weights_file)))
+        except Exception as e:  # safetensors' own error type for a cut or garbage file; RuntimeError for the wrong model
+            raise GroundError(f"{weights_file}: not the weights of this config's model ({type(e).__name__}: {first_line(e)})") from None
         return cls(model.to(device), cfg, backbone)
 
     def ground(self, video: str | Path, queries: str | list[str], features_dir: str | Path | None = None) -> list[dict]:
@@ -108,15 +131,14 @@ class Grounder:
         start of each clip) and ``pred_relevant_windows_hms``; or, for an item
         that could not be grounded, ``qid``, ``query``, ``video`` and ``error``.
         """
-        requests = [r if isinstance(r, Request) else Request(*r) for r in requests]
+        requests = with_qids([r if isinstance(r, Request) else Request(*r) for r in requests])
         results: list[dict | None] = [None] * len(requests)
         by_video: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
-            qid = r.qid if r.qid is not None else i
             if not r.query.strip():
-                results[i] = {"qid": qid, "query": r.query, "video": r.video, "error": "empty query"}
+                results[i] = {"qid": r.qid, "query": r.query, "video": r.video, "error": "empty query"}
             elif not os.path.isfile(r.video):
-                results[i] = {"qid": qid, "query": r.query, "video": r.video, "error": "no such video file"}
+                results[i] = {"qid": r.qid, "query": r.query, "video": r.video, "error": "no such video file"}
             else:
                 by_video.setdefault(os.path.abspath(r.video), []).append(i)
         with tempfile.TemporaryDirectory(prefix="vtg-ground-") as tmp:
@@ -126,12 +148,14 @@ class Grounder:
             bar.set_postfix(queries=sum(len(v) for v in by_video.values()), refresh=False)
             for path, indices in by_video.items():
                 batch = [requests[i] for i in indices]
-                if path in failures:
-                    outputs = [{"error": failures[path]}] * len(batch)
-                else:
+                try:
+                    if path in failures:
+                        raise DataError(failures[path])
                     outputs = self.ground_features(files[path], [r.query for r in batch])
+                except DataError as e:  # this video's states are unusable: its items get the reason, the others go on
+                    outputs = [{"error": str(e)}] * len(batch)
                 for i, r, out in zip(indices, batch, outputs):
-                    results[i] = {"qid": r.qid if r.qid is not None else i, "query": r.query, "video": r.video, **out}
+                    results[i] = {"qid": r.qid, "query": r.query, "video": r.video, **out}
                     if "error" not in out and is_truncated(self.backbone, r.query):
                         results[i]["warning"] = f"query longer than {self.backbone.tokenizer.context_length} tokens: truncated"
                 bar.update(1)
@@ -146,9 +170,6 @@ class Grounder:
         {path: reason} for the videos that failed. A manifest id or file that would leave ``store`` is an
         UnsafeNameError.
         """
-        from .extract import output_folder
-        from .features import feature_path
-
         output_folder(store)
         extract_cfg = ExtractConfig(video_dirs=[], out=str(store), fps=self.fps, model=self.cfg.backbone.name,
                                     pretrained=self.cfg.backbone.pretrained, layers=self.cfg.backbone.layers, store="both",
@@ -175,15 +196,23 @@ class Grounder:
 
     @torch.no_grad()
     def ground_features(self, feature_file: Path, queries: list[str]) -> list[dict]:
-        """Ground ``queries`` on one stored video, window by window; one result dict per query."""
+        """Ground ``queries`` on one stored video, window by window; one result dict per query.
+
+        DataError when the file's shapes disagree or a window's states are not finite (checked as each is read).
+        """
+        check_shapes(feature_file, {"vision": self.backbone.row_shapes()["vision"]})
         with safe_open(str(feature_file), framework="pt") as f:
             meta = f.metadata()
             times = f.get_tensor("timestamps").numpy()
             vision = f.get_slice("vision")
-            duration = float(meta["duration"])
+            try:
+                duration = float(meta["duration"])
+            except (KeyError, ValueError):
+                raise DataError(f"{feature_file}: no valid duration in its metadata") from None
             query, query_mask = self.text_cache(queries, self.backbone.device)
-            grounded = ground_in_windows(self.model, lambda start, stop: vision[start:stop], len(times), duration, query, query_mask,
-                                         self.fps, self.cfg.model.strides, self.cfg.decode)
+            decode = replace(self.cfg.decode, keep_suppressed=False)  # users get no score-0 duplicates of better windows
+            grounded = ground_in_windows(self.model, lambda start, stop: check_finite(vision[start:stop], feature_file), len(times),
+                                         duration, query, query_mask, self.fps, self.cfg.model.strides, decode)
         results = []
         for g in grounded:
             windows = rounded(g["moments"])
@@ -201,12 +230,22 @@ class Grounder:
         return results
 
 
+def with_qids(requests: list[Request]) -> list[Request]:
+    """``requests`` with every missing qid filled by 0, 1, 2, ... skipping the explicit ones; a repeated explicit
+    qid is a GroundError."""
+    explicit = Counter(r.qid for r in requests if r.qid is not None)
+    repeated = sorted(str(q) for q, n in explicit.items() if n > 1)
+    if repeated:
+        raise GroundError(f"qids given to more than one request: {', '.join(repeated[:5])}")
+    free = (n for n in itertools.count() if n not in explicit)
+    return [r if r.qid is not None else replace(r, qid=next(free)) for r in requests]
+
+
 def unique_id(stem: str, taken: set[str]) -> str:
     """A safe video id for a file ``stem``: ``stem``, or ``stem-2``, ``stem-3``, ... if another video has it.
 
     Control characters and backslashes become ``_``; a blank, ``.`` or ``..`` stem becomes ``video``.
     """
-    import re
 
     base = re.sub(r"[\x00-\x1f\x7f\\]", "_", stem)
     base = "video" if not base.strip() or base in (".", "..") else base
@@ -234,11 +273,6 @@ def read_requests(path: str | Path) -> list[Request]:
     0, 1, 2, ... in file order, skipping the numbers other rows give, so no
     two requests share one. Errors name the file and line.
     """
-    import csv
-    import itertools
-    import re
-
-    from .annotations import check_qid, json_object, open_text, repeated_qid, text_lines
 
     path = Path(path)
     is_csv = path.suffix.lower() == ".csv"

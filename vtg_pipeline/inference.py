@@ -4,7 +4,8 @@ Decoding follows the official R²-Tuning evaluation: each complete anchor point
 gives a window [t - d0 s, t + d1 s] / fps with score sigmoid(cls); the top
 ``max_moments`` are clamped to [0, duration], windows ending before the
 duration are rounded to ``unit`` seconds, then greedy NMS (``hard``: overlaps
->= threshold get score 0; ``linear``: scores times 1 - IoU) and a stable sort.
+>= threshold get score 0, or are dropped with ``keep_suppressed=False``;
+``linear``: scores times 1 - IoU) and a stable sort.
 Saliency per clip: each level's sigmoid(cls) brought back to clip resolution,
 max over levels, times the cosine saliency.
 
@@ -37,6 +38,7 @@ class DecodeConfig:
     window_stride: float = 75.0  # seconds between window starts (half-overlapping by default)
     retrieval_topk: int = 20  # rgnet: windows per query that go to the heads
     window_score: str = "product"  # rgnet: moment score x sigmoid(window logit) | moment: the moment score alone
+    keep_suppressed: bool = True  # hard NMS: keep suppressed windows at score 0 (the official evaluation's input) or drop them
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,17 +77,21 @@ def postprocess(moments: np.ndarray, duration: float, cfg: DecodeConfig) -> np.n
     moments[:, :2] = moments[:, :2].clip(0, duration)
     if cfg.unit > 0:
         moments[inside, :2] = np.round(moments[inside, :2] / cfg.unit) * cfg.unit
+    suppressed = np.zeros(len(moments), dtype=bool)
     if cfg.nms != "none":
         for i in range(len(moments)):
             best = i + int(np.argmax(moments[i:, 2]))
-            moments[[i, best]] = moments[[best, i]]
+            moments[[i, best]], suppressed[[i, best]] = moments[[best, i]], suppressed[[best, i]]
             overlap = temporal_iou(moments[i : i + 1, :2], moments[i + 1 :, :2])[0]
             if cfg.nms == "hard":
-                moments[i + 1 :, 2][overlap >= cfg.nms_threshold] = 0.0
+                hit = np.nonzero(overlap >= cfg.nms_threshold)[0] + i + 1
+                moments[hit, 2], suppressed[hit] = 0.0, True
             elif cfg.nms == "linear":
                 moments[i + 1 :, 2] *= 1.0 - overlap
             else:
                 raise ValueError(f"nms must be hard, linear or none, got {cfg.nms!r}")
+    if not cfg.keep_suppressed:
+        moments = moments[~suppressed]
     return moments[np.argsort(-moments[:, 2], kind="stable")]
 
 
