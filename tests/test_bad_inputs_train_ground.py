@@ -203,3 +203,23 @@ def test_a_bad_feature_file_costs_only_its_own_video(checkpoint, synth_root, tmp
     assert "vision has shape" in results[videos[1].stem]["error"]
     assert all("error" not in results[v.stem] and results[v.stem]["pred_relevant_windows"] for v in videos[2:])
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["a file", "under a file"])
+def test_synth_refuses_an_out_it_cannot_write(target, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("keep me")
+    out = tmp_path / "a_file" if target == "a file" else tmp_path / "a_file" / "data"
+    assert_one_line_error(["synth", "--out", str(out), "--videos", "2"], capsys, str(out))
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_a_crafted_video_id_in_a_feature_file_costs_only_its_video(checkpoint, synth_root, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(synth_root / "features", store)
+    videos = sorted((synth_root / "videos").glob("*.mp4"))[:2]
+    path = store / f"{videos[0].stem}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={**meta, "video_id": "../../outside"})
+    results = Grounder.from_pretrained(checkpoint).ground_many([(str(v), "a red disc rises") for v in videos], store)
+    assert "video_id" in results[0]["error"] and "error" not in results[1]

@@ -70,6 +70,7 @@ def extract_main(args: argparse.Namespace) -> int:
 def synth_main(args: argparse.Namespace) -> int:
     from .synth import make_dataset
 
+    ensure_writable(args.out, is_folder=True)
     counts = make_dataset(args.out, videos=args.videos, seed=args.seed, long=args.long)
     print(json.dumps({"out": args.out, **counts}))
     return 0
@@ -156,14 +157,18 @@ def ensure_writable(path: str, is_folder: bool) -> None:
     """Fail at once, with one line naming ``path``, when that file (or folder) cannot be written; creates the folder."""
     from pathlib import Path
 
-    target = Path(path)
-    if is_folder and target.exists() and not target.is_dir():
-        raise ValueError(f"{path}: exists and is not a folder")
-    if not is_folder and target.is_dir():
+    from .extract import output_folder
+
+    if not is_folder and Path(path).is_dir():
         raise ValueError(f"{path}: is a folder; give a file name")
+    if is_folder:
+        folder = output_folder(path)
+    else:
+        try:
+            folder = output_folder(Path(path).parent)
+        except ExtractError as e:
+            raise ValueError(f"{path}: cannot be written ({e})") from None
     try:
-        folder = target if is_folder else target.parent
-        folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:

@@ -47,6 +47,7 @@ from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, ou
 from .features import Manifest, feature_path, read_metadata
 from .inference import ground_in_windows, rounded
 from .models import create_model
+from .names import UnsafeNameError, check_video_id
 
 
 # The fields of a checkpoint's backbone_spec that change the states its weights were trained on.
@@ -213,11 +214,15 @@ class Grounder:
             decode = replace(self.cfg.decode, keep_suppressed=False)  # users get no score-0 duplicates of better windows
             grounded = ground_in_windows(self.model, lambda start, stop: check_finite(vision[start:stop], feature_file), len(times),
                                          duration, query, query_mask, self.fps, self.cfg.model.strides, decode)
+        try:
+            vid = check_video_id(meta.get("video_id", feature_file.stem), f"{feature_file} (video_id metadata)")
+        except UnsafeNameError as e:
+            raise DataError(str(e)) from None
         results = []
         for g in grounded:
             windows = rounded(g["moments"])
             result = {
-                "vid": meta.get("video_id", feature_file.stem),
+                "vid": vid,
                 "duration": duration,
                 "pred_relevant_windows": windows,
                 "pred_relevant_windows_hms": [[hms(s), hms(e)] for s, e, _ in windows],
