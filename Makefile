@@ -52,7 +52,7 @@ demo: setup
 	$(BIN)/vtg train --config configs/synthetic.yaml --resume data.root=$(DEMO)/data output_dir=$(DEMO)/run \
 		backbone.name=$(DEMO_MODEL) backbone.pretrained=$(DEMO_PRETRAINED) $(DEMO_TRAIN_ARGS)
 	$(BIN)/vtg ground --checkpoint $(DEMO)/run/best --queries $(DEMO)/data/val_queries.jsonl --features $(DEMO)/data/features \
-		--out $(DEMO)/predictions.jsonl --report $(DEMO)/report
+		--out $(DEMO)/predictions.jsonl --report $(DEMO)/report --gt $(DEMO)/data/val.jsonl
 	$(BIN)/vtg eval --pred $(DEMO)/predictions.jsonl --gt $(DEMO)/data/val.jsonl
 	@echo "demo: predictions in $(DEMO)/predictions.jsonl, report in $(DEMO)/report/index.html"
 

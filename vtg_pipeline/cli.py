@@ -115,6 +115,7 @@ def ground_main(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from .evaluation import load_ground_truth
     from .extract import find_videos
     from .features import atomic_write_text
     from .grounder import Grounder, Request, read_requests
@@ -122,6 +123,9 @@ def ground_main(args: argparse.Namespace) -> int:
 
     if bool(args.videos) == bool(args.queries):
         raise ValueError("give videos with --query, or --queries FILE (not both)")
+    for flag, value in (("--gt", args.gt), ("--report-media", args.report_media)):
+        if value and not args.report:
+            raise ValueError(f"{flag} {value}: it is for the report; give --report DIR too")
     if args.queries:
         requests = read_requests(args.queries)
     else:
@@ -135,13 +139,15 @@ def ground_main(args: argparse.Namespace) -> int:
     for folder in (args.report, args.features):
         if folder:
             ensure_writable(folder, is_folder=True)
+    ground_truth = load_ground_truth(args.gt, "qvhighlights") if args.gt else None  # a bad file fails before any work
     grounder = Grounder.from_pretrained(args.checkpoint, device=args.device or "cpu")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vtg-ground-") as tmp:
         store = args.features or tmp
         results = grounder.ground_many(requests, store, progress=not args.no_progress)
         atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in results))
-        report = write_report(results, args.report, store) if args.report else None
+        report = write_report(results, args.report, store, media=args.report_media or "absolute",
+                              ground_truth=ground_truth) if args.report else None
     seconds = time.perf_counter() - started
     errors = [r for r in results if "error" in r]
     for r in errors:
@@ -189,6 +195,12 @@ def add_ground_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="predictions jsonl (QVHighlights submission records plus video, clip times, h:mm:ss)")
     parser.add_argument("--features", help="feature store to reuse and fill (default: a temporary folder)")
     parser.add_argument("--report", help="write a static HTML report into this folder")
+    parser.add_argument("--report-media", choices=("absolute", "copy", "link"), default=None,
+                        help="how the report's players reach the videos: absolute (default): file:// URLs, the report works from "
+                             "anywhere on this machine; copy: copies in REPORT/media/, the folder travels to other machines; "
+                             "link: symlinks there, for a web server or an archiver that follows links (tar -h)")
+    parser.add_argument("--gt", help="ground truth, QVHighlights annotations jsonl: the report draws each query's true moments "
+                                     "(matched by qid, else by video and query)")
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
