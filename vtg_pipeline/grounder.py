@@ -33,14 +33,18 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .annotations import check_qid, json_object, open_text, repeated_qid, text_lines
-from .backbone import FrozenBackbone, first_line, load_backbone
+from .backbone import FrozenBackbone, first_line, hub_reachable, load_backbone
 from .config import TrainConfig, config_from_dict
 from .data import DataError, TextCache, check_finite, check_shapes
 from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, output_folder, run_settings
@@ -48,10 +52,14 @@ from .features import Manifest, feature_path, read_metadata
 from .inference import ground_in_windows, rounded
 from .models import create_model
 from .names import UnsafeNameError, check_video_id
+from .training import write_checkpoint
 
 
 # The fields of a checkpoint's backbone_spec that change the states its weights were trained on.
 STATE_FIELDS = ("backbone", "backbone_sha256", "layers", "text_layers", "image_size", "vision_width", "text_width")
+# A Hugging Face Hub model repo id with an optional revision (branch, tag or commit): ``org/name[@revision]``.
+REPO_ID = re.compile(r"(?P<repo_id>[^/@\s]+/[^/@\s]+)(?:@(?P<revision>\S+))?")
+CHECKPOINT_FILES = ["config.json", "model.safetensors", "README.md"]  # what a checkpoint folder (and a Hub repo of one) holds
 
 
 class GroundError(ValueError):
@@ -76,20 +84,24 @@ def hms(seconds: float) -> str:
 class Grounder:
     """A trained side network with its frozen backbone, ready to ground videos."""
 
+    trained: dict = {}  # epoch and metrics of the checkpoint it was loaded from; save_pretrained keeps them
+
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone):
         self.model, self.cfg, self.backbone = model.eval(), cfg, backbone
         self.fps = cfg.data.fps
         self.text_cache = TextCache(backbone)  # a query asked of many videos is encoded once, as in training
 
     @classmethod
-    def from_pretrained(cls, checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> "Grounder":
-        """Load ``checkpoint_dir`` (``best/`` of a run).
+    def from_pretrained(cls, checkpoint: str | Path, device: str | torch.device = "cpu") -> "Grounder":
+        """Load ``checkpoint``: a checkpoint folder (``best/`` of a run, or one ``save_pretrained`` wrote), or a Hugging
+        Face Hub model repo id ``org/name[@revision]`` that is not a local folder (see ``checkpoint_folder``).
 
         Refuses (GroundError, one line naming the file) an unreadable config or weights file, config values out of
         range, weights that do not fit the configured model, and a backbone whose states would differ from the
-        ones the weights were trained on (``STATE_FIELDS`` of ``backbone_spec``).
+        ones the weights were trained on (``STATE_FIELDS`` of ``backbone_spec``); and a repo id that is neither in
+        the Hub cache nor downloadable.
         """
-        checkpoint_dir = Path(checkpoint_dir)
+        checkpoint_dir = checkpoint_folder(checkpoint)
         config_file, weights_file = checkpoint_dir / "config.json", checkpoint_dir / "model.safetensors"
         for path in (config_file, weights_file):
             if not path.is_file():
@@ -112,7 +124,27 @@ class Grounder:
             model.load_state_dict(load_file(str(weights_file)))
         except Exception as e:  # safetensors' own error type for a cut or garbage file; RuntimeError for the wrong model
             raise GroundError(f"{weights_file}: not the weights of this config's model ({type(e).__name__}: {first_line(e)})") from None
-        return cls(model.to(device), cfg, backbone)
+        grounder = cls(model.to(device), cfg, backbone)
+        grounder.trained = {key: values[key] for key in ("epoch", "metrics") if key in values}
+        return grounder
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write this checkpoint into ``save_directory`` (created if missing; other files stay) as a run writes
+        ``best/``: model.safetensors, README.md (model card), config.json. Returns the folder."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_checkpoint(folder, self.model, self.cfg, self.backbone, self.trained)
+        return folder
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload vtg_pipeline checkpoint") -> str:
+        """Create Hugging Face Hub model repo ``repo_id`` if missing and upload ``save_pretrained``'s files to it in
+        one commit; returns the commit's URL. ``token``: default, the logged-in user's (``hf auth login``)."""
+        api = HfApi(token=token)
+        repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="vtg-push-") as tmp:
+            self.save_pretrained(tmp)
+            return api.upload_folder(repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message).commit_url
 
     def ground(self, video: str | Path, queries: str | list[str], features_dir: str | Path | None = None) -> list[dict]:
         """Ground ``queries`` (one string, or a list of them) in one video; one result per query (see ``ground_many``)."""
@@ -233,6 +265,34 @@ class Grounder:
                 result["pred_windows"] = rounded(g["windows"])
             results.append(result)
         return results
+
+
+def checkpoint_folder(checkpoint: str | Path) -> Path:
+    """The local folder of ``checkpoint``: as given when it is an existing folder, a Path, or a string that is not
+    a Hub repo id; else Hub repo ``org/name[@revision]``'s snapshot in the Hub cache, updated first when the Hub
+    can be reached. GroundError when the repo is neither cached nor downloadable."""
+    match = REPO_ID.fullmatch(checkpoint) if isinstance(checkpoint, str) else None
+    if match is None or os.path.isdir(checkpoint):
+        return Path(checkpoint)
+    repo_id, revision = match["repo_id"], match["revision"]
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return Path(checkpoint)
+    offline = constants.HF_HUB_OFFLINE
+    online = not offline and hub_reachable(urlparse(constants.ENDPOINT).hostname)  # fail in seconds, not after retries
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES, local_files_only=not online))
+    except LocalEntryNotFoundError:
+        raise GroundError(f"{checkpoint}: no such folder, and Hugging Face Hub model {repo_id} is not in the cache "
+                          f"({constants.HF_HUB_CACHE}) and the Hub cannot be reached{' (HF_HUB_OFFLINE is set)' if offline else ''}") from None
+    except RevisionNotFoundError:
+        raise GroundError(f"{checkpoint}: Hugging Face Hub model {repo_id} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise GroundError(f"{checkpoint}: no such folder, and no Hugging Face Hub model {repo_id} that you can read "
+                          "(a private or gated one needs `hf auth login` or HF_TOKEN)") from None
+    except HfHubHTTPError as e:
+        raise GroundError(f"{checkpoint}: downloading Hugging Face Hub model {repo_id} failed ({first_line(e)})") from None
 
 
 def with_qids(requests: list[Request]) -> list[Request]:

@@ -5,7 +5,7 @@ never in the optimizer, never saved), the data, the side network, AdamW with
 linear warmup and step decay; then per epoch: train, evaluate, keep the best.
 
 A run writes into ``cfg.output_dir``: ``best/`` (model.safetensors with the
-trainable weights only, config.json), ``last/`` (Accelerate state for
+trainable weights only, config.json, a model card README.md), ``last/`` (Accelerate state for
 ``--resume``), ``metrics.jsonl`` (one line per evaluation), ``log.csv`` and
 TensorBoard events (per logged step), and ``val_predictions.jsonl`` (the best
 checkpoint's predictions on the validation annotations).
@@ -21,12 +21,13 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, reduce
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from huggingface_hub import ModelCard, ModelCardData
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset, DataLoader
@@ -107,11 +108,76 @@ def recover_folder(folder: Path) -> None:
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone, extra: dict) -> None:
-    """Write ``directory`` atomically: model.safetensors (side network only), then config.json (its marker)."""
+    """Write ``directory`` atomically with ``write_checkpoint``."""
     tmp = staging_folder(directory)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    atomic_write_text(tmp / "config.json", json.dumps({**cfg.to_dict(), "backbone_spec": backbone.spec.to_dict(), **extra}, indent=2))
+    write_checkpoint(tmp, model, cfg, backbone, extra)
     swap_in(tmp, directory)
+
+
+def write_checkpoint(folder: Path, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone, extra: dict) -> None:
+    """Write into ``folder``: model.safetensors (side network only), README.md (model card), then config.json (the
+    marker: ``cfg``, ``backbone_spec`` and ``extra``, e.g. epoch and metrics)."""
+    config = {**cfg.to_dict(), "backbone_spec": backbone.spec.to_dict(), **extra}
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    atomic_write_text(folder / "README.md", str(model_card(config)))
+    atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
+
+
+# The config keys a model card lists; config.json next to it has them all.
+CARD_KEYS = ("model.name", "model.head", "model.dims", "model.layers", "model.heads", "model.fusion", "model.score_refinement",
+             "model.background_matching", "data.fps", "data.mode", "decode.window", "optim.epochs", "optim.lr",
+             "optim.batch_size", "seed", "mixed_precision")
+
+
+def model_card(config: dict) -> ModelCard:
+    """The README.md of a checkpoint with config.json content ``config``: Hub front matter, then backbone, data,
+    config summary, epoch and metrics."""
+    backbone, data, spec = config["backbone"], config["data"], config["backbone_spec"]
+    tags = ["video-temporal-grounding", "moment-retrieval", "highlight-detection", "open_clip", data["dataset"], config["model"]["name"]]
+    front = ModelCardData(library_name="vtg_pipeline", tags=tags).to_yaml()
+    rows = "\n".join(f"| `{key}` | {json.dumps(reduce(lambda node, part: node[part], key.split('.'), config))} |" for key in CARD_KEYS)
+    metrics = config.get("metrics") or {}
+    scores = "\n".join(f"| {name} | {score} |" for name, score in metrics.items()) or "| (not recorded) | |"
+    files = ", ".join(f"{name} `{data[name]}`" for name in ("train", "val", "features"))
+    return ModelCard(f"""---
+{front}
+---
+
+# vtg_pipeline checkpoint ({config["model"]["name"]})
+
+A video temporal grounding side network (moment retrieval and highlight detection) trained with
+vtg_pipeline on the per-layer states of a frozen open_clip backbone; the backbone is not in this folder.
+
+```python
+from vtg_pipeline.grounder import Grounder
+
+grounder = Grounder.from_pretrained("PATH_OR_ORG/NAME")  # refuses a backbone whose states differ from these
+results = grounder.ground("video.mp4", ["a person opens the door"])
+```
+
+## Backbone
+
+{backbone["name"]}, weights `{backbone["pretrained"]}` (sha256 `{spec["backbone_sha256"]}`), {backbone["precision"]};
+vision blocks {", ".join(map(str, spec["layers"]))} tapped, image size {spec["image_size"]}.
+
+## Training data
+
+{data["dataset"]} annotations in `{data["root"] or "."}`: {files}.
+
+## Config
+
+| key | value |
+|---|---|
+{rows}
+
+## Results
+
+Epoch {config.get("epoch", "(not recorded)")} of {config["optim"]["epochs"]}, on the validation annotations (`{data["val"]}`):
+
+| metric | value |
+|---|---|
+{scores}
+""")
 
 
 def save_resume_state(accelerator: Accelerator, folder: Path, state: dict) -> None:
