@@ -44,7 +44,7 @@ def test_training_writes_the_run_layout(synth_root, tmp_path):
     out = tmp_path / "run"
     best = train(tiny_config(synth_root, out))
     assert "MR-full-mAP" in best and "HL-min-VeryGood-Hit1" in best
-    assert sorted(p.name for p in (out / "best").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (out / "best").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert (out / "last" / "progress.json").exists()
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2] and "MR-full-R1@0.5" in lines[0]
