@@ -189,7 +189,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_ground_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="*", metavar="VIDEO_OR_DIR", help="video files, or folders searched recursively")
-    parser.add_argument("--checkpoint", required=True, help="a trained checkpoint folder (a run's best/)")
+    parser.add_argument("--checkpoint", required=True, help="a trained checkpoint: a folder (a run's best/) or a Hugging Face Hub "
+                        "repo id org/name[@revision], read through the Hub cache")
     parser.add_argument("--query", action="append", default=[], help="a query to ground in every video (repeatable)")
     parser.add_argument("--queries", help='jsonl of {"video", "query"[, "qid"]} or a CSV with those columns; relative paths from its folder')
     parser.add_argument("--out", required=True, help="predictions jsonl (QVHighlights submission records plus video, clip times, h:mm:ss)")
