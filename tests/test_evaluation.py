@@ -1,7 +1,9 @@
-"""Metrics equal the official evaluators': the QVHighlights fixture, hand cases, refusals."""
+"""Metrics equal the official evaluators': a synthetic parity fixture (and the real split when present), hand cases, refusals."""
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +23,13 @@ from vtg_pipeline.evaluation import (
     window_retrieval_recall,
 )
 
-DATA = Path(__file__).resolve().parent / "data" / "qvhighlights"  # a 222-query subset; README.md there says how it was made
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "qvhighlights"  # the whole validation split, when present
+DATA = Path(__file__).resolve().parent / "data" / "eval_parity"  # synthetic, no QVHighlights data; README.md there says how it was made
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "qvhighlights"  # the real validation split, read in place when present
 PARITY = [
-    pytest.param(DATA / "sample_val_preds_subset.jsonl", DATA / "highlight_val_subset.jsonl",
-                 DATA / "sample_val_preds_subset_metrics_raw.json", id="fixture"),
+    pytest.param(DATA / "preds.jsonl", DATA / "gt.jsonl", DATA / "official_metrics.json", id="synthetic"),
     pytest.param(SHARED / "sample_val_preds.jsonl", SHARED / "highlight_val_release.jsonl", SHARED / "sample_val_preds_metrics_raw.json",
-                 id="shared-val", marks=pytest.mark.skipif(not SHARED.is_dir(), reason="../shared QVHighlights data not present")),
+                 id="shared-val", marks=pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not present: the real QVHighlights "
+                                                           "split is read from ../shared, never copied into the project")),
 ]
 
 
@@ -47,6 +49,13 @@ def test_vtg_eval_reproduces_every_number_of_the_official_evaluator(pred_file, g
     assert main(["eval", "--full", "--pred", str(pred_file), "--gt", str(gt_file)]) == 0
     ours, official = leaves(json.loads(capsys.readouterr().out)), leaves(json.loads(official_file.read_text()))
     assert len(official) > 50 and {key: ours.get(key) for key in official} == official
+
+
+def test_the_synthetic_fixture_is_what_its_generator_writes(tmp_path):
+    """The command in eval_parity/README.md writes exactly the committed files (so the official numbers belong to them)."""
+    subprocess.run([sys.executable, str(DATA.parent / "make_eval_fixture.py"), "--out", str(tmp_path)], check=True, capture_output=True)
+    for name in ("gt.jsonl", "preds.jsonl"):
+        assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 
 def gt(qid, windows, duration=30, clips=(), scores=()):
