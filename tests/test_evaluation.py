@@ -97,6 +97,15 @@ def test_r1_uses_the_best_matching_ground_truth_and_buckets_by_length():
     assert result["long"]["MR-mAP"]["0.5"] == 0.0 and result["middle"]["MR-R1"]["0.95"] == 100.0
 
 
+def test_r1_rounds_the_iou_as_the_official_evaluator():
+    """[12.6, 23.7] against [14, 32] is IoU 0.5 with the official hull union (a hit at 0.5), 0.4999999999999999 with
+    the sum-minus-intersection union; R1 must follow the official formula."""
+    truth = [gt(1, [[14, 32]]), gt(2, [[0, 10]]), gt(3, [[40, 50]])]
+    preds = [pred(1, [[12.6, 23.7, 1.0]]), pred(2, [[0, 10, 1.0]]), pred(3, [[40, 50, 1.0]])]
+    assert temporal_iou([[12.6, 23.7]], [[14, 32]])[0, 0] < 0.5
+    assert evaluate(preds, truth)["full"]["MR-R1"]["0.5"] == 100.0
+
+
 def test_hit_at_one_and_highlight_ap():
     truth = [gt(1, [[0, 6]], duration=8, clips=[0, 1, 2], scores=[[4, 4, 1], [2, 2, 2], [0, 0, 0]])]
     best_first = evaluate([pred(1, [[0, 6, 1.0]], saliency=[0.9, 0.5, 0.1, 0.0])], truth)

@@ -274,8 +274,17 @@ def top1_ious(predictions: list[dict], ground_truth: list[dict]) -> np.ndarray:
         first = np.asarray(p["pred_relevant_windows"][0][:2], dtype=float)
         gt = gt_by_qid[p["qid"]]
         best = gt[int(np.argmax(temporal_iou(first, gt)[0]))]
-        ious.append(temporal_iou(first, best)[0, 0])
+        ious.append(hull_iou(first, best))
     return np.array(ious)
+
+
+def hull_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of windows a (2,) and b (2,) with the union taken as their hull, max(ends) - min(starts): the official
+    R1 formula. Equal to ``temporal_iou`` where they overlap, but rounded differently, which decides a threshold
+    that the IoU sits on (e.g. [12.6, 23.7] vs [14, 32]: 0.5 here, 0.4999999999999999 the other way)."""
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union else 0.0
 
 
 def moment_r1(predictions: list[dict], ground_truth: list[dict], thresholds) -> dict[str, float | None]:
