@@ -100,6 +100,45 @@ def test_cli_exit_status_and_summary(videos, tmp_path, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "broken.mp4: not a readable video container" in err and "0 done, 3 skipped, 1 failed" in err
+    (videos / "broken.mp4").unlink()
+    assert main(args[:-1]) == 0  # with progress bars: none for a run with nothing to do
+    assert capsys.readouterr().err == f"extract: nothing to do: 0 done, 3 skipped (up to date in {out}), 0 failed\n"
+
+
+def test_the_bar_counts_frames_so_a_long_video_moves_it(tmp_path, monkeypatch):
+    import vtg_pipeline.extract as extract
+
+    shown = []
+
+    class Recorded(extract.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            shown.append((self.n, self.total, self.postfix))
+
+    monkeypatch.setattr(extract, "tqdm", Recorded)
+    write_video(tmp_path / "v" / "long.mp4", [index_image(i, 96, 64) for i in range(60)], fps=10)
+    (tmp_path / "v" / "broken.mp4").write_bytes(b"nope" * 10)
+    run_extract(config(tmp_path / "v", tmp_path / "out", batch_size=4, chunk=4, progress=True))
+    during = "1/2 videos, 1 failed"  # the broken video ends when probed; 6 s at 2 frame/s: 12 frames
+    assert shown == [(4, 12, during), (8, 12, during), (12, 12, during)]
+
+
+def test_inspect_prints_structured_values(videos, tmp_path, capsys):
+    out = tmp_path / "features"
+    run_extract(config(videos, out, fps=1.0))
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads(text)
+    counts = [len(load_features(path, ["timestamps"])["timestamps"]) for path in out.rglob("*.safetensors")]
+    assert (summary["videos"], summary["frames"], summary["failed"]) == (3, sum(counts), 0)
+    [group] = summary["settings"]
+    assert group["layers"] == [0, 1, 2, 3] and group["fps"] == 1.0 and group["videos"] == 3
+    assert group["frames_per_video"] == {"min": min(counts), "max": max(counts)}
+    assert group["tensors"] == {"timestamps": {"shape": ["T"], "dtype": "float64"},
+                                "frames": {"shape": ["T", 3, 64, 64], "dtype": "uint8"},
+                                "vision": {"shape": ["T", 4, 17, 64], "dtype": "float16"}}
+    assert '"shape": ["T", 4, 17, 64]' in text, "a shape on one line"
 
 
 @pytest.mark.parametrize(
@@ -148,22 +187,45 @@ def test_duplicate_video_ids_name_both_files(tmp_path):
         find_videos([str(tmp_path / "v")])
 
 
+def launch(args: list[str], *launcher: str) -> subprocess.CompletedProcess:
+    """``accelerate launch [launcher flags] extract args`` on CPU, as a user runs it."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "extract", *args, "--model", "vtg-tiny", "--fps", "1", "--no-progress"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_failures_then_summary_last(err: str, summary: str) -> None:
+    """The broken video's line and the summary, once each, are the last lines; no launcher traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and lines[-1].startswith(summary) and [l for l in lines if l.startswith("extract:")] == lines[-1:], err
+    broken = [line for line in lines if "broken.mp4: not a readable video container" in line]
+    assert broken == lines[-2:-1], err
+
+
 def test_accelerate_launch_shards_videos_over_two_processes(videos, tmp_path):
+    """Both ranks work; a broken video is listed once, then the summary, by the main rank; status 0 (see --help)."""
     for i in range(3):
         write_video(videos / f"extra{i}.mp4", [index_image(j, 96, 64) for j in range(20)], fps=10)
+    (videos / "broken.mp4").write_bytes(b"nope" * 10)
     out = tmp_path / "features"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "extract",
-        str(videos), "--out", str(out), "--model", "vtg-tiny", "--fps", "1", "--no-progress",
-    ]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = launch([str(videos), "--out", str(out)], "--multi_gpu", "--num_processes", "2")
     assert result.returncode == 0, result.stderr[:3000]
-    assert "6 done, 0 skipped, 0 failed" in result.stderr
+    assert_failures_then_summary_last(result.stderr, "extract: 6 done, 0 skipped, 1 failed")
     records = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
-    assert sorted(r["id"] for r in records) == sorted(["a", "c", "sub/b", "extra0", "extra1", "extra2"])
+    assert sorted(r["id"] for r in records) == sorted(["a", "broken", "c", "sub/b", "extra0", "extra1", "extra2"])
     assert len(list(out.rglob("*.safetensors"))) == 6
+
+
+def test_a_launch_that_starts_one_process_says_how_to_start_several(tmp_path):
+    """Without --multi_gpu the launcher starts one process for --num_processes 2; it says so and does all the work."""
+    write_video(tmp_path / "videos" / "a.mp4", [index_image(i, 96, 64) for i in range(10)], fps=10)
+    (tmp_path / "videos" / "broken.mp4").write_bytes(b"nope" * 10)
+    result = launch([str(tmp_path / "videos"), "--out", str(tmp_path / "out")], "--num_processes", "2")
+    assert result.returncode == 0, result.stderr[:3000]
+    warning = next(line for line in result.stderr.splitlines() if "accelerate launch started 1 process" in line)
+    assert "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N extract" in warning
+    assert_failures_then_summary_last(result.stderr, "extract: 1 done, 0 skipped, 1 failed")
 
 
 def test_make_extract_passes_its_variables_through():

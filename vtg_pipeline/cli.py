@@ -2,21 +2,36 @@
 
 User errors (missing file, unknown model, bad flag value) print one line and
 exit with status 2; no traceback.
+
+Heavy modules (torch, open_clip, sklearn) are imported inside the subcommands
+that need them, so ``--help``, ``eval`` and ``inspect`` start in well under a
+second.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import json
 import logging
 import sys
 import tempfile
 
-from .backbone import BackboneError
-from .extract import STORE_CHOICES, ExtractConfig, ExtractError, process_state, run_extract
 from .names import printable
 
-USER_ERRORS: tuple[type[Exception], ...] = (ExtractError, BackboneError, ValueError, FileNotFoundError)
+# At exit CPython garbage-collects every object left, ~0.5 M after importing torch and open_clip: 1-2 s of CPU
+# after the last line. Frozen objects are skipped, and the operating system frees the memory at once.
+atexit.register(gc.freeze)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exception types that mean bad input: one line and status 2; a module not yet imported cannot have raised its own."""
+    errors: list[type[Exception]] = [ValueError, FileNotFoundError]
+    for module, name in (("vtg_pipeline.extract", "ExtractError"), ("vtg_pipeline.backbone", "BackboneError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 def _positive_float(text: str) -> float:
@@ -33,7 +48,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="ViT-B-32-quickgelu", help="open_clip model name, e.g. ViT-B-32-quickgelu or vtg-tiny")
     parser.add_argument("--pretrained", default=None, help="open_clip tag (openai), a checkpoint file, or random:SEED (default: openai, or random:0 for vtg-tiny)")
     parser.add_argument("--layers", type=int, default=4, help="tap the last K transformer blocks (default 4)")
-    parser.add_argument("--store", choices=STORE_CHOICES, default="features", help="what to keep: per-layer states, resized uint8 frames, or both")
+    parser.add_argument("--store", choices=("features", "frames", "both"), default="features", help="what to keep: per-layer states, resized uint8 frames, or both")
     parser.add_argument("--decoder", default="auto", help="auto, pyav, decord or torchcodec (auto: CUDA decoder on GPU, else PyAV)")
     parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone forward pass")
     parser.add_argument("--workers", type=int, default=2, help="videos decoded in parallel threads")
@@ -43,6 +58,8 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def extract_main(args: argparse.Namespace) -> int:
+    from .extract import ExtractConfig, launched, process_state, run_extract
+
     pretrained = args.pretrained or ("random:0" if args.model == "vtg-tiny" else "openai")
     cfg = ExtractConfig(
         video_dirs=args.video_dirs,
@@ -59,12 +76,16 @@ def extract_main(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    summary = run_extract(cfg)
     state = process_state()
-    if state.is_main_process:
-        print(summary.line(), file=sys.stderr)
-    state.destroy_process_group()  # a gloo group left to interpreter exit can abort a rank after its work is done
-    return 1 if summary.failed else 0
+    try:
+        summary = run_extract(cfg)
+        if state.is_main_process:  # every rank's failures, gathered, then the counts: what the user reads last
+            for path, reason in summary.failures:
+                print(printable(f"{path}: {reason}"), file=sys.stderr)  # a file name cannot forge a line
+            print(summary.line(), file=sys.stderr)
+    finally:
+        state.destroy_process_group()  # a gloo group left to interpreter exit can abort a rank after its work is done
+    return 1 if summary.failed and not launched() else 0  # a launched rank's non-zero status makes the launcher print a traceback
 
 
 def synth_main(args: argparse.Namespace) -> int:
@@ -77,9 +98,13 @@ def synth_main(args: argparse.Namespace) -> int:
 
 
 def inspect_main(args: argparse.Namespace) -> int:
+    import re
+
     from .features import summarize_store
 
-    print(json.dumps(summarize_store(args.features), indent=2))
+    text = json.dumps(summarize_store(args.features), indent=2)
+    # A list of numbers or strings (a shape, the layers) on one line; JSON strings hold no raw newline, so this cannot cut one.
+    print(re.sub(r"\[\n\s+([^\[\]{}]*?)\n\s*\]", lambda m: "[" + re.sub(r",\n\s+", ", ", m[1]) + "]", text))
     return 0
 
 
@@ -163,7 +188,7 @@ def ensure_writable(path: str, is_folder: bool) -> None:
     """Fail at once, with one line naming ``path``, when that file (or folder) cannot be written; creates the folder."""
     from pathlib import Path
 
-    from .extract import output_folder
+    from .extract import ExtractError, output_folder
 
     if not is_folder and Path(path).is_dir():
         raise ValueError(f"{path}: is a folder; give a file name")
@@ -227,7 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--long", action="store_true", help="long videos (20-60 min) with 5-10 target queries among distractors")
     synth.set_defaults(func=synth_main)
 
-    extract = sub.add_parser("extract", help="decode videos and cache frozen open_clip per-layer states")
+    extract = sub.add_parser(
+        "extract",
+        help="decode videos and cache frozen open_clip per-layer states",
+        description="Decode the videos under each VIDEO_DIR at --fps and write OUT/<video id>.safetensors (frozen open_clip "
+        "per-layer states and/or resized frames) and OUT/manifest.jsonl. Videos already up to date are skipped; a video "
+        "that cannot be read is recorded as failed and the others go on; the failures and the counts are printed last. "
+        "Several processes: `accelerate launch --multi_gpu --num_processes N extract ...` (without a GPU, prefix "
+        "ACCELERATE_USE_CPU=1); each takes every N-th video. Exit status: 0 when every video is done or up to date, 1 when "
+        "some failed, 2 for bad input or an output disk fault; under `accelerate launch` failed videos give 0 as well "
+        "(a rank's non-zero status makes the launcher stop the others and print a traceback), so read the summary or the "
+        "manifest there.",
+    )
     add_extract_arguments(extract)
     extract.set_defaults(func=extract_main)
 
@@ -267,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"vtg {args.command}: error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

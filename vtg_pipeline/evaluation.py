@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve
 
 from .annotations import check_qid, json_object, read_annotations, read_qvhighlights, repeated_qid, text_lines
 
@@ -304,6 +303,8 @@ def highlight_labels(record: dict, clip_seconds: float = 2.0) -> np.ndarray:
 
 def saliency_ap(labels: np.ndarray, scores: np.ndarray) -> float:
     """The official highlight AP: scikit-learn precision-recall, running max, mean at recall changes."""
+    from sklearn.metrics import precision_recall_curve  # a second to import: only `vtg eval` with saliency pays it
+
     if len(set(labels.tolist())) == 1:
         return float(labels[0] != 0)
     precision, recall, _ = precision_recall_curve(labels, scores)

@@ -8,9 +8,11 @@ video's feature file. Memory is bounded by the queue and one batch, never by
 video length.
 
 Resumable: a video whose feature file exists with the same source size and
-mtime and the same settings is skipped; anything else is redone. One bad video
-is recorded as failed (manifest and stderr) and the rest continue. Under
-``accelerate launch`` the videos are sharded over processes.
+mtime and the same settings is skipped; anything else is redone. The videos to
+do are probed first (in the decoder threads), so the progress bar counts their
+sampled frames, and a long video moves it too. One bad video is recorded as
+failed (manifest and summary) and the rest continue. Under ``accelerate
+launch`` the videos are sharded over processes.
 
 Runs sharing an output folder (two ``extract``, or ``extract`` and ``ground
 --features``) cooperate: a video is written under its ``FileLock``; one that
@@ -40,7 +42,7 @@ from tqdm import tqdm
 from .backbone import FrozenBackbone, load_backbone, spec_metadata
 from .features import FORMAT_VERSION, FileLock, Manifest, StreamingSafetensorsWriter, feature_path, read_metadata, remove_stale_partials
 from .names import UnsafeNameError, check_video_id, printable
-from .video import VIDEO_EXTENSIONS, Decoder, VideoError, make_decoder, probe, sample_times
+from .video import VIDEO_EXTENSIONS, Decoder, VideoError, VideoInfo, make_decoder, probe, sample_times
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,11 @@ class ExtractSummary:
     frames: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    out: str = ""  # the output folder
 
     def line(self) -> str:
+        if not (self.done or self.failed or self.by_others):
+            return printable(f"extract: nothing to do: 0 done, {self.skipped} skipped (up to date in {self.out}), 0 failed")
         rate = self.frames / self.seconds if self.seconds else 0.0
         others = f", {self.by_others} done by another run" if self.by_others else ""
         return f"extract: {self.done} done, {self.skipped} skipped, {self.failed} failed{others} ({self.frames} frames, {rate:.1f} frames/s)"
@@ -159,13 +164,14 @@ def output_folder(out: str | Path) -> Path:
 
 @dataclass
 class _Job:
-    """A video being extracted under its lock: its writer and how many rows reached the file."""
+    """A video being extracted under its lock: its sample times (s), its writer and how many rows reached the file."""
 
     item: VideoItem
     target: Path
     lock: FileLock
+    info: VideoInfo
+    times: np.ndarray
     writer: StreamingSafetensorsWriter | None = None
-    total: int = 0
     encoded: int = 0
     decoded_all: bool = False
     failed: bool = False
@@ -185,18 +191,31 @@ def _post(out: queue.Queue, stop: threading.Event, message: tuple) -> None:
     raise _Stopped
 
 
-def _decode_into(item: VideoItem, decoder: Decoder, backbone: FrozenBackbone, cfg: ExtractConfig, out: queue.Queue, stop: threading.Event) -> None:
-    """Decoder thread: probe, decode, resize/crop; post ('start'|'frames'|'end'|'error', ...) messages."""
+def _probe(path: str) -> VideoInfo | str:
+    """The video's VideoInfo, or why it cannot be read."""
+    try:
+        return probe(path)
+    except VideoError as e:
+        return str(e)
+    except Exception as e:  # one bad file must not stop the batch; record what happened
+        return _unexpected(e)
+
+
+def _unexpected(error: Exception) -> str:
+    return f"unexpected {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def _decode_into(job: _Job, decoder: Decoder, backbone: FrozenBackbone, cfg: ExtractConfig, out: queue.Queue, stop: threading.Event) -> None:
+    """Decoder thread: decode the job's sample times, resize/crop; post ('start'|'frames'|'end'|'error', ...) messages."""
     if stop.is_set():
         return
     post = lambda message: _post(out, stop, message)  # noqa: E731
+    item = job.item
     try:
-        info = probe(item.path)
-        times = sample_times(info.duration, cfg.fps)
-        chosen = decoder.for_video(info)
-        post(("start", item, info, times, chosen.name))
+        chosen = decoder.for_video(job.info)
+        post(("start", item, chosen.name))
         row = 0
-        for chunk in chosen.chunks(info, times, cfg.chunk):
+        for chunk in chosen.chunks(job.info, job.times, cfg.chunk):
             frames = backbone.preprocess.resize_crop(chunk.to(backbone.device))
             post(("frames", item, row, frames))
             row += len(frames)
@@ -206,7 +225,7 @@ def _decode_into(item: VideoItem, decoder: Decoder, backbone: FrozenBackbone, cf
     except VideoError as e:
         _post_quietly(post, ("error", item, str(e)))
     except Exception as e:  # one bad file must not stop the batch; record what happened
-        _post_quietly(post, ("error", item, f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        _post_quietly(post, ("error", item, _unexpected(e)))
 
 
 def _post_quietly(post, message: tuple) -> None:
@@ -219,12 +238,14 @@ def _post_quietly(post, message: tuple) -> None:
 class _Extractor:
     """The consumer side: claims videos, batches their frames across videos through the backbone into feature files."""
 
-    def __init__(self, cfg: ExtractConfig, backbone: FrozenBackbone, settings: dict[str, str], manifest: Manifest, bar: tqdm):
-        self.cfg, self.backbone, self.settings, self.manifest, self.bar = cfg, backbone, settings, manifest, bar
+    def __init__(self, cfg: ExtractConfig, backbone: FrozenBackbone, settings: dict[str, str], manifest: Manifest):
+        self.cfg, self.backbone, self.settings, self.manifest = cfg, backbone, settings, manifest
         self.out_dir = manifest.path.parent
         self.jobs: dict[str, _Job] = {}
         self.pending: list[tuple[_Job, int, torch.Tensor]] = []  # frames waiting for the backbone
-        self.summary = ExtractSummary()
+        self.summary = ExtractSummary(out=str(self.out_dir))
+        self.bar: tqdm | None = None
+        self.videos = self.ended = 0  # videos this run extracts, and those of them finished, failed or done by another run
 
     def select(self, items: list[VideoItem]) -> list[tuple[VideoItem, Path]]:
         """Each item to extract with its feature file; counts those up to date, fails ids that cannot be stored."""
@@ -237,28 +258,38 @@ class _Extractor:
                 continue
             if is_up_to_date(target, item, self.settings):
                 self.summary.skipped += 1
-                self.bar.update(1)
             else:
                 todo.append((item, target))
         return todo
 
-    def run(self, videos: list[tuple[VideoItem, Path]], decoder: Decoder) -> None:
-        """Extract ``videos``, one decoder thread per claimed video; a video another run holds waits for it."""
-        todo, workers = deque(videos), max(1, self.cfg.workers)
+    def run(self, videos: list[tuple[VideoItem, Path]], decoder: Decoder, desc: str) -> None:
+        """Extract ``videos``, one decoder thread per claimed video; a video another run holds waits for it.
+
+        The videos are probed first, so the bar (``desc``) counts frames out of all their samples.
+        """
+        workers = max(1, self.cfg.workers)
         messages: queue.Queue = queue.Queue(maxsize=max(4, 2 * workers))
         stop = threading.Event()
-        start, decoding = time.perf_counter(), 0
+        decoding, show = 0, self.cfg.progress
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
             try:
+                infos = tqdm(pool.map(_probe, [item.path for item, _ in videos]), total=len(videos), desc=f"{desc} probe",
+                             unit="video", leave=False, disable=not show, file=sys.stderr)
+                todo = deque((item, target, info) for (item, target), info in zip(videos, infos))
+                frames = sum(self._samples(info) for *_, info in todo)
+                self.videos = len(todo)
+                self.bar = tqdm(total=frames, desc=desc, unit="frame", disable=not show, file=sys.stderr)
+                self._show_videos()
                 while todo or decoding:
                     claimed = self._claim(todo, workers - decoding)
                     for job in claimed:
-                        pool.submit(_decode_into, job.item, decoder, self.backbone, self.cfg, messages, stop)
+                        pool.submit(_decode_into, job, decoder, self.backbone, self.cfg, messages, stop)
                     decoding += len(claimed)
-                    if not decoding:  # every video left is being written by another run
-                        self.flush()
-                        self.bar.set_postfix_str("waiting for another run", refresh=False)
-                        time.sleep(0.2)
+                    if not decoding:
+                        if todo:  # every video left is being written by another run
+                            self.flush()
+                            self.bar.set_postfix_str("waiting for another run", refresh=False)
+                            time.sleep(0.2)
                         continue
                     try:
                         message = messages.get(timeout=0.5)
@@ -267,42 +298,65 @@ class _Extractor:
                         continue
                     self.handle(message)
                     decoding -= message[0] in ("end", "error")
-                    elapsed = time.perf_counter() - start
-                    self.bar.set_postfix(frames_per_s=f"{self.summary.frames / max(elapsed, 1e-9):.1f}", refresh=False)
                 self.flush()
             except BaseException:
                 stop.set()
+                pool.shutdown(wait=False, cancel_futures=True)  # probes not started yet are dropped, not waited for
                 self.abort_open()
                 raise
+            finally:
+                if self.bar is not None:
+                    self.bar.close()
 
-    def _claim(self, todo: deque[tuple[VideoItem, Path]], slots: int) -> list[_Job]:
+    def _claim(self, todo: deque[tuple[VideoItem, Path, VideoInfo | str]], slots: int) -> list[_Job]:
         """Take up to ``slots`` videos off the front of ``todo`` and lock them for this run; returns their jobs.
 
         A video locked by another run goes to the back of ``todo``; one that another run finished meanwhile
-        counts as done by it.
+        counts as done by it; one that could not be probed is recorded as failed.
         """
         busy, claimed = [], []
         while todo and len(claimed) < slots:
-            item, target = todo.popleft()
+            item, target, info = todo.popleft()
             lock = FileLock(target)
             if not lock.acquire(wait=False):
-                busy.append((item, target))
+                busy.append((item, target, info))
             elif is_up_to_date(target, item, self.settings):
                 lock.release()
                 self.summary.by_others += 1
-                self.bar.update(1)
+                self._drop_frames(self._samples(info))
+                self._video_ended()
+            elif isinstance(info, str):
+                self._record_failure(item, info)
+                lock.release()
             else:
-                self.jobs[item.video_id] = job = _Job(item, target, lock)
+                self.jobs[item.video_id] = job = _Job(item, target, lock, info, sample_times(info.duration, self.cfg.fps))
                 claimed.append(job)
                 remove_stale_partials(target)  # under the lock: only a killed run's files are left
         todo.extend(busy)
         return claimed
 
+    def _samples(self, info: VideoInfo | str) -> int:
+        """How many frames sampling takes from a probed video (0 when probing failed)."""
+        return len(sample_times(info.duration, self.cfg.fps)) if isinstance(info, VideoInfo) else 0
+
+    def _drop_frames(self, frames: int) -> None:
+        """Take ``frames`` that this run will not encode (a failed video, one done by another run) off the bar's total."""
+        self.bar.total -= frames
+        self.bar.refresh()
+
+    def _video_ended(self) -> None:
+        self.ended += 1
+        self._show_videos()
+
+    def _show_videos(self) -> None:
+        failed = f", {self.summary.failed} failed" if self.summary.failed else ""
+        self.bar.set_postfix_str(f"{self.ended}/{self.videos} videos{failed}", refresh=False)
+
     def handle(self, message: tuple) -> None:
         kind, item = message[0], message[1]
         job = self.jobs[item.video_id]
         if kind == "start":
-            self._start(job, *message[2:])
+            self._start(job, message[2])
         elif kind == "frames":
             self._frames(job, *message[2:])
         elif kind == "end":
@@ -311,24 +365,23 @@ class _Extractor:
         else:
             self._fail(job, message[2])
 
-    def _start(self, job: _Job, info, times: np.ndarray, decoder_name: str) -> None:
-        size = self.backbone.spec.image_size
-        tensors = {"timestamps": (np.float64, (len(times),))}
+    def _start(self, job: _Job, decoder_name: str) -> None:
+        size, count = self.backbone.spec.image_size, len(job.times)
+        tensors = {"timestamps": (np.float64, (count,))}
         if self.cfg.store in ("frames", "both"):
-            tensors["frames"] = (np.uint8, (len(times), 3, size, size))
+            tensors["frames"] = (np.uint8, (count, 3, size, size))
         if self.cfg.store in ("features", "both"):
             k, tokens, width = len(self.backbone.spec.layers), (size // self.backbone.model.visual.patch_size[0]) ** 2 + 1, self.backbone.spec.vision_width
-            tensors["vision"] = (np.float16, (len(times), k, tokens, width))
+            tensors["vision"] = (np.float16, (count, k, tokens, width))
         metadata = {
             **self.settings,
             **source_metadata(job.item.path),
             "decoder": decoder_name,
-            "duration": repr(info.duration),
+            "duration": repr(job.info.duration),
             "video_id": job.item.video_id,
         }
-        job.total = len(times)
         job.writer = StreamingSafetensorsWriter(job.target, tensors, metadata)
-        job.writer.write("timestamps", 0, times)
+        job.writer.write("timestamps", 0, job.times)
 
     def _frames(self, job: _Job, row: int, frames: torch.Tensor) -> None:
         if job.failed:
@@ -338,6 +391,7 @@ class _Extractor:
         if self.cfg.store == "frames":
             job.encoded += len(frames)
             self.summary.frames += len(frames)
+            self.bar.update(len(frames))
             return
         self.pending.append((job, row, frames))
         if sum(len(f) for _, _, f in self.pending) >= self.cfg.batch_size:
@@ -349,25 +403,27 @@ class _Extractor:
             return
         batch = torch.cat([f for _, _, f in self.pending])
         states = self.backbone.encode_frames(batch).to(torch.float16).cpu().numpy()
-        offset = 0
+        offset = written = 0
         for job, row, frames in self.pending:
             n = len(frames)
             if not job.failed:
                 job.writer.write("vision", row, states[offset : offset + n])
                 job.encoded += n
+                written += n
             offset += n
         self.summary.frames += len(batch)
+        self.bar.update(written)
         self.pending = []
         self._finish_ready()
 
     def _finish_ready(self) -> None:
         for video_id, job in list(self.jobs.items()):
-            if job.decoded_all and not job.failed and job.encoded == job.total:
+            if job.decoded_all and not job.failed and job.encoded == len(job.times):
                 job.writer.commit()
-                self.manifest.append(video_id, job.item.path, "done", frames=job.total)
+                self.manifest.append(video_id, job.item.path, "done", frames=len(job.times))
                 self.summary.done += 1
-                self.bar.update(1)
                 self._close(job)
+                self._video_ended()
 
     def _close(self, job: _Job) -> None:
         """Forget a finished or failed video and let other runs at it."""
@@ -386,15 +442,19 @@ class _Extractor:
         if job.writer is not None:
             job.writer.abort()
         self.pending = [p for p in self.pending if p[0] is not job]
-        self.manifest.append(job.item.video_id, job.item.path, "failed", reason=reason)
-        self._count_failure(job.item, reason)
+        self._drop_frames(len(job.times) - job.encoded)
+        self._record_failure(job.item, reason)
         self._close(job)
+
+    def _record_failure(self, item: VideoItem, reason: str) -> None:
+        """A video of this run failed: in the manifest, the summary and the bar (the caller holds its lock)."""
+        self.manifest.append(item.video_id, item.path, "failed", reason=reason)
+        self._count_failure(item, reason)
+        self._video_ended()
 
     def _count_failure(self, item: VideoItem, reason: str) -> None:
         self.summary.failed += 1
         self.summary.failures.append((item.path, reason))
-        tqdm.write(printable(f"{item.path}: {reason}"), file=sys.stderr)  # a file name cannot forge a line
-        self.bar.update(1)
 
 
 def process_state():
@@ -409,6 +469,21 @@ def process_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
 
 
+def launched() -> bool:
+    """Whether ``accelerate launch`` started this process (both of its launchers set ACCELERATE_DYNAMO_BACKEND)."""
+    return "ACCELERATE_DYNAMO_BACKEND" in os.environ
+
+
+def warn_if_one_process_launched(state) -> None:
+    """Say so when ``accelerate launch --num_processes N`` started one process that will do all the work.
+
+    Without ``--multi_gpu`` (or a GPU) the launcher runs the script once, with MASTER_ADDR set but no WORLD_SIZE.
+    """
+    if launched() and state.num_processes == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        log.warning("accelerate launch started 1 process, which extracts every video, not --num_processes of them: add "
+                    "--multi_gpu (without a GPU: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N extract ...)")
+
+
 def run_extract(cfg: ExtractConfig) -> ExtractSummary:
     """Extract every video under ``cfg.video_dirs``; returns this process's counts.
 
@@ -419,6 +494,7 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
     if cfg.fps <= 0:
         raise ExtractError(f"--fps must be positive, got {cfg.fps}")
     state = process_state()
+    warn_if_one_process_launched(state)
     items = find_videos(cfg.video_dirs)
     output_folder(cfg.out)  # a bad --out fails before the backbone loads
     device = torch.device(cfg.device) if cfg.device else state.device
@@ -440,9 +516,10 @@ def extract_videos(cfg: ExtractConfig, items: list[VideoItem], backbone: FrozenB
     mine = items[state.process_index :: state.num_processes]
     start = time.perf_counter()
     try:
-        with tqdm(total=len(mine), desc=f"extract[{state.process_index}]", unit="video", disable=not cfg.progress, file=sys.stderr) as bar:
-            extractor = _Extractor(cfg, backbone, run_settings(cfg, backbone), manifest, bar)
-            extractor.run(extractor.select(mine), decoder)
+        extractor = _Extractor(cfg, backbone, run_settings(cfg, backbone), manifest)
+        todo = extractor.select(mine)
+        if todo:  # else no bar: the summary says there was nothing to do
+            extractor.run(todo, decoder, desc=f"extract[{state.process_index}]")
         summary = extractor.summary
         summary.seconds = time.perf_counter() - start
         _finalize(state, manifest, summary)

@@ -34,6 +34,7 @@ from .names import check_video_id, path_in, printable
 
 FORMAT_VERSION = "1"
 _DTYPES = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("uint8"): "U8"}
+_DTYPE_NAMES = {code: str(dtype) for dtype, code in _DTYPES.items()}  # F16 -> float16
 
 
 def partial_path(path: Path) -> Path:
@@ -251,26 +252,37 @@ class Manifest:
 
 
 def summarize_store(out_dir: str | Path) -> dict:
-    """Counts, shapes, settings and size of a feature store, for ``vtg inspect``."""
+    """Counts, settings, tensor shapes and size of a feature store, for ``vtg inspect``.
+
+    Files that share settings and tensors form one entry of ``settings``, with its number of videos; ``T`` in a
+    tensor's shape is a video's number of sampled frames, whose range ``frames_per_video`` gives.
+    """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"{printable(out_dir)}: not a folder")
     files = sorted(out_dir.rglob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{printable(out_dir)}: no feature files (*.safetensors)")
-    frames, seconds, settings, shapes = 0, 0.0, set(), {}
+    frames, seconds, groups = 0, 0.0, {}
     for path in files:
         try:
             with safe_open(str(path), framework="np") as f:
                 meta = f.metadata() or {}
-                for name in f.keys():
-                    shapes[name] = list(f.get_slice(name).get_shape()[1:])
-                frames += f.get_slice("timestamps").get_shape()[0]
+                tensors = {name: _tensor_summary(f.get_slice(name)) for name in sorted(f.keys())}
+                count = f.get_slice("timestamps").get_shape()[0]
             seconds += float(meta.get("duration", 0.0))
-        except Exception as e:  # SafetensorError for a garbage file, a missing tensor, a bad duration
+            settings = {"backbone": meta.get("backbone"), "pretrained": meta.get("pretrained"),
+                        "layers": json.loads(meta["layers"]) if "layers" in meta else None,
+                        "fps": float(meta["fps"]) if "fps" in meta else None, "store": meta.get("store")}
+        except Exception as e:  # SafetensorError for a garbage file, a missing tensor, a bad duration, fps or layers
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ValueError(printable(f"{path}: not a readable feature file ({reason})")) from None
-        settings.add(tuple(meta.get(k, "?") for k in ("backbone", "pretrained", "layers", "fps", "store")))
+        frames += count
+        group = groups.setdefault(json.dumps([settings, tensors], sort_keys=True),
+                                  {**settings, "videos": 0, "frames_per_video": {"min": count, "max": count}, "tensors": tensors})
+        group["videos"] += 1
+        span = group["frames_per_video"]
+        span["min"], span["max"] = min(span["min"], count), max(span["max"], count)
     statuses = [r["status"] for r in Manifest(out_dir).records().values()]
     return {
         "folder": str(out_dir),
@@ -278,7 +290,11 @@ def summarize_store(out_dir: str | Path) -> dict:
         "failed": statuses.count("failed"),
         "hours_of_video": round(seconds / 3600, 3),
         "frames": frames,
-        "row_shapes": shapes,
-        "settings": [dict(zip(("backbone", "pretrained", "layers", "fps", "store"), s)) for s in sorted(settings)],
+        "settings": [groups[key] for key in sorted(groups)],
         "megabytes": round(sum(p.stat().st_size for p in files) / 2**20, 1),
     }
+
+
+def _tensor_summary(tensor) -> dict:
+    """Shape (first axis named ``T``, the sampled frames) and numpy dtype name of a safetensors slice."""
+    return {"shape": ["T", *tensor.get_shape()[1:]], "dtype": _DTYPE_NAMES.get(tensor.get_dtype(), tensor.get_dtype())}
