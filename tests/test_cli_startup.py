@@ -56,7 +56,7 @@ def test_eval_and_inspect_import_no_heavy_module(tmp_path):
     assert imported("inspect", str(tiny_store(tmp_path))) == []
 
 
-def test_the_package_registers_vtg_tiny_when_open_clip_is_imported_later():
+def test_the_backbone_module_registers_vtg_tiny():
     code = ("import sys, vtg_pipeline; assert 'open_clip' not in sys.modules\n"
-            "import open_clip; assert 'vtg-tiny' in open_clip.list_models()")
+            "import open_clip, vtg_pipeline.backbone; assert 'vtg-tiny' in open_clip.list_models()")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

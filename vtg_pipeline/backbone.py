@@ -27,18 +27,14 @@ import torchvision.transforms.v2.functional as TF
 from safetensors.torch import save_file
 from torchvision.transforms import InterpolationMode
 
+from . import MODEL_CONFIGS
 from .features import partial_path
 
 log = logging.getLogger(__name__)
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIGS)  # `vtg-tiny` and the package's other configs, known to open_clip by name
 RANDOM_PREFIX = "random:"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def register_model_configs() -> None:
-    """Make the package's open_clip configs (``vtg-tiny``) known to open_clip by name."""
-    open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
 class BackboneError(Exception):
@@ -210,7 +206,6 @@ def load_backbone(
 
     ``pretrained``: an open_clip tag, a checkpoint path, ``random:SEED`` or None (unseeded random).
     """
-    register_model_configs()
     if name not in open_clip.list_models():
         raise BackboneError(f"unknown open_clip model {name!r} (see open_clip.list_models())")
     if precision not in PRECISIONS:

@@ -474,14 +474,14 @@ def launched() -> bool:
     return "ACCELERATE_DYNAMO_BACKEND" in os.environ
 
 
-def warn_if_one_process_launched(state) -> None:
-    """Say so when ``accelerate launch --num_processes N`` started one process that will do all the work.
+def warn_if_one_process_launched(state, command: str = "extract") -> None:
+    """Say so when ``accelerate launch --num_processes N COMMAND`` started one process that will do all the work.
 
     Without ``--multi_gpu`` (or a GPU) the launcher runs the script once, with MASTER_ADDR set but no WORLD_SIZE.
     """
     if launched() and state.num_processes == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
-        log.warning("accelerate launch started 1 process, which extracts every video, not --num_processes of them: add "
-                    "--multi_gpu (without a GPU: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N extract ...)")
+        log.warning(f"accelerate launch started 1 process, which does all the work, not --num_processes of them: add "
+                    f"--multi_gpu (without a GPU: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N {command} ...)")
 
 
 def run_extract(cfg: ExtractConfig) -> ExtractSummary:

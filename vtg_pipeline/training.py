@@ -37,6 +37,7 @@ from .backbone import FrozenBackbone, load_backbone
 from .config import TrainConfig
 from .data import GroundingDataset, LengthGroupedBatches, TextCache, WindowDataset, collate, collate_windows, load_split
 from .evaluation import MAIN_METRIC, evaluate
+from .extract import warn_if_one_process_launched
 from .features import atomic_write_text
 from .inference import ground_in_windows, predictions_for_batch, rounded
 from .losses import background_losses, grounding_losses, window_losses
@@ -348,6 +349,7 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "tensorboard")),
     )
+    warn_if_one_process_launched(accelerator.state, "train")
     set_seed(cfg.seed)
     device = accelerator.device
 
