@@ -55,8 +55,11 @@ def test_one_video_shared_by_a_batch_of_queries_equals_repeating_it():
 
 
 def test_default_parameter_count_matches_official():
+    """The grounding model has the official count; the library search head comes on top."""
     model = create_model(ModelConfig())
-    assert sum(p.numel() for p in model.parameters()) == 2_836_242
+    grounding = [p for name, p in model.named_parameters() if not name.startswith("retrieval.")]
+    assert sum(p.numel() for p in grounding) == 2_836_242
+    assert sum(p.numel() for p in model.retrieval.parameters()) > 0
 
 
 def official_state_dict():
@@ -97,4 +100,17 @@ def test_official_checkpoint_lands_tensor_by_tensor(tmp_path):
         if target is None:
             continue
         torch.testing.assert_close(ours[target], tensor, msg=f"{name} -> {target}")
-    assert len(ours) == 82
+    assert len([name for name in ours if not name.startswith("retrieval.")]) == 82
+
+
+def test_retrieval_head_gives_unit_embeddings_that_ignore_padding():
+    """Library search's stage 1: a window's embedding depends on its valid frames only, a query's on its tokens only."""
+    torch.manual_seed(0)
+    head = small().retrieval
+    video, video_mask, query, query_mask = batch()
+    windows = head.embed_windows(video[:, :, -1, 0], video_mask)
+    queries = head.embed_queries(query, query_mask)
+    assert windows.shape == queries.shape == (2, ModelConfig().retrieval_dims)
+    torch.testing.assert_close(torch.cat((windows, queries)).norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(head.embed_windows(video[1:, :13, -1, 0], video_mask[1:, :13])[0], windows[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(head.embed_queries(query[1:, :3], query_mask[1:, :3])[0], queries[1], rtol=1e-4, atol=1e-5)

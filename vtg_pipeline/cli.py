@@ -41,6 +41,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video_dirs", nargs="+", metavar="VIDEO_DIR", help="folders searched recursively for mp4/mkv/webm/mov/avi/m4v (or video files)")
     parser.add_argument("--out", required=True, help="output folder: OUT/<video id>.safetensors and OUT/manifest.jsonl")
@@ -184,6 +191,31 @@ def ground_main(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def index_main(args: argparse.Namespace) -> int:
+    from .extract import find_videos
+    from .grounder import Grounder
+    from .library import build_index
+
+    items = find_videos(args.video_dirs)  # a missing folder or two videos with one id fail before any work
+    ensure_writable(args.index, is_folder=True)
+    grounder = Grounder.from_pretrained(args.checkpoint, device=args.device or "cpu")
+    counts = build_index(items, grounder, args.index, args.checkpoint, rebuild=args.rebuild, progress=not args.no_progress)
+    print(printable(f"index: {counts['videos']} videos ({counts['new']} new, {counts['changed']} changed, {counts['unchanged']} unchanged, "
+                    f"{counts['removed']} removed, {counts['failed']} failed), {counts['windows']} windows ({counts['kind']}), "
+                    f"version {counts['version']} -> {counts['index']}"), file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
+def search_main(args: argparse.Namespace) -> int:
+    from .grounder import hms
+    from .library import LibraryIndex
+
+    index = LibraryIndex.open(args.index, device=args.device or "cpu")
+    for r in index.search(args.query, k=args.k, candidates=args.candidates):  # candidates None: the library's default
+        print(json.dumps(r) if args.json else printable(f"{r['rank']:>3}. {r['video']}  {hms(r['start'])}–{hms(r['end'])}  {r['score']:.4f}"))
+    return 0
+
+
 def ensure_writable(path: str, is_folder: bool) -> None:
     """Fail at once, with one line naming ``path``, when that file (or folder) cannot be written; creates the folder."""
     from pathlib import Path
@@ -290,6 +322,32 @@ def build_parser() -> argparse.ArgumentParser:
     ground = sub.add_parser("ground", help="find the moments of queries in raw videos with a trained checkpoint")
     add_ground_arguments(ground)
     ground.set_defaults(func=ground_main)
+
+    index = sub.add_parser("index", help="index a video library for text search (vtg search)",
+                           description="Decode and encode every video under the VIDEO_DIRs once (as extract: resumable, a bad video "
+                           "is listed in the index with its error and skipped), embed each window with the checkpoint's retrieval head "
+                           "and write a faiss index into DIR. A rerun adds new and changed videos and drops deleted ones; the rest is "
+                           "kept. Exit status 1 when some video failed.")
+    index.add_argument("video_dirs", nargs="+", metavar="VIDEO_DIR", help="folders searched recursively for videos (or video files)")
+    index.add_argument("--checkpoint", required=True, help="a trained checkpoint folder (a run's best/); the index only answers with it")
+    index.add_argument("--index", required=True, metavar="DIR", help="index folder (created; its feature store is DIR/features)")
+    index.add_argument("--rebuild", action="store_true", help="start afresh: another checkpoint, or a damaged index (stored features are reused)")
+    index.add_argument("--device", default=None, help="torch device (default cpu)")
+    index.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    index.set_defaults(func=index_main)
+
+    search = sub.add_parser("search", help="find moments in an indexed video library by text",
+                            description="Stage 1 finds the --candidates windows of the library nearest the query (faiss); stage 2 "
+                            "grounds the query in those windows with the index's checkpoint and ranks the moments. Prints rank, video, "
+                            "start-end (h:mm:ss.s) and score, best first; --json: one JSON object per moment.")
+    search.add_argument("query", help="what to look for, e.g. \"the chef cuts the pizza\"")
+    search.add_argument("--index", required=True, metavar="DIR", help="an index folder written by vtg index")
+    search.add_argument("-k", type=_positive_int, default=10, help="moments to print (default 10)")
+    search.add_argument("--candidates", type=_positive_int, default=None, help="windows stage 1 passes to the grounding model (default 20)")
+    search.add_argument("--json", action="store_true", help='one JSON object per moment: {"rank", "query", "video", "vid", "start", "end", '
+                        '"score", ...} (seconds)')
+    search.add_argument("--device", default=None, help="torch device (default cpu)")
+    search.set_defaults(func=search_main)
 
     inspect = sub.add_parser("inspect", help="summarise a feature folder written by extract (JSON)")
     inspect.add_argument("features", help="the --out folder of extract")

@@ -138,11 +138,11 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("model.refinement_kernel", AT_LEAST_1), ("model.head", _one_of("pyramid", "decoder")),
     ("model.decoder_layers", AT_LEAST_1), ("model.decoder_queries", AT_LEAST_1), ("model.decoder_ffn_dims", AT_LEAST_1),
     ("model.rg_cross_layers", AT_LEAST_1), ("model.rg_self_layers", AT_LEAST_1), ("model.rg_ffn_dims", AT_LEAST_1),
-    ("model.rg_dropout", _between(0, 1)), ("model.gumbel_temperature", POSITIVE),
+    ("model.rg_dropout", _between(0, 1)), ("model.gumbel_temperature", POSITIVE), ("model.retrieval_dims", AT_LEAST_1),
     ("decode.max_moments", AT_LEAST_1), ("decode.unit", NON_NEGATIVE), ("decode.nms", _one_of("hard", "linear", "none")),
     ("decode.nms_threshold", FRACTION), ("decode.window", POSITIVE), ("decode.window_stride", POSITIVE),
     ("decode.retrieval_topk", AT_LEAST_1), ("decode.window_score", _one_of("product", "moment")),
-    ("loss.sample_radius", POSITIVE), ("loss.temperature", POSITIVE),
+    ("loss.sample_radius", POSITIVE), ("loss.temperature", POSITIVE), ("loss.library_temperature", POSITIVE),
 ]
 
 

@@ -140,19 +140,21 @@ def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
 
 @torch.no_grad()
 def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], num_frames: int, duration: float,
-                      query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...], cfg: DecodeConfig) -> list[dict]:
+                      query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...], cfg: DecodeConfig,
+                      starts: list[int] | None = None) -> list[dict]:
     """Ground Q queries in one video, one window at a time (memory does not grow with duration).
 
     ``read_frames(start, stop)`` returns the video's states (stop - start, K, P, D) for
     frames [start, stop); query (Q, L, K, Dt), query_mask (Q, L). A window's states are
     shared by the Q queries; a retrieval model reads every window once to score it and
     reads its kept windows again for the heads (nothing is held across windows).
-    Returns per query ``moments``
-    (M, 3) [start s, end s, score] sorted, ``saliency`` (num_frames,) and, for a
+    ``starts``: first frames of the windows to ground in (default the whole grid, ``window_starts``;
+    library search passes the windows its first stage chose). Returns per query ``moments``
+    (M, 3) [start s, end s, score] sorted, ``saliency`` (num_frames,) (0 outside the windows) and, for a
     retrieval model, ``windows`` (W, 3) [start s, end s, sigmoid(window logit)] sorted.
     """
     window, stride = cfg.window_frames(fps)
-    starts = window_starts(num_frames, window, stride)
+    starts = window_starts(num_frames, window, stride) if starts is None else starts
     queries, device = len(query), query.device
     retrieval = hasattr(model, "retrieve") and len(starts) > 1
     if retrieval:  # pass 1: score every window for every query; pass 2 below: heads on the top-k

@@ -42,6 +42,9 @@ class LossConfig:
     span_giou: float = 1.0
     span_cls: float = 4.0
     background_weight: float = 0.1
+    # Stage 1 of library search (models/retrieval.py): InfoNCE of queries and their windows across the batch
+    library: float = 1.0
+    library_temperature: float = 0.05
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -293,3 +296,33 @@ def background_losses(out: dict, in_moment: torch.Tensor, frame_mask: torch.Tens
         "frame_prob": cfg.frame_prob * frame_probability_loss(out["frame_prob"], in_moment, frame_mask),
         "semantic": cfg.semantic * semantic_alignment_loss(out["video_embedding"], out["query"], cfg.temperature),
     }
+
+
+def moment_window(cls: torch.Tensor, frame_mask: torch.Tensor, windows: list[torch.Tensor], fps: float,
+                  window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each sample's library-search window: ``window`` frames centred on its first moment, kept inside its video.
+
+    cls (B, T, Dv) per-frame states, frame_mask (B, T), windows per sample (G, 2) seconds. Returns the window's
+    states (B, w, Dv) and mask (B, w), w = min(window, T) (a shorter video: all of it), and its first frame (B,).
+    """
+    window = min(window, cls.size(1))
+    centre = torch.stack([w[0].mean() for w in windows]).to(cls.device) * fps
+    last = (frame_mask.sum(1) - window).clamp(min=0)
+    starts = torch.minimum((centre - window / 2).round().long().clamp(min=0), last)
+    frames = starts[:, None] + torch.arange(window, device=cls.device)
+    return cls.gather(1, frames[..., None].expand(-1, -1, cls.size(2))), frame_mask.gather(1, frames), starts
+
+
+def library_loss(window: torch.Tensor, query: torch.Tensor, vids: list[str], queries: list[str], starts: torch.Tensor,
+                 lengths: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """Symmetric InfoNCE of unit query and window embeddings (B, E), query i matching window i, the other windows of
+    the batch its negatives. A pair that may be a true match is left out: the same query text, or windows of the same
+    video that overlap. starts, lengths (B,): each window's first frame and length (frames)."""
+    ends = starts + lengths
+    same_video = torch.tensor([[a == b for b in vids] for a in vids], device=window.device)
+    same_text = torch.tensor([[a == b for b in queries] for a in queries], device=window.device)
+    overlap = (starts[:, None] < ends[None]) & (starts[None] < ends[:, None])
+    ignored = (same_text | same_video & overlap) & ~torch.eye(len(vids), dtype=torch.bool, device=window.device)
+    logits = (query @ window.T / temperature).masked_fill(ignored, float("-inf"))
+    target = torch.arange(len(vids), device=window.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

@@ -40,7 +40,7 @@ from .evaluation import MAIN_METRIC, evaluate
 from .extract import warn_if_one_process_launched
 from .features import atomic_write_text
 from .inference import ground_in_windows, predictions_for_batch, rounded
-from .losses import background_losses, grounding_losses, window_losses
+from .losses import background_losses, grounding_losses, library_loss, moment_window, window_losses
 from .models import create_model
 
 
@@ -307,6 +307,18 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
                               batch["positive"].to(device), cfg.loss)
     if "frame_prob" in out:  # BM-DETR
         losses.update(background_losses(out, saliency > 0, heads_mask, cfg.loss))
+    # Stage 1 of library search: the retrieval head on each query's window (its own window item's positive window,
+    # else decode.window frames around its moment). Its inputs are frozen states: no gradient reaches the grounding model.
+    if windowed:
+        cls, library_mask, starts = video[positive_rows, :, -1, 0], heads_mask, batch["starts"][:, 0].to(device)
+    else:
+        cls, library_mask, starts = moment_window(video[:, :, -1, 0], heads_mask, batch["windows"], cfg.data.fps,
+                                                  cfg.decode.window_frames(cfg.data.fps)[0])
+    head = accelerator.unwrap_model(model).retrieval
+    with accelerator.autocast():
+        embedded = head.embed_windows(cls, library_mask).float(), head.embed_queries(query, query_mask).float()
+    losses["library"] = cfg.loss.library * library_loss(*embedded, [r["vid"] for r in batch["records"]], queries_of(batch, cfg), starts,
+                                                        library_mask.sum(1), cfg.loss.library_temperature)
     if not windowed or cfg.model.name != "rgnet":  # no retrieval (a window-trained R² grounder: the two-stage baseline's second stage)
         return losses, {}
     losses.update(window_losses(out, batch["window_mask"].to(device), batch["in_moment"].to(device).flatten(0, 1), frame_mask, cfg.loss))

@@ -21,6 +21,7 @@ from .detr import AnchorDecoder
 from .heads import AttentionPooling, ConvHead, FrameQueryMatcher, ScoreRefinement, TemporalPyramid, pyramid_points
 from .layers import sine_positions
 from .r2_block import R2Block
+from .retrieval import RetrievalHead
 
 
 @dataclass
@@ -53,6 +54,7 @@ class ModelConfig:
     rg_dropout: float = 0.1
     sparsifier: bool = True  # False: every frame is kept (ablation)
     gumbel_temperature: float = 0.3
+    retrieval_dims: int = 256  # stage-1 library search embedding (models/retrieval.py), in every model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,7 +78,8 @@ def create_model(cfg: ModelConfig) -> nn.Module:
 
 
 class R2Grounder(nn.Module):
-    """R²-Tuning: frame features from the R² block, pyramid heads (or the anchor decoder) for moments, cosine saliency."""
+    """R²-Tuning: frame features from the R² block, pyramid heads (or the anchor decoder) for moments, cosine saliency;
+    plus ``retrieval``, the stage-1 library search head (``RetrievalHead``, trained by its own loss, not in ``forward``)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -105,6 +108,8 @@ class R2Grounder(nn.Module):
             self.frame_matcher = FrameQueryMatcher(cfg.dims)
             self.frame_score = nn.Linear(cfg.dims, 1)  # BM-DETR's frame margin scores
             self.video_pool = AttentionPooling(cfg.dims)  # BM-DETR's semantic alignment
+        # Built last: the grounding modules above get the weights a seed gave them before the head existed.
+        self.retrieval = RetrievalHead(cfg.vision_width, cfg.text_width, cfg.retrieval_dims, cfg.dropout)
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
                 negative_query: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> dict:

@@ -1,0 +1,291 @@
+"""Library search (`vtg index`, `vtg search`): the retrieval head and its loss, incremental indexing equal to a fresh
+build, stage 2 equal to `vtg ground` on the same windows, refusals in one line."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bad_input import assert_one_line_error
+from safetensors.torch import load_file, save_file
+
+from vtg_pipeline.cli import main
+from vtg_pipeline.config import load_config
+from vtg_pipeline.extract import find_videos
+from vtg_pipeline.grounder import Grounder, hms
+from vtg_pipeline.inference import window_starts
+from vtg_pipeline.library import LibraryError, LibraryIndex, build_index
+from vtg_pipeline.losses import library_loss, moment_window
+from vtg_pipeline.training import batch_losses, build_run, train
+
+ROOT = Path(__file__).resolve().parents[1]
+# Windows of 40 s every 20 s: the 30-180 s synthetic videos get 1 to 8 windows each.
+SMALL = ["optim.batch_size=4", "model.dims=32", "model.heads=4", "optim.epochs=1", "decode.window=40.0", "decode.window_stride=20.0"]
+QUERY = "a red disc rises"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("library_run") / "run"
+    train(load_config(ROOT / "configs" / "synthetic.yaml", [f"data.root={synth_root}", f"output_dir={out}", *SMALL]))
+    return out / "best"
+
+
+@pytest.fixture(scope="module")
+def grounder(checkpoint):
+    return Grounder.from_pretrained(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def library(synth_root, checkpoint, grounder, tmp_path_factory):
+    """The four synthetic videos indexed once: (folder, counts)."""
+    folder = tmp_path_factory.mktemp("library") / "index"
+    return folder, build_index(find_videos([str(synth_root / "videos")]), grounder, folder, str(checkpoint), progress=False)
+
+
+def copy_videos(synth_root: Path, folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    return [Path(shutil.copy2(v, folder / v.name)) for v in sorted((synth_root / "videos").glob("*.mp4"))[:count]]
+
+
+def index_contents(folder: Path) -> tuple[list[dict], dict]:
+    """What a fresh build must reproduce: the video records and every tensor of the current version."""
+    current = json.loads((folder / "index.json").read_text())["folder"]
+    info = json.loads((folder / current / "library.json").read_text())
+    return info["videos"], load_file(str(folder / current / "vectors.safetensors"))
+
+
+def test_moment_window_centres_on_the_moment_inside_the_video():
+    cls = torch.arange(20.0)[None, :, None].expand(3, 20, 2)
+    mask = torch.arange(20)[None] < torch.tensor([20, 20, 6])[:, None]
+    windows = [torch.tensor([[10.0, 14.0]]), torch.tensor([[36.0, 40.0], [0.0, 2.0]]), torch.tensor([[4.0, 6.0]])]
+    states, window_mask, starts = moment_window(cls, mask, windows, fps=0.5, window=8)  # moments at frames 5-7, 18-20, 2-3
+    assert starts.tolist() == [2, 12, 0], "centred, clamped to the video's end, a short video from its start"
+    assert states[0, :, 0].tolist() == list(range(2, 10)) and window_mask[:2].all()
+    assert window_mask[2].tolist() == [True] * 6 + [False] * 2
+
+
+def test_library_loss_leaves_out_pairs_that_may_match():
+    torch.manual_seed(0)
+    window, query = torch.nn.functional.normalize(torch.randn(2, 3, 8), dim=-1)
+    starts, lengths = torch.tensor([0, 10, 20]), torch.tensor([10, 10, 10])
+    apart = library_loss(window, query, ["a", "a", "b"], ["x", "y", "z"], starts, lengths)
+    assert apart > 0, "windows of one video that do not overlap are negatives"
+    alone = library_loss(window, query, ["a", "a", "a"], ["x", "x", "x"], starts, lengths)
+    assert alone == 0, "the same query text: no negatives left, nothing to learn"
+    overlapping = library_loss(window, query, ["a", "a", "a"], ["x", "y", "z"], torch.tensor([0, 5, 9]), lengths)
+    assert overlapping == 0
+
+
+@pytest.mark.parametrize("name", ["r2", "rgnet"])
+def test_library_loss_trains_the_retrieval_head_only(name, synth_root, tmp_path):
+    """The loss term is in every batch (whole-video items, RGNet's window items); its gradient reaches the head and
+    nothing else, and steps on the head lower it."""
+    cfg = load_config(ROOT / "configs" / "synthetic.yaml", [f"data.root={synth_root}", f"output_dir={tmp_path / 'run'}", *SMALL,
+                                                             f"model.name={name}"])
+    run = build_run(cfg)
+    batch = next(iter(run.train_loader))
+    model = run.accelerator.unwrap_model(run.model)
+    library = lambda: batch_losses(run.model, batch, run.backbone, run.text_cache, cfg, run.accelerator)[0]["library"]  # noqa: E731
+    first = library()
+    names, params = zip(*model.named_parameters())
+    grads = torch.autograd.grad(first, params, allow_unused=True)
+    reached = {n for n, g in zip(names, grads) if g is not None and g.abs().sum() > 0}
+    assert reached and all(n.startswith("retrieval.") for n in reached)
+    if name == "rgnet":
+        return  # the same head and loss: one training check is enough
+    optimizer = torch.optim.Adam(model.retrieval.parameters(), lr=1e-3)
+    for _ in range(15):
+        loss = library()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5 * first.item()
+
+
+def test_index_embeds_every_window_of_every_video(library, grounder, synth_root):
+    folder, counts = library
+    index = LibraryIndex.open(folder, grounder)
+    videos = index.videos()
+    assert [v["vid"] for v in videos] == sorted(p.stem for p in (synth_root / "videos").glob("*.mp4"))
+    assert counts["new"] == 4 and counts["failed"] == 0 and counts["kind"] == "flat"
+    assert [v["windows"] for v in videos] == [len(window_starts(v["frames"], 20, 10)) for v in videos]
+    assert counts["windows"] == sum(v["windows"] for v in videos) > len(videos)
+    vectors = index_contents(folder)[1]["vectors"]
+    torch.testing.assert_close(vectors.norm(dim=1), torch.ones(len(vectors)))
+
+
+def test_stage_one_ranks_windows_by_inner_product(library, grounder):
+    folder, counts = library
+    index = LibraryIndex.open(folder, grounder)
+    hits = index.windows(QUERY, n=counts["windows"])
+    vectors = index_contents(folder)[1]["vectors"]
+    with torch.no_grad():
+        query = grounder.model.retrieval.embed_queries(*grounder.text_cache([QUERY], "cpu"))[0]
+    expected = (vectors @ query).tolist()
+    assert sorted(h["row"] for h in hits) == list(range(counts["windows"]))
+    np.testing.assert_allclose([h["similarity"] for h in hits], [expected[h["row"]] for h in hits], atol=1e-5)
+    assert [h["similarity"] for h in hits] == sorted((h["similarity"] for h in hits), reverse=True)
+    assert len(index.windows(QUERY, n=3)) == 3
+
+
+def test_search_returns_ranked_moments_with_the_documented_fields(library, grounder):
+    folder, _ = library
+    results = LibraryIndex.open(folder, grounder).search(QUERY, k=7, candidates=4)
+    assert [r["rank"] for r in results] == list(range(1, 8))
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    chosen = {(h["vid"], h["start"]) for h in LibraryIndex.open(folder, grounder).windows(QUERY, n=4)}
+    for r in results:
+        assert {"rank", "query", "video", "vid", "start", "end", "score", "window", "clip_times", "saliency"} <= set(r)
+        assert r["query"] == QUERY and Path(r["video"]).stem == r["vid"] and Path(r["video"]).is_absolute()
+        assert 0 <= r["start"] <= r["end"] <= r["duration"]
+        assert (r["vid"], r["window"][0]) in chosen, "stage 2 grounds only in the windows stage 1 chose"
+        assert r["window"][0] <= r["end"] and r["start"] <= r["window"][1]
+        assert len(r["clip_times"]) == len(r["saliency"]) > 0 and r["clip_times"][0] == r["window"][0]
+
+
+def test_stage_two_equals_vtg_ground_when_every_window_is_a_candidate(library, grounder, synth_root):
+    folder, counts = library
+    results = LibraryIndex.open(folder, grounder).search(QUERY, k=10_000, candidates=counts["windows"])
+    for video in sorted((synth_root / "videos").glob("*.mp4")):
+        [expected] = grounder.ground(video, QUERY, features_dir=folder / "features")
+        got = [[r["start"], r["end"], r["score"]] for r in results if r["vid"] == video.stem]
+        assert got == expected["pred_relevant_windows"], video.stem
+
+
+def test_a_rerun_adds_changes_and_drops_videos_and_equals_a_fresh_build(synth_root, checkpoint, grounder, tmp_path):
+    videos = copy_videos(synth_root, tmp_path / "videos", 4)
+    added = videos[3].rename(tmp_path / "added.mp4")
+    folder = tmp_path / "index"
+    build_index(find_videos([str(tmp_path / "videos")]), grounder, folder, str(checkpoint), progress=False)
+    index = LibraryIndex.open(folder, grounder)
+    kept_file = folder / "features" / f"{videos[2].stem}.safetensors"
+    kept_stat = kept_file.stat().st_mtime_ns
+
+    shutil.move(added, videos[3])  # a new video
+    shutil.copy(videos[0], videos[1])  # a changed one: other content, size and mtime
+    videos[0].unlink()  # a deleted one
+    counts = build_index(find_videos([str(tmp_path / "videos")]), grounder, folder, str(checkpoint), progress=False)
+    assert (counts["new"], counts["changed"], counts["unchanged"], counts["removed"], counts["version"]) == (1, 1, 1, 1, 2)
+    assert kept_file.stat().st_mtime_ns == kept_stat, "an unchanged video is not extracted again"
+    assert not (folder / "features" / f"{videos[0].stem}.safetensors").exists(), "a deleted video's states go too"
+
+    fresh = tmp_path / "fresh"
+    build_index(find_videos([str(tmp_path / "videos")]), grounder, fresh, str(checkpoint), progress=False)
+    (videos_after, tensors_after), (videos_fresh, tensors_fresh) = index_contents(folder), index_contents(fresh)
+    assert videos_after == videos_fresh
+    assert tensors_after.keys() == tensors_fresh.keys()
+    for name in tensors_fresh:
+        torch.testing.assert_close(tensors_after[name], tensors_fresh[name], msg=name)
+
+    assert index.version == 1 and index.changed() and index.reload() and index.version == 2
+    assert not index.changed() and not index.reload()
+    assert [v["vid"] for v in index.videos()] == [v.stem for v in videos[1:]]
+    assert {r["vid"] for r in index.search(QUERY, k=50, candidates=50)} == {v.stem for v in videos[1:]}
+
+
+def other_checkpoint(checkpoint: Path, folder: Path) -> Path:
+    """A copy of ``checkpoint`` with other retrieval-head weights."""
+    shutil.copytree(checkpoint, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["retrieval.window_out.bias"] += 1.0
+    save_file(weights, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_an_index_refuses_another_checkpoint_until_rebuilt(synth_root, checkpoint, tmp_path, capsys):
+    video_dir = tmp_path / "videos"
+    copy_videos(synth_root, video_dir, 1)
+    mine = tmp_path / "mine"
+    shutil.copytree(checkpoint, mine)
+    folder = tmp_path / "index"
+    assert main(["index", str(video_dir), "--checkpoint", str(mine), "--index", str(folder), "--no-progress"]) == 0
+    other = other_checkpoint(checkpoint, tmp_path / "other")
+    with pytest.raises(LibraryError, match="built with checkpoint .*--rebuild"):
+        LibraryIndex.open(folder, Grounder.from_pretrained(other))
+    assert_one_line_error(["index", str(video_dir), "--checkpoint", str(other), "--index", str(folder), "--no-progress"], capsys,
+                          str(folder), "--rebuild")
+    shutil.rmtree(mine)
+    shutil.copytree(other, mine)  # the checkpoint the index names has been retrained
+    assert_one_line_error(["search", "--index", str(folder), QUERY], capsys, "library.json", "built with checkpoint", "--rebuild")
+    assert main(["index", str(video_dir), "--checkpoint", str(mine), "--index", str(folder), "--rebuild", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(folder), QUERY, "-k", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def current(folder: Path) -> Path:
+    return folder / json.loads((folder / "index.json").read_text())["folder"]
+
+
+SPOILED = {
+    "index.json missing": (lambda f: (f / "index.json").unlink(), "index.json", "vtg index"),
+    "index.json not JSON": (lambda f: (f / "index.json").write_text("{"), "index.json", "--rebuild"),
+    "library.json cut short": (lambda f: (current(f) / "library.json").write_text('{"videos": ['), "library.json", "--rebuild"),
+    "vectors truncated": (lambda f: (current(f) / "vectors.safetensors").write_bytes(b"\x08" + b"\x00" * 20), "vectors.safetensors",
+                          "--rebuild"),
+    "faiss index missing": (lambda f: (current(f) / "windows.faiss").unlink(), "windows.faiss", "--rebuild"),
+    "faiss index garbage": (lambda f: (current(f) / "windows.faiss").write_bytes(b"garbage" * 50), "windows.faiss", "--rebuild"),
+}
+
+
+@pytest.mark.parametrize("case", SPOILED)
+def test_a_damaged_index_is_one_line_naming_the_file_and_rebuild(case, library, tmp_path, capsys):
+    folder = tmp_path / "index"
+    shutil.copytree(library[0], folder)
+    spoil, named, hint = SPOILED[case]
+    spoil(folder)
+    assert_one_line_error(["search", "--index", str(folder), QUERY], capsys, named, hint)
+
+
+def test_rebuild_repairs_a_damaged_index(library, checkpoint, synth_root, tmp_path, capsys):
+    folder = tmp_path / "index"
+    shutil.copytree(library[0], folder)
+    (current(folder) / "windows.faiss").write_bytes(b"garbage")
+    args = ["index", str(synth_root / "videos"), "--checkpoint", str(checkpoint), "--index", str(folder), "--no-progress"]
+    assert_one_line_error(args, capsys, "windows.faiss", "--rebuild")
+    assert main([*args, "--rebuild"]) == 0
+    assert "4 videos (4 new, 0 changed, 0 unchanged" in capsys.readouterr().err
+    assert main(["search", "--index", str(folder), QUERY]) == 0
+
+
+def test_vtg_index_lists_a_bad_video_and_vtg_search_prints_moments(synth_root, checkpoint, tmp_path, capsys):
+    video_dir = tmp_path / "videos"
+    [video] = copy_videos(synth_root, video_dir, 1)
+    (video_dir / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    folder = tmp_path / "index"
+    assert main(["index", str(video_dir), "--checkpoint", str(checkpoint), "--index", str(folder), "--no-progress"]) == 1
+    assert "1 videos (1 new, 0 changed, 0 unchanged, 0 removed, 1 failed)" in capsys.readouterr().err
+    info = json.loads((current(folder) / "library.json").read_text())
+    assert [v["vid"] for v in info["videos"]] == [video.stem]
+    assert [f["vid"] for f in info["failed"]] == ["broken"] and info["failed"][0]["error"]
+
+    assert main(["search", "--index", str(folder), QUERY, "-k", "3", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["rank"] for r in lines] == [1, 2, 3]
+    assert all(r["video"] == str(video.resolve()) and r["vid"] == video.stem and r["query"] == QUERY for r in lines)
+    assert [r["score"] for r in lines] == sorted((r["score"] for r in lines), reverse=True)
+    assert main(["search", "--index", str(folder), QUERY, "-k", "3"]) == 0
+    plain = capsys.readouterr().out.splitlines()
+    best = lines[0]
+    assert plain[0].split() == ["1.", str(video.resolve()), f"{hms(best['start'])}–{hms(best['end'])}", f"{best['score']:.4f}"]
+
+
+@pytest.mark.parametrize("query, words", [("", "empty query"), ("   ", "empty query"), (" ".join(["red"] * 100), "too long")])
+def test_an_empty_or_over_long_query_is_refused(query, words, library, grounder, capsys):
+    with pytest.raises(ValueError, match=words):
+        LibraryIndex.open(library[0], grounder).search(query)
+    assert_one_line_error(["search", "--index", str(library[0]), query], capsys, words)
+
+
+def test_a_large_library_gets_an_approximate_index(library, grounder, checkpoint, synth_root, tmp_path):
+    """Above ``approximate_above`` windows the index is HNSW; on a small library it finds what the exact one finds."""
+    folder = tmp_path / "index"
+    shutil.copytree(library[0] / "features", folder / "features")
+    counts = build_index(find_videos([str(synth_root / "videos")]), grounder, folder, str(checkpoint), progress=False, approximate_above=0)
+    assert counts["kind"] == "hnsw"
+    exact = LibraryIndex.open(library[0], grounder).windows(QUERY, n=5)
+    approximate = LibraryIndex.open(folder, grounder).windows(QUERY, n=5)
+    assert [(h["vid"], h["start"]) for h in approximate] == [(h["vid"], h["start"]) for h in exact]

@@ -1,0 +1,411 @@
+"""Library search: one index over a whole video collection, searched by text in two stages (``vtg index``, ``vtg search``).
+
+Build (``build_index``): the videos are extracted into ``DIR/features`` by the extract pipeline (resumable, atomic
+files, a bad video recorded with its error and skipped); every window of the ``decode.window`` /
+``window_stride`` grid is embedded by the checkpoint's retrieval head (``models/retrieval.py``) from the last
+tapped layer's CLS states; the vectors go into faiss: exact ``IndexFlatIP`` up to ``APPROXIMATE_ABOVE`` windows,
+``IndexHNSWFlat`` (inner product) above. A rerun extracts and embeds only new and changed videos (source path,
+size, mtime), keeps the vectors of the others, drops deleted videos (and their feature files) and rebuilds the faiss
+index from the stored vectors. An index is tied to its checkpoint (``checkpoint_sha256``: weights, model config,
+backbone, fps, window grid); another checkpoint is refused until ``--rebuild``.
+
+Folder::
+
+    DIR/index.json               {"format_version", "version": N, "folder": "vN"}: the current version, replaced atomically
+    DIR/vN/library.json          checkpoint (path, sha256), backbone spec, fps, window grid, faiss kind, the videos
+                                 (vid, path, size, mtime, duration, frames, rows) and the failed ones with their error
+    DIR/vN/vectors.safetensors   vectors float32 (W, E) and per window: video (index into videos), first_frame,
+                                 start, end (s)
+    DIR/vN/windows.faiss         the faiss index of the vectors, row i = window i
+    DIR/features/                the feature store (states for stage 2, frames for thumbnails)
+
+A version is written into ``DIR/.vN.partial``, renamed to ``DIR/vN``, then ``index.json`` is replaced: a reader sees
+the old version or the whole new one, never a part. The previous version stays until the next build, so a reader
+that has just read ``index.json`` still finds its files. Builds on one folder take turns (a lock on index.json).
+
+Search: stage 1 embeds the query and takes the top ``candidates`` windows from faiss; stage 2 grounds the query
+with the checkpoint's model (R² or RGNet, ``inference.ground_in_windows``, as ``vtg ground`` does) in those windows
+only, per video, merges their moments (NMS in absolute seconds) and ranks every moment by its score. A video whose
+feature file went away or changed since the version was written (a build running meanwhile) is left out.
+
+Python API (``vtg serve`` builds on it)::
+
+    index = LibraryIndex.open("DIR")             # loads the checkpoint it was built with; LibraryError (one line) if that changed
+    index.search("a red disc rises", k=10)      # moments, best first: {"rank", "query", "video" (path), "vid", "start",
+                                                #   "end", "score", "duration", "window": [start, end], "clip_times", "saliency"} (s)
+    index.windows("a red disc rises", n=20)     # stage 1 alone: {"vid", "video", "start", "end", "similarity"}, best first
+    index.videos()                               # [{"vid", "path", "duration", "frames", "windows", "feature_file"}, ...]
+    index.version                                # the loaded version's number (1, 2, ...)
+    index.changed()                              # one stat: has a build written a new version since this one was loaded?
+    index.reload()                               # switch to the newest version (True if there was one); searches in flight finish on theirs
+    build_index(find_videos(["videos/"]), grounder, "DIR", "run/best")   # what `vtg index` runs; returns its counts
+
+``search`` and ``reload`` may run in different threads: a search reads the current version once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import faiss
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .backbone import first_line, weights_sha256
+from .data import DataError, check_finite, check_shapes
+from .extract import ExtractConfig, VideoItem, extract_videos, output_folder
+from .features import FileLock, atomic_write_text, feature_path
+from .grounder import Grounder, is_truncated
+from .inference import ground_in_windows, rounded, window_starts
+from .names import check_video_id, printable
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+APPROXIMATE_ABOVE = 100_000  # windows: exact search up to here, HNSW above (flat search time grows with the library)
+HNSW_NEIGHBORS = 32
+CANDIDATES = 20  # stage-1 windows that stage 2 grounds in
+VIDEO_KEYS = ("vid", "path", "size", "mtime", "duration", "frames", "rows")  # a video's record in library.json
+TABLE = {"video": torch.int64, "first_frame": torch.int64, "start": torch.float64, "end": torch.float64}  # per window
+
+
+class LibraryError(ValueError):
+    """An index that cannot be used (missing, corrupt, another checkpoint); one line naming the file and the way out."""
+
+
+def rebuild_hint(folder: Path) -> str:
+    return f"rebuild it: vtg index VIDEO_DIR... --checkpoint CKPT --index {folder} --rebuild"
+
+
+def checkpoint_sha256(grounder: Grounder) -> str:
+    """What an index depends on, hashed: the side network's weights, model config, backbone spec, fps and window grid."""
+    cfg = grounder.cfg
+    identity = {"weights": weights_sha256(grounder.model), "model": cfg.model.to_dict(), "backbone": grounder.backbone.spec.to_dict(),
+                "fps": cfg.data.fps, "window": cfg.decode.window_frames(cfg.data.fps)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def check_query(query: object, grounder: Grounder) -> str:
+    """``query`` if it is a non-empty text within the text tower's context, else ValueError saying which."""
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("empty query: give the words to search for")
+    if is_truncated(grounder.backbone, query):
+        raise ValueError(f"query too long: more than {grounder.backbone.tokenizer.context_length} tokens ({len(query)} characters)")
+    return query
+
+
+@dataclass(frozen=True)
+class Version:
+    """One written index version, loaded: ``info`` is library.json, ``table`` the window columns (W,), ``faiss`` its index."""
+
+    number: int
+    folder: Path
+    info: dict
+    table: dict[str, np.ndarray]
+    faiss: faiss.Index
+    stamp: tuple  # (inode, mtime, size) of index.json when it was read
+
+
+class Searcher(NamedTuple):
+    """A version with the grounder that searches it (swapped as one by ``reload``) and that grounder's checkpoint hash."""
+
+    version: Version
+    grounder: Grounder
+    sha256: str
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def read_version(folder: Path) -> Version:
+    """The current version of the index in ``folder``; LibraryError naming the missing or corrupt file."""
+    pointer = folder / "index.json"
+    stamp = _stamp(pointer)
+    if stamp is None:
+        raise LibraryError(f"{pointer}: no index here; build one: vtg index VIDEO_DIR... --checkpoint CKPT --index {folder}")
+    current_file = pointer
+    try:
+        current = json.loads(pointer.read_text(encoding="utf-8"))
+        number, name = int(current["version"]), current["folder"]
+        if current.get("format_version") != FORMAT_VERSION or name != f"v{number}":
+            raise ValueError(f"format {current.get('format_version')!r}, folder {name!r}")
+        version_dir = folder / name
+        current_file = version_dir / "library.json"
+        info = json.loads(current_file.read_text(encoding="utf-8"))
+        if not all(isinstance(info["checkpoint"][key], str) for key in ("path", "sha256")):
+            raise ValueError("no checkpoint path and sha256")
+        for entries, keys in ((info["videos"], VIDEO_KEYS), (info["failed"], ("vid", "path", "error"))):
+            for entry in entries:
+                if not set(keys) <= set(entry):
+                    raise ValueError(f"a video record without {', '.join(sorted(set(keys) - set(entry)))}")
+                check_video_id(entry["vid"], str(current_file))
+        current_file = version_dir / "vectors.safetensors"
+        with safe_open(str(current_file), framework="pt") as f:
+            table = {column: f.get_tensor(column).numpy() for column in TABLE}
+        if len({len(column) for column in table.values()}) != 1 or (table["video"] >= len(info["videos"])).any():
+            raise ValueError("its window columns disagree")
+        current_file = version_dir / "windows.faiss"
+        index = faiss.read_index(str(current_file))
+        if index.ntotal != len(table["start"]):
+            raise ValueError(f"{index.ntotal} vectors for {len(table['start'])} windows")
+    except Exception as e:  # OSError, JSON, KeyError/TypeError of a wrong shape, SafetensorError, faiss' RuntimeError
+        reason = "missing" if isinstance(e, FileNotFoundError) else f"corrupt ({type(e).__name__}: {first_line(e)[:160]})"
+        raise LibraryError(f"{current_file}: {reason}; {rebuild_hint(folder)}") from None
+    return Version(number, version_dir, info, table, index, stamp)
+
+
+class LibraryIndex:
+    """A library index opened for search (see the module docstring for the API)."""
+
+    def __init__(self, folder: str | Path, version: Version, grounder: Grounder, pinned: bool):
+        self.folder, self.pinned = Path(folder), pinned
+        self.searcher = self._checked(version, grounder, checkpoint_sha256(grounder))
+
+    @classmethod
+    def open(cls, folder: str | Path, grounder: Grounder | None = None, device: str | torch.device = "cpu") -> "LibraryIndex":
+        """Open the index in ``folder`` with ``grounder``, or (None) the checkpoint it was built with, loaded on ``device``."""
+        version = read_version(Path(folder))
+        pinned = grounder is not None
+        return cls(folder, version, grounder or Grounder.from_pretrained(version.info["checkpoint"]["path"], device), pinned)
+
+    def _checked(self, version: Version, grounder: Grounder, sha256: str) -> Searcher:
+        built = version.info["checkpoint"]
+        if built["sha256"] != sha256:
+            raise LibraryError(f"{version.folder / 'library.json'}: built with checkpoint {built['path']} (sha256 {built['sha256'][:12]}), "
+                               f"not the one searching it (sha256 {sha256[:12]}); {rebuild_hint(self.folder)}")
+        return Searcher(version, grounder, sha256)
+
+    @property
+    def grounder(self) -> Grounder:
+        return self.searcher.grounder
+
+    @property
+    def version(self) -> int:
+        """The loaded version's number (index.json's ``version``)."""
+        return self.searcher.version.number
+
+    def changed(self) -> bool:
+        """Whether ``index.json`` is another file than the one this version was read from (one stat)."""
+        return _stamp(self.folder / "index.json") != self.searcher.version.stamp
+
+    def reload(self) -> bool:
+        """Switch to the newest version if there is one (loading its checkpoint unless a grounder was given); True if it did."""
+        if not self.changed():
+            return False
+        version, (_, grounder, sha256) = read_version(self.folder), self.searcher
+        if version.info["checkpoint"]["sha256"] != sha256 and not self.pinned:
+            grounder = Grounder.from_pretrained(version.info["checkpoint"]["path"], grounder.backbone.device)
+            sha256 = checkpoint_sha256(grounder)
+        self.searcher = self._checked(version, grounder, sha256)
+        return True
+
+    def videos(self) -> list[dict]:
+        """The indexed videos: vid, path (absolute), duration (s), frames, windows and feature file."""
+        store = self.folder / "features"
+        return [{"vid": v["vid"], "path": v["path"], "duration": v["duration"], "frames": v["frames"], "windows": v["rows"][1],
+                 "feature_file": str(feature_path(store, v["vid"]))} for v in self.searcher.version.info["videos"]]
+
+    def windows(self, query: str, n: int | None = None) -> list[dict]:
+        """Stage 1 alone: the ``n`` (default ``CANDIDATES``) windows most similar to ``query``, best first (``row``: the
+        window's table row)."""
+        return stage_one(self.searcher, query, n or CANDIDATES)
+
+    def search(self, query: str, k: int = 10, candidates: int | None = None) -> list[dict]:
+        """The top ``k`` moments of the library for ``query``, best first (fields in the module docstring); stage 2 grounds
+        in the ``candidates`` (default ``CANDIDATES``) windows stage 1 finds."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        searcher = self.searcher
+        version = searcher.version
+        by_video: dict[int, list[int]] = {}
+        for hit in stage_one(searcher, query, candidates or CANDIDATES):
+            by_video.setdefault(int(version.table["video"][hit["row"]]), []).append(int(version.table["first_frame"][hit["row"]]))
+        moments = []
+        for video, starts in by_video.items():
+            try:
+                moments += stage_two(searcher, version.info["videos"][video], query, sorted(starts), self.folder / "features")
+            except (DataError, OSError, SafetensorError) as e:  # rewritten or removed by a build since this version was written
+                log.warning(printable(f"{version.info['videos'][video]['path']}: left out of this search ({first_line(e)})"))
+        moments.sort(key=lambda m: -m["score"])
+        return [{"rank": rank, **m} for rank, m in enumerate(moments[:k], 1)]
+
+
+@torch.no_grad()
+def stage_one(searcher: Searcher, query: str, n: int) -> list[dict]:
+    """The ``n`` windows whose retrieval embedding is nearest the query's: vid, video, start, end (s), similarity, row."""
+    if n < 1:
+        raise ValueError(f"candidates must be at least 1, got {n}")
+    version, grounder = searcher.version, searcher.grounder
+    states, mask = grounder.text_cache([check_query(query, grounder)], grounder.backbone.device)
+    embedded = grounder.model.retrieval.embed_queries(states, mask).float().cpu().numpy()
+    params = faiss.SearchParametersHNSW(efSearch=max(64, n)) if isinstance(version.faiss, faiss.IndexHNSW) else None
+    similarity, rows = version.faiss.search(embedded, n, params=params)
+    table, videos = version.table, version.info["videos"]
+    return [{"vid": videos[table["video"][row]]["vid"], "video": videos[table["video"][row]]["path"], "start": float(table["start"][row]),
+             "end": float(table["end"][row]), "similarity": float(score), "row": int(row)}
+            for score, row in zip(similarity[0], rows[0]) if row >= 0]
+
+
+@torch.no_grad()
+def stage_two(searcher: Searcher, video: dict, query: str, starts: list[int], store: Path) -> list[dict]:
+    """One video's moments for ``query`` in the windows starting at frames ``starts`` (NMS'd in absolute seconds, as
+    ``vtg ground`` gives them), each with the window holding most of it and that window's clip times and saliency."""
+    grounder = searcher.grounder
+    cfg = grounder.cfg
+    file = feature_path(store, video["vid"])
+    check_shapes(file, {"vision": grounder.backbone.row_shapes()["vision"]})
+    with safe_open(str(file), framework="pt") as f:
+        if f.metadata().get("source_mtime") != video["mtime"]:
+            raise DataError(f"{file}: changed since the index was written")
+        times = f.get_tensor("timestamps").numpy()
+        vision = f.get_slice("vision")
+        states, mask = grounder.text_cache([query], grounder.backbone.device)
+        [grounded] = ground_in_windows(grounder.model, lambda a, b: check_finite(vision[a:b], file), len(times), video["duration"],
+                                       states, mask, grounder.fps, cfg.model.strides, replace(cfg.decode, keep_suppressed=False), starts)
+    length = min(cfg.decode.window_frames(grounder.fps)[0], len(times))
+    spans = np.array([[s / grounder.fps, min((s + length) / grounder.fps, video["duration"])] for s in starts])
+    results = []
+    for start, end, score in rounded(grounded["moments"]):
+        best = int(np.argmax(np.minimum(spans[:, 1], end) - np.maximum(spans[:, 0], start)))
+        clips = slice(starts[best], starts[best] + length)
+        results.append({"query": query, "video": video["path"], "vid": video["vid"], "start": start, "end": end, "score": score,
+                        "duration": video["duration"], "window": rounded(spans[best]), "clip_times": rounded(times[clips]),
+                        "saliency": rounded(grounded["saliency"][clips])})
+    return results
+
+
+@torch.no_grad()
+def embed_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor, int, float]:
+    """A stored video's window grid (first frames), window embeddings (W, E) float32 on the CPU, frames and duration (s).
+
+    DataError for tensors of the wrong shape, non-finite states or no valid duration."""
+    check_shapes(file, {"vision": grounder.backbone.row_shapes()["vision"]})
+    with safe_open(str(file), framework="pt") as f:
+        try:
+            duration = float(f.metadata()["duration"])
+        except (KeyError, ValueError):
+            raise DataError(f"{file}: no valid duration in its metadata") from None
+        vision = f.get_slice("vision")
+        frames, layers = vision.get_shape()[:2]
+        cls = check_finite(vision[:, layers - 1 : layers, 0:1], file)[:, 0, 0].float()  # (T, Dv): the last layer's CLS
+    window, stride = grounder.cfg.decode.window_frames(grounder.fps)
+    starts = window_starts(frames, window, stride)
+    windows = torch.stack([cls[s : s + window] for s in starts]).to(grounder.backbone.device)
+    mask = torch.ones(windows.shape[:2], dtype=torch.bool, device=windows.device)
+    return starts, grounder.model.retrieval.embed_windows(windows, mask).float().cpu(), frames, duration
+
+
+def faiss_index(vectors: np.ndarray, approximate_above: int) -> faiss.Index:
+    """Inner-product index of ``vectors`` (W, E): exact up to ``approximate_above`` rows, HNSW above."""
+    dims = vectors.shape[1]
+    index = faiss.IndexFlatIP(dims) if len(vectors) <= approximate_above else faiss.IndexHNSWFlat(dims, HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, checkpoint: str, rebuild: bool = False,
+                progress: bool = True, approximate_above: int = APPROXIMATE_ABOVE) -> dict:
+    """Index ``items`` (``extract.find_videos``) in ``folder`` with ``grounder``, loaded from ``checkpoint`` (recorded for
+    search); a new version replaces the current one. Returns counts: videos, new, changed, unchanged, removed, failed,
+    windows, kind (flat | hnsw), version, index. LibraryError when the current version is another checkpoint's or
+    unreadable (``rebuild=True`` embeds every video afresh, reusing the stored features that still match)."""
+    folder = output_folder(folder)
+    checkpoint = os.path.abspath(checkpoint) if os.path.isdir(checkpoint) else checkpoint
+    sha256, cfg, fps = checkpoint_sha256(grounder), grounder.cfg, grounder.fps
+    with FileLock(folder / "index.json"):
+        old = None if rebuild or _stamp(folder / "index.json") is None else read_version(folder)
+        if old is not None and old.info["checkpoint"]["sha256"] != sha256:
+            raise LibraryError(f"{folder}: indexed with checkpoint {old.info['checkpoint']['path']}, not {checkpoint}; "
+                               f"give --rebuild to index it with {checkpoint} instead")
+        store = folder / "features"
+        extract_cfg = ExtractConfig(video_dirs=[], out=str(store), fps=fps, model=cfg.backbone.name, pretrained=cfg.backbone.pretrained,
+                                    layers=cfg.backbone.layers, store="both", precision=cfg.backbone.precision, progress=progress)
+        failures = dict(extract_videos(extract_cfg, items, grounder.backbone).failures)
+        known = {v["vid"]: v for v in old.info["videos"]} if old else {}
+        videos, failed, vectors, columns = [], [], [], {name: [] for name in TABLE}
+        counts = {"new": 0, "changed": 0, "unchanged": 0}
+        for item in tqdm(items, desc="index", unit="video", disable=not progress):
+            entry = {"vid": item.video_id, "path": os.path.realpath(item.path)}
+            if item.path in failures:
+                failed.append({**entry, "error": failures[item.path]})
+                continue
+            file = feature_path(store, item.video_id)
+            with safe_open(str(file), framework="pt") as f:
+                entry.update(size=f.metadata().get("source_size"), mtime=f.metadata().get("source_mtime"))
+            previous = known.get(item.video_id)
+            if previous is not None and all(previous[key] == entry[key] for key in ("path", "size", "mtime")):
+                first, count = previous["rows"]
+                starts, embedded = old.table["first_frame"][first : first + count].tolist(), stored_vectors(old, first, count)
+                frames, duration = previous["frames"], previous["duration"]
+                counts["unchanged"] += 1
+            else:
+                try:
+                    starts, embedded, frames, duration = embed_video(grounder, file)
+                except DataError as e:  # this video's states are unusable: listed with the reason, the others go on
+                    failed.append({**entry, "error": str(e)})
+                    continue
+                counts["new" if previous is None else "changed"] += 1
+            length = min(cfg.decode.window_frames(fps)[0], frames)
+            for s in starts:
+                for name, value in zip(TABLE, (len(videos), s, s / fps, min((s + length) / fps, duration))):
+                    columns[name].append(value)
+            videos.append({**entry, "duration": duration, "frames": frames, "rows": [sum(map(len, vectors)), len(starts)]})
+            vectors.append(embedded)
+        all_vectors = torch.cat(vectors) if vectors else torch.zeros(0, cfg.model.retrieval_dims)
+        index = faiss_index(all_vectors.numpy(), approximate_above)
+        info = {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "checkpoint": {"path": checkpoint, "sha256": sha256}, "backbone_spec": grounder.backbone.spec.to_dict(),
+                "fps": fps, "window": cfg.decode.window, "window_stride": cfg.decode.window_stride,
+                "faiss": "hnsw" if isinstance(index, faiss.IndexHNSW) else "flat", "videos": videos, "failed": failed}
+        tensors = {"vectors": all_vectors.contiguous(), **{name: torch.tensor(columns[name], dtype=dtype) for name, dtype in TABLE.items()}}
+        number = write_version(folder, info, tensors, index)
+        current = {item.video_id for item in items}
+        removed = [vid for vid in known if vid not in current]
+        for vid in removed:  # deleted from the library: their stored states go too
+            path = feature_path(store, vid)
+            with FileLock(path):
+                path.unlink(missing_ok=True)
+    return {"videos": len(videos), **counts, "removed": len(removed), "failed": len(failed), "windows": index.ntotal,
+            "kind": info["faiss"], "version": number, "index": str(folder)}
+
+
+def stored_vectors(version: Version, first: int, count: int) -> torch.Tensor:
+    """Rows [first, first + count) of a version's vectors (W, E)."""
+    with safe_open(str(version.folder / "vectors.safetensors"), framework="pt") as f:
+        return f.get_slice("vectors")[first : first + count]
+
+
+def write_version(folder: Path, info: dict, tensors: dict[str, torch.Tensor], index: faiss.Index) -> int:
+    """Write a new version into a partial folder, rename it into place, then point index.json at it; returns its
+    number. Versions older than the one it replaces are removed."""
+    numbers = [int(m[1]) for m in (re.fullmatch(r"v(\d+)", p.name) for p in folder.iterdir()) if m and (folder / m[0]).is_dir()]
+    number = max(numbers, default=0) + 1
+    tmp = folder / f".v{number}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(tensors, str(tmp / "vectors.safetensors"), metadata={"format_version": FORMAT_VERSION})
+    faiss.write_index(index, str(tmp / "windows.faiss"))
+    atomic_write_text(tmp / "library.json", json.dumps({**info, "version": number}, indent=1))
+    os.replace(tmp, folder / f"v{number}")
+    atomic_write_text(folder / "index.json", json.dumps({"format_version": FORMAT_VERSION, "version": number, "folder": f"v{number}"}))
+    for old in numbers:
+        if old < number - 1:
+            shutil.rmtree(folder / f"v{old}", ignore_errors=True)
+    return number

@@ -1,0 +1,42 @@
+"""Stage 1 of library search: a dual encoder on the frozen CLIP states (``vtg index`` / ``vtg search``).
+
+Query-independent on the video side, so every window of a library can be embedded once and indexed:
+- window: the CLS state of the last tapped vision layer of each frame -> mapper -> max over the window's valid
+  frames (a window "holds" an event if some frame shows it; on synthetic data max pooling retrieved 2x better than
+  mean or attention pooling) -> Linear -> L2 norm;
+- query: the last tapped text layer's state at the last valid token (CLIP's EOT) -> mapper -> L2 norm.
+Their inner product is a cosine in [-1, 1]. The inputs are frozen states, so training this head (InfoNCE,
+``losses.library_loss``) sends no gradient into the grounding model.
+
+Shapes: B windows or queries, T frames, K tapped layers, P tokens per frame (CLS first), L query tokens,
+E = ``ModelConfig.retrieval_dims``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import mapper, masked_max
+
+
+class RetrievalHead(nn.Module):
+    """Window and query embeddings (B, E), unit length, for inner-product search."""
+
+    def __init__(self, vision_width: int, text_width: int, dims: int, dropout: float):
+        super().__init__()
+        self.frame_map = mapper(vision_width, dims, dropout)
+        self.window_out = nn.Linear(dims, dims)
+        self.query_map = mapper(text_width, dims, dropout)
+
+    def embed_windows(self, cls: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """cls (B, T, Dv): each frame's last-layer CLS state (``video[:, :, -1, 0]``), mask (B, T) valid frames -> (B, E)."""
+        pooled = masked_max(self.frame_map(cls), mask[..., None], dim=1)
+        return F.normalize(self.window_out(pooled), dim=-1)
+
+    def embed_queries(self, query: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        """query (B, L, K, Dt) text states, query_mask (B, L) valid tokens (SOT ... EOT) -> (B, E)."""
+        rows = torch.arange(len(query), device=query.device)
+        eot = query[rows, query_mask.sum(1) - 1, -1]  # (B, Dt)
+        return F.normalize(self.query_map(eot), dim=-1)
