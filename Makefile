@@ -41,7 +41,8 @@ extract:
 		--layers $(LAYERS) --store $(STORE) --decoder $(DECODER)
 
 # The main job on the embedded default, offline: synthetic videos -> features (seeded vtg-tiny) -> training ->
-# grounding the validation videos -> metrics -> HTML report. A second run reuses what is done.
+# grounding the validation videos -> metrics -> HTML report -> a search index of all the videos, and the line that
+# serves it. A second run reuses what is done (the index is rebuilt from the stored features: the checkpoint may be new).
 # MODEL=ViT-B-32-quickgelu PRETRAINED=openai runs the same on real weights (needs them in the open_clip cache).
 DEMO_MODEL      ?= $(if $(filter command line,$(origin MODEL)),$(MODEL),vtg-tiny)
 DEMO_PRETRAINED ?= $(if $(filter command line,$(origin PRETRAINED)),$(PRETRAINED),$(if $(filter vtg-tiny,$(DEMO_MODEL)),random:0,openai))
@@ -54,7 +55,9 @@ demo: setup
 	$(BIN)/vtg ground --checkpoint $(DEMO)/run/best --queries $(DEMO)/data/val_queries.jsonl --features $(DEMO)/data/features \
 		--out $(DEMO)/predictions.jsonl --report $(DEMO)/report --gt $(DEMO)/data/val.jsonl
 	$(BIN)/vtg eval --pred $(DEMO)/predictions.jsonl --gt $(DEMO)/data/val.jsonl
+	$(BIN)/vtg index $(DEMO)/data/videos --checkpoint $(DEMO)/run/best --index $(DEMO)/index --rebuild
 	@echo "demo: predictions in $(DEMO)/predictions.jsonl, report in $(DEMO)/report/index.html"
+	@echo "demo: search the library in a browser: vtg serve --index $(DEMO)/index   (then open http://127.0.0.1:8000/)"
 
 # The learning check (docs/BENCHMARKS.md): synthetic videos -> vtg-tiny features -> training -> `vtg eval`.
 #   make learn                                                      # 500 videos, runs/learn/run

@@ -216,6 +216,15 @@ def search_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_main(args: argparse.Namespace) -> int:
+    import os
+
+    from .serve import serve
+
+    return serve(args.index, host=args.host, port=args.port, token=args.token or os.environ.get("VTG_TOKEN"), no_token=args.no_token,
+                 device=args.device or "cpu")
+
+
 def ensure_writable(path: str, is_folder: bool) -> None:
     """Fail at once, with one line naming ``path``, when that file (or folder) cannot be written; creates the folder."""
     from pathlib import Path
@@ -348,6 +357,21 @@ def build_parser() -> argparse.ArgumentParser:
                         '"score", ...} (seconds)')
     search.add_argument("--device", default=None, help="torch device (default cpu)")
     search.set_defaults(func=search_main)
+
+    serve = sub.add_parser("serve", help="a web page and JSON API to search an indexed library (vtg index)",
+                           description="Serve the index in DIR: the search page at /, GET /api/search?q=...&k=... (the records of "
+                           "vtg search --json), GET /api/videos, the videos at /media/<vid> (with range requests, for seeking) and "
+                           "thumbnails from the stored frames. A vtg index run on DIR meanwhile is picked up without a restart. "
+                           "Binds to 127.0.0.1; another address needs --token (or --no-token).")
+    serve.add_argument("--index", required=True, metavar="DIR", help="an index folder written by vtg index")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--token", default=None, help="require Authorization: Bearer TOKEN on every request (default: $VTG_TOKEN, which "
+                       "ps does not show); in a browser open /?token=TOKEN once, a cookie keeps it")
+    serve.add_argument("--no-token", action="store_true", help="allow a non-local --host without a token: anyone who reaches it "
+                       "can search and watch the library")
+    serve.add_argument("--device", default=None, help="torch device (default cpu)")
+    serve.set_defaults(func=serve_main)
 
     inspect = sub.add_parser("inspect", help="summarise a feature folder written by extract (JSON)")
     inspect.add_argument("features", help="the --out folder of extract")

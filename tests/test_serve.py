@@ -1,0 +1,280 @@
+"""`vtg serve`: the JSON API in-process (search records as `vtg search --json`, the video list, range requests, paths
+outside the index refused, the token, bad queries, a new index version picked up, no traceback to clients), its
+refusals at startup in one line, and the search page in headless Chromium over a live uvicorn server."""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import uvicorn
+from bad_input import assert_one_line_error
+from fastapi.testclient import TestClient
+from test_library import checkpoint, copy_videos  # noqa: F401  (checkpoint: a fixture, 1 epoch with 40 s windows)
+from test_report import browser  # noqa: F401  (a fixture: headless Chromium, skipped where it is absent)
+
+from vtg_pipeline.cli import main
+from vtg_pipeline.extract import find_videos
+from vtg_pipeline.grounder import Grounder, hms
+from vtg_pipeline.library import LibraryIndex, build_index
+from vtg_pipeline.serve import MAX_QUERY_CHARS, create_app
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def library(synth_root, checkpoint, tmp_path_factory):  # noqa: F811
+    """An index of three copied synthetic videos and one symlink to a fourth outside the folder: (folder, videos)."""
+    root = tmp_path_factory.mktemp("served")
+    *videos, outside = copy_videos(synth_root, root / "videos", 4)
+    moved = Path(shutil.move(outside, root / "elsewhere.mp4"))
+    (root / "videos" / "linked.mp4").symlink_to(moved)
+    grounder = Grounder.from_pretrained(checkpoint)
+    build_index(find_videos([str(root / "videos")]), grounder, root / "index", str(checkpoint), progress=False)
+    return root / "index", videos
+
+
+@pytest.fixture(scope="module")
+def index(library):
+    return LibraryIndex.open(library[0])
+
+
+@pytest.fixture(scope="module")
+def client(index):
+    return TestClient(create_app(index))
+
+
+def queries(synth_root: Path) -> list[str]:
+    return [json.loads(line)["query"] for line in (synth_root / "val.jsonl").read_text().splitlines()]
+
+
+def test_search_returns_the_records_of_vtg_search_json(client, library, synth_root, capsys):
+    query = queries(synth_root)[0]
+    response = client.get("/api/search", params={"q": query, "k": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    capsys.readouterr()
+    assert main(["search", query, "--index", str(library[0]), "-k", "3", "--json"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert body["query"] == query and body["results"] == printed and [r["rank"] for r in printed] == [1, 2, 3]
+    for result, view in zip(body["results"], body["views"]):
+        assert {"rank", "query", "video", "vid", "start", "end", "score"} <= result.keys()
+        assert view["media"] == f"/media/{result['vid']}" and view["name"] == result["vid"] + ".mp4"
+        assert view["span"] == f"{hms(result['start'])}–{hms(result['end'])}" and view["saliency"].startswith("<svg")
+        thumb = client.get(view["thumbnail"])
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png" and thumb.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_videos_lists_the_library(client, library):
+    listed = client.get("/api/videos").json()["videos"]
+    assert [v["vid"] for v in listed] == sorted([v.stem for v in library[1]] + ["linked"])
+    for v in listed:
+        assert v["media"] == f"/media/{v['vid']}" and v["duration"] > 0 and v["windows"] >= 1 and Path(v["path"]).is_file()
+
+
+def test_media_answers_range_requests(client, library):
+    video = library[1][0]
+    data, url = video.read_bytes(), f"/media/{video.stem}"
+    size = len(data)
+    whole = client.get(url)
+    assert whole.status_code == 200 and whole.content == data and whole.headers["accept-ranges"] == "bytes"
+    assert whole.headers["content-type"] == "video/mp4"
+    for header, first, last in (("bytes=100-1099", 100, 1099), ("bytes=-500", size - 500, size - 1), (f"bytes={size - 10}-", size - 10, size - 1)):
+        part = client.get(url, headers={"Range": header})
+        assert part.status_code == 206, header
+        assert part.content == data[first : last + 1]
+        assert part.headers["content-range"] == f"bytes {first}-{last}/{size}"
+        assert part.headers["content-length"] == str(last - first + 1)
+    assert client.get(url, headers={"Range": f"bytes={size}-"}).status_code == 416
+    head = client.head(url)
+    assert head.status_code == 200 and head.headers["content-length"] == str(size) and head.content == b""
+
+
+@pytest.fixture(scope="module")
+def live(index):
+    """The app on a real uvicorn server on a free local port: its port."""
+    server = uvicorn.Server(uvicorn.Config(create_app(index), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the server did not start"
+        threading.Event().wait(0.05)
+    yield server.servers[0].sockets[0].getsockname()[1]
+    server.should_exit = True
+    thread.join(10)
+
+
+def raw_get(port: int, target: str, headers: dict | None = None) -> tuple[int, bytes]:
+    """GET ``target`` exactly as written (no client-side normalisation of ``..`` or escapes)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", target, headers=headers or {})
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def test_paths_outside_the_indexed_folder_are_refused(live, library, tmp_path):
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes(b"SECRET" * 100)
+    video = library[1][0]
+    targets = ["/media/../../../../../../etc/passwd", "/media/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/media/..%2f..%2f..%2fetc%2fpasswd",
+               "/media//etc/passwd", "/media/%2Fetc%2Fpasswd", f"/media/{secret}", f"/media/{video.with_suffix('')}",
+               f"/media/{video.stem}/../{video.stem}", "/thumbs/%2e%2e/%2e%2e/etc/passwd?t=0"]
+    for target in targets:
+        status, body = raw_get(live, target)
+        assert status in (403, 404), (target, status)
+        assert b"root:" not in body and b"SECRET" not in body, target
+    assert raw_get(live, f"/media/{video.stem}")[0] == 200
+    assert raw_get(live, "/media/linked")[0] == 403, "indexed through a symlink whose target lies outside the folder"
+    original = video.with_name(".original.mp4")
+    os.rename(video, original)
+    try:
+        video.symlink_to(secret)  # swapped after indexing
+        status, body = raw_get(live, f"/media/{video.stem}")
+        assert status == 403 and b"SECRET" not in body
+    finally:
+        video.unlink()
+        os.rename(original, video)
+
+
+def test_a_token_is_required_when_set(index, library):
+    client = TestClient(create_app(index, token=TOKEN))
+    media = f"/media/{library[1][0].stem}"
+    for path in ("/", "/api/videos", media, "/api/search?q=a+red+disc"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            refused = client.get(path, headers=headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer" and "token" in refused.json()["error"]
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/api/videos", headers=bearer).status_code == 200
+    assert client.get(media, headers={**bearer, "Range": "bytes=0-9"}).status_code == 206
+    assert client.get("/?token=wrong", follow_redirects=False).status_code == 401
+    opened = client.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert opened.status_code == 303 and opened.headers["location"] == "/"
+    cookie = opened.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    for path in ("/", "/api/videos", media):  # the cookie the page got carries the token now
+        assert client.get(path).status_code == 200, path
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"q": ""}, "empty query"), ({"q": "   "}, "empty query"), ({}, "empty query"),
+    ({"q": "a red disc rises " * 30}, "more than 77 tokens"), ({"q": "x" * (MAX_QUERY_CHARS + 1)}, f"at most {MAX_QUERY_CHARS} characters"),
+    ({"q": "a red disc", "k": 0}, "k: "), ({"q": "a red disc", "k": 101}, "k: "), ({"q": "a red disc", "k": "ten"}, "k: "),
+])
+def test_bad_queries_get_a_4xx_with_a_message(client, params, message):
+    response = client.get("/api/search", params=params)
+    assert response.status_code == 422 and message in response.json()["error"], response.text
+
+
+def test_a_server_error_leaks_no_traceback(index, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals /home/user/private")
+
+    monkeypatch.setattr(LibraryIndex, "search", broken)
+    response = TestClient(create_app(index), raise_server_exceptions=False).get("/api/search", params={"q": "a red disc rises"})
+    assert response.status_code == 500 and "internal server error" in response.json()["error"]
+    assert "secret" not in response.text and "Traceback" not in response.text and "RuntimeError" not in response.text
+
+
+def test_a_new_index_version_is_picked_up_while_serving(synth_root, checkpoint, tmp_path):  # noqa: F811
+    """`vtg index` in another process adds a video; searches meanwhile all succeed on a whole version, old or new; a
+    damaged version is ignored while the last good one serves."""
+    videos = copy_videos(synth_root, tmp_path / "videos", 3)
+    hidden = Path(shutil.move(videos[2], tmp_path / "later.mp4"))
+    folder = tmp_path / "index"
+    build_index(find_videos([str(tmp_path / "videos")]), Grounder.from_pretrained(checkpoint), folder, str(checkpoint), progress=False)
+    client = TestClient(create_app(LibraryIndex.open(folder)))
+    assert len(client.get("/api/videos").json()["videos"]) == 2
+    shutil.move(hidden, videos[2])
+    build = subprocess.Popen([sys.executable, "-m", "vtg_pipeline", "index", str(tmp_path / "videos"), "--checkpoint", str(checkpoint),
+                              "--index", str(folder), "--no-progress"], stderr=subprocess.PIPE, text=True)
+    query, seen, answered = queries(synth_root)[0], set(), 0
+    while build.poll() is None or answered == 0:
+        response = client.get("/api/search", params={"q": query, "k": 20})
+        assert response.status_code == 200, response.text
+        seen |= {r["vid"] for r in response.json()["results"]}
+        answered += 1
+    assert build.returncode == 0, build.stderr.read()
+    assert seen <= {v.stem for v in videos}
+    assert sorted(v["vid"] for v in client.get("/api/videos").json()["videos"]) == sorted(v.stem for v in videos)
+    assert client.get(f"/media/{videos[2].stem}", headers={"Range": "bytes=0-9"}).status_code == 206
+    (folder / "index.json").write_text('{"format_version": "1", "version": 99, "folder": "v99"}')  # a version that is not there
+    assert len(client.get("/api/videos").json()["videos"]) == 3
+    assert client.get("/api/search", params={"q": query}).status_code == 200
+
+
+def test_serve_refuses_bad_startups_in_one_line(library, tmp_path, capsys):
+    missing = tmp_path / "nothing"
+    assert_one_line_error(["serve", "--index", str(missing)], capsys, missing / "index.json", "vtg index")
+    damaged = Path(shutil.copytree(library[0], tmp_path / "damaged"))
+    version = json.loads((damaged / "index.json").read_text())["folder"]
+    (damaged / version / "windows.faiss").write_bytes(b"not a faiss index")
+    assert_one_line_error(["serve", "--index", str(damaged)], capsys, damaged / version / "windows.faiss", "--rebuild")
+    assert_one_line_error(["serve", "--index", str(library[0]), "--host", "0.0.0.0"], capsys, "0.0.0.0", "--token", "--no-token")
+    assert_one_line_error(["serve", "--index", str(library[0]), "--port", "70000"], capsys, "70000")
+
+
+def test_vtg_serve_answers_on_its_port_with_the_token_from_the_environment(library):
+    with socket.socket() as probe:  # a port free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "vtg_pipeline", "serve", "--index", str(library[0]), "--port", str(port)],
+                              env={**os.environ, "VTG_TOKEN": TOKEN}, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stderr.readline()
+        assert line.startswith(f"serve: 4 videos from {library[0]} at http://127.0.0.1:{port}/"), line
+        status = None
+        for _ in range(300):  # uvicorn binds right after that line
+            try:
+                status = raw_get(port, "/api/videos")[0]
+                break
+            except ConnectionRefusedError:
+                threading.Event().wait(0.1)
+        assert status == 401, "VTG_TOKEN is the token"
+        status, body = raw_get(port, "/api/videos", {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and len(json.loads(body)["videos"]) == 4
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(30) == 0
+
+
+def test_the_page_is_self_contained(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "http://" not in page.text and "https://" not in page.text, "no CDN: the page works offline"
+    assert 'id="q"' in page.text and 'id="player"' in page.text and "Legend" in page.text
+
+
+def test_the_page_plays_the_first_result_from_its_start_in_chromium(browser, live, client, synth_root):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def first_result(query: str) -> dict:
+        return client.get("/api/search", params={"q": query, "k": 10}).json()["results"][0]
+
+    # a moment that starts after 0 s, in a video that may be served (not the one indexed through a symlink)
+    query = next(q for q in queries(synth_root) if first_result(q)["start"] >= 2 and first_result(q)["vid"] != "linked")
+    first = first_result(query)
+    browser.get(f"http://127.0.0.1:{live}/")
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.body.dataset.rendered === 'ok'"))
+    assert "videos in the library" in browser.find_element(By.ID, "status").text
+    box = browser.find_element(By.ID, "q")
+    box.send_keys(query, Keys.ENTER)
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "button.result"))
+    item = browser.find_elements(By.CSS_SELECTOR, "button.result")[0]
+    assert first["vid"] in item.text and hms(first["start"]) in item.text
+    item.click()
+    player = "document.getElementById('player')"
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(f"const v = {player}; return v.readyState >= 1 && !v.seeking && v.currentTime > 0"))
+    now = browser.execute_script(f"return {player}.currentTime")
+    assert abs(now - first["start"]) < 1, f"the player is at {now} s, the moment starts at {first['start']} s"
+    assert browser.execute_script("return document.querySelector('#curve svg') !== null && document.querySelector('button.result img').naturalWidth > 0")
+    assert browser.execute_script("return document.body.dataset.errors || ''") == "", "JavaScript errors on the page"
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]

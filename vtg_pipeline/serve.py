@@ -1,0 +1,309 @@
+"""``vtg serve``: a web page and a JSON API over a library index (``library.LibraryIndex``), served by uvicorn.
+
+Routes (``create_app``):
+
+- ``GET /``: the search page (self-contained HTML/CSS/JS, no network): a search box, the top moments with a
+  thumbnail, video name, time range and score; a click plays the video from the moment's start, its saliency curve
+  below (``report.saliency_svg``).
+- ``GET /api/search?q=…&k=…``: ``{"query", "results", "views"}``; ``results`` are the records ``vtg search --json``
+  prints (``LibraryIndex.search``), ``views`` one per result, what the page shows: name, media and thumbnail URLs,
+  time range (h:mm:ss.s) and the saliency SVG. An empty query, one over ``MAX_QUERY_CHARS`` characters or the text
+  tower's context, and ``k`` outside 1..``MAX_K`` get a 422 ``{"error": …}``.
+- ``GET /api/videos``: ``{"videos": [{"vid", "path", "duration", "frames", "windows", "media"}, …]}``.
+- ``GET /media/<vid>``: the indexed video, with HTTP range requests (Starlette's FileResponse: 206, Content-Range).
+  Only the videos of the current index version are served, and only while the file is still the real path that was
+  indexed and lies where its id says (a video swapped for a symlink out, or indexed through one, is refused).
+- ``GET /thumbs/<vid>?t=SECONDS``: the stored frame (PNG) shown at that time, from the index's feature store.
+
+With a token every route needs ``Authorization: Bearer TOKEN``, or the ``vtg_token`` cookie that opening
+``/?token=TOKEN`` once sets (HttpOnly, SameSite=Strict; the redirect drops the token from the address bar), so
+``<video>`` and ``<img>`` requests carry it too. Each request checks with one stat whether ``vtg index`` wrote a new
+version and switches to it (``LibraryIndex.reload``); a search in flight keeps the version it started with, and a
+new version that cannot be read leaves the old one serving. An unexpected error is a 500 ``{"error": …}``, its
+traceback only in the server's log.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import ipaddress
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from safetensors import SafetensorError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .features import load_features
+from .grounder import hms
+from .library import LibraryError, LibraryIndex, check_query
+from .names import printable
+from .report import STYLE, best_frames, legend, saliency_svg, thumbnails
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 2000  # refused before tokenizing; the text tower's context (77 tokens for CLIP) is checked after
+MAX_K = 100
+PAGE_K = 10  # moments the page asks for (the legend names this number)
+COOKIE = "vtg_token"
+RETRY_SECONDS = 5.0  # a new index version that could not be read is tried again after this long
+
+PAGE_STYLE = """
+form{display:flex;gap:.5rem;margin:1rem 0} #q{flex:1;font-size:1.1rem;padding:.4rem}
+.layout{display:flex;gap:1.5rem;align-items:flex-start} #results{list-style:none;padding:0;margin:0;width:400px;flex:none}
+.player,#player{width:560px}
+button.result{display:flex;gap:.6rem;align-items:center;width:100%;text-align:left;margin:0 0 .4rem}
+button.result.playing{border-color:#1565c0;background:#eef4ff}
+.result img{width:72px;height:72px;image-rendering:pixelated;border:1px solid #aaa;flex:none}
+.result .name{display:block;font-weight:600;overflow-wrap:anywhere} .result .span{display:block;font-size:.9rem;color:#444}
+#status{min-height:1.2rem;color:#444} #status.error{color:#b00020} #now{margin:.4rem 0;font-weight:600}
+"""
+
+PAGE_SCRIPT = """
+window.addEventListener('error', e => { document.body.dataset.errors = (document.body.dataset.errors || '') + e.message + ';'; });
+function say(text, failed) { const s = document.getElementById('status'); s.textContent = text; s.className = failed ? 'error' : ''; }
+async function api(path) {
+  const response = await fetch(path, {credentials: 'same-origin'});
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+function element(tag, cls, text) { const e = document.createElement(tag); e.className = cls; if (text) e.textContent = text; return e; }
+function play(result, view, item) {
+  const player = document.getElementById('player');
+  const seek = () => { player.currentTime = result.start; const p = player.play(); if (p) p.catch(() => {}); };
+  document.querySelectorAll('.result.playing').forEach(e => e.classList.remove('playing'));
+  item.classList.add('playing');
+  document.querySelector('.player .error').hidden = true;
+  if (player.dataset.media !== view.media) {
+    player.dataset.media = view.media;
+    player.addEventListener('loadedmetadata', seek, {once: true});
+    player.src = view.media;
+  } else seek();
+  document.getElementById('now').textContent = view.name + ' · ' + view.span;
+  document.getElementById('curve').innerHTML = view.saliency;  // made by the server from numbers and times only
+}
+function show(body) {
+  const list = document.getElementById('results');
+  list.replaceChildren();
+  body.results.forEach((result, i) => {
+    const view = body.views[i], item = element('button', 'result');
+    item.type = 'button';
+    item.dataset.rank = result.rank;
+    if (view.thumbnail) { const img = element('img', ''); img.src = view.thumbnail; img.alt = ''; img.loading = 'lazy'; item.append(img); }
+    const text = element('span', '');
+    text.append(element('span', 'name', view.name), element('span', 'span', view.span + ' · ' + result.score.toFixed(2)));
+    item.append(text);
+    item.addEventListener('click', () => play(result, view, item));
+    const entry = document.createElement('li');
+    entry.append(item);
+    list.append(entry);
+  });
+  say(body.results.length ? body.results.length + ' moments for “' + body.query + '”' : 'no moments for “' + body.query + '”');
+}
+async function search(event) {
+  event.preventDefault();
+  const q = document.getElementById('q').value;
+  say('searching…');
+  try { show(await api('/api/search?k=PAGE_K&q=' + encodeURIComponent(q))); } catch (e) { say(e.message, true); }
+}
+async function start() {
+  document.getElementById('search').addEventListener('submit', search);
+  try { const body = await api('/api/videos'); say(body.videos.length + ' videos in the library'); } catch (e) { say(e.message, true); }
+  document.body.dataset.rendered = 'ok';
+}
+document.addEventListener('DOMContentLoaded', start);
+"""
+
+
+def page() -> str:
+    """The search page."""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vtg search</title><link rel="icon" href="data:,">'
+            f'<style>{STYLE}{PAGE_STYLE}</style><script>{PAGE_SCRIPT.replace("PAGE_K", str(PAGE_K))}</script></head><body>'
+            f'<h1>Search the video library</h1><form id="search" role="search"><input id="q" type="search" autofocus '
+            f'maxlength="{MAX_QUERY_CHARS}" placeholder="describe a moment, e.g. a red disc rises" aria-label="query">'
+            f'<button type="submit">Search</button></form><p id="status" role="status"></p><div class="layout">'
+            f'<ol id="results"></ol><div class="player"><video id="player" controls preload="metadata" '
+            f'onerror="this.parentElement.querySelector(\'.error\').hidden = false"></video>'
+            f'<p class="error" hidden>this video cannot be played: it was moved or deleted since it was indexed, or this '
+            f'browser cannot decode it</p><div id="now"></div><div id="curve"></div>{legend(PAGE_K, None)}</div></div>'
+            f'</body></html>')
+
+
+class LiveIndex:
+    """A LibraryIndex that follows new versions: ``current()`` switches to the newest readable one (one stat when there
+    is none); ``catalog``: its videos by id."""
+
+    def __init__(self, index: LibraryIndex):
+        self.index, self.lock, self.retry_at = index, threading.Lock(), 0.0
+        self.catalog = {v["vid"]: v for v in index.videos()}
+
+    def current(self) -> LibraryIndex:
+        if self.index.changed() and time.monotonic() >= self.retry_at:
+            with self.lock:
+                try:
+                    if self.index.reload():
+                        self.catalog = {v["vid"]: v for v in self.index.videos()}
+                        print(printable(f"serve: {len(self.catalog)} videos, the new version of {self.index.folder}"), file=sys.stderr)
+                except LibraryError as e:  # a damaged new version: keep serving the last good one
+                    self.retry_at = time.monotonic() + RETRY_SECONDS
+                    log.error("%s (still serving the previous version)", printable(e))
+        return self.index
+
+
+def media_url(vid: str) -> str:
+    return "/media/" + quote(vid)
+
+
+def views(results: list[dict]) -> list[dict]:
+    """What the page shows of each search result: name, media and thumbnail URLs, h:mm:ss.s span, saliency SVG with
+    the moments of its video among ``results`` shaded."""
+    shown = []
+    for r in results:
+        moments = [[m["start"], m["end"], m["score"]] for m in results if m["vid"] == r["vid"]]
+        [best] = best_frames({"clip_times": r["clip_times"], "pred_saliency_scores": r["saliency"]}, [[r["start"], r["end"], r["score"]]])
+        thumb = f"/thumbs/{quote(r['vid'])}?t={r['clip_times'][best]}" if r["clip_times"] else None
+        shown.append({"name": r["vid"] + Path(r["video"]).suffix, "media": media_url(r["vid"]), "thumbnail": thumb,
+                      "span": f"{hms(r['start'])}–{hms(r['end'])}",
+                      "saliency": saliency_svg(r["clip_times"], r["saliency"], moments, r["duration"])})
+    return shown
+
+
+def servable(video: dict) -> Path:
+    """An indexed video's file if it may be served, else HTTPException 403: it must still be the real path that was
+    indexed (no symlink swapped in since) and lie where its id says (``.../<vid>.<ext>``, not a link's target)."""
+    path = Path(video["path"])
+    if os.path.realpath(path) != str(path) or not path.with_suffix("").as_posix().endswith("/" + video["vid"]) or not path.is_file():
+        raise HTTPException(403, f"{video['vid']}: not served, its file is not where the index found it inside the indexed folder "
+                                 f"(a symlink, or changed since): run vtg index again")
+    return path
+
+
+def frame_png(feature_file: str, seconds: float) -> bytes | None:
+    """The stored frame nearest ``seconds`` as PNG bytes, None when the store holds no frames for it (or no file)."""
+    try:
+        times = load_features(feature_file, ["timestamps"])["timestamps"]
+    except (OSError, KeyError, SafetensorError):  # removed or rewritten by a build since this version was written
+        return None
+    uris = thumbnails(Path(feature_file), [int(np.abs(times - seconds).argmin())])
+    return base64.b64decode(uris[0].partition(",")[2]) if uris else None
+
+
+def authorized(request: Request, token: str) -> bool:
+    given = request.headers.get("authorization", "")
+    given = given[7:] if given.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def create_app(index: LibraryIndex, token: str | None = None) -> FastAPI:
+    """The ASGI app serving ``index`` (see the module docstring); ``token``: required from every client when given."""
+    live = LiveIndex(index)
+    app = FastAPI(title="vtg serve", docs_url=None, redoc_url=None, openapi_url=None)  # the docs pages load from a CDN
+
+    def lookup(vid: str) -> dict:
+        live.current()
+        if vid not in live.catalog:
+            raise HTTPException(404, "no such video in the index")
+        return live.catalog[vid]
+
+    @app.middleware("http")
+    async def check_token(request: Request, call_next):
+        if token is None or authorized(request, token):
+            return await call_next(request)
+        given = request.query_params.get("token")
+        if request.url.path == "/" and given is not None and hmac.compare_digest(given.encode(), token.encode()):
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+            return response
+        return JSONResponse({"error": "this server needs its token: send Authorization: Bearer TOKEN, or open /?token=TOKEN "
+                                      "once in the browser"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(StarletteHTTPException)  # ours and the router's (404 for an unknown path, 405)
+    async def client_error(request: Request, e: StarletteHTTPException):
+        return JSONResponse({"error": e.detail}, status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'][1:]))}: {err['msg']}" for err in e.errors())
+        return JSONResponse({"error": problems}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception):  # the traceback goes to the log only
+        return JSONResponse({"error": "internal server error (the server's log has the details)"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    def search_page():
+        return page()
+
+    @app.get("/api/search")
+    def search(q: str = Query("", max_length=MAX_QUERY_CHARS), k: int = Query(10, ge=1, le=MAX_K)):
+        current = live.current()
+        try:
+            check_query(q, current.grounder)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        results = current.search(q, k=k)
+        return {"query": q, "results": results, "views": views(results)}
+
+    @app.get("/api/videos")
+    def videos():
+        live.current()
+        return {"videos": [{key: v[key] for key in ("vid", "path", "duration", "frames", "windows")} | {"media": media_url(v["vid"])}
+                           for v in live.catalog.values()]}
+
+    @app.api_route("/media/{vid:path}", methods=["GET", "HEAD"])
+    def media(vid: str):
+        return FileResponse(servable(lookup(vid)))
+
+    @app.get("/thumbs/{vid:path}")
+    def thumb(vid: str, t: float = Query(0.0, ge=0)):
+        png = frame_png(lookup(vid)["feature_file"], t)
+        if png is None:
+            raise HTTPException(404, "the feature store holds no frames of this video")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    return app
+
+
+def is_local(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback address (a name that does not resolve is not)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
+def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, no_token: bool = False,
+          device: str = "cpu") -> int:
+    """Check the address and the index, then serve until interrupted. ValueError (one line): a port out of range, a
+    non-local host without a token (unless ``no_token``), an index that cannot be read (LibraryError: the file, the
+    rebuild)."""
+    import uvicorn
+
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: expected 0 to 65535")
+    if not is_local(host) and not token:
+        if not no_token:
+            raise ValueError(f"--host {host} is not a loopback address: anyone who reaches it could search and watch the library; "
+                             f"give --token TOKEN (or set VTG_TOKEN), or --no-token to serve it to everyone")
+        log.warning("serving %s without a token: anyone who reaches it can search and watch the library", host)
+    index = LibraryIndex.open(index_dir, device=device)
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
+    print(printable(f"serve: {len(index.videos())} videos from {index_dir} at {url}" + (f" (open {url}?token=TOKEN once)" if token else "")),
+          file=sys.stderr)
+    uvicorn.run(create_app(index, token), host=host, port=port, log_level="info")
+    return 0
