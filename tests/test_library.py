@@ -289,3 +289,15 @@ def test_a_large_library_gets_an_approximate_index(library, grounder, checkpoint
     exact = LibraryIndex.open(library[0], grounder).windows(QUERY, n=5)
     approximate = LibraryIndex.open(folder, grounder).windows(QUERY, n=5)
     assert [(h["vid"], h["start"]) for h in approximate] == [(h["vid"], h["start"]) for h in exact]
+
+
+def test_a_checkpoint_older_than_the_search_head_grounds_but_is_not_indexed(checkpoint, synth_root, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(checkpoint, old)
+    weights = {k: v for k, v in load_file(str(old / "model.safetensors")).items() if not k.startswith("retrieval.")}
+    save_file(weights, str(old / "model.safetensors"))
+    grounder = Grounder.from_pretrained(old)
+    video = sorted((synth_root / "videos").glob("*.mp4"))[0]
+    assert grounder.ground(video, "a red disc rises")[0]["pred_relevant_windows"]
+    with pytest.raises(LibraryError, match="train it again"):
+        build_index(find_videos([str(video)]), grounder, tmp_path / "index", str(old), progress=False)

@@ -86,8 +86,9 @@ class Grounder:
 
     trained: dict = {}  # epoch and metrics of the checkpoint it was loaded from; save_pretrained keeps them
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone):
-        self.model, self.cfg, self.backbone = model.eval(), cfg, backbone
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone, indexable: bool = True):
+        """``indexable``: whether the model's library-search head (``model.retrieval``) was trained, so ``vtg index`` can use it."""
+        self.model, self.cfg, self.backbone, self.indexable = model.eval(), cfg, backbone, indexable
         self.fps = cfg.data.fps
         self.text_cache = TextCache(backbone)  # a query asked of many videos is encoded once, as in training
 
@@ -121,10 +122,12 @@ class Grounder:
                                   f"backbone settings ({cfg.backbone.name}, {cfg.backbone.pretrained}, {cfg.backbone.layers} layers) give {now[field]}")
         model = create_model(cfg.model)
         try:
-            model.load_state_dict(load_file(str(weights_file)))
+            missing, unexpected = model.load_state_dict(load_file(str(weights_file)), strict=False)
         except Exception as e:  # safetensors' own error type for a cut or garbage file; RuntimeError for the wrong model
             raise GroundError(f"{weights_file}: not the weights of this config's model ({type(e).__name__}: {first_line(e)})") from None
-        grounder = cls(model.to(device), cfg, backbone)
+        if unexpected or any(not key.startswith("retrieval.") for key in missing):  # a checkpoint older than the head still grounds
+            raise GroundError(f"{weights_file}: not the weights of this config's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        grounder = cls(model.to(device), cfg, backbone, indexable=not missing)
         grounder.trained = {key: values[key] for key in ("epoch", "metrics") if key in values}
         return grounder
 

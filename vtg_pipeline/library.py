@@ -326,6 +326,8 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
     search); a new version replaces the current one. Returns counts: videos, new, changed, unchanged, removed, failed,
     windows, kind (flat | hnsw), version, index. LibraryError when the current version is another checkpoint's or
     unreadable (``rebuild=True`` embeds every video afresh, reusing the stored features that still match)."""
+    if not grounder.indexable:
+        raise LibraryError(f"{checkpoint}: trained before checkpoints had a library-search head; train it again to index with it")
     folder = output_folder(folder)
     checkpoint = os.path.abspath(checkpoint) if os.path.isdir(checkpoint) else checkpoint
     sha256, cfg, fps = checkpoint_sha256(grounder), grounder.cfg, grounder.fps
