@@ -120,6 +120,7 @@ def test_two_process_cpu_launch_steps_on_both_ranks(synth_root, tmp_path):
     steps = dict(re.findall(r"\[process (\d)\] trained (\d+) steps", result.stderr))
     assert set(steps) == {"0", "1"} and all(int(n) > 0 for n in steps.values()) and steps["0"] == steps["1"]
     assert (tmp_path / "ddp" / "best" / "model.safetensors").exists()
+    assert result.stdout.count('"output_dir"') == 1, "the result JSON is printed once, by the main process"
 
 
 def test_cli_train_reports_config_errors_in_one_line(capsys, tmp_path):

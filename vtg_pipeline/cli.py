@@ -125,7 +125,10 @@ def train_main(args: argparse.Namespace) -> int:
     except TrainingError as e:
         print(f"vtg train: error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({"output_dir": cfg.output_dir, "best": best}))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # once, not once per launched process
+        print(json.dumps({"output_dir": cfg.output_dir, "best": best}))
     return 0
 
 
