@@ -29,6 +29,7 @@ from torchvision.transforms import InterpolationMode
 
 from . import MODEL_CONFIGS
 from .features import partial_path
+from .names import first_line
 
 log = logging.getLogger(__name__)
 
@@ -278,11 +279,6 @@ def check_weights_reachable(name: str, tag: str) -> None:
     raise BackboneError(f"{name} {tag} weights are not in the local cache and the Hugging Face Hub "
                         f"{'is off (HF_HUB_OFFLINE)' if offline else 'cannot be reached'}: download them once on a connected machine, "
                         f"give a local checkpoint file (--pretrained PATH), or try the offline model (--model vtg-tiny)")
-
-
-def first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message (library errors often span many lines)."""
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
 
 
 def spec_metadata(spec: BackboneSpec) -> dict[str, str]:

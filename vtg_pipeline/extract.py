@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone, spec_metadata
 from .features import FORMAT_VERSION, FileLock, Manifest, StreamingSafetensorsWriter, feature_path, read_metadata, remove_stale_partials
-from .names import UnsafeNameError, check_video_id, printable
+from .names import UnsafeNameError, check_video_id, first_line, printable
 from .video import VIDEO_EXTENSIONS, Decoder, VideoError, VideoInfo, make_decoder, probe, sample_times
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def _probe(path: str) -> VideoInfo | str:
 
 
 def _unexpected(error: Exception) -> str:
-    return f"unexpected {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return f"unexpected {type(error).__name__}: {first_line(error)}"
 
 
 def _decode_into(job: _Job, decoder: Decoder, backbone: FrozenBackbone, cfg: ExtractConfig, out: queue.Queue, stop: threading.Event) -> None:

@@ -30,7 +30,7 @@ from typing import Iterable
 import numpy as np
 from safetensors import safe_open
 
-from .names import check_video_id, path_in, printable
+from .names import check_video_id, first_line, path_in, printable
 
 FORMAT_VERSION = "1"
 _DTYPES = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("uint8"): "U8"}
@@ -275,7 +275,7 @@ def summarize_store(out_dir: str | Path) -> dict:
                         "layers": json.loads(meta["layers"]) if "layers" in meta else None,
                         "fps": float(meta["fps"]) if "fps" in meta else None, "store": meta.get("store")}
         except Exception as e:  # SafetensorError for a garbage file, a missing tensor, a bad duration, fps or layers
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = first_line(e) or type(e).__name__
             raise ValueError(printable(f"{path}: not a readable feature file ({reason})")) from None
         frames += count
         group = groups.setdefault(json.dumps([settings, tensors], sort_keys=True),

@@ -44,14 +44,14 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .annotations import check_qid, json_object, open_text, repeated_qid, text_lines
-from .backbone import FrozenBackbone, first_line, hub_reachable, load_backbone
+from .backbone import FrozenBackbone, hub_reachable, load_backbone
 from .config import TrainConfig, config_from_dict
 from .data import DataError, TextCache, check_finite, check_shapes
 from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, output_folder, run_settings
 from .features import Manifest, feature_path, read_metadata
 from .inference import ground_in_windows, rounded
 from .models import create_model
-from .names import UnsafeNameError, check_video_id
+from .names import UnsafeNameError, check_video_id, first_line
 from .training import write_checkpoint
 
 

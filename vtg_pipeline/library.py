@@ -63,13 +63,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .backbone import first_line, weights_sha256
+from .backbone import weights_sha256
 from .data import DataError, check_finite, check_shapes
 from .extract import ExtractConfig, VideoItem, extract_videos, output_folder
 from .features import FileLock, atomic_write_text, feature_path
 from .grounder import Grounder, is_truncated
 from .inference import ground_in_windows, rounded, window_starts
-from .names import check_video_id, printable
+from .names import check_video_id, first_line, printable
 
 log = logging.getLogger(__name__)
 

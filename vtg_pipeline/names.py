@@ -53,6 +53,11 @@ def path_in(folder: str | Path, relative: str, suffix: str = "") -> Path:
     return path
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (library errors often span many lines)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 

@@ -42,6 +42,7 @@ from .features import atomic_write_text
 from .inference import ground_in_windows, predictions_for_batch, rounded
 from .losses import background_losses, grounding_losses, library_loss, moment_window, window_losses
 from .models import create_model
+from .names import first_line
 
 
 class TrainingError(RuntimeError):
@@ -203,7 +204,7 @@ def load_resume_state(accelerator: Accelerator, folder: Path) -> dict:
         progress = json.loads((folder / "progress.json").read_text())
         accelerator.load_state(str(folder))
     except (OSError, ValueError, RuntimeError, KeyError, EOFError) as e:
-        raise ResumeError(f"{folder}: cannot resume ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ResumeError(f"{folder}: cannot resume ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(progress, dict) or not {"step", "epoch", "best", "best_metrics"} <= set(progress):
         raise ResumeError(f"{folder}/progress.json: not a progress record")
     return progress
