@@ -160,3 +160,16 @@ def test_resume_refuses_an_incomplete_state_in_one_line(synth_root, tmp_path, ca
     os.chdir(Path(__file__).resolve().parents[1])
     assert_one_line_error(args, capsys, str(out / "last"), "cannot resume")
     shutil.rmtree(out)
+
+
+def test_a_kill_while_trimming_the_logs_keeps_them_whole(tmp_path, monkeypatch):
+    """Trimming rewrites log.csv and metrics.jsonl atomically: a kill at the rename leaves the old file, not a part."""
+    log = "step,epoch,lr,loss\n1,1,0.1,2.0\n2,1,0.1,1.5\n3,2,0.01,1.2\n"
+    (tmp_path / "log.csv").write_text(log)
+    inject_kill(monkeypatch, "rename", 1, "before")
+    with pytest.raises(Killed):
+        training.trim_logs(tmp_path, {"step": 2, "epoch": 1})
+    monkeypatch.undo()
+    assert (tmp_path / "log.csv").read_text() == log
+    training.trim_logs(tmp_path, {"step": 2, "epoch": 1})
+    assert (tmp_path / "log.csv").read_text().splitlines() == log.splitlines()[:3]

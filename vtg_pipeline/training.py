@@ -14,6 +14,7 @@ checkpoint's predictions on the validation annotations).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -226,12 +227,17 @@ def trim_logs(out_dir: Path, state: dict) -> None:
     log_file = out_dir / "log.csv"
     if log_file.exists():
         with open(log_file, newline="") as f:
-            rows = list(csv.DictReader(f))
-        kept_rows = [r for r in rows if None not in r and None not in r.values() and r.get("step", "").isdigit()
-                     and int(r["step"]) <= state["step"]]
-        log_file.unlink()
-        for row in kept_rows:
-            append_csv(log_file, row)
+            reader = csv.DictReader(f)
+            rows = [r for r in reader if None not in r and None not in r.values() and r.get("step", "").isdigit()
+                    and int(r["step"]) <= state["step"]]
+        if not rows:  # a fresh run: append_csv starts the file with its header
+            log_file.unlink()
+            return
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(log_file, text.getvalue())  # a kill here leaves the old log, never a part of it
 
 
 @torch.no_grad()
