@@ -184,12 +184,14 @@ class Grounder:
             bar.set_postfix(queries=sum(len(v) for v in by_video.values()), refresh=False)
             for path, indices in by_video.items():
                 batch = [requests[i] for i in indices]
-                try:
-                    if path in failures:
-                        raise DataError(failures[path])
-                    outputs = self.ground_features(files[path], [r.query for r in batch])
-                except DataError as e:  # this video's states are unusable: its items get the reason, the others go on
-                    outputs = [{"error": str(e)}] * len(batch)
+                reason = failures.get(path)
+                if reason is None:
+                    try:
+                        outputs = self.ground_features(files[path], [r.query for r in batch])
+                    except DataError as e:  # this video's states are unusable: its items get the reason, the others go on
+                        reason = str(e)
+                if reason is not None:
+                    outputs = [{"error": reason}] * len(batch)
                 for i, r, out in zip(indices, batch, outputs):
                     results[i] = {"qid": r.qid, "query": r.query, "video": r.video, **out}
                     if "error" not in out and is_truncated(self.backbone, r.query):
@@ -355,7 +357,7 @@ def read_requests(path: str | Path) -> list[Request]:
                 rows.append((number, json_object(line)))
             except ValueError as e:
                 raise GroundError(f"{path}:{number}: {e}") from None
-    items, seen = [], {}  # items: (video, query, qid or None); seen: explicit qid -> where
+    requests, seen = [], {}  # seen: explicit qid -> where
     for number, row in rows:
         where = f"{path}:{number}"
         if not row.get("video") or "query" not in row:
@@ -374,6 +376,5 @@ def read_requests(path: str | Path) -> list[Request]:
             if repeated:
                 raise GroundError(f"{where}: {repeated}")
         video = Path(row["video"])
-        items.append((str(video if video.is_absolute() else path.parent / video), str(row["query"] or ""), qid))
-    free = (n for n in itertools.count() if n not in seen)
-    return [Request(video, query, next(free) if qid is None else qid) for video, query, qid in items]
+        requests.append(Request(str(video if video.is_absolute() else path.parent / video), str(row["query"] or ""), qid))
+    return with_qids(requests)
