@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from test_library import checkpoint, copy_videos  # noqa: F401  (checkpoint: a fixture, 1 epoch with 40 s windows)
 from test_report import browser  # noqa: F401  (a fixture: headless Chromium, skipped where it is absent)
 
+from vtg_pipeline import serve
 from vtg_pipeline.cli import main
 from vtg_pipeline.extract import find_videos
 from vtg_pipeline.grounder import Grounder, hms
@@ -180,6 +182,45 @@ def test_a_server_error_leaks_no_traceback(index, monkeypatch):
     response = TestClient(create_app(index), raise_server_exceptions=False).get("/api/search", params={"q": "a red disc rises"})
     assert response.status_code == 500 and "internal server error" in response.json()["error"]
     assert "secret" not in response.text and "Traceback" not in response.text and "RuntimeError" not in response.text
+
+
+def test_searches_take_turns_in_arrival_order_and_a_full_queue_gets_503(index, monkeypatch):
+    """Searches never run side by side (they would share the cores), start in the order they came, and past
+    SEARCHES_QUEUED waiting a request is refused at once with Retry-After instead of waiting without bound."""
+    monkeypatch.setattr(serve, "SEARCHES_QUEUED", 2)
+    started, release, running, overlap = [], threading.Event(), [0], []
+
+    def slow_search(self, query, k=10):
+        running[0] += 1
+        overlap.append(running[0])
+        started.append(query)
+        release.wait(30)
+        running[0] -= 1
+        return []
+
+    monkeypatch.setattr(LibraryIndex, "search", slow_search)
+    app = create_app(index)
+    client, answers = TestClient(app), {}
+
+    def ask(query):
+        answers[query] = client.get("/api/search", params={"q": query})
+
+    threads = []
+    for n, query in enumerate(["first", "second", "third"], 1):  # one runs, two wait: the queue is full
+        threads.append(threading.Thread(target=ask, args=(query,)))
+        threads[-1].start()
+        for _ in range(3000):  # this request has its ticket before the next one comes
+            if app.state.turns.issued == n:
+                break
+            time.sleep(0.01)
+    refused = client.get("/api/search", params={"q": "fourth"})
+    assert refused.status_code == 503 and "busy" in refused.json()["error"] and refused.headers["retry-after"] == "1"
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert started == ["first", "second", "third"] and max(overlap) == 1
+    assert all(answers[q].status_code == 200 for q in started)
+    assert client.get("/api/search", params={"q": "fifth"}).status_code == 200  # the queue drained
 
 
 def test_a_new_index_version_is_picked_up_while_serving(synth_root, checkpoint, tmp_path):  # noqa: F811

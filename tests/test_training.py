@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from vtg_pipeline.config import ConfigError, load_config
+from vtg_pipeline.data import TextCache
 from vtg_pipeline.training import TrainingError, build_run, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,3 +238,23 @@ def test_ablation_rows_share_one_budget_and_the_default_config_is_the_winner(fol
         assert changes(rows[row], rows["r2"]) == expected, row
     default = load_config(ROOT / "configs" / recipe, [])
     assert changes(rows[winner], default) == budget
+
+
+def test_a_limited_text_cache_keeps_the_most_recent_queries_and_never_drops_those_asked(tiny_backbone):
+    def states_of(answer, i):
+        states, mask = answer
+        return states[i][mask[i]]
+
+    cache = TextCache(tiny_backbone, limit=2)
+    first = cache(["a red disc", "a blue square"], "cpu")
+    cache(["a green ring"], "cpu")  # the least recently asked, "a red disc", goes
+    assert list(cache._cache) == ["a blue square", "a green ring"]
+    many = cache(["a red disc", "a blue square", "a green ring"], "cpu")  # more than the limit in one call: all answered
+    assert len(cache) == 3  # encoded again in another batch: the same states up to float rounding (stored in half)
+    torch.testing.assert_close(states_of(many, 0), states_of(first, 0), rtol=1e-2, atol=1e-2)
+    cache(["a blue square"], "cpu")
+    assert list(cache._cache) == ["a green ring", "a blue square"]
+    unlimited = TextCache(tiny_backbone)  # training's: every query stays
+    unlimited([f"query {i}" for i in range(5)], "cpu")
+    unlimited(["query 9"], "cpu")
+    assert len(unlimited) == 6

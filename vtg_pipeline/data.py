@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -414,22 +415,33 @@ class TextCache:
 
     ``precompute`` encodes a whole dataset's queries sorted and in fixed chunks, so a
     query's states never depend on which batch first needed it (a resumed run sees
-    the same numbers as an uninterrupted one).
+    the same numbers as an uninterrupted one). ``limit`` (None: keep every query, as
+    training does) keeps only the most recently asked queries: a server that answers
+    every new text stays within a fixed memory.
     """
 
     chunk = 256
 
-    def __init__(self, backbone: FrozenBackbone):
-        self.backbone = backbone
-        self._cache: dict[str, torch.Tensor] = {}
+    def __init__(self, backbone: FrozenBackbone, limit: int | None = None):
+        self.backbone, self.limit = backbone, limit
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def precompute(self, queries) -> None:
-        missing = sorted({q for q in queries if q not in self._cache})
+        wanted = dict.fromkeys(queries)  # in the order asked: the last one is the most recent
+        missing = sorted(wanted.keys() - self._cache.keys())
         for start in range(0, len(missing), self.chunk):
             part = missing[start : start + self.chunk]
             states, mask = self.backbone.encode_text(part)
             for query, s, m in zip(part, states, mask):
                 self._cache[query] = s[: int(m.sum())].half().cpu()
+        if self.limit is not None:  # least recently asked first out, never a query of this call
+            for query in wanted:
+                self._cache.move_to_end(query)
+            for _ in range(len(self._cache) - max(self.limit, len(wanted))):
+                self._cache.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def __call__(self, queries: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries -> states (B, L, K, Dt) float32 and mask (B, L) on ``device``."""

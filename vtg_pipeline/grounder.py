@@ -60,6 +60,7 @@ STATE_FIELDS = ("backbone", "backbone_sha256", "layers", "text_layers", "image_s
 # A Hugging Face Hub model repo id with an optional revision (branch, tag or commit): ``org/name[@revision]``.
 REPO_ID = re.compile(r"(?P<repo_id>[^/@\s]+/[^/@\s]+)(?:@(?P<revision>\S+))?")
 CHECKPOINT_FILES = ["config.json", "model.safetensors", "README.md"]  # what a checkpoint folder (and a Hub repo of one) holds
+QUERIES_CACHED = 1024  # distinct query texts whose states a Grounder keeps (about 64 MB with ViT-B/32's text tower, K = 4)
 
 
 class GroundError(ValueError):
@@ -90,7 +91,7 @@ class Grounder:
         """``indexable``: whether the model's library-search head (``model.retrieval``) was trained, so ``vtg index`` can use it."""
         self.model, self.cfg, self.backbone, self.indexable = model.eval(), cfg, backbone, indexable
         self.fps = cfg.data.fps
-        self.text_cache = TextCache(backbone)  # a query asked of many videos is encoded once, as in training
+        self.text_cache = TextCache(backbone, QUERIES_CACHED)  # a query asked of many videos is encoded once, as in training
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path, device: str | torch.device = "cpu") -> "Grounder":

@@ -8,7 +8,8 @@ Routes (``create_app``):
 - ``GET /api/search?q=…&k=…``: ``{"query", "results", "views"}``; ``results`` are the records ``vtg search --json``
   prints (``LibraryIndex.search``), ``views`` one per result, what the page shows: name, media and thumbnail URLs,
   time range (h:mm:ss.s) and the saliency SVG. An empty query, one over ``MAX_QUERY_CHARS`` characters or the text
-  tower's context, and ``k`` outside 1..``MAX_K`` get a 422 ``{"error": …}``.
+  tower's context, and ``k`` outside 1..``MAX_K`` get a 422 ``{"error": …}``. Searches run one at a time, first come first
+  served (``SearchTurns``); with ``SEARCHES_QUEUED`` already waiting a request gets a 503 with ``Retry-After``.
 - ``GET /api/videos``: ``{"videos": [{"vid", "path", "duration", "frames", "windows", "media"}, …]}``.
 - ``GET /media/<vid>``: the indexed video, with HTTP range requests (Starlette's FileResponse: 206, Content-Range).
   Only the videos of the current index version are served, and only while the file is still the real path that was
@@ -34,6 +35,7 @@ import socket
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -57,6 +59,7 @@ MAX_K = 100
 PAGE_K = 10  # moments the page asks for (the legend names this number)
 COOKIE = "vtg_token"
 RETRY_SECONDS = 5.0  # a new index version that could not be read is tried again after this long
+SEARCHES_QUEUED = 64  # searches that may wait for their turn; one more is refused with 503 and Retry-After
 
 PAGE_STYLE = """
 form{display:flex;gap:.5rem;margin:1rem 0} #q{flex:1;font-size:1.1rem;padding:.4rem}
@@ -161,6 +164,32 @@ class LiveIndex:
         return self.index
 
 
+class SearchTurns:
+    """Searches run one at a time, first come first served: torch already spreads one search over every core, and
+    searches running side by side only take the cores from each other (16 at once on 2 cores: each 10x slower).
+    ``turn()`` waits for this request's turn (a ticket); with ``queued`` requests already waiting it refuses at once
+    (HTTPException 503)."""
+
+    def __init__(self, queued: int):
+        self.queued, self.issued, self.serving = queued, 0, 0
+        self.changed = threading.Condition()
+
+    @contextmanager
+    def turn(self):
+        with self.changed:
+            if self.issued - self.serving > self.queued:
+                raise HTTPException(503, f"busy: {self.issued - self.serving - 1} searches are waiting; try again in a moment",
+                                    headers={"Retry-After": "1"})
+            ticket, self.issued = self.issued, self.issued + 1
+            self.changed.wait_for(lambda: self.serving == ticket)
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.serving += 1
+                self.changed.notify_all()
+
+
 def media_url(vid: str) -> str:
     return "/media/" + quote(vid)
 
@@ -207,8 +236,9 @@ def authorized(request: Request, token: str) -> bool:
 
 def create_app(index: LibraryIndex, token: str | None = None) -> FastAPI:
     """The ASGI app serving ``index`` (see the module docstring); ``token``: required from every client when given."""
-    live = LiveIndex(index)
+    live, turns = LiveIndex(index), SearchTurns(SEARCHES_QUEUED)
     app = FastAPI(title="vtg serve", docs_url=None, redoc_url=None, openapi_url=None)  # the docs pages load from a CDN
+    app.state.turns = turns
 
     def lookup(vid: str) -> dict:
         live.current()
@@ -252,7 +282,8 @@ def create_app(index: LibraryIndex, token: str | None = None) -> FastAPI:
             check_query(q, current.grounder)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
-        results = current.search(q, k=k)
+        with turns.turn():
+            results = current.search(q, k=k)
         return {"query": q, "results": results, "views": views(results)}
 
     @app.get("/api/videos")
