@@ -140,6 +140,23 @@ def test_windowed_inference_grounds_only_in_the_top_windows():
 
 
 @pytest.mark.slow
+def test_a_single_window_is_scored_like_one_of_many():
+    """Library search ranks moments of many videos, some with one candidate window and some with several: a moment's
+    score must not depend on how many windows were searched with it (moment x window score in both cases)."""
+    torch.manual_seed(0)
+    model = tiny_rgnet()
+    video = torch.randn(40, 4, 5, 16)
+    query, query_mask = torch.randn(1, 6, 4, 16), torch.ones(1, 6, dtype=torch.bool)
+    cfg = DecodeConfig(window=20.0, window_stride=10.0, retrieval_topk=2, max_moments=100, nms="none")
+    read = lambda start, stop: video[start:stop]  # noqa: E731
+    [alone] = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=[10])
+    [together] = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=[10, 20])
+    assert len(alone["windows"]) == 1 and 0 < alone["windows"][0, 2] < 1
+    inside = (together["moments"][:, 0] >= 20.0 - 1e-6) & (together["moments"][:, 1] <= 40.0 + 1e-6)  # frames 10-19: 20-40 s
+    shared = {tuple(m) for m in together["moments"][inside].round(4).tolist()} & {tuple(m) for m in alone["moments"].round(4).tolist()}
+    assert len(shared) == len(alone["moments"])  # every moment of the lone window, with the same score, among the pair's
+
+
 def test_rgnet_training_logs_kept_fraction_and_window_retrieval(synth_root, tmp_path):
     from vtg_pipeline.config import load_config
     from vtg_pipeline.training import train

@@ -156,7 +156,7 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
     window, stride = cfg.window_frames(fps)
     starts = window_starts(num_frames, window, stride) if starts is None else starts
     queries, device = len(query), query.device
-    retrieval = hasattr(model, "retrieve") and len(starts) > 1
+    retrieval = hasattr(model, "retrieve")  # also for one window: its score scales the moments, as in every other video
     if retrieval:  # pass 1: score every window for every query; pass 2 below: heads on the top-k
         logits = torch.stack([model.retrieve(*window_inputs(read_frames, s, window, num_frames, queries, device), query, query_mask)[1]["window_logit"]
                               for s in starts], dim=1)  # (Q, W)
@@ -193,6 +193,7 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
 
 
 def window_inputs(read_frames, start: int, window: int, num_frames: int, queries: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One window's states (1, w, K, P, D), shared by ``queries`` queries, and its mask (queries, w)."""
-    states = read_frames(start, min(start + window, num_frames)).to(device).float()[None]
+    """One window's states (1, w, K, P, D) as read (the model maps them layer by layer in float), shared by ``queries``
+    queries, and its mask (queries, w)."""
+    states = read_frames(start, min(start + window, num_frames)).to(device)[None]
     return states, torch.ones(queries, states.size(1), dtype=torch.bool, device=device)
