@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = "1"
 APPROXIMATE_ABOVE = 100_000  # windows: exact search up to here, HNSW above (flat search time grows with the library)
 HNSW_NEIGHBORS = 32
+HNSW_EF_SEARCH = 64  # HNSW search depth (at least the number of windows asked for)
 CANDIDATES = 20  # stage-1 windows that stage 2 grounds in
 VIDEO_KEYS = ("vid", "path", "size", "mtime", "duration", "frames", "rows")  # a video's record in library.json
 TABLE = {"video": torch.int64, "first_frame": torch.int64, "start": torch.float64, "end": torch.float64}  # per window
@@ -255,8 +256,7 @@ def stage_one(searcher: Searcher, query: str, n: int) -> list[dict]:
     version, grounder = searcher.version, searcher.grounder
     states, mask = grounder.text_cache([check_query(query, grounder)], grounder.backbone.device)
     embedded = grounder.model.retrieval.embed_queries(states, mask).float().cpu().numpy()
-    params = faiss.SearchParametersHNSW(efSearch=max(64, n)) if isinstance(version.faiss, faiss.IndexHNSW) else None
-    similarity, rows = version.faiss.search(embedded, n, params=params)
+    similarity, rows = nearest(version.faiss, embedded, n)
     table, videos = version.table, version.info["videos"]
     return [{"vid": videos[table["video"][row]]["vid"], "video": videos[table["video"][row]]["path"], "start": float(table["start"][row]),
              "end": float(table["end"][row]), "similarity": float(score), "row": int(row)}
@@ -310,6 +310,13 @@ def embed_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor
     windows = torch.stack([cls[s : s + window] for s in starts]).to(grounder.backbone.device)
     mask = torch.ones(windows.shape[:2], dtype=torch.bool, device=windows.device)
     return starts, grounder.model.retrieval.embed_windows(windows, mask).float().cpu(), frames, duration
+
+
+def nearest(index: faiss.Index, queries: np.ndarray, n: int, ef_search: int = HNSW_EF_SEARCH) -> tuple[np.ndarray, np.ndarray]:
+    """faiss' search of ``queries`` (Q, E) float32: the ``n`` largest inner products (Q, n) and their rows (Q, n), -1
+    past the end; an HNSW index searches ``max(ef_search, n)`` deep."""
+    params = faiss.SearchParametersHNSW(efSearch=max(ef_search, n)) if isinstance(index, faiss.IndexHNSW) else None
+    return index.search(queries, n, params=params)
 
 
 def faiss_index(vectors: np.ndarray, approximate_above: int) -> faiss.Index:
