@@ -2,7 +2,7 @@
 
 import torch
 
-from vtg_pipeline.models import ModelConfig, create_model
+from vtg_pipeline.models import ModelConfig, create_model, r2_block
 from vtg_pipeline.models.official import load_official_r2, official_to_ours
 
 
@@ -114,3 +114,47 @@ def test_retrieval_head_gives_unit_embeddings_that_ignore_padding():
     torch.testing.assert_close(torch.cat((windows, queries)).norm(dim=1), torch.ones(4))
     torch.testing.assert_close(head.embed_windows(video[1:, :13, -1, 0], video_mask[1:, :13])[0], windows[1], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(head.embed_queries(query[1:, :3], query_mask[1:, :3])[0], queries[1], rtol=1e-4, atol=1e-5)
+
+
+def papers_pooling(block, video_step, tef, query, query_mask, step):
+    """Spatial pooling exactly as the paper writes it: every token mapped, v_map over all of them."""
+    v = block.video_map(torch.cat((video_step, tef), dim=-1))
+    q = block.query_map(query)
+    logits = torch.einsum("blc,btpc->btlp", block.q_map(q), block.v_map(v)) / block.dims**0.5
+    attended = torch.einsum("btlp,btpc->btlc", logits.softmax(-1), v) + q[:, None]
+    pooled = attended.masked_fill(~query_mask[:, None, :, None], float("-inf")).amax(dim=2)
+    return v[:, :, 0] + pooled * block.scale[step].tanh()
+
+
+def test_spatial_pooling_equals_the_papers_formula():
+    """R2Block.pool_frames never maps every token through the last Linear and v_map, yet gives the same pooled frames."""
+    torch.manual_seed(0)
+    block = small().r2
+    with torch.no_grad():
+        for parameter in block.parameters():  # away from the zero-initialised scale and biases
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    video, video_mask, query, query_mask = batch()
+    tef = r2_block.temporal_endpoints(video_mask.sum(1), 20)[:, :, None, :].expand(2, 20, 5, 2)
+    for step in range(4):
+        hidden = block.hidden_tokens(video[:, :, step], tef)
+        ours = block.pool_frames(hidden, block.video_map[-1](hidden[:, :, 0]), block.query_map(query[:, :, step]), query_mask, step)
+        torch.testing.assert_close(ours, papers_pooling(block, video[:, :, step], tef, query[:, :, step], query_mask, step),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_memory_saving_gives_the_same_loss_and_gradients_bit_for_bit():
+    """optim.memory_saving recomputes activations in backward with the same dropout masks: nothing changes but memory."""
+    video, video_mask, query, query_mask = batch()
+    results = []
+    for saving in (False, True):
+        torch.manual_seed(0)
+        model = small(dropout=0.5, droppath=0.1).train()
+        model.r2.memory_saving = saving
+        torch.manual_seed(1)
+        out = model(video.half(), video_mask, query, query_mask)  # states as the store keeps them: half, mapped in float
+        loss = out["saliency"].square().sum() + out["cls"].sum() + out["reg"].sum()
+        loss.backward()
+        results.append((loss, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}))
+    (loss, grads), (saved_loss, saved_grads) = results
+    assert torch.equal(loss, saved_loss) and grads.keys() == saved_grads.keys() and len(grads) > 40
+    assert all(torch.equal(grads[name], saved_grads[name]) for name in grads)

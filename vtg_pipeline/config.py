@@ -47,6 +47,7 @@ class OptimConfig:
     batch_size: int = 128  # per process
     grad_accum: int = 1
     repeat: int = 1  # passes over the training set per epoch (QVHighlights: 4)
+    memory_saving: bool = False  # recompute the R² video mapping's element-wise activations in backward (R2Block.hidden_tokens)
 
 
 @dataclass

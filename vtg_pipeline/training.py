@@ -65,10 +65,11 @@ def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
 
 
 def video_states(batch: dict, backbone: FrozenBackbone, mode: str, device: torch.device) -> torch.Tensor:
-    """(B, T, K, P, D) float: cached states, or stored frames through the frozen backbone (no grad)."""
+    """(B, T, K, P, D): cached states as stored (half; the model maps them layer by layer in float), or stored frames
+    through the frozen backbone (no grad)."""
     video = batch["video"].to(device)
     if mode == "features":
-        return video.float()
+        return video
     b, t = video.shape[:2]
     states = backbone.encode_frames(video.flatten(0, 1))  # inference mode: no graph, no gradient
     return states.view(b, t, *states.shape[1:]).clone()
@@ -301,7 +302,7 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
             out = model(video, heads_mask, query, query_mask, *negative)
     else:  # B queries x W windows (the positive first); the heads run on the positive windows only
         b, w = batch["window_mask"].shape
-        video = batch["video"].to(device).flatten(0, 1).float()
+        video = batch["video"].to(device).flatten(0, 1)
         frame_mask = batch["frame_mask"].to(device).flatten(0, 1)
         positive_rows = torch.arange(b, device=device) * w
         with accelerator.autocast():
@@ -317,9 +318,9 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
     # Stage 1 of library search: the retrieval head on each query's window (its own window item's positive window,
     # else decode.window frames around its moment). Its inputs are frozen states: no gradient reaches the grounding model.
     if windowed:
-        cls, library_mask, starts = video[positive_rows, :, -1, 0], heads_mask, batch["starts"][:, 0].to(device)
+        cls, library_mask, starts = video[positive_rows, :, -1, 0].float(), heads_mask, batch["starts"][:, 0].to(device)
     else:
-        cls, library_mask, starts = moment_window(video[:, :, -1, 0], heads_mask, batch["windows"], cfg.data.fps,
+        cls, library_mask, starts = moment_window(video[:, :, -1, 0].float(), heads_mask, batch["windows"], cfg.data.fps,
                                                   cfg.decode.window_frames(cfg.data.fps)[0])
     head = accelerator.unwrap_model(model).retrieval
     with accelerator.autocast():
@@ -396,6 +397,7 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     val_loader = DataLoader(val_set, batch_sampler=val_batches, collate_fn=batch_collate, num_workers=cfg.data.num_workers)
 
     model = create_model(cfg.model)
+    model.r2.memory_saving = cfg.optim.memory_saving
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     state = {"step": 0, "epoch": 0, "best": -math.inf, "best_metrics": {}}

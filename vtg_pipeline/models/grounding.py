@@ -129,7 +129,7 @@ class R2Grounder(nn.Module):
         r2 = self.refine(video, video_mask, query, query_mask)
         negative = None
         if self.cfg.background_matching and negative_query is not None:
-            negative = self.refine(video, video_mask, negative_query, negative_mask)["frames"]
+            negative = self.refine(video, video_mask, negative_query, negative_mask, r2["hidden"])["frames"]  # the video mapped once
         return self.heads(r2["frames"], video_mask, query_mask, r2, negative)
 
     def heads(self, frames: torch.Tensor, video_mask: torch.Tensor, query_mask: torch.Tensor, r2: dict,
@@ -144,13 +144,15 @@ class R2Grounder(nn.Module):
         return {**out, "frame_prob": matched["prob"], "frame_score": self.frame_score(matched["frames"])[..., 0],
                 "video_embedding": self.video_pool(matched["frames"], video_mask)}
 
-    def refine(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> dict:
-        """The R² block's outputs (see ``R2Block.forward``), ``frames`` (B, T, C) after the stride-1 ReLU."""
+    def refine(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
+               hidden: list[torch.Tensor] | None = None) -> dict:
+        """The R² block's outputs (see ``R2Block.forward``; ``hidden`` from an earlier call on the same videos), ``frames``
+        (B, T, C) after the stride-1 ReLU."""
         k = self.cfg.layers
         video, query = video[:, :, -k:], query[:, :, -k:]
         if not self.cfg.spatial_pooling:
             video = video[:, :, :, :1]
-        r2 = self.r2(video, video_mask, query, query_mask)
+        r2 = self.r2(video, video_mask, query, query_mask, hidden)
         # The official stride-1 level is an in-place ReLU, so every later use sees ReLU(h).
         # Padding is zeroed so that a video in a batch gives what it gives alone.
         return {**r2, "frames": F.relu(r2["frames"]) * video_mask[..., None]}

@@ -111,9 +111,10 @@ class RGNetGrounder(R2Grounder):
         self.rg = RGEncoder(cfg.dims, cfg.heads, cfg.rg_ffn_dims, cfg.rg_cross_layers, cfg.rg_self_layers, cfg.rg_dropout,
                             cfg.gumbel_temperature, cfg.sparsifier)
 
-    def retrieve(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> tuple[dict, dict]:
-        """The R² outputs and the RG-Encoder outputs of (query, window) pairs (no heads)."""
-        r2 = self.refine(video, video_mask, query, query_mask)
+    def retrieve(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
+                 hidden: list[torch.Tensor] | None = None) -> tuple[dict, dict]:
+        """The R² outputs and the RG-Encoder outputs of (query, window) pairs (no heads; ``hidden``: see ``refine``)."""
+        r2 = self.refine(video, video_mask, query, query_mask, hidden)
         return r2, self.rg(r2["frames"], video_mask, r2["query"], query_mask)
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
@@ -124,14 +125,15 @@ class RGNetGrounder(R2Grounder):
         ``heads_rows`` (R,) restricts the heads to those pairs (training: the positive
         windows); the head outputs then have R rows, the encoder outputs keep B. With
         ``background_matching`` a negative query (R, L', K', Dt) is encoded on the same
-        R windows (R² block and RG-Encoder), and its fused frames give p-.
+        R windows (R² block, reusing their video mapping, and RG-Encoder), and its fused frames give p-.
         """
         r2, rg = self.retrieve(video, video_mask, query, query_mask)
         rows = slice(None) if heads_rows is None else heads_rows
         selected = {"query": r2["query"][rows], "cls": [c[rows] for c in r2["cls"]], "queries": [q[rows] for q in r2["queries"]]}
         negative = None
         if self.cfg.background_matching and negative_query is not None:
-            negative = self.retrieve(video[rows], video_mask[rows], negative_query, negative_mask)[1]["fused"]
+            hidden = [h[rows] for h in r2["hidden"]]  # the windows mapped once, for both queries
+            negative = self.retrieve(video[rows], video_mask[rows], negative_query, negative_mask, hidden)[1]["fused"]
         out = self.heads(rg["fused"][rows], video_mask[rows], query_mask[rows], selected, negative)
         return {**out, **{k: rg[k] for k in ("window_logit", "gate", "gate_logits", "attention")}}
 
