@@ -158,3 +158,25 @@ def test_memory_saving_gives_the_same_loss_and_gradients_bit_for_bit():
     (loss, grads), (saved_loss, saved_grads) = results
     assert torch.equal(loss, saved_loss) and grads.keys() == saved_grads.keys() and len(grads) > 40
     assert all(torch.equal(grads[name], saved_grads[name]) for name in grads)
+
+
+def test_token_dropout_keeps_the_right_fraction_scales_exactly_and_is_the_identity_when_off():
+    from vtg_pipeline.models.layers import TokenDropout
+
+    x = torch.ones(400, 1000, requires_grad=True)
+    for p in (0.1, 0.5, 0.9):
+        drop = TokenDropout(p).train()
+        y = drop(x)
+        kept = y != 0
+        assert abs(kept.float().mean().item() - (1 - p)) < 0.005  # 400k draws: 5 standard deviations at most ~0.004
+        assert torch.equal(y[kept], torch.full_like(y[kept], 65536 / round((1 - p) * 65536)))  # E[y] = x
+        y.sum().backward()
+        assert torch.equal(x.grad, y.detach())  # gradient through the kept entries only, with the same scale
+        x.grad = None
+    state = torch.get_rng_state()
+    assert TokenDropout(0.5).eval()(x) is x and TokenDropout(0.0).train()(x) is x
+    assert torch.equal(torch.get_rng_state(), state)  # off: no random numbers drawn (seeded runs stay as they were)
+    torch.manual_seed(3)
+    first = TokenDropout(0.5).train()(x)
+    torch.manual_seed(3)
+    assert torch.equal(first, TokenDropout(0.5).train()(x))  # masks follow torch's seed

@@ -47,7 +47,8 @@ class OptimConfig:
     batch_size: int = 128  # per process
     grad_accum: int = 1
     repeat: int = 1  # passes over the training set per epoch (QVHighlights: 4)
-    memory_saving: bool = False  # recompute the R² video mapping's element-wise activations in backward (R2Block.hidden_tokens)
+    memory_saving: bool = False  # recompute the R² video mapping's element-wise activations in backward: about 0.7-0.8x the
+    # peak memory, 1.2-1.3x the step time at dropout 0.5, same numbers (docs/BENCHMARKS.md, issue 15)
 
 
 @dataclass

