@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from huggingface_hub import ModelCard, ModelCardData
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -368,6 +368,7 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         gradient_accumulation_steps=cfg.optim.grad_accum,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "tensorboard")),
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),  # copies overlap the step
     )
     warn_if_one_process_launched(accelerator.state, "train")
     set_seed(cfg.seed)
@@ -391,10 +392,12 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         train_collate = batch_collate
     repeated = len(train_set) * cfg.optim.repeat  # batches group videos of similar length: less padding
     sampler = LengthGroupedBatches(train_set.frame_counts() * cfg.optim.repeat, cfg.optim.batch_size, repeated > cfg.optim.batch_size, cfg.seed)
+    pinned = device.type == "cuda"  # page-locked batches: the copy to the GPU runs beside the step
     train_loader = DataLoader(ConcatDataset([train_set] * cfg.optim.repeat), batch_sampler=sampler, collate_fn=train_collate,
-                              num_workers=cfg.data.num_workers)
+                              num_workers=cfg.data.num_workers, pin_memory=pinned)
     val_batches = LengthGroupedBatches(val_set.frame_counts(), cfg.optim.batch_size, pool=len(val_set))
-    val_loader = DataLoader(val_set, batch_sampler=val_batches, collate_fn=batch_collate, num_workers=cfg.data.num_workers)
+    val_loader = DataLoader(val_set, batch_sampler=val_batches, collate_fn=batch_collate, num_workers=cfg.data.num_workers,
+                            pin_memory=pinned)
 
     model = create_model(cfg.model)
     model.r2.memory_saving = cfg.optim.memory_saving
