@@ -37,10 +37,10 @@ at a time over all videos for ``--latency-queries`` queries, (b) and (c) for eve
 
 ``speed``: (1) stage 1 alone (faiss search of one query vector, the index's 20 candidates) at ``--windows``
 windows, vectors tiled from the real index plus noise of norm ``--noise`` (renormalised), the queries the real
-validation queries' embeddings: exact ``IndexFlatIP`` against HNSW (``library.faiss_index``, at each
-``--ef-search`` depth), build time, size,
-the HNSW recall of the exact top 20 and its "source recall" (the real windows the exact top 20 are copies of,
-found among HNSW's: near-identical copies make the plain recall a coin toss among ties); (2) two-stage per-query
+validation queries' embeddings: exact ``IndexFlatIP`` against the inverted file ``vtg index`` builds above
+``APPROXIMATE_ABOVE`` (``library.faiss_index``; searched with its own ``nprobe`` and each ``--nprobe``), build
+time, size, its recall of the exact top 20 and its "source recall" (the real windows the exact top 20 are copies
+of, found among its top 20: near-identical copies make the plain recall a coin toss among ties); (2) two-stage per-query
 latency at ``--videos`` videos: the real library replicated (copy 0 exact, the others with noisy vectors; each
 copy of a video grounds in that video's real feature file, so stage 2 runs on real windows), with the faiss index
 ``vtg index`` would build at that size;
@@ -339,7 +339,7 @@ def query_vectors(index: LibraryIndex, queries: list[str]) -> np.ndarray:
         return grounder.model.retrieval.embed_queries(states, mask).float().cpu().numpy()
 
 
-def stage_one_speed(index: LibraryIndex, queries: list[str], sizes: list[int], noise: float, ef_search: list[int]) -> list[dict]:
+def stage_one_speed(index: LibraryIndex, queries: list[str], sizes: list[int], noise: float, nprobes: list[int]) -> list[dict]:
     import faiss
 
     vectors, embedded, n = real_vectors(index), query_vectors(index, queries), library.CANDIDATES
@@ -347,23 +347,25 @@ def stage_one_speed(index: LibraryIndex, queries: list[str], sizes: list[int], n
     for size in sizes:
         data = tiled(vectors, size, noise)
         _, exact = faiss_index(data, size).search(embedded, n)  # exact top n of every query, batched
-        for kind, threshold in (("flat", size), ("hnsw", 0)):
+        for kind, threshold in (("flat", size), ("ivf", 0)):
             start = time.perf_counter()
             built = faiss_index(data, threshold)
             build_s = time.perf_counter() - start
             size_mib = round(faiss.serialize_index(built).nbytes / 2**20, 1)
-            for ef in ef_search if kind == "hnsw" else [None]:
+            for nprobe in [None] if kind == "flat" else [built.nprobe, *nprobes]:  # None / the index's own: as vtg search runs
+                params = None if nprobe is None else faiss.SearchParametersIVF(nprobe=nprobe)
                 times, found = [], []
                 for row in embedded:
                     start = time.perf_counter()
-                    _, ids = library.nearest(built, row[None], n, ef)
+                    _, ids = built.search(row[None], n, params=params)
                     times.append(time.perf_counter() - start)
                     found.append(ids[0])
                 hits = np.mean([len(set(f) & set(e)) / n for f, e in zip(found, exact)])
                 real = len(vectors)  # row i of the tiled vectors is a copy of real window i % real
                 sources = np.mean([len(set(f % real) & set(e % real)) / len(set(e % real)) for f, e in zip(found, exact)])
-                rows.append({"windows": size, "index": kind, "efSearch": ef, "build s": round(build_s, 2), "size MiB": size_mib,
-                             "p50 ms": percentile(times, 50), "p99 ms": percentile(times, 99), f"recall@{n}": round(float(hits), 3),
+                rows.append({"windows": size, "index": kind, "lists": getattr(built, "nlist", None), "nprobe": nprobe,
+                             "build s": round(build_s, 2), "size MiB": size_mib, "p50 ms": percentile(times, 50),
+                             "p99 ms": percentile(times, 99), f"recall@{n}": round(float(hits), 3),
                              f"source recall@{n}": round(float(sources), 3)})
                 print(json.dumps(rows[-1]), flush=True)
             del built
@@ -395,7 +397,7 @@ def two_stage_speed(index: LibraryIndex, queries: list[str], sizes: list[int], b
         _, stage_one = timed_searches(library_index, queries, lambda q: library_index.windows(q))
         _, both = timed_searches(library_index, queries, lambda q: library_index.search(q, k=10))
         row = {"videos": videos, "windows": library_index.searcher.version.faiss.ntotal,
-               "index": "hnsw" if "HNSW" in type(library_index.searcher.version.faiss).__name__ else "flat",
+               "index": "ivf" if "IVF" in type(library_index.searcher.version.faiss).__name__ else "flat",
                "stage 1 p50 ms": percentile(stage_one, 50), "stage 1 p99 ms": percentile(stage_one, 99),
                "two-stage p50 ms": percentile(both, 50), "two-stage p99 ms": percentile(both, 99)}
         if videos in brute_sizes:
@@ -436,7 +438,7 @@ def speed(args) -> None:
     queries = list(ground_truth(val_records(folder)))[: args.speed_queries]
     print(json.dumps({"set": folder.name, "videos": len(index.videos()), "windows": index.searcher.version.faiss.ntotal,
                       "queries": len(queries), "threads": torch.get_num_threads()}), flush=True)
-    stage1 = stage_one_speed(index, queries, args.windows, args.noise, args.ef_search) if args.windows else []
+    stage1 = stage_one_speed(index, queries, args.windows, args.noise, args.nprobe) if args.windows else []
     two = two_stage_speed(index, queries, args.videos, args.brute_videos, args.brute_queries, args.noise) if args.videos else []
     mem = memory(folder, args.videos, args.noise) if not args.no_memory else []
     if stage1:
@@ -564,7 +566,7 @@ def main() -> None:
     p.add_argument("--rebuild-index", action="store_true", help="build (and time) the index again")
     p = sub.add_parser("speed", parents=[common], help="stage-1 and two-stage latency at scale, memory")
     p.add_argument("--windows", type=int, nargs="*", default=[1_000, 10_000, 100_000, 1_000_000])
-    p.add_argument("--ef-search", type=int, nargs="+", default=[library.HNSW_EF_SEARCH], help="HNSW search depths to measure")
+    p.add_argument("--nprobe", type=int, nargs="*", default=[], help="inverted-file lists to scan, besides the index's own")
     p.add_argument("--videos", type=int, nargs="*", default=[100, 1_000, 10_000])
     p.add_argument("--brute-videos", type=int, nargs="*", default=[100, 1_000])
     p.add_argument("--brute-queries", type=int, default=5)

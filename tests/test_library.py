@@ -281,11 +281,11 @@ def test_an_empty_or_over_long_query_is_refused(query, words, library, grounder,
 
 
 def test_a_large_library_gets_an_approximate_index(library, grounder, checkpoint, synth_root, tmp_path):
-    """Above ``approximate_above`` windows the index is HNSW; on a small library it finds what the exact one finds."""
+    """Above ``approximate_above`` windows the index is an inverted file; on a small library it finds what the exact one finds."""
     folder = tmp_path / "index"
     shutil.copytree(library[0] / "features", folder / "features")
     counts = build_index(find_videos([str(synth_root / "videos")]), grounder, folder, str(checkpoint), progress=False, approximate_above=0)
-    assert counts["kind"] == "hnsw"
+    assert counts["kind"] == "ivf"
     exact = LibraryIndex.open(library[0], grounder).windows(QUERY, n=5)
     approximate = LibraryIndex.open(folder, grounder).windows(QUERY, n=5)
     assert [(h["vid"], h["start"]) for h in approximate] == [(h["vid"], h["start"]) for h in exact]
