@@ -237,3 +237,31 @@ def test_make_extract_passes_its_variables_through():
     assert "python extract clips --out feats --fps 1 --model vtg-tiny --pretrained random:0 --layers 2 --store both --decoder auto" in command
     usage = subprocess.run(["make", "-s", "extract"], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MAKEFLAGS": ""})
     assert usage.returncode != 0 and "usage: make extract VIDEOS=dir OUT=dir" in usage.stdout
+
+
+def test_fp8_states_are_half_the_bytes_within_e4m3_error_and_read_back_everywhere(videos, tmp_path, tiny_backbone):
+    """`--states fp8`: e4m3 values with one scale per token, read back as half by every reader (VisionRows); a store
+    switched from fp16 to fp8 is redone, and fp16 files without a `vision_format` (every older file) still read."""
+    from safetensors import safe_open
+
+    from vtg_pipeline.data import VisionRows
+    from vtg_pipeline.features import FP8
+
+    fp16, fp8 = tmp_path / "fp16", tmp_path / "fp8"
+    run_extract(config(videos, fp16))
+    run_extract(config(videos, fp8, states="fp8"))
+    with safe_open(str(fp16 / "a.safetensors"), framework="pt") as f:
+        exact = VisionRows(f, fp16 / "a.safetensors")[:].float()
+    with safe_open(str(fp8 / "a.safetensors"), framework="pt") as f:
+        assert f.get_slice("vision").get_dtype() == FP8 and list(f.get_slice("vision_scale").get_shape()) == [12, 4, 17]
+        rows = VisionRows(f, fp8 / "a.safetensors")
+        read = rows[:].float()
+        assert rows[3:5].dtype == torch.float16 and torch.equal(rows[3:5], rows[:][3:5])
+    peak = exact.abs().amax(-1, keepdim=True)  # per token: e4m3 keeps 3 mantissa bits, so 2^-4 of the largest entry
+    assert ((read - exact).abs() <= peak / 16 + 1e-3).all() and (read - exact).abs().mean() < 0.03 * exact.abs().mean()
+    sizes = [(folder / "a.safetensors").stat().st_size for folder in (fp16, fp8)]
+    frames_bytes = 12 * 3 * 64 * 64
+    assert abs((sizes[1] - frames_bytes) / (sizes[0] - frames_bytes) - (17 * 64 + 17 * 2) / (17 * 64 * 2)) < 0.01
+    assert read_metadata(fp8 / "a.safetensors")["vision_format"] == "fp8_e4m3_token_scale"
+    assert run_extract(config(videos, fp8, states="fp8")).skipped == 3
+    assert run_extract(config(videos, fp8)).done == 3  # back to fp16: every file redone

@@ -59,7 +59,9 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder", default="auto", help="auto, pyav, decord or torchcodec (auto: CUDA decoder on GPU, else PyAV)")
     parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone forward pass")
     parser.add_argument("--workers", type=int, default=2, help="videos decoded in parallel threads")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="backbone autocast precision (features are stored as fp16)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="backbone autocast precision")
+    parser.add_argument("--states", choices=("fp16", "fp8"), default="fp16", help="how the per-layer states are stored: fp16, or "
+                        "fp8 (e4m3 with a scale per token: half the disk and reading; docs/BENCHMARKS.md)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu; per process under accelerate)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -80,6 +82,7 @@ def extract_main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         precision=args.precision,
+        states=args.states,
         device=args.device,
         progress=not args.no_progress,
     )

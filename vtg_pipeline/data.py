@@ -81,6 +81,28 @@ def check_feature_file(path: Path, backbone: FrozenBackbone, fps: float, mode: s
     return check_shapes(path, backbone.row_shapes())
 
 
+class VisionRows:
+    """Row access to a feature file's vision states (T, K, P, D) as float16, whichever way they are stored: fp16, or
+    float8 e4m3 with a float16 scale per token (``vtg extract --states fp8``, tensor ``vision_scale`` (T, K, P)).
+    ``f``: an open ``safe_open(..., framework="pt")``; ``rows[a:b]`` reads only those rows."""
+
+    def __init__(self, f, path: Path):
+        self.values = f.get_slice("vision")
+        self.scale = f.get_slice("vision_scale") if "vision_scale" in f.keys() else None
+        if self.scale is not None and list(self.scale.get_shape()) != list(self.values.get_shape())[:-1]:
+            raise DataError(f"{path}: vision_scale has shape {self.scale.get_shape()}, not one scale per token of vision "
+                            f"{self.values.get_shape()}")
+
+    def get_shape(self) -> list[int]:
+        return self.values.get_shape()
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        values = self.values[rows]
+        if self.scale is None:
+            return values
+        return (values.float() * self.scale[rows].float()[..., None]).half()
+
+
 def check_shapes(path: Path, row_shapes: dict[str, tuple[int, ...]]) -> int:
     """Rows of every stored tensor of ``row_shapes`` equal len(timestamps) and have that row shape; returns T."""
     with safe_open(str(path), framework="pt") as f:
@@ -193,9 +215,12 @@ class GroundingDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        name = "vision" if self.mode == "features" else "frames"
         path = self.path(record["vid"])
-        video = torch.from_numpy(load_features(path, [name])[name])
+        if self.mode == "features":
+            with safe_open(str(path), framework="pt") as f:
+                video = VisionRows(f, path)[:]
+        else:
+            video = torch.from_numpy(load_features(path, ["frames"])["frames"])
         if record["vid"] not in self._finite:
             check_finite(video, path)
             self._finite.add(record["vid"])
@@ -269,7 +294,7 @@ class WindowDataset(GroundingDataset):
 
     def read_window(self, vid: str, start: int, length: int) -> torch.Tensor:
         with safe_open(str(self.path(vid)), framework="pt") as f:
-            return check_finite(f.get_slice("vision")[start : start + length], self.path(vid))
+            return check_finite(VisionRows(f, self.path(vid))[start : start + length], self.path(vid))
 
     def other_video_windows(self, vid: str, length: int, generator: torch.Generator) -> list[torch.Tensor]:
         """``cross_video`` windows of ``length`` frames from random other videos long enough to hold one."""
@@ -299,7 +324,7 @@ class WindowDataset(GroundingDataset):
         saliency_full = torch.from_numpy(saliency_targets(record, n, 1.0 / fps)).float()
         length = min(w, n)
         with safe_open(str(self.path(record["vid"])), framework="pt") as f:  # the query's own windows: one open
-            vision = f.get_slice("vision")
+            vision = VisionRows(f, self.path(record["vid"]))
             own = [check_finite(vision[start : start + length], self.path(record["vid"])) for start in starts]
         video = own[0].new_zeros((rows, length, *own[0].shape[1:]))
         window_mask = torch.zeros(rows, dtype=torch.bool)

@@ -35,6 +35,7 @@ from .names import check_video_id, first_line, path_in, printable
 FORMAT_VERSION = "1"
 _DTYPES = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("uint8"): "U8"}
 _DTYPE_NAMES = {code: str(dtype) for dtype, code in _DTYPES.items()}  # F16 -> float16
+FP8 = "F8_E4M3"  # safetensors' float8 e4m3fn: a writer's tensor of this dtype takes its rows as their bytes (uint8)
 
 
 def partial_path(path: Path) -> Path:
@@ -136,7 +137,7 @@ class FileLock:
 class StreamingSafetensorsWriter:
     """Write a safetensors file whose tensors arrive in row chunks.
 
-    ``tensors`` maps name -> (numpy dtype, shape); rows are along dim 0.
+    ``tensors`` maps name -> (numpy dtype or ``FP8``, shape); rows are along dim 0.
     ``write(name, start_row, array)`` places rows; ``commit()`` renames the
     finished file into place; ``abort()`` removes the partial file.
     """
@@ -149,9 +150,10 @@ class StreamingSafetensorsWriter:
         header: dict[str, object] = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
         offset = 0
         for name, (dtype, shape) in tensors.items():
-            dtype = np.dtype(dtype)
+            code = FP8 if isinstance(dtype, str) and dtype == FP8 else _DTYPES[np.dtype(dtype)]
+            dtype = np.dtype(np.uint8) if code == FP8 else np.dtype(dtype)
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             self._layout[name] = (dtype, tuple(shape), offset)
             offset += nbytes
         encoded = json.dumps(header, separators=(",", ":")).encode()

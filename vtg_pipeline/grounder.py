@@ -46,7 +46,7 @@ from tqdm import tqdm
 from .annotations import check_qid, json_object, open_text, repeated_qid, text_lines
 from .backbone import FrozenBackbone, hub_reachable, load_backbone
 from .config import TrainConfig, config_from_dict
-from .data import DataError, TextCache, check_finite, check_shapes
+from .data import DataError, TextCache, VisionRows, check_finite, check_shapes
 from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, output_folder, run_settings
 from .features import Manifest, feature_path, read_metadata
 from .inference import ground_in_windows, rounded
@@ -243,7 +243,7 @@ class Grounder:
         with safe_open(str(feature_file), framework="pt") as f:
             meta = f.metadata()
             times = f.get_tensor("timestamps").numpy()
-            vision = f.get_slice("vision")
+            vision = VisionRows(f, feature_file)
             try:
                 duration = float(meta["duration"])
             except (KeyError, ValueError):

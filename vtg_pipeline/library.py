@@ -64,7 +64,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .backbone import weights_sha256
-from .data import DataError, check_finite, check_shapes
+from .data import DataError, VisionRows, check_finite, check_shapes
 from .extract import ExtractConfig, VideoItem, extract_videos, output_folder
 from .features import FileLock, atomic_write_text, feature_path
 from .grounder import Grounder, is_truncated
@@ -273,7 +273,7 @@ def stage_two(searcher: Searcher, video: dict, query: str, starts: list[int], st
         if f.metadata().get("source_mtime") != video["mtime"]:
             raise DataError(f"{file}: changed since the index was written")
         times = f.get_tensor("timestamps").numpy()
-        vision = f.get_slice("vision")
+        vision = VisionRows(f, file)
         states, mask = grounder.text_cache([query], grounder.backbone.device)
         [grounded] = ground_in_windows(grounder.model, lambda a, b: check_finite(vision[a:b], file), len(times), video["duration"],
                                        states, mask, grounder.fps, cfg.model.strides, replace(cfg.decode, keep_suppressed=False), starts)
@@ -300,7 +300,7 @@ def embed_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor
             duration = float(f.metadata()["duration"])
         except (KeyError, ValueError):
             raise DataError(f"{file}: no valid duration in its metadata") from None
-        vision = f.get_slice("vision")
+        vision = VisionRows(f, file)
         frames, layers = vision.get_shape()[:2]
         cls = check_finite(vision[:, layers - 1 : layers, 0:1], file)[:, 0, 0].float()  # (T, Dv): the last layer's CLS
     window, stride = grounder.cfg.decode.window_frames(grounder.fps)

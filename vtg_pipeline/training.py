@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
 from .config import TrainConfig
-from .data import GroundingDataset, LengthGroupedBatches, TextCache, WindowDataset, collate, collate_windows, load_split
+from .data import GroundingDataset, LengthGroupedBatches, TextCache, VisionRows, WindowDataset, collate, collate_windows, load_split
 from .evaluation import MAIN_METRIC, evaluate
 from .extract import warn_if_one_process_launched
 from .features import atomic_write_text
@@ -269,7 +269,7 @@ def predict_in_windows(model, dataset: GroundingDataset, text_cache, cfg: TrainC
     for vid, group in by_video.items():
         query, query_mask = text_cache(queries_of({"queries": [r["query"] for r in group]}, cfg), device)
         with safe_open(str(dataset.path(vid)), framework="pt") as f:
-            vision = f.get_slice("vision")
+            vision = VisionRows(f, dataset.path(vid))
             grounded = ground_in_windows(model, lambda start, stop: vision[start:stop], vision.get_shape()[0], float(group[0]["duration"]),
                                          query, query_mask, cfg.data.fps, cfg.model.strides, cfg.decode)
         for record, g in zip(group, grounded):
