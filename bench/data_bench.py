@@ -2,6 +2,8 @@
 
     python bench/data_bench.py make --store /tmp/data_bench --videos 160     # 75 frames per video, both stores, ~5 GB
     python bench/data_bench.py read --store /tmp/data_bench                   # -> bench/out/data_path.json
+    python bench/data_bench.py make --store /tmp/data_bench_fp8 --videos 160 --states fp8   # the compact layout
+    python bench/data_bench.py read --store /tmp/data_bench_fp8 --modes features --out bench/out/data_path_fp8.json
 
 ``make`` writes a feature store as ``vtg extract --store both`` would for ViT-B-32 at 0.5 fps (K = 4 layers of 50
 tokens x 768, fp16; frames 3 x 224 x 224 uint8) with random contents (one video's, in every file), and ``train.jsonl`` with one query per video.
@@ -9,7 +11,7 @@ tokens x 768, fp16; frames 3 x 224 x 224 uint8) with random contents (one video'
 DataLoader (batch 32, ``data.collate``, the training loader's settings) over ``--batches`` batches, with 0, 1 and
 2 workers, from a warm page cache (every file read once before) and a cold one (``posix_fadvise(DONTNEED)`` on
 every file before the run: the kernel drops the clean pages, no root needed). It reports items/s, MB/s of the
-tensors read, and the disk bandwidth a GPU step would need at batch 32 if a step took ``--gpu-step-ms`` (the
+tensors delivered (fp16 states, however stored), the stored MB per item read from disk, and the disk bandwidth a GPU step would need at batch 32 if a step took ``--gpu-step-ms`` (the
 rate the loader would have to keep up).
 """
 
@@ -34,24 +36,33 @@ def backbone():
 
 
 def make(args) -> None:
-    from vtg_pipeline.extract import ExtractConfig, run_settings
-    from vtg_pipeline.features import StreamingSafetensorsWriter, feature_path
+    import torch
+
+    from vtg_pipeline.extract import ExtractConfig, quantize_states, run_settings
+    from vtg_pipeline.features import FP8, StreamingSafetensorsWriter, feature_path
 
     store, rng = Path(args.store), np.random.default_rng(0)
     settings = run_settings(ExtractConfig(video_dirs=[], out=str(store / "features"), fps=FPS, model="ViT-B-32", pretrained="random:0",
-                                          layers=LAYERS, store="both"), backbone())
+                                          layers=LAYERS, store="both", states=args.states), backbone())
     frames = rng.integers(0, 256, (FRAMES, 3, SIZE, SIZE), dtype=np.uint8)  # the same contents in every file: reads cost the same
     vision = rng.standard_normal((FRAMES, LAYERS, TOKENS, WIDTH), dtype=np.float32).astype(np.float16)
+    scale = None
+    if args.states == "fp8":
+        vision, scale = quantize_states(torch.from_numpy(vision))
     lines = []
     for i in range(args.videos):
         vid = f"video_{i:04d}"
         path = feature_path(store / "features", vid)
         tensors = {"timestamps": (np.float64, (FRAMES,)), "frames": (np.uint8, (FRAMES, 3, SIZE, SIZE)),
-                   "vision": (np.float16, (FRAMES, LAYERS, TOKENS, WIDTH))}
+                   "vision": (FP8 if scale is not None else np.float16, (FRAMES, LAYERS, TOKENS, WIDTH))}
+        if scale is not None:
+            tensors["vision_scale"] = (np.float16, (FRAMES, LAYERS, TOKENS))
         writer = StreamingSafetensorsWriter(path, tensors, {**settings, "duration": repr(FRAMES / FPS), "video_id": vid})
         writer.write("timestamps", 0, (np.arange(FRAMES) + 0.5) / FPS)
         writer.write("frames", 0, frames)
         writer.write("vision", 0, vision)
+        if scale is not None:
+            writer.write("vision_scale", 0, scale)
         writer.commit()
         start = float(rng.integers(0, FRAMES / FPS - 20))
         lines.append(json.dumps({"qid": i, "query": f"query {i}", "duration": FRAMES / FPS, "vid": vid,
@@ -68,6 +79,16 @@ def drop_page_cache(files: list[Path]) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def stored_bytes(file: Path, mode: str) -> int:
+    """Bytes of one file's tensors that ``mode`` reads (vision and its scales, or frames)."""
+    from safetensors import safe_open
+
+    sizes = {"F16": 2, "F8_E4M3": 1, "U8": 1}
+    with safe_open(str(file), framework="pt") as f:
+        names = ["vision", "vision_scale"] if mode == "features" else ["frames"]
+        return sum(int(np.prod(f.get_slice(n).get_shape())) * sizes[f.get_slice(n).get_dtype()] for n in names if n in f.keys())
 
 
 def read(args) -> None:
@@ -104,11 +125,13 @@ def read(args) -> None:
                 needed = args.batch / (args.gpu_step_ms / 1000)  # items/s a GPU step of that length consumes
                 rows.append({"mode": mode, "workers": workers, "cache": cache, "items": items, "items/s": round(items / seconds, 1),
                              "MB/s": round(nbytes / seconds / 1e6), "MB per item": round(item_mb, 1),
+                             "stored MB per item": round(stored_bytes(files[0], mode) / 1e6, 1),
                              f"GPU at {args.gpu_step_ms:g} ms/step needs items/s": round(needed),
                              "GPU needs MB/s": round(needed * item_mb)})
                 print(json.dumps(rows[-1]), flush=True)
-    OUT.mkdir(exist_ok=True)
-    (OUT / "data_path.json").write_text(json.dumps({"store": str(store), "videos": len(files), "cpus": os.cpu_count(), "runs": rows}, indent=2))
+    out = args.out or OUT / "data_path.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"store": str(store), "videos": len(files), "cpus": os.cpu_count(), "runs": rows}, indent=2))
 
 
 def main() -> None:
@@ -117,6 +140,7 @@ def main() -> None:
     p = sub.add_parser("make")
     p.add_argument("--store", required=True)
     p.add_argument("--videos", type=int, default=160)
+    p.add_argument("--states", choices=("fp16", "fp8"), default="fp16", help="vtg extract --states")
     p.set_defaults(func=make)
     p = sub.add_parser("read")
     p.add_argument("--store", required=True)
@@ -125,6 +149,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--gpu-step-ms", type=float, default=30.0, help="a GPU training step at batch 32 (issue 15: tens of ms)")
+    p.add_argument("--out", type=Path, default=None, help="default: bench/out/data_path.json")
     p.set_defaults(func=read)
     args = parser.parse_args()
     args.func(args)

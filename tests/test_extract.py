@@ -265,3 +265,16 @@ def test_fp8_states_are_half_the_bytes_within_e4m3_error_and_read_back_everywher
     assert read_metadata(fp8 / "a.safetensors")["vision_format"] == "fp8_e4m3_token_scale"
     assert run_extract(config(videos, fp8, states="fp8")).skipped == 3
     assert run_extract(config(videos, fp8)).done == 3  # back to fp16: every file redone
+
+
+def test_a_file_written_before_vision_format_existed_counts_as_fp16(videos, tmp_path, tiny_backbone):
+    from vtg_pipeline.extract import VideoItem, is_up_to_date, run_settings, source_metadata
+
+    item = VideoItem("a", str(videos / "a.mp4"))
+    settings = run_settings(config(videos, tmp_path), tiny_backbone)
+    older = {k: v for k, v in settings.items() if k != "vision_format"}  # what every file before --states held
+    writer = StreamingSafetensorsWriter(tmp_path / "a.safetensors", {"timestamps": (np.float64, (1,))}, {**older, **source_metadata(item.path)})
+    writer.write("timestamps", 0, np.zeros(1))
+    writer.commit()
+    assert settings["vision_format"] == "fp16" and is_up_to_date(tmp_path / "a.safetensors", item, settings)
+    assert not is_up_to_date(tmp_path / "a.safetensors", item, run_settings(config(videos, tmp_path, states="fp8"), tiny_backbone))
