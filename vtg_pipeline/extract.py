@@ -125,6 +125,7 @@ def find_videos(paths: list[str]) -> list[VideoItem]:
 
 
 VISION_FP8 = "fp8_e4m3_token_scale"  # metadata "vision_format" of files whose vision states are stored in fp8
+BEFORE_THE_KEY = {"vision_format": "fp16"}  # run settings that files written before their key existed had
 
 
 def run_settings(cfg: ExtractConfig, backbone: FrozenBackbone) -> dict[str, str]:
@@ -135,7 +136,7 @@ def run_settings(cfg: ExtractConfig, backbone: FrozenBackbone) -> dict[str, str]
         "store": cfg.store,
         "precision": cfg.precision,
         "format_version": FORMAT_VERSION,
-        "vision_format": VISION_FP8 if cfg.states == "fp8" else "fp16",  # absent from older files: fp16
+        "vision_format": VISION_FP8 if cfg.states == "fp8" else BEFORE_THE_KEY["vision_format"],
     }
 
 
@@ -143,8 +144,9 @@ def quantize_states(states: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """States (N, K, P, D) -> float8 e4m3 bytes (N, K, P, D) uint8 and a float16 scale per token (N, K, P): each
     token's largest magnitude maps to 448, e4m3's largest finite value (relative error at most 2^-4 per entry).
     ``data.VisionRows`` reads them back."""
-    scale = (states.float().abs().amax(-1) / 448.0).clamp_min(1e-12).to(torch.float16)
-    scaled = states.float() / scale.float()[..., None]
+    states = states.float()
+    scale = (states.abs().amax(-1) / 448.0).clamp_min(1e-12).to(torch.float16)
+    scaled = states / scale.float()[..., None]
     return scaled.to(torch.float8_e4m3fn).view(torch.uint8).cpu().numpy(), scale.cpu().numpy()
 
 
@@ -161,7 +163,7 @@ def is_up_to_date(out_file: Path, item: VideoItem, settings: dict[str, str]) -> 
         wanted = {**settings, **source_metadata(item.path)}
     except OSError:
         return False
-    return all(meta.get(k, "fp16" if k == "vision_format" else None) == v for k, v in wanted.items())
+    return all(meta.get(k, BEFORE_THE_KEY.get(k)) == v for k, v in wanted.items())
 
 
 def output_folder(out: str | Path) -> Path:

@@ -54,10 +54,10 @@ class R2Block(nn.Module):
         ffn_ratio: int = 4,
         droppath: float = 0.1,
         dummies: int = 0,
-        memory_saving: bool = False,
     ):
         super().__init__()
-        self.dims, self.layers, self.memory_saving = dims, layers, memory_saving
+        self.dims, self.layers = dims, layers
+        self.memory_saving = False  # optim.memory_saving: training switches it on
         self.video_map = mapper(vision_width + 2, dims, dropout)
         self.query_map = mapper(text_width, dims, dropout)
         self.v_map = nn.Linear(dims, dims)
