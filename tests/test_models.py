@@ -54,6 +54,29 @@ def test_one_video_shared_by_a_batch_of_queries_equals_repeating_it():
         torch.testing.assert_close(shared[key], repeated[key], rtol=1e-4, atol=1e-5)
 
 
+def test_videos_shared_by_some_queries_of_a_batch_give_the_loss_and_gradients_of_repeating_them():
+    """Training with video_index: 5 queries on 2 videos (one padded, queries in mixed order) map each video once,
+    yet give the loss and gradients of the 5 videos repeated, one per query (dropout off: the same masks)."""
+    video, _, query, query_mask = batch(b=5, lengths=(20,) * 5, query_lengths=(6, 2, 4, 5, 1))
+    video = video[:2]
+    video_index = torch.tensor([1, 0, 1, 1, 0])
+    video_mask = (torch.arange(20)[None] < torch.tensor([13, 20])[video_index][:, None])
+    negative, negative_mask = batch(b=5, query_lengths=(3, 6, 2, 2, 4))[2:]
+    results = []
+    for inputs in ((video, video_index), (video[video_index], None)):
+        torch.manual_seed(0)
+        model = small(background_matching=True, dropout=0.0, droppath=0.0).train()
+        out = model(inputs[0], video_mask, query, query_mask, negative, negative_mask, video_index=inputs[1])
+        loss = sum(out[key].square().sum() for key in ("saliency", "cls", "reg", "frame_prob")) + sum(c.sum() for c in out["cls_tokens"])
+        loss.backward()
+        results.append((loss, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}))
+    (grouped, grouped_grads), (repeated, repeated_grads) = results
+    torch.testing.assert_close(grouped, repeated, rtol=1e-5, atol=1e-5)
+    assert grouped_grads.keys() == repeated_grads.keys() and len(grouped_grads) > 40
+    for name in grouped_grads:
+        torch.testing.assert_close(grouped_grads[name], repeated_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_default_parameter_count_matches_official():
     """The grounding model has the official count; the library search head comes on top."""
     model = create_model(ModelConfig())
@@ -137,7 +160,8 @@ def test_spatial_pooling_equals_the_papers_formula():
     tef = r2_block.temporal_endpoints(video_mask.sum(1), 20)[:, :, None, :].expand(2, 20, 5, 2)
     for step in range(4):
         hidden = block.hidden_tokens(video[:, :, step], tef)
-        ours = block.pool_frames(hidden, block.video_map[-1](hidden[:, :, 0]), block.query_map(query[:, :, step]), query_mask, step)
+        videos = r2_block.QueryVideos(None, 2, 2, video.device)
+        ours = block.pool_frames(hidden, block.video_map[-1](hidden[:, :, 0]), block.query_map(query[:, :, step]), query_mask, step, videos)
         torch.testing.assert_close(ours, papers_pooling(block, video[:, :, step], tef, query[:, :, step], query_mask, step),
                                    rtol=1e-5, atol=1e-6)
 

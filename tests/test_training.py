@@ -164,6 +164,61 @@ def test_length_grouped_batches_cover_every_item_once_with_little_padding():
     assert len(list(dropping)) == len(dropping) == 15 and all(len(b) == 32 for b in dropping)
 
 
+def test_grouped_batches_keep_a_videos_items_together():
+    """groups: each key's items are one block (cut only at a pool or batch end), blocks shuffled per epoch."""
+    from vtg_pipeline.data import LengthGroupedBatches
+
+    groups = [f"v{int(x)}" for x in torch.randint(0, 60, (300,), generator=torch.Generator().manual_seed(1))]
+    lengths = [10 + int(g[1:]) % 7 for g in groups]  # one length per video, shared by other videos
+    sampler = LengthGroupedBatches(lengths, batch_size=8, seed=3, pool=4, groups=groups)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    for key in set(groups):
+        holding = [b for b in batches if any(groups[i] == key for i in b)]
+        assert len(holding) <= -(-groups.count(key) // 8) + 2, f"{key} is spread over {len(holding)} batches"
+    ungrouped = LengthGroupedBatches(lengths, batch_size=8, seed=3, pool=4)
+    videos_read = [sum(len({groups[i] for i in b}) for b in batches) for batches in (batches, ungrouped)]
+    assert videos_read[0] < 100 < 200 < videos_read[1], videos_read  # 60 videos; measured 87 vs 244
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+
+
+def test_collate_stacks_each_video_once_and_indexes_it_per_query():
+    from vtg_pipeline.data import collate
+
+    def item(key, frames, value):
+        return {"record": {"query": f"q{value}"}, "video": torch.full((frames, 2), float(value)), "video_key": key,
+                "windows": torch.zeros(1, 2), "saliency": torch.ones(frames), "positive": 0}
+
+    a = item("a", 3, 1)
+    batch = collate([a, item("b", 5, 2), {**a, "record": {"query": "q3"}}, item(None, 3, 4), item(None, 4, 5)], fps=0.5)
+    assert batch["video_index"].tolist() == [0, 1, 0, 2, 3]  # None: an item's own video (BM-DETR shifted it)
+    assert batch["video"][:, :, 0].tolist() == [[1, 1, 1, 0, 0], [2] * 5, [4, 4, 4, 0, 0], [5, 5, 5, 5, 0]]
+    assert batch["video_mask"].sum(1).tolist() == [3, 5, 3, 3, 4] and batch["queries"] == ["q1", "q2", "q3", "q4", "q5"]
+
+
+def test_a_grouped_batch_gives_the_loss_and_gradients_of_its_videos_repeated(synth_root, tmp_path):
+    """data.group_by_video: a batch holds a video's queries together, mapped once, with the numbers of one video per query."""
+    from vtg_pipeline.training import batch_losses
+
+    run = build_run(tiny_config(synth_root, tmp_path / "run", "data.group_by_video=true", "optim.batch_size=8"))
+    batch = max(run.train_loader, key=lambda b: len(b["queries"]) - len(b["video"]))
+    assert len(batch["video"]) < len(batch["queries"]), "some video has several queries in a batch"
+    repeated = {**batch, "video": batch["video"][batch["video_index"]], "video_index": torch.arange(len(batch["queries"]))}
+    results = []
+    for b in (batch, repeated):
+        run.model.zero_grad()
+        losses, _ = batch_losses(run.model, b, run.backbone, run.text_cache, run.cfg, run.accelerator)
+        sum(losses.values()).backward()
+        results.append((losses, [p.grad.clone() for p in run.model.parameters() if p.grad is not None]))
+    (grouped, grouped_grads), (alone, alone_grads) = results
+    assert grouped.keys() == alone.keys()
+    for name in grouped:
+        torch.testing.assert_close(grouped[name], alone[name], rtol=1e-5, atol=1e-6, msg=name)
+    for g, a in zip(grouped_grads, alone_grads, strict=True):
+        torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-6)
+
+
 def test_bf16_autocast_and_gradient_accumulation(synth_root, tmp_path):
     """bf16 autocast reaches the side network; grad_accum=2 steps the optimizer once per two batches."""
     from accelerate.state import AcceleratorState
@@ -176,7 +231,7 @@ def test_bf16_autocast_and_gradient_accumulation(synth_root, tmp_path):
     seen = []
     run.accelerator.unwrap_model(run.model).cls_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     with run.accelerator.autocast():
-        run.model(batch["video"].float(), batch["video_mask"], query, query_mask)
+        run.model(batch["video"].float(), batch["video_mask"], query, query_mask, video_index=batch["video_index"])
     assert seen and set(seen) == {torch.bfloat16}
     batches = len(run.train_loader)
     assert batches >= 2

@@ -54,6 +54,7 @@ class DataConfig:
     negative_queries: bool = False  # BM-DETR: pair each query with a negative query (needs model.background_matching)
     negative_similarity: float = 0.9  # a negative query's CLIP text cosine with the positive must be below this
     temporal_shift_below: float = 0.0  # BM-DETR temporal shifting for videos shorter than this (seconds); 0 = off
+    group_by_video: bool = False  # whole-video training: a video's queries share batches (read and mapped once for them all)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -185,6 +186,7 @@ class GroundingDataset(Dataset):
         self._frames = {vid: check_feature_file(self.path(vid), backbone, fps, mode) for vid in sorted({r["vid"] for r in records})}
         self.past_end = self.check_lengths()
         self._finite: set[str] = set()  # videos whose whole states were read and found finite
+        self._last_read: tuple[str, torch.Tensor] | None = None  # (vid, video): a video's queries come in a row when grouped
 
     def path(self, vid: str) -> Path:
         return path_in(self.feature_dir, vid, ".safetensors")
@@ -213,17 +215,25 @@ class GroundingDataset(Dataset):
         """Frames of each item's video, from the annotated duration (for length-grouped batching)."""
         return [math.ceil(r["duration"] * self.fps) for r in self.records]
 
-    def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
-        path = self.path(record["vid"])
+    def read_video(self, vid: str) -> torch.Tensor:
+        """The video's states (T, K, P, D) or frames (T, 3, S, S); the last video read is not read again."""
+        if self._last_read is not None and self._last_read[0] == vid:
+            return self._last_read[1]
+        path = self.path(vid)
         if self.mode == "features":
             with safe_open(str(path), framework="pt") as f:
                 video = VisionRows(f, path)[:]
         else:
             video = torch.from_numpy(load_features(path, ["frames"])["frames"])
-        if record["vid"] not in self._finite:
+        if vid not in self._finite:
             check_finite(video, path)
-            self._finite.add(record["vid"])
+            self._finite.add(vid)
+        self._last_read = (vid, video)
+        return video
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        video, video_key = self.read_video(record["vid"]), record["vid"]
         saliency = torch.from_numpy(saliency_targets(record, len(video), 1.0 / self.fps)).float()
         candidates = torch.nonzero(saliency > 0)[:, 0]
         if len(candidates) == 0:  # a window shorter than a clip or past the features: its nearest frame
@@ -234,11 +244,12 @@ class GroundingDataset(Dataset):
         windows = record["relevant_windows"]
         if len(video) / self.fps < self.shift_below and len(windows) == 1 and torch.rand((), generator=generator) < 0.5:
             video, saliency, shifted = shift_moment(video, saliency, windows[0], self.fps, generator)
-            windows, candidates = [shifted], torch.nonzero(saliency > 0)[:, 0]
+            windows, candidates, video_key = [shifted], torch.nonzero(saliency > 0)[:, 0], None  # this item's own video
         positive = candidates[torch.randint(len(candidates), (1,), generator=generator)].item()
         item = {
             "record": record,
             "video": video,
+            "video_key": video_key,
             "windows": torch.tensor(windows, dtype=torch.float32).reshape(-1, 2),
             "saliency": saliency,
             "positive": positive,
@@ -382,11 +393,18 @@ class LengthGroupedBatches(Sampler[list[int]]):
     Per epoch (seeded by ``seed`` and ``set_epoch``): shuffle all indices, cut
     them into pools of ``pool`` batches, sort each pool by length, cut it into
     batches and shuffle the batches. Every index appears once per epoch.
-    ``lengths``: frames per item (any unit that orders them).
+    ``lengths``: frames per item (any unit that orders them). ``groups``: a key
+    per item (its video); items of one key are then shuffled as a block, so
+    they share batches (a block cut by a pool or batch end is split).
     """
 
-    def __init__(self, lengths: list[float], batch_size: int, drop_last: bool = False, seed: int = 0, pool: int = 16):
+    def __init__(self, lengths: list[float], batch_size: int, drop_last: bool = False, seed: int = 0, pool: int = 16,
+                 groups: list | None = None):
         self.lengths, self.batch_size, self.drop_last, self.seed, self.pool = torch.tensor(lengths), batch_size, drop_last, seed, pool
+        self.groups = None
+        if groups is not None:
+            ids = {key: i for i, key in enumerate(dict.fromkeys(groups))}
+            self.groups = torch.tensor([ids[key] for key in groups])
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -399,6 +417,9 @@ class LengthGroupedBatches(Sampler[list[int]]):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator)
+        if self.groups is not None:  # blocks of a key in a random order; the stable sorts below keep equal lengths in order
+            rank = torch.randperm(int(self.groups.max()) + 1, generator=generator)[self.groups]
+            order = order[rank[order].argsort(stable=True)]
         span = self.batch_size * self.pool
         grouped = torch.cat([part[self.lengths[part].argsort(stable=True)] for part in order.split(span)])
         batches = list(grouped.split(self.batch_size))
@@ -409,18 +430,25 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
 
 def collate(items: list[dict], fps: float) -> dict:
-    """Pad to the longest video: video (B, T, ...), video_mask (B, T), saliency (B, T), positive (B,)."""
+    """Pad to the longest video: video (Bv, T, ...) each distinct video once (items of one ``video_key``),
+    video_index (B,) each item's row of it, video_mask (B, T), saliency (B, T), positive (B,)."""
+    keys = [("item", i) if item["video_key"] is None else item["video_key"] for i, item in enumerate(items)]
+    rows = {key: row for row, key in enumerate(dict.fromkeys(keys))}
+    index, first = [rows[key] for key in keys], [keys.index(key) for key in rows]  # first: the item that brings each video
     length = max(len(item["video"]) for item in items)
-    video = items[0]["video"].new_zeros((len(items), length, *items[0]["video"].shape[1:]))
+    video = items[0]["video"].new_zeros((len(first), length, *items[0]["video"].shape[1:]))
     mask = torch.zeros(len(items), length, dtype=torch.bool)
     saliency = torch.zeros(len(items), length)
+    for row, i in enumerate(first):
+        video[row, : len(items[i]["video"])] = items[i]["video"]
     for i, item in enumerate(items):
         n = len(item["video"])
-        video[i, :n], mask[i, :n], saliency[i, :n] = item["video"], True, item["saliency"]
+        mask[i, :n], saliency[i, :n] = True, item["saliency"]
     return {
         "records": [item["record"] for item in items],
         "queries": [item["record"]["query"] for item in items],
         "video": video,
+        "video_index": torch.tensor(index),
         "video_mask": mask,
         "windows": [item["windows"] for item in items],
         "saliency": saliency,

@@ -65,7 +65,7 @@ def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
 
 
 def video_states(batch: dict, backbone: FrozenBackbone, mode: str, device: torch.device) -> torch.Tensor:
-    """(B, T, K, P, D): cached states as stored (half; the model maps them layer by layer in float), or stored frames
+    """(Bv, T, K, P, D), each distinct video of the batch once: cached states as stored (half; the model maps them layer by layer in float), or stored frames
     through the frozen backbone (no grad)."""
     video = batch["video"].to(device)
     if mode == "features":
@@ -249,7 +249,7 @@ def predict(model, loader, backbone, text_cache, cfg: TrainConfig, device) -> li
     for batch in loader:
         video = video_states(batch, backbone, cfg.data.mode, device)
         query, query_mask = text_cache(queries_of(batch, cfg), device)
-        out = model(video, batch["video_mask"].to(device), query, query_mask)
+        out = model(video, batch["video_mask"].to(device), query, query_mask, video_index=batch["video_index"].to(device))
         records += predictions_for_batch(out, batch, cfg.model.strides, cfg.decode)
     model.train()
     return records
@@ -296,10 +296,11 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
     query, query_mask = text_cache(queries_of(batch, cfg), device)
     negative = text_cache(batch["negative_queries"], device) if "negative_queries" in batch else ()  # BM-DETR, (B, L', ...)
     windowed = "window_mask" in batch
-    if not windowed:  # one item per query: the whole video
+    if not windowed:  # one item per query: the whole video, each distinct video mapped once (video_index)
         video, heads_mask = video_states(batch, backbone, cfg.data.mode, device), batch["video_mask"].to(device)
+        video_index = batch["video_index"].to(device)
         with accelerator.autocast():
-            out = model(video, heads_mask, query, query_mask, *negative)
+            out = model(video, heads_mask, query, query_mask, *negative, video_index=video_index)
     else:  # B queries x W windows (the positive first); the heads run on the positive windows only
         b, w = batch["window_mask"].shape
         video = batch["video"].to(device).flatten(0, 1)
@@ -320,7 +321,7 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
     if windowed:
         cls, library_mask, starts = video[positive_rows, :, -1, 0].float(), heads_mask, batch["starts"][:, 0].to(device)
     else:
-        cls, library_mask, starts = moment_window(video[:, :, -1, 0].float(), heads_mask, batch["windows"], cfg.data.fps,
+        cls, library_mask, starts = moment_window(video[video_index, :, -1, 0].float(), heads_mask, batch["windows"], cfg.data.fps,
                                                   cfg.decode.window_frames(cfg.data.fps)[0])
     head = accelerator.unwrap_model(model).retrieval
     with accelerator.autocast():
@@ -362,6 +363,8 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         raise ValueError("data.negative_queries and model.background_matching go together (BM-DETR)")
     if cfg.data.temporal_shift_below and uses_windows(cfg):
         raise ValueError("data.temporal_shift_below (BM-DETR temporal shifting) applies to whole-video training, not to window sampling")
+    if cfg.data.group_by_video and uses_windows(cfg):
+        raise ValueError("data.group_by_video applies to whole-video training: window items hold each query's own windows")
     out_dir = Path(cfg.output_dir)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
@@ -391,7 +394,9 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     else:
         train_collate = batch_collate
     repeated = len(train_set) * cfg.optim.repeat  # batches group videos of similar length: less padding
-    sampler = LengthGroupedBatches(train_set.frame_counts() * cfg.optim.repeat, cfg.optim.batch_size, repeated > cfg.optim.batch_size, cfg.seed)
+    groups = [(copy, r["vid"]) for copy in range(cfg.optim.repeat) for r in train_set.records] if cfg.data.group_by_video else None
+    sampler = LengthGroupedBatches(train_set.frame_counts() * cfg.optim.repeat, cfg.optim.batch_size, repeated > cfg.optim.batch_size,
+                                   cfg.seed, groups=groups)
     pinned = device.type == "cuda"  # page-locked batches: the copy to the GPU runs beside the step
     train_loader = DataLoader(ConcatDataset([train_set] * cfg.optim.repeat), batch_sampler=sampler, collate_fn=train_collate,
                               num_workers=cfg.data.num_workers, pin_memory=pinned)

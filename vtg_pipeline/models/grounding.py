@@ -112,10 +112,12 @@ class R2Grounder(nn.Module):
         self.retrieval = RetrievalHead(cfg.vision_width, cfg.text_width, cfg.retrieval_dims, cfg.dropout)
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
-                negative_query: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> dict:
-        """video (B, T, K', P, Dv) with K' >= K (the last K are used), video_mask (B, T) bool,
-        query (B, L, K', Dt), query_mask (B, L) bool; with ``background_matching``, optionally a
-        negative query (B, L', K', Dt) and its mask (training only).
+                negative_query: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None,
+                video_index: torch.Tensor | None = None) -> dict:
+        """video (Bv, T, K', P, Dv) with K' >= K (the last K are used), video_mask (B, T) bool,
+        query (B, L, K', Dt), query_mask (B, L) bool; ``video_index`` (B,) each query's video row (None: Bv = B,
+        or Bv = 1 for one video shared by all queries; see ``QueryVideos``); with ``background_matching``,
+        optionally a negative query (B, L', K', Dt) and its mask (training only).
 
         Returns: ``cls`` (B, N) logits; ``reg`` (B, N, 2) distances to start/end in
         strides; ``points`` (N, 4); ``level_masks`` list of (B, T_s) (any valid frame:
@@ -126,10 +128,10 @@ class R2Grounder(nn.Module):
         ``background_matching`` also ``frame_prob`` (B, T) p(f|Q+)(1 - p(f|Q-)),
         ``frame_score`` (B, T) and ``video_embedding`` (B, C).
         """
-        r2 = self.refine(video, video_mask, query, query_mask)
+        r2 = self.refine(video, video_mask, query, query_mask, video_index=video_index)
         negative = None
-        if self.cfg.background_matching and negative_query is not None:
-            negative = self.refine(video, video_mask, negative_query, negative_mask, r2["hidden"])["frames"]  # the video mapped once
+        if self.cfg.background_matching and negative_query is not None:  # the videos mapped once
+            negative = self.refine(video, video_mask, negative_query, negative_mask, r2["hidden"], video_index)["frames"]
         return self.heads(r2["frames"], video_mask, query_mask, r2, negative)
 
     def heads(self, frames: torch.Tensor, video_mask: torch.Tensor, query_mask: torch.Tensor, r2: dict,
@@ -145,14 +147,14 @@ class R2Grounder(nn.Module):
                 "video_embedding": self.video_pool(matched["frames"], video_mask)}
 
     def refine(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
-               hidden: list[torch.Tensor] | None = None) -> dict:
+               hidden: list[torch.Tensor] | None = None, video_index: torch.Tensor | None = None) -> dict:
         """The R² block's outputs (see ``R2Block.forward``; ``hidden`` from an earlier call on the same videos), ``frames``
         (B, T, C) after the stride-1 ReLU."""
         k = self.cfg.layers
         video, query = video[:, :, -k:], query[:, :, -k:]
         if not self.cfg.spatial_pooling:
             video = video[:, :, :, :1]
-        r2 = self.r2(video, video_mask, query, query_mask, hidden)
+        r2 = self.r2(video, video_mask, query, query_mask, hidden, video_index)
         # The official stride-1 level is an in-place ReLU, so every later use sees ReLU(h).
         # Padding is zeroed so that a video in a batch gives what it gives alone.
         return {**r2, "frames": F.relu(r2["frames"]) * video_mask[..., None]}

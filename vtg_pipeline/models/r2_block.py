@@ -32,6 +32,45 @@ MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.at
 SAVE_MATMULS_ONLY = partial(create_selective_checkpoint_contexts, keep_matmul_outputs)
 
 
+class QueryVideos:
+    """Which video each query of a batch is on: B queries on Bv videos, every video with at least one query.
+
+    ``index`` (B,) the video row of each query; None: one video per query (Bv = B), or one video shared by all
+    queries (Bv = 1). ``slot`` (B,) the query's place among its video's queries, of which there are at most
+    ``per_video`` (G). ``group`` lays per-query tensors out per video, ``ungroup`` takes them back.
+    """
+
+    def __init__(self, index: torch.Tensor | None, videos: int, queries: int, device: torch.device):
+        self.videos = videos
+        if index is None:  # known without looking at the device
+            shared = videos == 1
+            self.index = torch.zeros(queries, dtype=torch.long, device=device) if shared else torch.arange(queries, device=device)
+            self.slot = torch.arange(queries, device=device) if shared else torch.zeros(queries, dtype=torch.long, device=device)
+            self.per_video = queries if shared else 1
+        else:
+            self.index = index
+            self.slot = (index[:, None] == index[None]).tril(-1).sum(1)  # earlier queries on the same video
+            self.per_video = int(self.slot.max()) + 1
+
+    def group(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) -> (Bv, G, ...), zeros where a video has fewer than G queries."""
+        grouped = x.new_zeros((self.videos, self.per_video, *x.shape[1:]))
+        return grouped.index_put((self.index, self.slot), x)
+
+    def ungroup(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """(Bv, ..., G at ``dim``, ...) -> (B, ...): each query's entry, with ``dim`` dropped."""
+        return x.movedim(dim, 1)[self.index, self.slot]
+
+    def per_query(self, x: torch.Tensor) -> torch.Tensor:
+        """(Bv, ...) -> (B, ...): each query's video row."""
+        return x[self.index]
+
+    def video_lengths(self, video_mask: torch.Tensor) -> torch.Tensor:
+        """video_mask (B, T) -> (Bv,) frames of each video."""
+        lengths = video_mask.sum(1)
+        return lengths.new_zeros(self.videos).scatter(0, self.index, lengths)
+
+
 class R2Block(nn.Module):
     """Refines frame features with the query, from the last tapped layer to the first.
 
@@ -78,45 +117,49 @@ class R2Block(nn.Module):
     def map_hidden(self, layer: torch.Tensor, tef: torch.Tensor) -> torch.Tensor:
         return self.video_map[:-1](torch.cat((layer.to(tef.dtype), tef), dim=-1))
 
-    def pool_frames(self, hidden: torch.Tensor, cls: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor, step: int) -> torch.Tensor:
+    def pool_frames(self, hidden: torch.Tensor, cls: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor, step: int,
+                    videos: QueryVideos) -> torch.Tensor:
         """Query-modulated spatial pooling.
 
-        hidden (Bv, T, P, C) hidden video tokens (``hidden_tokens``), cls (Bv, T, C) the mapped CLS tokens, query
-        (B, L, C) mapped tokens -> (B, T, C):
+        hidden (Bv, T, P, C) hidden video tokens (``hidden_tokens``), cls (B, T, C) the mapped CLS tokens, query
+        (B, L, C) mapped tokens, ``videos`` which row of ``hidden`` each query is on -> (B, T, C):
         CLS + tanh(scale) * max over valid query tokens of (softmax(q_map(q) . v_map(v) / sqrt(C)) @ v + q), with
         v = W h + b the mapped tokens (W, b: the video mapper's last Linear). Computed without v or v_map(v) for
         every token: q_map(q) . v_map(v_p) = (q_map(q) W_v W) . h_p + q_map(q) . v_map(b), and softmax @ v =
-        (softmax @ h) W^T + b because each softmax row sums to 1.
+        (softmax @ h) W^T + b because each softmax row sums to 1. The queries of one video attend to its hidden
+        tokens together (G queries per video: (Bv, T, G x L, P) attention), so those are stored once for backward.
         """
         last, mapped_query = self.video_map[-1], self.q_map(query)
         keys = mapped_query @ self.v_map.weight @ last.weight  # (B, L, C)
         offset = (mapped_query * self.v_map(last.bias)).sum(-1)  # (B, L): the same for every token (the softmax cancels it)
-        logits = (torch.einsum("blc,btpc->btlp", keys, hidden) + offset[:, None, :, None]) / self.dims**0.5
-        attended = last(torch.einsum("btlp,btpc->btlc", logits.softmax(-1), hidden)) + query[:, None]
-        pooled = masked_max(attended, query_mask[:, None, :, None], dim=2)
+        logits = (torch.einsum("bglc,btpc->btglp", videos.group(keys), hidden) + videos.group(offset)[:, None, :, :, None]) / self.dims**0.5
+        attended = videos.ungroup(torch.einsum("btglp,btpc->btglc", logits.softmax(-1), hidden), dim=2)  # (B, T, L, C)
+        pooled = masked_max(last(attended) + query[:, None], query_mask[:, None, :, None], dim=2)
         return cls + pooled * self.scale[step].tanh()
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
-                hidden: list[torch.Tensor] | None = None) -> dict:
-        """video (Bv, T, K, P, Dv) with Bv = B, or Bv = 1 for one video shared by B queries; video_mask (B, T), query
-        (B, L, K, Dt), query_mask (B, L). ``hidden``: the ``hidden`` of an earlier call on the same videos, to refine
-        them for another query without mapping them again.
+                hidden: list[torch.Tensor] | None = None, video_index: torch.Tensor | None = None) -> dict:
+        """video (Bv, T, K, P, Dv), video_mask (B, T), query (B, L, K, Dt), query_mask (B, L), ``video_index`` (B,)
+        the video row of each query (None: Bv = B, a video per query, or Bv = 1, one video shared by all queries; see
+        ``QueryVideos``). Each video is mapped once, however many queries it has. ``hidden``: the ``hidden`` of an
+        earlier call on the same videos, to refine them for other queries without mapping them again.
 
         Returns ``frames`` (B, T, C) refined features, ``query`` (B, L, C) mapped tokens of the first tapped layer,
-        and per step (last layer first) ``cls`` (Bv, T, C) mapped CLS tokens, ``queries`` (B, L, C) and ``hidden``
+        and per step (last layer first) ``cls`` (B, T, C) mapped CLS tokens, ``queries`` (B, L, C) and ``hidden``
         (Bv, T, P, C) the video mapping's hidden tokens (``hidden_tokens``).
         """
         bv, t, k, p, _ = video.shape
-        tef = temporal_endpoints(video_mask.sum(1)[:bv], t)[:, :, None, :].expand(bv, t, p, 2)
+        videos = QueryVideos(video_index, bv, len(query), video.device)
+        tef = temporal_endpoints(videos.video_lengths(video_mask), t)[:, :, None, :].expand(bv, t, p, 2)
         positions = sine_positions(video_mask.sum(1), t, self.dims)
         frames, cls_per_step, query_per_step, hidden_per_step = None, [], [], []
         for i, step in enumerate(range(k - 1, -1, -1)):
             h = hidden[i] if hidden is not None else self.hidden_tokens(video[:, :, step], tef)
-            q, cls = self.query_map(query[:, :, step]), self.video_map[-1](h[:, :, 0])
+            q, cls = self.query_map(query[:, :, step]), videos.per_query(self.video_map[-1](h[:, :, 0]))
             cls_per_step.append(cls)
             query_per_step.append(q)
             hidden_per_step.append(h)
-            pooled = self.pool_frames(h, cls, q, query_mask, step)
+            pooled = self.pool_frames(h, cls, q, query_mask, step, videos)
             if frames is not None:
                 gate = self.gate[step].sigmoid()
                 pooled = gate * pooled + (1 - gate) * frames
