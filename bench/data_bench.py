@@ -11,7 +11,8 @@ tokens x 768, fp16; frames 3 x 224 x 224 uint8) with random contents (one video'
 DataLoader (batch 32, ``data.collate``, the training loader's settings) over ``--batches`` batches, with 0, 1 and
 2 workers, from a warm page cache (every file read once before) and a cold one (``posix_fadvise(DONTNEED)`` on
 every file before the run: the kernel drops the clean pages, no root needed). It reports items/s, MB/s of the
-tensors delivered (fp16 states, however stored), the stored MB per item read from disk, and the disk bandwidth a GPU step would need at batch 32 if a step took ``--gpu-step-ms`` (the
+tensors delivered (the states as stored: fp16, or float8 bytes and scales that the training step dequantises on
+its device), the stored MB per item read from disk, and the disk bandwidth a GPU step would need at batch 32 if a step took ``--gpu-step-ms`` (the
 rate the loader would have to keep up).
 """
 
@@ -117,7 +118,7 @@ def read(args) -> None:
                 started, items, nbytes = time.perf_counter(), 0, 0
                 for number, batch in enumerate(loader, 1):
                     items += len(batch["records"])
-                    nbytes += batch["video"].numel() * batch["video"].element_size()
+                    nbytes += sum(batch[k].numel() * batch[k].element_size() for k in ("video", "video_scale") if k in batch)
                     if number == args.batches:
                         break
                 seconds = time.perf_counter() - started

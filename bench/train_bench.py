@@ -6,13 +6,15 @@
     python bench/train_bench.py --against DIR                     # compare loss and gradients with DIR's
     python bench/train_bench.py --modes features frames --clips 32 --query-tokens 12 --variants default   # features vs frames
     python bench/train_bench.py --device cuda --precision bf16    # on a GPU, autocast on the side network
+    python bench/train_bench.py --queries-per-video 4             # batches of 4 queries per video (data.group_by_video)
 
 Default shapes are issue 15's: the paper's side network (dims 256, K = 4, ViT-B/32 widths, its dropout), T = 75
 clips per video, L = 16 query tokens, batch 8 and 32, in training mode: a full forward, the grounding losses,
 backward and an AdamW step. Each configuration runs in its own process (clean peak memory), with inputs of the
 right shapes from a fixed seed; the video states reach the model as ``training.video_states`` gives them (fp16 from
 the store, in features mode). ``frames`` mode also runs the frozen ViT-B-32 (random weights, same compute) on uint8
-frames inside the step. Variants: ``default``, and ``memory_saving`` (``optim.memory_saving``). The step time is the
+frames inside the step. ``--queries-per-video G``: a batch of B queries holds B / G videos, each read and mapped once
+(``data.group_by_video``). Variants: ``default``, and ``memory_saving`` (``optim.memory_saving``). The step time is the
 fastest of ``--steps`` after the first; peak RSS is sampled every 50 ms; on CUDA the allocator's peak too.
 
 ``--save-grads DIR`` writes the first step's loss and every gradient to ``DIR/<mode>_b<batch>_<variant>.safetensors``;
@@ -54,10 +56,12 @@ def one(mode: str, batch: int, variant: str, args) -> dict:
     model.r2.memory_saving = variant == "memory_saving"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+    videos = batch // args.queries_per_video
     if mode == "frames":
-        inputs = {"video": torch.randint(0, 256, (batch, clips, 3, 224, 224), dtype=torch.uint8)}  # host memory, as decoded
+        inputs = {"video": torch.randint(0, 256, (videos, clips, 3, 224, 224), dtype=torch.uint8)}  # host memory, as decoded
     else:
-        inputs = {"video": torch.randn(batch, clips, 4, 50, 768).half()}  # host memory, as read from the store
+        inputs = {"video": torch.randn(videos, clips, 4, 50, 768).half()}  # host memory, as read from the store
+    video_index = torch.arange(videos, device=dev).repeat_interleave(args.queries_per_video)
     query = torch.randn(batch, tokens, 4, 512, device=dev)
     video_mask = torch.ones(batch, clips, dtype=torch.bool, device=dev)
     query_mask = torch.ones(batch, tokens, dtype=torch.bool, device=dev)
@@ -70,7 +74,7 @@ def one(mode: str, batch: int, variant: str, args) -> dict:
         start = time.perf_counter()
         video = video_states(inputs, backbone, mode, dev)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = model(video, video_mask, query, query_mask)
+            out = model(video, video_mask, query, query_mask, video_index=video_index)
             losses = grounding_losses(out, windows, torch.full((batch,), 0.5, device=dev), saliency, video_mask, positive, LossConfig())
         loss = sum(losses.values())
         scaler.scale(loss).backward()
@@ -85,7 +89,7 @@ def one(mode: str, batch: int, variant: str, args) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     step_s = min(times[1:]) if len(times) > 1 else times[0]
-    row = {"mode": mode, "batch": batch, "variant": variant, "dropout": model.cfg.dropout, "device": args.device, "precision": args.precision, "clips": clips,
+    row = {"mode": mode, "batch": batch, "queries_per_video": args.queries_per_video, "variant": variant, "dropout": model.cfg.dropout, "device": args.device, "precision": args.precision, "clips": clips,
            "query_tokens": tokens, "step_s": round(step_s, 3), "videos_per_s": round(batch / step_s, 1)}
     if dev.type == "cuda":
         row["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
@@ -129,6 +133,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["default", "memory_saving"], choices=("default", "memory_saving"))
     parser.add_argument("--clips", type=int, default=75, help="frames per video (75: a 150 s QVHighlights video at 0.5 fps)")
     parser.add_argument("--query-tokens", type=int, default=16)
+    parser.add_argument("--queries-per-video", type=int, default=1, help="queries per video in a batch (divides every batch)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
@@ -138,6 +143,8 @@ def main() -> None:
     parser.add_argument("--against", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="default: bench/out/train_step[_DEVICE_PRECISION].json")
     args = parser.parse_args()
+    if any(batch % args.queries_per_video for batch in args.batches):
+        parser.error(f"--queries-per-video {args.queries_per_video} must divide every batch size {args.batches}")
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.one[2], args)))
         return
@@ -146,7 +153,7 @@ def main() -> None:
         for batch in args.batches:
             for variant in args.variants:
                 cmd = [sys.executable, __file__, "--one", mode, str(batch), variant, "--clips", str(args.clips), "--query-tokens",
-                       str(args.query_tokens), "--steps", str(args.steps), "--device", args.device, "--precision", args.precision]
+                       str(args.query_tokens), "--queries-per-video", str(args.queries_per_video), "--steps", str(args.steps), "--device", args.device, "--precision", args.precision]
                 cmd += ["--dropout", str(args.dropout)] if args.dropout is not None else []
                 result, peak = peak_rss(cmd + (["--save-grads", str(args.save_grads)] if args.save_grads else []))
                 result["peak_rss_mib"] = round(peak)

@@ -91,7 +91,8 @@ def test_temporal_shift_moves_the_moment_in_seconds_at_any_fps(fps):
     first, stop = int(10 * fps), int(16 * fps)
     saliency[first:stop] = 1.0
     generator = torch.Generator().manual_seed(3)
-    shifted, shifted_saliency, window = shift_moment(video, saliency, [10.0, 16.0], fps, generator)
+    order, window = shift_moment(t, [10.0, 16.0], fps, generator)
+    shifted, shifted_saliency = video[order], saliency[order]
     start = int(round(window[0] * fps))
     assert window[1] - window[0] == pytest.approx(6.0)
     assert shifted[start : start + stop - first, 0].tolist() == list(range(first, stop))  # the moment's frames, in order

@@ -187,7 +187,7 @@ def test_collate_stacks_each_video_once_and_indexes_it_per_query():
     from vtg_pipeline.data import collate
 
     def item(key, frames, value):
-        return {"record": {"query": f"q{value}"}, "video": torch.full((frames, 2), float(value)), "video_key": key,
+        return {"record": {"query": f"q{value}"}, "video": torch.full((frames, 2), float(value)), "video_scale": None, "video_key": key,
                 "windows": torch.zeros(1, 2), "saliency": torch.ones(frames), "positive": 0}
 
     a = item("a", 3, 1)
@@ -217,6 +217,48 @@ def test_a_grouped_batch_gives_the_loss_and_gradients_of_its_videos_repeated(syn
         torch.testing.assert_close(grouped[name], alone[name], rtol=1e-5, atol=1e-6, msg=name)
     for g, a in zip(grouped_grads, alone_grads, strict=True):
         torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-6)
+
+
+def test_float8_states_cross_to_the_device_as_stored_and_are_dequantised_there(synth_root, tmp_path):
+    """A `--states fp8` store: batches (whole videos and window items) carry the e4m3 bytes and the scales, half the
+    bytes of float16, and video_states gives exactly what VisionRows reads; a store part fp16 is collated as float16."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from vtg_pipeline.data import VisionRows, WindowDataset, collate, collate_windows
+    from vtg_pipeline.extract import ExtractConfig, run_extract
+    from vtg_pipeline.training import video_states
+
+    features = tmp_path / "fp8"
+    run_extract(ExtractConfig(video_dirs=[str(synth_root / "videos")], out=str(features), model="vtg-tiny", pretrained="random:0",
+                              states="fp8", progress=False))
+    run = build_run(tiny_config(synth_root, tmp_path / "run", f"data.features={features}", "data.group_by_video=true"))
+
+    def read(vid):
+        with safe_open(str(features / f"{vid}.safetensors"), framework="pt") as f:
+            return VisionRows(f, features / f"{vid}.safetensors")[:]
+
+    batch = next(iter(run.train_loader))
+    assert batch["video"].dtype == torch.float8_e4m3fn and batch["video_scale"].shape == batch["video"].shape[:-1]
+    states = video_states(batch, run.backbone, "features", run.accelerator.device)
+    for row, record in {int(i): r for i, r in zip(batch["video_index"], batch["records"])}.items():
+        expected = read(record["vid"])
+        assert torch.equal(states[row, : len(expected)], expected) and not states[row, len(expected) :].any()
+
+    windows = WindowDataset(run.train_set.records, features, run.backbone, 0.5, 8, 4, negatives=2)
+    items = [windows[i] for i in range(3)]
+    batch = collate_windows(items, 0.5)
+    assert batch["video"].dtype == torch.float8_e4m3fn
+    states = video_states(batch, run.backbone, "features", run.accelerator.device)
+    first = int(batch["starts"][0, 0])
+    torch.testing.assert_close(states[0, 0], read(items[0]["record"]["vid"])[first : first + 8], rtol=0, atol=0)
+
+    vid = run.train_set.records[0]["vid"]
+    shutil.copy(synth_root / "features" / f"{vid}.safetensors", features / f"{vid}.safetensors")  # this video fp16
+    run.train_set._last_read = None
+    mixed = collate([run.train_set[i] for i in range(len(run.train_set))], 0.5)
+    assert mixed["video"].dtype == torch.float16 and "video_scale" not in mixed
 
 
 def test_bf16_autocast_and_gradient_accumulation(synth_root, tmp_path):

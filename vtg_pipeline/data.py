@@ -82,10 +82,19 @@ def check_feature_file(path: Path, backbone: FrozenBackbone, fps: float, mode: s
     return check_shapes(path, backbone.row_shapes())
 
 
+def dequantize(values: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Stored vision states -> float16 (..., D): fp16 values as they are (``scale`` None), float8 e4m3 values times
+    their float16 scale per token (...), on whichever device they are."""
+    if scale is None:
+        return values
+    return (values.float() * scale.float()[..., None]).half()
+
+
 class VisionRows:
     """Row access to a feature file's vision states (T, K, P, D) as float16, whichever way they are stored: fp16, or
     float8 e4m3 with a float16 scale per token (``vtg extract --states fp8``, tensor ``vision_scale`` (T, K, P)).
-    ``f``: an open ``safe_open(..., framework="pt")``; ``rows[a:b]`` reads only those rows."""
+    ``f``: an open ``safe_open(..., framework="pt")``; ``rows[a:b]`` reads only those rows; ``rows.stored(a, b)``
+    reads them as stored, for ``dequantize`` on the training device."""
 
     def __init__(self, f, path: Path):
         self.values = f.get_slice("vision")
@@ -98,10 +107,19 @@ class VisionRows:
         return self.values.get_shape()
 
     def __getitem__(self, rows) -> torch.Tensor:
-        values = self.values[rows]
-        if self.scale is None:
-            return values
-        return (values.float() * self.scale[rows].float()[..., None]).half()
+        return dequantize(*self.stored(rows))
+
+    def stored(self, rows) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rows' values (float16 or float8 e4m3) and per-token scales (None for float16), as the file keeps them."""
+        return self.values[rows], None if self.scale is None else self.scale[rows]
+
+
+def one_layout(stored: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """(values, scale) pairs read as stored -> their values and scales if all are float8, else the values as float16
+    and None (a store part fp16, part fp8 is dequantised here)."""
+    if all(scale is not None for _, scale in stored):
+        return [values for values, _ in stored], [scale for _, scale in stored]
+    return [dequantize(values, scale) for values, scale in stored], None
 
 
 def check_shapes(path: Path, row_shapes: dict[str, tuple[int, ...]]) -> int:
@@ -119,11 +137,18 @@ def check_shapes(path: Path, row_shapes: dict[str, tuple[int, ...]]) -> int:
     return frames[0]
 
 
-def check_finite(states: torch.Tensor, path: Path) -> torch.Tensor:
-    """``states`` if every value is finite, else DataError naming the file and the first bad frame."""
-    if states.is_floating_point() and not torch.isfinite(states).all():
-        bad = (~torch.isfinite(states)).flatten(1).any(1).nonzero()[0, 0].item()
-        raise DataError(f"{path}: non-finite values (NaN or inf) in the stored states, first at row {bad} of this read")
+def check_finite(states: torch.Tensor, path: Path, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``states`` (T, ...) if every value (and every per-token ``scale`` (T, ...) of float8 states) is finite, else
+    DataError naming the file and the first bad frame."""
+    if not states.is_floating_point():
+        return states
+    if states.dtype == torch.float8_e4m3fn:  # no infinities; NaN is every exponent and mantissa bit set
+        bad = (states.view(torch.uint8) & 0x7F) == 0x7F
+    else:
+        bad = ~torch.isfinite(states)
+    bad = bad.flatten(1).any(1) | (torch.zeros(len(states), dtype=torch.bool) if scale is None else ~torch.isfinite(scale).flatten(1).all(1))
+    if bad.any():
+        raise DataError(f"{path}: non-finite values (NaN or inf) in the stored states, first at row {bad.nonzero()[0, 0].item()} of this read")
     return states
 
 
@@ -153,20 +178,19 @@ def negative_query_candidates(records: list[dict], embeddings: dict[str, torch.T
     return candidates, fallbacks
 
 
-def shift_moment(video: torch.Tensor, saliency: torch.Tensor, window: list[float], fps: float, generator: torch.Generator):
+def shift_moment(t: int, window: list[float], fps: float, generator: torch.Generator) -> tuple[torch.Tensor, list[float]]:
     """BM-DETR temporal shifting: move the frames of ``window`` (seconds) to a random place among the others.
 
-    video (T, ...), saliency (T,) -> the shifted video and saliency and the moment's new window in
-    seconds. Frames are cut on the clip grid (a clip belongs to the moment if it overlaps it).
+    A video of ``t`` frames -> the new frame order (t,) (index the video's tensors with it) and the moment's new
+    window in seconds. Frames are cut on the clip grid (a clip belongs to the moment if it overlaps it).
     """
-    t = len(video)
     first, stop = int(math.floor(window[0] * fps)), min(t, max(int(math.ceil(window[1] * fps)), int(math.floor(window[0] * fps)) + 1))
     order = torch.arange(t)
     moment, rest = order[first:stop], torch.cat((order[:first], order[stop:]))
     at = int(torch.randint(len(rest) + 1, (1,), generator=generator))
     order = torch.cat((rest[:at], moment, rest[at:]))
     offset = (at - first) / fps
-    return video[order], saliency[order], [max(0.0, window[0] + offset), min(t / fps, window[1] + offset)]
+    return order, [max(0.0, window[0] + offset), min(t / fps, window[1] + offset)]
 
 
 class GroundingDataset(Dataset):
@@ -186,7 +210,7 @@ class GroundingDataset(Dataset):
         self._frames = {vid: check_feature_file(self.path(vid), backbone, fps, mode) for vid in sorted({r["vid"] for r in records})}
         self.past_end = self.check_lengths()
         self._finite: set[str] = set()  # videos whose whole states were read and found finite
-        self._last_read: tuple[str, torch.Tensor] | None = None  # (vid, video): a video's queries come in a row when grouped
+        self._last_read: tuple | None = None  # (vid, video, scale): a video's queries come in a row when grouped
 
     def path(self, vid: str) -> Path:
         return path_in(self.feature_dir, vid, ".safetensors")
@@ -215,25 +239,27 @@ class GroundingDataset(Dataset):
         """Frames of each item's video, from the annotated duration (for length-grouped batching)."""
         return [math.ceil(r["duration"] * self.fps) for r in self.records]
 
-    def read_video(self, vid: str) -> torch.Tensor:
-        """The video's states (T, K, P, D) or frames (T, 3, S, S); the last video read is not read again."""
+    def read_video(self, vid: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The video's states (T, K, P, D) as stored and their per-token scales (T, K, P) if float8 (``VisionRows.stored``),
+        or its frames (T, 3, S, S) and None; the last video read is not read again."""
         if self._last_read is not None and self._last_read[0] == vid:
-            return self._last_read[1]
+            return self._last_read[1:]
         path = self.path(vid)
+        scale = None
         if self.mode == "features":
             with safe_open(str(path), framework="pt") as f:
-                video = VisionRows(f, path)[:]
+                video, scale = VisionRows(f, path).stored(slice(None))
         else:
             video = torch.from_numpy(load_features(path, ["frames"])["frames"])
         if vid not in self._finite:
-            check_finite(video, path)
+            check_finite(video, path, scale)
             self._finite.add(vid)
-        self._last_read = (vid, video)
-        return video
+        self._last_read = (vid, video, scale)
+        return video, scale
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        video, video_key = self.read_video(record["vid"]), record["vid"]
+        (video, scale), video_key = self.read_video(record["vid"]), record["vid"]
         saliency = torch.from_numpy(saliency_targets(record, len(video), 1.0 / self.fps)).float()
         candidates = torch.nonzero(saliency > 0)[:, 0]
         if len(candidates) == 0:  # a window shorter than a clip or past the features: its nearest frame
@@ -243,12 +269,14 @@ class GroundingDataset(Dataset):
         generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
         windows = record["relevant_windows"]
         if len(video) / self.fps < self.shift_below and len(windows) == 1 and torch.rand((), generator=generator) < 0.5:
-            video, saliency, shifted = shift_moment(video, saliency, windows[0], self.fps, generator)
+            order, shifted = shift_moment(len(video), windows[0], self.fps, generator)
+            video, saliency, scale = video[order], saliency[order], None if scale is None else scale[order]
             windows, candidates, video_key = [shifted], torch.nonzero(saliency > 0)[:, 0], None  # this item's own video
         positive = candidates[torch.randint(len(candidates), (1,), generator=generator)].item()
         item = {
             "record": record,
             "video": video,
+            "video_scale": scale,
             "video_key": video_key,
             "windows": torch.tensor(windows, dtype=torch.float32).reshape(-1, 2),
             "saliency": saliency,
@@ -303,11 +331,13 @@ class WindowDataset(GroundingDataset):
         low, high = min(max(low, 0), last), min(max(high, 0), last)
         return int(torch.randint(low, high + 1, (1,), generator=generator))
 
-    def read_window(self, vid: str, start: int, length: int) -> torch.Tensor:
+    def read_window(self, vid: str, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Frames [start, start + length) of a video as stored (``VisionRows.stored``), checked finite."""
         with safe_open(str(self.path(vid)), framework="pt") as f:
-            return check_finite(VisionRows(f, self.path(vid))[start : start + length], self.path(vid))
+            values, scale = VisionRows(f, self.path(vid)).stored(slice(start, start + length))
+        return check_finite(values, self.path(vid), scale), scale
 
-    def other_video_windows(self, vid: str, length: int, generator: torch.Generator) -> list[torch.Tensor]:
+    def other_video_windows(self, vid: str, length: int, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """``cross_video`` windows of ``length`` frames from random other videos long enough to hold one."""
         from .inference import window_starts
 
@@ -334,17 +364,23 @@ class WindowDataset(GroundingDataset):
         in_video = torch.from_numpy(window_saliency(record["relevant_windows"], n, 1.0 / fps)).float() > 0
         saliency_full = torch.from_numpy(saliency_targets(record, n, 1.0 / fps)).float()
         length = min(w, n)
-        with safe_open(str(self.path(record["vid"])), framework="pt") as f:  # the query's own windows: one open
-            vision = VisionRows(f, self.path(record["vid"]))
-            own = [check_finite(vision[start : start + length], self.path(record["vid"])) for start in starts]
-        video = own[0].new_zeros((rows, length, *own[0].shape[1:]))
+        path = self.path(record["vid"])
+        with safe_open(str(path), framework="pt") as f:  # the query's own windows: one open
+            vision = VisionRows(f, path)
+            own = [vision.stored(slice(start, start + length)) for start in starts]
+        others = self.other_video_windows(record["vid"], length, generator) if self.cross_video else []
+        values, scales = one_layout([(check_finite(v, path, s), s) for v, s in own] + others)
+        video = values[0].new_zeros((rows, length, *values[0].shape[1:]))
+        scale = None if scales is None else scales[0].new_zeros((rows, length, *scales[0].shape[1:]))
         window_mask = torch.zeros(rows, dtype=torch.bool)
         in_moment = torch.zeros(rows, length, dtype=torch.bool)
-        for row, (start, states) in enumerate(zip(starts, own)):
-            video[row], window_mask[row], in_moment[row] = states, True, in_video[start : start + length]
-        if self.cross_video:
-            for row, states in enumerate(self.other_video_windows(record["vid"], length, generator), start=1 + self.same_video):
-                video[row], window_mask[row] = states, True
+        for row, start in enumerate(starts):
+            in_moment[row] = in_video[start : start + length]
+        own_rows = list(range(len(starts))) + list(range(1 + self.same_video, 1 + self.same_video + len(values) - len(starts)))
+        for i, row in enumerate(own_rows):  # own windows first, then other videos' (after the same-video rows)
+            video[row], window_mask[row] = values[i], True
+            if scale is not None:
+                scale[row] = scales[i]
         saliency = saliency_full[starts[0] : starts[0] + length]
         if not (saliency > 0).any():  # a moment shorter than a clip: its frame
             saliency[min(int(moment.mean()) - starts[0], length - 1)] = 1.0
@@ -354,7 +390,7 @@ class WindowDataset(GroundingDataset):
         relative = torch.tensor(record["relevant_windows"], dtype=torch.float32).reshape(-1, 2) - offset
         relative = relative.clamp(0, length / fps)
         relative = relative[relative[:, 1] > relative[:, 0]]
-        item = {"record": record, "video": video, "window_mask": window_mask, "frame_mask": torch.ones(rows, length, dtype=torch.bool),
+        item = {"record": record, "video": video, "video_scale": scale, "window_mask": window_mask, "frame_mask": torch.ones(rows, length, dtype=torch.bool),
                 "in_moment": in_moment, "windows": relative, "saliency": saliency, "positive": positive,
                 "starts": torch.tensor(starts + [-1] * (rows - len(starts)))}
         if self.negatives is not None:
@@ -363,7 +399,8 @@ class WindowDataset(GroundingDataset):
 
 
 def collate_windows(items: list[dict], fps: float) -> dict:
-    """Stack window items: video (B, 1 + N, w, ...), masks (B, 1 + N[, w]); videos shorter than a window are padded."""
+    """Stack window items: video (B, 1 + N, w, ...) as stored (float8 with video_scale (B, 1 + N, w, K, P) when every
+    item is, else float16), masks (B, 1 + N[, w]); videos shorter than a window are padded."""
     length = max(item["video"].size(1) for item in items)
 
     def pad(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -371,10 +408,12 @@ def collate_windows(items: list[dict], fps: float) -> dict:
         shape[dim] = length - x.size(dim)
         return torch.cat((x, x.new_zeros(shape)), dim=dim)
 
+    videos, scales = one_layout([(item["video"], item["video_scale"]) for item in items])
     return {
         "records": [item["record"] for item in items],
         "queries": [item["record"]["query"] for item in items],
-        "video": torch.stack([pad(item["video"], 1) for item in items]),
+        "video": torch.stack([pad(video, 1) for video in videos]),
+        **({"video_scale": torch.stack([pad(scale, 1) for scale in scales])} if scales else {}),
         "window_mask": torch.stack([item["window_mask"] for item in items]),
         "frame_mask": torch.stack([pad(item["frame_mask"], 1) for item in items]),
         "in_moment": torch.stack([pad(item["in_moment"], 1) for item in items]),
@@ -430,17 +469,22 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
 
 def collate(items: list[dict], fps: float) -> dict:
-    """Pad to the longest video: video (Bv, T, ...) each distinct video once (items of one ``video_key``),
-    video_index (B,) each item's row of it, video_mask (B, T), saliency (B, T), positive (B,)."""
+    """Pad to the longest video: video (Bv, T, ...) each distinct video once (items of one ``video_key``) as stored
+    (float8 with video_scale (Bv, T, K, P) when every item is, else float16 or frames), video_index (B,) each item's
+    row of it, video_mask (B, T), saliency (B, T), positive (B,)."""
     keys = [("item", i) if item["video_key"] is None else item["video_key"] for i, item in enumerate(items)]
     rows = {key: row for row, key in enumerate(dict.fromkeys(keys))}
     index, first = [rows[key] for key in keys], [keys.index(key) for key in rows]  # first: the item that brings each video
+    videos, scales = one_layout([(items[i]["video"], items[i]["video_scale"]) for i in first])
     length = max(len(item["video"]) for item in items)
-    video = items[0]["video"].new_zeros((len(first), length, *items[0]["video"].shape[1:]))
+    video = videos[0].new_zeros((len(first), length, *videos[0].shape[1:]))
+    scale = None if scales is None else scales[0].new_zeros((len(first), length, *scales[0].shape[1:]))
     mask = torch.zeros(len(items), length, dtype=torch.bool)
     saliency = torch.zeros(len(items), length)
-    for row, i in enumerate(first):
-        video[row, : len(items[i]["video"])] = items[i]["video"]
+    for row in range(len(first)):
+        video[row, : len(videos[row])] = videos[row]
+        if scale is not None:
+            scale[row, : len(videos[row])] = scales[row]
     for i, item in enumerate(items):
         n = len(item["video"])
         mask[i, :n], saliency[i, :n] = True, item["saliency"]
@@ -448,6 +492,7 @@ def collate(items: list[dict], fps: float) -> dict:
         "records": [item["record"] for item in items],
         "queries": [item["record"]["query"] for item in items],
         "video": video,
+        **({"video_scale": scale} if scale is not None else {}),
         "video_index": torch.tensor(index),
         "video_mask": mask,
         "windows": [item["windows"] for item in items],

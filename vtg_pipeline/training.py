@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
 from .config import TrainConfig
-from .data import GroundingDataset, LengthGroupedBatches, TextCache, VisionRows, WindowDataset, collate, collate_windows, load_split
+from .data import GroundingDataset, LengthGroupedBatches, TextCache, VisionRows, WindowDataset, collate, collate_windows, dequantize, load_split
 from .evaluation import MAIN_METRIC, evaluate
 from .extract import warn_if_one_process_launched
 from .features import atomic_write_text
@@ -65,11 +65,12 @@ def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
 
 
 def video_states(batch: dict, backbone: FrozenBackbone, mode: str, device: torch.device) -> torch.Tensor:
-    """(Bv, T, K, P, D), each distinct video of the batch once: cached states as stored (half; the model maps them layer by layer in float), or stored frames
-    through the frozen backbone (no grad)."""
+    """(Bv, T, K, P, D) or, for window items, (B, W, w, K, P, D), each distinct video of the batch once: cached states
+    in half (float8 ones dequantised on ``device``: half the bytes cross to it; the model maps them layer by layer in
+    float), or stored frames through the frozen backbone (no grad)."""
     video = batch["video"].to(device)
     if mode == "features":
-        return video
+        return dequantize(video, batch["video_scale"].to(device) if "video_scale" in batch else None)
     b, t = video.shape[:2]
     states = backbone.encode_frames(video.flatten(0, 1))  # inference mode: no graph, no gradient
     return states.view(b, t, *states.shape[1:]).clone()
@@ -303,7 +304,7 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
             out = model(video, heads_mask, query, query_mask, *negative, video_index=video_index)
     else:  # B queries x W windows (the positive first); the heads run on the positive windows only
         b, w = batch["window_mask"].shape
-        video = batch["video"].to(device).flatten(0, 1)
+        video = video_states(batch, backbone, "features", device).flatten(0, 1)
         frame_mask = batch["frame_mask"].to(device).flatten(0, 1)
         positive_rows = torch.arange(b, device=device) * w
         with accelerator.autocast():
