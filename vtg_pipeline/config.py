@@ -47,8 +47,9 @@ class OptimConfig:
     batch_size: int = 128  # per process
     grad_accum: int = 1
     repeat: int = 1  # passes over the training set per epoch (QVHighlights: 4)
-    memory_saving: bool = False  # recompute the R² video mapping's element-wise activations in backward: about 0.7-0.8x the
-    # peak memory, 1.2-1.3x the step time at dropout 0.5, same numbers (docs/BENCHMARKS.md, issue 15)
+    memory_saving: bool = True  # recompute the R² video mapping's element-wise activations in backward: same numbers; at the
+    # paper's sizes (dims 256, batch 32) 45 % of the peak memory and a faster CPU step; 1.45x slower on the narrow
+    # vtg-tiny configs, which switch it off (docs/BENCHMARKS.md, issue 15)
 
 
 @dataclass

@@ -30,7 +30,7 @@ def keep_matmul_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 
 MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
 SAVE_MATMULS_ONLY = partial(create_selective_checkpoint_contexts, keep_matmul_outputs)
-SAVING_FRAMES = 8  # memory_saving maps this many frames at a time (batch 32: 0.45 GB less peak memory than all at once)
+MAPPED_FRAMES = 8  # frames mapped at a time (batch 32 with memory_saving: 0.45 GB less peak memory than all at once)
 
 
 class QueryVideos:
@@ -77,11 +77,9 @@ class R2Block(nn.Module):
 
     Shared across the K steps: the video/query mappers, the pooling projections
     and one temporal layer; per step: ``scale`` (K,) and ``gate`` (K - 1,),
-    both zero-initialised. ``memory_saving``: in training, map the video a few
-    frames at a time and recompute the mapping's element-wise activations in
-    backward instead of storing them (less peak memory, a slower step: see
-    docs/BENCHMARKS.md; the same numbers with dropout off, other dropout masks
-    with it on).
+    both zero-initialised. ``memory_saving``: in training, recompute the video
+    mapping's element-wise activations in backward instead of storing them
+    (less peak memory, see docs/BENCHMARKS.md; the same numbers).
     """
 
     def __init__(
@@ -110,13 +108,14 @@ class R2Block(nn.Module):
     def hidden_tokens(self, layer: torch.Tensor, tef: torch.Tensor) -> torch.Tensor:
         """One tapped layer's tokens (Bv, T, P, Dv), any float dtype, and their TEF (Bv, T, P, 2) -> the video mapper's
         input to its last Linear (Bv, T, P, C): the mapped tokens are ``video_map[-1]`` of it. Query-independent: a
-        video shared by several queries (Bv = 1) is mapped once. With ``memory_saving`` (training only) the frames are
-        mapped ``SAVING_FRAMES`` at a time and only the matrix products' outputs are stored for backward; the
-        element-wise rest is recomputed there, with the same dropout masks."""
-        if self.memory_saving and self.training and torch.is_grad_enabled():  # a few frames at a time: small float copies
-            return torch.cat([checkpoint(self.map_hidden, part, part_tef, use_reentrant=False, context_fn=SAVE_MATMULS_ONLY)
-                              for part, part_tef in zip(layer.split(SAVING_FRAMES, 1), tef.split(SAVING_FRAMES, 1))], dim=1)
-        return self.map_hidden(layer, tef)
+        video shared by several queries (Bv = 1) is mapped once, ``MAPPED_FRAMES`` frames at a time. With
+        ``memory_saving`` (training only) only the matrix products' outputs are stored for backward; the element-wise
+        rest is recomputed there, with the same dropout masks."""
+        saving = self.memory_saving and self.training and torch.is_grad_enabled()
+        parts = zip(layer.split(MAPPED_FRAMES, 1), tef.split(MAPPED_FRAMES, 1))  # a few frames at a time: small float copies
+        if saving:
+            return torch.cat([checkpoint(self.map_hidden, *part, use_reentrant=False, context_fn=SAVE_MATMULS_ONLY) for part in parts], 1)
+        return torch.cat([self.map_hidden(*part) for part in parts], 1)
 
     def map_hidden(self, layer: torch.Tensor, tef: torch.Tensor) -> torch.Tensor:
         return self.video_map[:-1](torch.cat((layer.to(tef.dtype), tef), dim=-1))
