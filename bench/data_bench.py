@@ -4,6 +4,7 @@
     python bench/data_bench.py read --store /tmp/data_bench                   # -> bench/out/data_path.json
     python bench/data_bench.py make --store /tmp/data_bench_fp8 --videos 160 --states fp8   # the compact layout
     python bench/data_bench.py read --store /tmp/data_bench_fp8 --modes features --out bench/out/data_path_fp8.json
+    python bench/data_bench.py read --store /tmp/data_bench --modes features --layers 1   # a model of model.layers=1
 
 ``make`` writes a feature store as ``vtg extract --store both`` would for ViT-B-32 at 0.5 fps (K = 4 layers of 50
 tokens x 768, fp16; frames 3 x 224 x 224 uint8) with random contents (one video's, in every file), and ``train.jsonl`` with one query per video.
@@ -103,7 +104,7 @@ def read(args) -> None:
     model = backbone()
     rows = []
     for mode in args.modes:
-        dataset = load_split(DataConfig(root=str(store), mode=mode, fps=FPS), "train", model)
+        dataset = load_split(DataConfig(root=str(store), mode=mode, fps=FPS), "train", model, needed=(slice(-args.layers, None), slice(None)))
         for workers in args.workers:
             for cache in ("warm", "cold"):
                 if cache == "cold":
@@ -124,7 +125,7 @@ def read(args) -> None:
                 seconds = time.perf_counter() - started
                 item_mb = nbytes / items / 1e6
                 needed = args.batch / (args.gpu_step_ms / 1000)  # items/s a GPU step of that length consumes
-                rows.append({"mode": mode, "workers": workers, "cache": cache, "items": items, "items/s": round(items / seconds, 1),
+                rows.append({"mode": mode, "layers": args.layers, "workers": workers, "cache": cache, "items": items, "items/s": round(items / seconds, 1),
                              "MB/s": round(nbytes / seconds / 1e6), "MB per item": round(item_mb, 1),
                              "stored MB per item": round(stored_bytes(files[0], mode) / 1e6, 1),
                              f"GPU at {args.gpu_step_ms:g} ms/step needs items/s": round(needed),
@@ -148,6 +149,7 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["features", "frames"])
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--layers", type=int, default=LAYERS, help="model.layers: the last this many stored layers are read")
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--gpu-step-ms", type=float, default=30.0, help="a GPU training step at batch 32 (issue 15: tens of ms)")
     p.add_argument("--out", type=Path, default=None, help="default: bench/out/data_path.json")

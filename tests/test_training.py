@@ -219,6 +219,24 @@ def test_a_grouped_batch_gives_the_loss_and_gradients_of_its_videos_repeated(syn
         torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-6)
 
 
+def test_training_reads_only_the_layers_and_tokens_the_model_uses(synth_root, tmp_path):
+    """model.layers=2 of 4 stored, no spatial pooling: items hold the last 2 layers' CLS tokens, and a batch of them
+    gives the losses of the whole states."""
+    from vtg_pipeline.data import GroundingDataset, collate
+    from vtg_pipeline.training import batch_losses
+
+    run = build_run(tiny_config(synth_root, tmp_path / "run", "model.layers=2", "model.spatial_pooling=false", "optim.batch_size=4"))
+    whole = GroundingDataset(run.train_set.records, run.train_set.feature_dir, run.backbone, 0.5)
+    items = [run.train_set[i] for i in range(4)]
+    assert items[0]["video"].shape[1:3] == (2, 1) and whole[0]["video"].shape[1:3] == (4, 17)
+    assert torch.equal(items[0]["video"], whole[0]["video"][:, -2:, :1])
+    run.model.eval()  # no random numbers: the two passes compare
+    read, full = (batch_losses(run.model, collate(batch, 0.5), run.backbone, run.text_cache, run.cfg, run.accelerator)[0]
+                  for batch in (items, [whole[i] for i in range(4)]))
+    for name in read:
+        torch.testing.assert_close(read[name], full[name], rtol=0, atol=0, msg=name)
+
+
 def test_float8_states_cross_to_the_device_as_stored_and_are_dequantised_there(synth_root, tmp_path):
     """A `--states fp8` store: batches (whole videos and window items) carry the e4m3 bytes and the scales, half the
     bytes of float16, and video_states gives exactly what VisionRows reads; a store part fp16 is collated as float16."""

@@ -93,7 +93,7 @@ def dequantize(values: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor
 class VisionRows:
     """Row access to a feature file's vision states (T, K, P, D) as float16, whichever way they are stored: fp16, or
     float8 e4m3 with a float16 scale per token (``vtg extract --states fp8``, tensor ``vision_scale`` (T, K, P)).
-    ``f``: an open ``safe_open(..., framework="pt")``; ``rows[a:b]`` reads only those rows; ``rows.stored(a, b)``
+    ``f``: an open ``safe_open(..., framework="pt")``; ``rows[a:b]`` reads only those rows; ``rows.stored(...)``
     reads them as stored, for ``dequantize`` on the training device."""
 
     def __init__(self, f, path: Path):
@@ -106,12 +106,13 @@ class VisionRows:
     def get_shape(self) -> list[int]:
         return self.values.get_shape()
 
-    def __getitem__(self, rows) -> torch.Tensor:
-        return dequantize(*self.stored(rows))
+    def __getitem__(self, index) -> torch.Tensor:
+        return dequantize(*self.stored(index))
 
-    def stored(self, rows) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The rows' values (float16 or float8 e4m3) and per-token scales (None for float16), as the file keeps them."""
-        return self.values[rows], None if self.scale is None else self.scale[rows]
+    def stored(self, index) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The values (float16 or float8 e4m3) and per-token scales (None for float16) at ``index`` (rows, or slices of
+        rows, layers and tokens), as the file keeps them; only those are read."""
+        return self.values[index], None if self.scale is None else self.scale[index]
 
 
 def one_layout(stored: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
@@ -193,14 +194,19 @@ def shift_moment(t: int, window: list[float], fps: float, generator: torch.Gener
     return order, [max(0.0, window[0] + offset), min(t / fps, window[1] + offset)]
 
 
+ALL_STATES = (slice(None), slice(None))  # the (layers, tokens) of the stored vision states that a reader reads
+
+
 class GroundingDataset(Dataset):
-    """Queries with their video's features, windows (seconds) and saliency targets."""
+    """Queries with their video's features, windows (seconds) and saliency targets. ``needed``: the (layers, tokens)
+    slices of the stored states that the model uses; only those bytes are read."""
 
     def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, mode: str = "features", seed: int = 0,
-                 negative_similarity: float | None = None, shift_below: float = 0.0):
+                 negative_similarity: float | None = None, shift_below: float = 0.0, needed: tuple[slice, slice] = ALL_STATES):
         if mode not in ("features", "frames"):
             raise DataError(f"data.mode must be features or frames, got {mode!r}")
         self.records, self.feature_dir, self.fps, self.mode, self.seed = records, Path(feature_dir), fps, mode, seed
+        self.needed = needed
         self.epoch, self.shift_below = 0, shift_below
         self.negatives: list[list[str]] | None = None
         if negative_similarity is not None:  # sentence embeddings computed once for the dataset
@@ -248,7 +254,7 @@ class GroundingDataset(Dataset):
         scale = None
         if self.mode == "features":
             with safe_open(str(path), framework="pt") as f:
-                video, scale = VisionRows(f, path).stored(slice(None))
+                video, scale = VisionRows(f, path).stored((slice(None), *self.needed))
         else:
             video = torch.from_numpy(load_features(path, ["frames"])["frames"])
         if vid not in self._finite:
@@ -313,8 +319,9 @@ class WindowDataset(GroundingDataset):
     """
 
     def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, window: int, stride: int,
-                 negatives: int = 0, seed: int = 0, cross_video: int = 0, negative_queries: list[list[str]] | None = None):
-        super().__init__(records, feature_dir, backbone, fps, "features", seed)
+                 negatives: int = 0, seed: int = 0, cross_video: int = 0, negative_queries: list[list[str]] | None = None,
+                 needed: tuple[slice, slice] = ALL_STATES):
+        super().__init__(records, feature_dir, backbone, fps, "features", seed, needed=needed)
         self.negatives = negative_queries
         self.window, self.stride, self.same_video, self.cross_video = window, stride, negatives, cross_video
 
@@ -334,7 +341,7 @@ class WindowDataset(GroundingDataset):
     def read_window(self, vid: str, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Frames [start, start + length) of a video as stored (``VisionRows.stored``), checked finite."""
         with safe_open(str(self.path(vid)), framework="pt") as f:
-            values, scale = VisionRows(f, self.path(vid)).stored(slice(start, start + length))
+            values, scale = VisionRows(f, self.path(vid)).stored((slice(start, start + length), *self.needed))
         return check_finite(values, self.path(vid), scale), scale
 
     def other_video_windows(self, vid: str, length: int, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -367,7 +374,7 @@ class WindowDataset(GroundingDataset):
         path = self.path(record["vid"])
         with safe_open(str(path), framework="pt") as f:  # the query's own windows: one open
             vision = VisionRows(f, path)
-            own = [vision.stored(slice(start, start + length)) for start in starts]
+            own = [vision.stored((slice(start, start + length), *self.needed)) for start in starts]
         others = self.other_video_windows(record["vid"], length, generator) if self.cross_video else []
         values, scales = one_layout([(check_finite(v, path, s), s) for v, s in own] + others)
         video = values[0].new_zeros((rows, length, *values[0].shape[1:]))
@@ -553,8 +560,9 @@ class TextCache:
         return states.to(device), mask.to(device)
 
 
-def load_split(cfg: DataConfig, split: str, backbone: FrozenBackbone, seed: int = 0) -> GroundingDataset:
-    """The train or val split of ``cfg`` as a dataset (annotation errors name file and line)."""
+def load_split(cfg: DataConfig, split: str, backbone: FrozenBackbone, seed: int = 0, needed: tuple[slice, slice] = ALL_STATES) -> GroundingDataset:
+    """The train or val split of ``cfg`` as a dataset (annotation errors name file and line), reading the ``needed``
+    layers and tokens of the stored states."""
     root = Path(cfg.root)
     path = root / (cfg.train if split == "train" else cfg.val)
     if not path.exists():
@@ -570,7 +578,7 @@ def load_split(cfg: DataConfig, split: str, backbone: FrozenBackbone, seed: int 
     train = split == "train"
     dataset = GroundingDataset(records, root / cfg.features, backbone, cfg.fps, cfg.mode, seed,
                                cfg.negative_similarity if train and cfg.negative_queries else None,
-                               cfg.temporal_shift_below if train else 0.0)
+                               cfg.temporal_shift_below if train else 0.0, needed)
     if dataset.negatives is not None and dataset.negative_fallbacks:
         print(f"{path}: {dataset.negative_fallbacks} of {len(records)} queries have no same-video negative query; "
               "they take one from another video")

@@ -382,15 +382,17 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     backbone = load_backbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.layers, device, cfg.backbone.precision)
     cfg.model.vision_width, cfg.model.text_width = backbone.spec.vision_width, backbone.spec.text_width
 
-    train_set = load_split(cfg.data, "train", backbone, cfg.seed)
-    val_set = load_split(cfg.data, "val", backbone, cfg.seed)
+    # Only the stored states the model reads: its last model.layers layers, and the CLS token alone without spatial pooling.
+    needed = (slice(-cfg.model.layers, None), slice(None) if cfg.model.spatial_pooling else slice(0, 1))
+    train_set = load_split(cfg.data, "train", backbone, cfg.seed, needed)
+    val_set = load_split(cfg.data, "val", backbone, cfg.seed, needed)
     batch_collate = partial(collate, fps=cfg.data.fps)
     if uses_windows(cfg):  # one positive window per query, plus same-video negatives for a retrieval model
         fps = cfg.data.fps
         retrieval = cfg.model.name == "rgnet"
         train_set = WindowDataset(train_set.records, train_set.feature_dir, backbone, fps, *cfg.decode.window_frames(fps),
                                   cfg.data.negatives if retrieval else 0, cfg.seed, cfg.data.cross_video_negatives if retrieval else 0,
-                                  train_set.negatives)
+                                  train_set.negatives, needed)
         train_collate = partial(collate_windows, fps=fps)
     else:
         train_collate = batch_collate
