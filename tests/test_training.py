@@ -251,7 +251,8 @@ def test_float8_states_cross_to_the_device_as_stored_and_are_dequantised_there(s
     features = tmp_path / "fp8"
     run_extract(ExtractConfig(video_dirs=[str(synth_root / "videos")], out=str(features), model="vtg-tiny", pretrained="random:0",
                               states="fp8", progress=False))
-    run = build_run(tiny_config(synth_root, tmp_path / "run", f"data.features={features}", "data.group_by_video=true"))
+    run = build_run(tiny_config(synth_root, tmp_path / "run", f"data.features={features}", "data.group_by_video=true",
+                                "data.num_workers=1"))  # the float8 bytes also cross from a worker process
 
     def read(vid):
         with safe_open(str(features / f"{vid}.safetensors"), framework="pt") as f:
