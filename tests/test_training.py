@@ -133,6 +133,10 @@ def test_cli_train_reports_config_errors_in_one_line(capsys, tmp_path):
     assert err.startswith("vtg train: error: unknown config key 'optim.nope'") and len(err.splitlines()) == 1
     assert main(["train", "--config", config, "data.root=/no/such/dir", f"output_dir={tmp_path}"]) == 2
     assert "annotation file not found" in capsys.readouterr().err
+    long = str(ROOT / "configs" / "synthetic_long.yaml")
+    assert main(["train", "--config", long, "data.group_by_video=true", f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data.group_by_video applies to whole-video training" in err and len(err.splitlines()) == 1
 
 
 def test_dataset_refuses_features_of_another_backbone_or_fps(synth_root):

@@ -1,11 +1,14 @@
 """Training and evaluation data: annotations joined with the feature store.
 
 A ``GroundingDataset`` item is one query on one video: the video's cached
-per-layer states (``features`` mode: vision (T, K, P, D)) or its stored frames
-(``frames`` mode: uint8 (T, 3, S, S), encoded by the frozen backbone inside the
-training step), the query's windows in seconds, per-frame saliency targets and
-one positive frame, resampled every epoch. Query token states come from
-``TextCache``, which runs the frozen text tower once per distinct query.
+per-layer states (``features`` mode: vision (T, K, P, D) as stored, only the
+layers and tokens the model uses; float8 ones with their scales, dequantised on
+the training device) or its stored frames (``frames`` mode: uint8 (T, 3, S, S),
+encoded by the frozen backbone inside the training step), the query's windows
+in seconds, per-frame saliency targets and one positive frame, resampled every
+epoch. ``collate`` stacks each distinct video of a batch once. Query token
+states come from ``TextCache``, which runs the frozen text tower once per
+distinct query.
 
 Feature files must match the backbone: its name, weights hash and tapped
 layers, the fps and the stored tensors are checked when the dataset opens.
@@ -147,7 +150,9 @@ def check_finite(states: torch.Tensor, path: Path, scale: torch.Tensor | None = 
         bad = (states.view(torch.uint8) & 0x7F) == 0x7F
     else:
         bad = ~torch.isfinite(states)
-    bad = bad.flatten(1).any(1) | (torch.zeros(len(states), dtype=torch.bool) if scale is None else ~torch.isfinite(scale).flatten(1).all(1))
+    bad = bad.flatten(1).any(1)
+    if scale is not None:
+        bad |= ~torch.isfinite(scale).flatten(1).all(1)
     if bad.any():
         raise DataError(f"{path}: non-finite values (NaN or inf) in the stored states, first at row {bad.nonzero()[0, 0].item()} of this read")
     return states
@@ -383,8 +388,8 @@ class WindowDataset(GroundingDataset):
         in_moment = torch.zeros(rows, length, dtype=torch.bool)
         for row, start in enumerate(starts):
             in_moment[row] = in_video[start : start + length]
-        own_rows = list(range(len(starts))) + list(range(1 + self.same_video, 1 + self.same_video + len(values) - len(starts)))
-        for i, row in enumerate(own_rows):  # own windows first, then other videos' (after the same-video rows)
+        filled = list(range(len(starts))) + [1 + self.same_video + i for i in range(len(others))]  # other videos after the same-video rows
+        for i, row in enumerate(filled):
             video[row], window_mask[row] = values[i], True
             if scale is not None:
                 scale[row] = scales[i]
