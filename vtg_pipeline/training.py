@@ -271,8 +271,9 @@ def predict_in_windows(model, dataset: GroundingDataset, text_cache, cfg: TrainC
         query, query_mask = text_cache(queries_of({"queries": [r["query"] for r in group]}, cfg), device)
         with safe_open(str(dataset.path(vid)), framework="pt") as f:
             vision = VisionRows(f, dataset.path(vid))
-            grounded = ground_in_windows(model, lambda start, stop: vision[start:stop], vision.get_shape()[0], float(group[0]["duration"]),
-                                         query, query_mask, cfg.data.fps, cfg.model.strides, cfg.decode)
+            rows = lambda start, stop: vision[(slice(start, stop), *dataset.needed)]  # only the layers and tokens the model uses
+            grounded = ground_in_windows(model, rows, vision.get_shape()[0], float(group[0]["duration"]), query, query_mask, cfg.data.fps,
+                                         cfg.model.strides, cfg.decode)
         for record, g in zip(group, grounded):
             records.append({"qid": record["qid"], "query": record["query"], "vid": vid,
                             "pred_relevant_windows": rounded(g["moments"]),

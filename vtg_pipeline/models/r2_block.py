@@ -111,11 +111,11 @@ class R2Block(nn.Module):
         video shared by several queries (Bv = 1) is mapped once, ``MAPPED_FRAMES`` frames at a time. With
         ``memory_saving`` (training only) only the matrix products' outputs are stored for backward; the element-wise
         rest is recomputed there, with the same dropout masks."""
-        saving = self.memory_saving and self.training and torch.is_grad_enabled()
+        map_part = self.map_hidden
+        if self.memory_saving and self.training and torch.is_grad_enabled():
+            map_part = partial(checkpoint, self.map_hidden, use_reentrant=False, context_fn=SAVE_MATMULS_ONLY)
         parts = zip(layer.split(MAPPED_FRAMES, 1), tef.split(MAPPED_FRAMES, 1))  # a few frames at a time: small float copies
-        if saving:
-            return torch.cat([checkpoint(self.map_hidden, *part, use_reentrant=False, context_fn=SAVE_MATMULS_ONLY) for part in parts], 1)
-        return torch.cat([self.map_hidden(*part) for part in parts], 1)
+        return torch.cat([map_part(*part) for part in parts], 1)
 
     def map_hidden(self, layer: torch.Tensor, tef: torch.Tensor) -> torch.Tensor:
         return self.video_map[:-1](torch.cat((layer.to(tef.dtype), tef), dim=-1))
