@@ -1,24 +1,27 @@
 """``extract``: folders of videos -> one feature file per video (see features.py).
 
-Pipeline per process: decoder threads open videos (``workers`` at a time),
-decode the sampled frames in chunks and resize/crop them at once (on the
-backbone's device), and put them on a bounded queue. The main thread batches
-frames across videos, runs the frozen backbone, and streams rows into each
-video's feature file. Memory is bounded by the queue and one batch, never by
-video length.
+Three stages, which the local runner here and the Ray runner (``ray_engine``) both call:
 
-Resumable: a video whose feature file exists with the same source size and
-mtime and the same settings is skipped; anything else is redone. The videos to
-do are probed first (in the decoder threads), so the progress bar counts their
-sampled frames, and a long video moves it too. One bad video is recorded as
-failed (manifest and summary) and the rest continue. Under ``accelerate
-launch`` the videos are sharded over processes.
+1. ``decode_video``: one video's sampled frames (or a range of them), resized and cropped, as ``Opened`` /
+   ``Frames`` / ``Decoded`` / ``DecodeFailed`` messages;
+2. ``encode_rows``: a batch of frames from any videos -> their rows of the stored states;
+3. ``VideoFile``: one video's file (layout from ``FrozenBackbone.row_shapes``), filled as rows arrive and
+   committed atomically once complete.
 
-Runs sharing an output folder (two ``extract``, or ``extract`` and ``ground
---features``) cooperate: a video is written under its ``FileLock``; one that
-another run holds is taken up after the rest, once that run lets go of it, and
-counts as done by that run when it finished it. A full or read-only disk stops
-the run with one line (``ExtractError``); finished files stay, partial ones go.
+The local runner (``LocalRunner``): decoder threads open videos (``workers`` at a time) and post their messages on
+a bounded queue; the main thread batches frames across videos, runs the frozen backbone, and streams rows into each
+video's file. Memory is bounded by the queue and one batch, never by video length.
+
+Resumable: a video whose feature file exists with the same source size and mtime and the same settings is skipped;
+anything else is redone. The videos to do are probed first, so the progress bar (``Progress``) counts their sampled
+frames, and a long video moves it too. One bad video is recorded as failed (manifest and summary) and the rest
+continue. Under ``accelerate launch`` the videos are sharded over processes; a process whose run fails still meets
+the others at the final gather, so none waits for it.
+
+Runs sharing an output folder (two ``extract``, or ``extract`` and ``ground --features``) cooperate: a video is
+written under its ``FileLock``; one that another run holds is taken up after the rest, once that run lets go of it,
+and counts as done by that run when it finished it. A full or read-only disk stops the run with one line
+(``ExtractError``); finished files stay, partial ones go.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +94,10 @@ class ExtractSummary:
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     out: str = ""  # the output folder
+
+    def count_failure(self, item: VideoItem, reason: str) -> None:
+        self.failed += 1
+        self.failures.append((item.path, reason))
 
     def line(self) -> str:
         if not (self.done or self.failed or self.by_others):
@@ -178,36 +186,45 @@ def output_folder(out: str | Path) -> Path:
     return path
 
 
-@dataclass
-class _Job:
-    """A video being extracted under its lock: its sample times (s), its writer and how many rows reached the file."""
-
-    item: VideoItem
-    target: Path
-    lock: FileLock
-    info: VideoInfo
-    times: np.ndarray
-    writer: StreamingSafetensorsWriter | None = None
-    encoded: int = 0
-    decoded_all: bool = False
-    failed: bool = False
+# ---- Stage 1: decode one video's samples -------------------------------------------------------------------------
 
 
-class _Stopped(Exception):
-    """The consumer has gone away; a decoder thread stops quietly."""
+@dataclass(frozen=True)
+class Opened:
+    """The decoder chose its backend for the video (``decoder``: its name, as the file's metadata records it)."""
+
+    video_id: str
+    decoder: str
 
 
-def _post(out: queue.Queue, stop: threading.Event, message: tuple) -> None:
-    while not stop.is_set():
-        try:
-            out.put(message, timeout=0.5)
-            return
-        except queue.Full:
-            continue
-    raise _Stopped
+@dataclass(frozen=True)
+class Frames:
+    """Rows ``row`` .. ``row + len(frames) - 1`` of a video: uint8 (n, 3, S, S) frames, resized and cropped."""
+
+    video_id: str
+    row: int
+    frames: torch.Tensor
 
 
-def _probe(path: str) -> VideoInfo | str:
+@dataclass(frozen=True)
+class Decoded:
+    """Every row asked of the decoder has been sent."""
+
+    video_id: str
+
+
+@dataclass(frozen=True)
+class DecodeFailed:
+    """The video cannot be decoded; ``reason`` is one line for the manifest and the summary."""
+
+    video_id: str
+    reason: str
+
+
+DecodeMessage = Opened | Frames | Decoded | DecodeFailed
+
+
+def probe_or_reason(path: str) -> VideoInfo | str:
     """The video's VideoInfo, or why it cannot be read."""
     try:
         return probe(path)
@@ -221,62 +238,218 @@ def _unexpected(error: Exception) -> str:
     return f"unexpected {type(error).__name__}: {first_line(error)}"
 
 
-def _decode_into(job: _Job, decoder: Decoder, backbone: FrozenBackbone, cfg: ExtractConfig, out: queue.Queue, stop: threading.Event) -> None:
-    """Decoder thread: decode the job's sample times, resize/crop; post ('start'|'frames'|'end'|'error', ...) messages."""
-    if stop.is_set():
-        return
-    post = lambda message: _post(out, stop, message)  # noqa: E731
-    item = job.item
+def decode_video(video_id: str, info: VideoInfo, times: np.ndarray, first_row: int, decoder: Decoder, backbone: FrozenBackbone,
+                 chunk: int) -> Iterator[DecodeMessage]:
+    """Stage 1: the frames shown at ``times`` (s; the video's rows ``first_row`` on), ``chunk`` at a time, resized and
+    cropped on the backbone's device: ``Opened``, then ``Frames`` messages, then ``Decoded``, or ``DecodeFailed`` at
+    the first error (after any rows already sent)."""
     try:
-        chosen = decoder.for_video(job.info)
-        post(("start", item, chosen.name))
-        row = 0
-        for chunk in chosen.chunks(job.info, job.times, cfg.chunk):
-            frames = backbone.preprocess.resize_crop(chunk.to(backbone.device))
-            post(("frames", item, row, frames))
+        chosen = decoder.for_video(info)
+        yield Opened(video_id, chosen.name)
+        row = first_row
+        for frames in chosen.chunks(info, times, chunk):
+            frames = backbone.preprocess.resize_crop(frames.to(backbone.device))
+            yield Frames(video_id, row, frames)
             row += len(frames)
-        post(("end", item))
+        yield Decoded(video_id)
+    except VideoError as e:
+        yield DecodeFailed(video_id, str(e))
+    except Exception as e:  # one bad file must not stop the batch; record what happened
+        yield DecodeFailed(video_id, _unexpected(e))
+
+
+# ---- Stage 2: encode a batch of frames -----------------------------------------------------------------------------
+
+
+def encode_rows(backbone: FrozenBackbone, frames: torch.Tensor, states: str) -> dict[str, np.ndarray]:
+    """Stage 2: uint8 frames (B, 3, S, S) from any videos -> their rows of the ``vision`` tensor as stored: float16
+    (B, K, 1+P, D), or with ``states="fp8"`` e4m3 bytes plus ``vision_scale`` (B, K, 1+P)."""
+    encoded = backbone.encode_frames(frames)
+    if states == "fp8":
+        vision, scale = quantize_states(encoded)
+        return {"vision": vision, "vision_scale": scale}
+    return {"vision": encoded.to(torch.float16).cpu().numpy()}
+
+
+# ---- Stage 3: write one video's file -------------------------------------------------------------------------------
+
+
+def file_layout(cfg: ExtractConfig, row_shapes: dict[str, tuple[int, ...]], count: int) -> dict[str, tuple]:
+    """The tensors of a feature file of ``count`` samples: name -> (dtype, shape), rows from ``FrozenBackbone.row_shapes``."""
+    tensors: dict[str, tuple] = {"timestamps": (np.float64, (count,))}
+    if cfg.store in ("frames", "both"):
+        tensors["frames"] = (np.uint8, (count, *row_shapes["frames"]))
+    if cfg.store in ("features", "both"):
+        tensors["vision"] = (FP8 if cfg.states == "fp8" else np.float16, (count, *row_shapes["vision"]))
+        if cfg.states == "fp8":
+            tensors["vision_scale"] = (np.float16, (count, *row_shapes["vision"][:2]))
+    return tensors
+
+
+def video_metadata(settings: dict[str, str], item: VideoItem, info: VideoInfo, decoder: str) -> dict[str, str]:
+    """A feature file's header metadata: the run's settings, the source's size and mtime, the decoder, duration (s), id."""
+    return {**settings, **source_metadata(item.path), "decoder": decoder, "duration": repr(info.duration), "video_id": item.video_id}
+
+
+class VideoFile:
+    """Stage 3: one video's feature file, written as its rows arrive (in any order) and committed once, when complete.
+
+    Rows arriving twice (a retried task) are written once. The file appears atomically at ``commit``; ``abort``
+    removes the partial file.
+    """
+
+    def __init__(self, target: Path, layout: dict[str, tuple], metadata: dict[str, str], times: np.ndarray):
+        self.rows = len(times)
+        self.writer = StreamingSafetensorsWriter(target, layout, metadata)
+        self.written = {name: np.zeros(self.rows, dtype=bool) for name in layout if name != "timestamps"}
+        try:
+            self.writer.write("timestamps", 0, times)
+        except BaseException:
+            self.writer.abort()
+            raise
+
+    def write(self, row: int, tensors: dict[str, np.ndarray]) -> int:
+        """Place rows ``row`` .. of each named tensor; returns how many of them are new to ``vision`` (or ``frames``)."""
+        new_rows = 0
+        for name, rows in tensors.items():
+            fresh = ~self.written[name][row : row + len(rows)]
+            if fresh.all():
+                self.writer.write(name, row, rows)
+            else:
+                for k in np.flatnonzero(fresh):
+                    self.writer.write(name, row + int(k), rows[k : k + 1])
+            self.written[name][row : row + len(rows)] = True
+            new_rows = max(new_rows, int(fresh.sum()))
+        return new_rows
+
+    @property
+    def complete(self) -> bool:
+        return all(mask.all() for mask in self.written.values())
+
+    def commit(self) -> Path:
+        return self.writer.commit()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+# ---- What both runners share: choosing the videos, the bar, the records ------------------------------------------
+
+
+def select_videos(items: list[VideoItem], out_dir: Path, settings: dict[str, str], summary: ExtractSummary) -> list[tuple[VideoItem, Path]]:
+    """Each item to extract with its feature file; counts those up to date as skipped and fails ids that cannot be stored."""
+    todo = []
+    for item in items:
+        try:
+            target = feature_path(out_dir, check_video_id(item.video_id, "not extracted"))
+        except UnsafeNameError as e:  # a control character in a file name, a symlink out of the folder
+            summary.count_failure(item, str(e))
+            continue
+        if is_up_to_date(target, item, settings):
+            summary.skipped += 1
+        else:
+            todo.append((item, target))
+    return todo
+
+
+def sample_count(info: VideoInfo | str, fps: float) -> int:
+    """How many frames sampling takes from a probed video (0 when probing failed)."""
+    return len(sample_times(info.duration, fps)) if isinstance(info, VideoInfo) else 0
+
+
+class Progress:
+    """The bar of a run: frames encoded out of all the frames it will encode, and videos ended out of those to do."""
+
+    def __init__(self, frames: int, videos: int, desc: str, show: bool):
+        self.videos, self.ended, self.failed = videos, 0, 0
+        self.bar = tqdm(total=frames, desc=desc, unit="frame", disable=not show, file=sys.stderr)
+        self._show()
+
+    def advance(self, frames: int) -> None:
+        self.bar.update(frames)
+
+    def drop(self, frames: int) -> None:
+        """Take ``frames`` that the run will not encode (a failed video, one done by another run) off the total."""
+        self.bar.total -= frames
+        self.bar.refresh()
+
+    def video_ended(self, failed: bool = False) -> None:
+        self.ended += 1
+        self.failed += failed
+        self._show()
+
+    def waiting(self, what: str) -> None:
+        self.bar.set_postfix_str(what, refresh=False)
+
+    def _show(self) -> None:
+        failed = f", {self.failed} failed" if self.failed else ""
+        self.bar.set_postfix_str(f"{self.ended}/{self.videos} videos{failed}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def record_failure(manifest: Manifest, summary: ExtractSummary, item: VideoItem, reason: str) -> None:
+    """A video failed: in the manifest and the summary (the caller holds its lock)."""
+    manifest.append(item.video_id, item.path, "failed", reason=reason)
+    summary.count_failure(item, reason)
+
+
+def record_done(manifest: Manifest, summary: ExtractSummary, item: VideoItem, frames: int) -> None:
+    manifest.append(item.video_id, item.path, "done", frames=frames)
+    summary.done += 1
+
+
+# ---- The local runner: decoder threads and one backbone in this process -------------------------------------------
+
+
+@dataclass
+class _Job:
+    """A video being extracted under its lock: its sample times (s), its file and whether every row was decoded."""
+
+    item: VideoItem
+    target: Path
+    lock: FileLock
+    info: VideoInfo
+    times: np.ndarray
+    file: VideoFile | None = None
+    decoded_all: bool = False
+
+
+class _Stopped(Exception):
+    """The consumer has gone away; a decoder thread stops quietly."""
+
+
+def _post(out: queue.Queue, stop: threading.Event, message: DecodeMessage) -> None:
+    while not stop.is_set():
+        try:
+            out.put(message, timeout=0.5)
+            return
+        except queue.Full:
+            continue
+    raise _Stopped
+
+
+def _decode_thread(job: _Job, decoder: Decoder, backbone: FrozenBackbone, chunk: int, out: queue.Queue, stop: threading.Event) -> None:
+    """Decoder thread: post the messages of ``decode_video`` for the whole of ``job``'s video until told to stop."""
+    try:
+        for message in decode_video(job.item.video_id, job.info, job.times, 0, decoder, backbone, chunk):
+            _post(out, stop, message)
+            if isinstance(message, DecodeFailed):
+                return
     except _Stopped:
         return
-    except VideoError as e:
-        _post_quietly(post, ("error", item, str(e)))
-    except Exception as e:  # one bad file must not stop the batch; record what happened
-        _post_quietly(post, ("error", item, _unexpected(e)))
 
 
-def _post_quietly(post, message: tuple) -> None:
-    try:
-        post(message)
-    except _Stopped:
-        pass
+class LocalRunner:
+    """Extracts videos in this process: decoder threads feed one backbone, whose batches mix frames of any videos."""
 
-
-class _Extractor:
-    """The consumer side: claims videos, batches their frames across videos through the backbone into feature files."""
-
-    def __init__(self, cfg: ExtractConfig, backbone: FrozenBackbone, settings: dict[str, str], manifest: Manifest):
-        self.cfg, self.backbone, self.settings, self.manifest = cfg, backbone, settings, manifest
-        self.out_dir = manifest.path.parent
+    def __init__(self, cfg: ExtractConfig, backbone: FrozenBackbone, settings: dict[str, str], manifest: Manifest, summary: ExtractSummary):
+        self.cfg, self.backbone, self.settings, self.manifest, self.summary = cfg, backbone, settings, manifest, summary
+        self.row_shapes = backbone.row_shapes()
         self.jobs: dict[str, _Job] = {}
-        self.pending: list[tuple[_Job, int, torch.Tensor]] = []  # frames waiting for the backbone
-        self.summary = ExtractSummary(out=str(self.out_dir))
-        self.bar: tqdm | None = None
-        self.videos = self.ended = 0  # videos this run extracts, and those of them finished, failed or done by another run
-
-    def select(self, items: list[VideoItem]) -> list[tuple[VideoItem, Path]]:
-        """Each item to extract with its feature file; counts those up to date, fails ids that cannot be stored."""
-        todo = []
-        for item in items:
-            try:
-                target = feature_path(self.out_dir, check_video_id(item.video_id, "not extracted"))
-            except UnsafeNameError as e:  # a control character in a file name, a symlink out of the folder
-                self._count_failure(item, str(e))
-                continue
-            if is_up_to_date(target, item, self.settings):
-                self.summary.skipped += 1
-            else:
-                todo.append((item, target))
-        return todo
+        self.pending: list[Frames] = []  # frames waiting for the backbone
+        self.progress: Progress | None = None
 
     def run(self, videos: list[tuple[VideoItem, Path]], decoder: Decoder, desc: str) -> None:
         """Extract ``videos``, one decoder thread per claimed video; a video another run holds waits for it.
@@ -289,22 +462,20 @@ class _Extractor:
         decoding, show = 0, self.cfg.progress
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
             try:
-                infos = tqdm(pool.map(_probe, [item.path for item, _ in videos]), total=len(videos), desc=f"{desc} probe",
+                infos = tqdm(pool.map(probe_or_reason, [item.path for item, _ in videos]), total=len(videos), desc=f"{desc} probe",
                              unit="video", leave=False, disable=not show, file=sys.stderr)
                 todo = deque((item, target, info) for (item, target), info in zip(videos, infos))
-                frames = sum(self._samples(info) for *_, info in todo)
-                self.videos = len(todo)
-                self.bar = tqdm(total=frames, desc=desc, unit="frame", disable=not show, file=sys.stderr)
-                self._show_videos()
+                frames = sum(sample_count(info, self.cfg.fps) for *_, info in todo)
+                self.progress = Progress(frames, len(todo), desc, show)
                 while todo or decoding:
                     claimed = self._claim(todo, workers - decoding)
                     for job in claimed:
-                        pool.submit(_decode_into, job, decoder, self.backbone, self.cfg, messages, stop)
+                        pool.submit(_decode_thread, job, decoder, self.backbone, self.cfg.chunk, messages, stop)
                     decoding += len(claimed)
                     if not decoding:
                         if todo:  # every video left is being written by another run
                             self.flush()
-                            self.bar.set_postfix_str("waiting for another run", refresh=False)
+                            self.progress.waiting("waiting for another run")
                             time.sleep(0.2)
                         continue
                     try:
@@ -313,7 +484,7 @@ class _Extractor:
                         self.flush()  # decoders are slow: do not sit on a partial batch
                         continue
                     self.handle(message)
-                    decoding -= message[0] in ("end", "error")
+                    decoding -= isinstance(message, (Decoded, DecodeFailed))
                 self.flush()
             except BaseException:
                 stop.set()
@@ -321,8 +492,8 @@ class _Extractor:
                 self.abort_open()
                 raise
             finally:
-                if self.bar is not None:
-                    self.bar.close()
+                if self.progress is not None:
+                    self.progress.close()
 
     def _claim(self, todo: deque[tuple[VideoItem, Path, VideoInfo | str]], slots: int) -> list[_Job]:
         """Take up to ``slots`` videos off the front of ``todo`` and lock them for this run; returns their jobs.
@@ -339,10 +510,10 @@ class _Extractor:
             elif is_up_to_date(target, item, self.settings):
                 lock.release()
                 self.summary.by_others += 1
-                self._drop_frames(self._samples(info))
-                self._video_ended()
+                self.progress.drop(sample_count(info, self.cfg.fps))
+                self.progress.video_ended()
             elif isinstance(info, str):
-                self._record_failure(item, info)
+                self._fail_video(item, info)
                 lock.release()
             else:
                 self.jobs[item.video_id] = job = _Job(item, target, lock, info, sample_times(info.duration, self.cfg.fps))
@@ -351,100 +522,52 @@ class _Extractor:
         todo.extend(busy)
         return claimed
 
-    def _samples(self, info: VideoInfo | str) -> int:
-        """How many frames sampling takes from a probed video (0 when probing failed)."""
-        return len(sample_times(info.duration, self.cfg.fps)) if isinstance(info, VideoInfo) else 0
-
-    def _drop_frames(self, frames: int) -> None:
-        """Take ``frames`` that this run will not encode (a failed video, one done by another run) off the bar's total."""
-        self.bar.total -= frames
-        self.bar.refresh()
-
-    def _video_ended(self) -> None:
-        self.ended += 1
-        self._show_videos()
-
-    def _show_videos(self) -> None:
-        failed = f", {self.summary.failed} failed" if self.summary.failed else ""
-        self.bar.set_postfix_str(f"{self.ended}/{self.videos} videos{failed}", refresh=False)
-
-    def handle(self, message: tuple) -> None:
-        kind, item = message[0], message[1]
-        job = self.jobs[item.video_id]
-        if kind == "start":
-            self._start(job, message[2])
-        elif kind == "frames":
-            self._frames(job, *message[2:])
-        elif kind == "end":
+    def handle(self, message: DecodeMessage) -> None:
+        job = self.jobs[message.video_id]
+        if isinstance(message, Opened):
+            layout = file_layout(self.cfg, self.row_shapes, len(job.times))
+            job.file = VideoFile(job.target, layout, video_metadata(self.settings, job.item, job.info, message.decoder), job.times)
+        elif isinstance(message, Frames):
+            self._frames(job, message)
+        elif isinstance(message, Decoded):
             job.decoded_all = True
             self._finish_ready()
         else:
-            self._fail(job, message[2])
+            self._fail(job, message.reason)
 
-    def _start(self, job: _Job, decoder_name: str) -> None:
-        size, count = self.backbone.spec.image_size, len(job.times)
-        tensors = {"timestamps": (np.float64, (count,))}
+    def _frames(self, job: _Job, message: Frames) -> None:
         if self.cfg.store in ("frames", "both"):
-            tensors["frames"] = (np.uint8, (count, 3, size, size))
-        if self.cfg.store in ("features", "both"):
-            k, tokens, width = len(self.backbone.spec.layers), (size // self.backbone.model.visual.patch_size[0]) ** 2 + 1, self.backbone.spec.vision_width
-            tensors["vision"] = (FP8 if self.cfg.states == "fp8" else np.float16, (count, k, tokens, width))
-            if self.cfg.states == "fp8":
-                tensors["vision_scale"] = (np.float16, (count, k, tokens))
-        metadata = {
-            **self.settings,
-            **source_metadata(job.item.path),
-            "decoder": decoder_name,
-            "duration": repr(job.info.duration),
-            "video_id": job.item.video_id,
-        }
-        job.writer = StreamingSafetensorsWriter(job.target, tensors, metadata)
-        job.writer.write("timestamps", 0, job.times)
-
-    def _frames(self, job: _Job, row: int, frames: torch.Tensor) -> None:
-        if job.failed:
-            return
-        if self.cfg.store in ("frames", "both"):
-            job.writer.write("frames", row, frames.cpu().numpy())
+            job.file.write(message.row, {"frames": message.frames.cpu().numpy()})
         if self.cfg.store == "frames":
-            job.encoded += len(frames)
-            self.summary.frames += len(frames)
-            self.bar.update(len(frames))
+            self.summary.frames += len(message.frames)
+            self.progress.advance(len(message.frames))
             return
-        self.pending.append((job, row, frames))
-        if sum(len(f) for _, _, f in self.pending) >= self.cfg.batch_size:
+        self.pending.append(message)
+        if sum(len(m.frames) for m in self.pending) >= self.cfg.batch_size:
             self.flush()
 
     def flush(self) -> None:
         """Run the backbone on every pending frame (from any number of videos) and write the rows."""
         if not self.pending:
             return
-        batch = torch.cat([f for _, _, f in self.pending])
-        encoded = self.backbone.encode_frames(batch)
-        states, scales = quantize_states(encoded) if self.cfg.states == "fp8" else (encoded.to(torch.float16).cpu().numpy(), None)
-        offset = written = 0
-        for job, row, frames in self.pending:
-            n = len(frames)
-            if not job.failed:
-                job.writer.write("vision", row, states[offset : offset + n])
-                if scales is not None:
-                    job.writer.write("vision_scale", row, scales[offset : offset + n])
-                job.encoded += n
-                written += n
+        rows = encode_rows(self.backbone, torch.cat([m.frames for m in self.pending]), self.cfg.states)
+        offset = 0
+        for message in self.pending:
+            n = len(message.frames)
+            self.jobs[message.video_id].file.write(message.row, {name: r[offset : offset + n] for name, r in rows.items()})
             offset += n
-        self.summary.frames += len(batch)
-        self.bar.update(written)
+        self.summary.frames += offset
+        self.progress.advance(offset)
         self.pending = []
         self._finish_ready()
 
     def _finish_ready(self) -> None:
-        for video_id, job in list(self.jobs.items()):
-            if job.decoded_all and not job.failed and job.encoded == len(job.times):
-                job.writer.commit()
-                self.manifest.append(video_id, job.item.path, "done", frames=len(job.times))
-                self.summary.done += 1
+        for job in list(self.jobs.values()):
+            if job.decoded_all and job.file.complete:
+                job.file.commit()
+                record_done(self.manifest, self.summary, job.item, len(job.times))
                 self._close(job)
-                self._video_ended()
+                self.progress.video_ended()
 
     def _close(self, job: _Job) -> None:
         """Forget a finished or failed video and let other runs at it."""
@@ -454,28 +577,27 @@ class _Extractor:
     def abort_open(self) -> None:
         """Remove the partial files of every unfinished video and unlock it (the run is stopping)."""
         for job in self.jobs.values():
-            if job.writer is not None:
-                job.writer.abort()
+            if job.file is not None:
+                job.file.abort()
             job.lock.release()
 
     def _fail(self, job: _Job, reason: str) -> None:
-        job.failed = True
-        if job.writer is not None:
-            job.writer.abort()
-        self.pending = [p for p in self.pending if p[0] is not job]
-        self._drop_frames(len(job.times) - job.encoded)
-        self._record_failure(job.item, reason)
+        if job.file is not None:
+            job.file.abort()
+        self.pending = [m for m in self.pending if m.video_id != job.item.video_id]
+        self.progress.drop(len(job.times) - int(self._rows_done(job)))
+        self._fail_video(job.item, reason)
         self._close(job)
 
-    def _record_failure(self, item: VideoItem, reason: str) -> None:
-        """A video of this run failed: in the manifest, the summary and the bar (the caller holds its lock)."""
-        self.manifest.append(item.video_id, item.path, "failed", reason=reason)
-        self._count_failure(item, reason)
-        self._video_ended()
+    def _rows_done(self, job: _Job) -> int:
+        """Rows of ``job`` the bar has counted: encoded (or, storing frames only, decoded)."""
+        if job.file is None:
+            return 0
+        return int(job.file.written["vision" if "vision" in job.file.written else "frames"].sum())
 
-    def _count_failure(self, item: VideoItem, reason: str) -> None:
-        self.summary.failed += 1
-        self.summary.failures.append((item.path, reason))
+    def _fail_video(self, item: VideoItem, reason: str) -> None:
+        record_failure(self.manifest, self.summary, item, reason)
+        self.progress.video_ended(failed=True)
 
 
 def process_state():
@@ -536,30 +658,41 @@ def extract_videos(cfg: ExtractConfig, items: list[VideoItem], backbone: FrozenB
     manifest.records()  # UnsafeNameError naming the line of a crafted id, before anything is written
     mine = items[state.process_index :: state.num_processes]
     start = time.perf_counter()
+    summary = ExtractSummary(out=str(out_dir))
+    error = None
     try:
-        extractor = _Extractor(cfg, backbone, run_settings(cfg, backbone), manifest)
-        todo = extractor.select(mine)
+        settings = run_settings(cfg, backbone)
+        todo = select_videos(mine, out_dir, settings, summary)
         if todo:  # else no bar: the summary says there was nothing to do
-            extractor.run(todo, decoder, desc=f"extract[{state.process_index}]")
-        summary = extractor.summary
-        summary.seconds = time.perf_counter() - start
-        _finalize(state, manifest, summary)
+            LocalRunner(cfg, backbone, settings, manifest, summary).run(todo, decoder, desc=f"extract[{state.process_index}]")
     except OSError as e:  # the output folder's disk: full, read-only, gone
-        raise ExtractError(printable(f"{out_dir}: cannot write ({e.strerror or e}); finished videos are kept, "
-                                     f"unfinished ones removed")) from None
+        error = printable(f"{out_dir}: cannot write ({e.strerror or e}); finished videos are kept, unfinished ones removed")
+    summary.seconds = time.perf_counter() - start
+    error = _finalize(state, manifest, summary, error)
+    if error:
+        raise ExtractError(error)
     return summary
 
 
-def _finalize(state, manifest: Manifest, summary: ExtractSummary) -> None:
-    """Across processes: add up the counts, then compact the manifest once if this run added to it."""
+def _finalize(state, manifest: Manifest, summary: ExtractSummary, error: str | None) -> str | None:
+    """Across processes: add up the counts, then compact the manifest once if this run added to it.
+
+    Every process reaches the gather, one whose run failed (``error``) too, so no process waits for one that has
+    left; the first error of any process is returned to all of them.
+    """
     if state.num_processes > 1:
         from accelerate.utils import gather_object
 
-        parts = gather_object([json.dumps(summary.__dict__)])
+        parts = gather_object([json.dumps({**summary.__dict__, "error": error})])
         state.wait_for_everyone()
         merged = [json.loads(p) for p in parts]
         for key in ("done", "skipped", "failed", "by_others", "frames"):
             setattr(summary, key, sum(p[key] for p in merged))
         summary.failures = [tuple(f) for p in merged for f in p["failures"]]
-    if state.is_main_process and (summary.done or summary.failed) and manifest.path.exists():
-        manifest.compact()
+        error = next((p["error"] for p in merged if p["error"]), None)
+    if error is None and state.is_main_process and (summary.done or summary.failed) and manifest.path.exists():
+        try:
+            manifest.compact()
+        except OSError as e:
+            error = printable(f"{manifest.path}: cannot write ({e.strerror or e})")
+    return error
