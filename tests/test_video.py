@@ -70,6 +70,19 @@ def test_backend_returns_frame_displayed_at_each_sample_time(videos, backend, na
     assert [read_index(f.numpy()) for f in frames] == expected_indices(name, times)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["cfr.mp4", "vfr.mkv", "start_offset.mp4", "bframes.mp4", "rotate90.mp4"])
+def test_a_range_of_the_samples_decodes_the_frames_shown_then(videos, backend, name):
+    """A long video split into time ranges (the Ray runner's balance) gives each range exactly its frames; PyAV
+    seeks to the keyframe before the range instead of decoding from the start."""
+    info = probe(str(videos[name]))
+    times = sample_times(info.duration, 3.0)
+    decoder = make_decoder(backend).for_video(info)
+    for start, stop in [(1, 5), (len(times) // 2, len(times)), (len(times) - 1, len(times))]:
+        frames = torch.cat(list(decoder.chunks(info, times[start:stop], chunk=3)))
+        assert [read_index(f.numpy()) for f in frames] == expected_indices(name, times)[start:stop], (start, stop)
+
+
 def test_probe_measures_time_from_first_frame(videos):
     info = probe(str(videos["start_offset.mkv"]))
     assert info.start_time == pytest.approx(2.5)

@@ -64,6 +64,14 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
                         "fp8 (e4m3 with a scale per token: half the disk and reading; docs/BENCHMARKS.md)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu; per process under accelerate)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_ray_argument(parser)
+
+
+def add_ray_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run on a Ray cluster (pip install 'vtg_pipeline[ray]'): ADDRESS as ray.init takes it, 'auto' joins the "
+                             "cluster started on this machine with `ray start`; without ADDRESS a local cluster is started and "
+                             "stopped. The store must be on a filesystem every node mounts (README: On a cluster)")
 
 
 def extract_main(args: argparse.Namespace) -> int:
@@ -86,16 +94,34 @@ def extract_main(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
+    if args.ray is not None:
+        return extract_on_ray_main(cfg, args.ray)
     state = process_state()
     try:
         summary = run_extract(cfg)
-        if state.is_main_process:  # every rank's failures, gathered, then the counts: what the user reads last
-            for path, reason in summary.failures:
-                print(printable(f"{path}: {reason}"), file=sys.stderr)  # a file name cannot forge a line
-            print(summary.line(), file=sys.stderr)
+        if state.is_main_process:  # every rank's failures, gathered
+            print_extract_summary(summary)
     finally:
         state.destroy_process_group()  # a gloo group left to interpreter exit can abort a rank after its work is done
     return 1 if summary.failed and not launched() else 0  # a launched rank's non-zero status makes the launcher print a traceback
+
+
+def extract_on_ray_main(cfg, address: str) -> int:
+    from .extract import ExtractError, find_videos, launched
+    from .ray_engine import extract_on_ray
+
+    if launched():
+        raise ExtractError("--ray runs one driver: start it with vtg extract (or python extract), not accelerate launch")
+    summary = extract_on_ray(cfg, find_videos(cfg.video_dirs), address or None)
+    print_extract_summary(summary)
+    return 1 if summary.failed else 0
+
+
+def print_extract_summary(summary) -> None:
+    """The failures, one line each, then the counts: what the user reads last."""
+    for path, reason in summary.failures:
+        print(printable(f"{path}: {reason}"), file=sys.stderr)  # a file name cannot forge a line
+    print(summary.line(), file=sys.stderr)
 
 
 def synth_main(args: argparse.Namespace) -> int:

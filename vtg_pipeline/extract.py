@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .backbone import FrozenBackbone, load_backbone, spec_metadata
+from .backbone import FrozenBackbone, Preprocess, load_backbone, spec_metadata
 from .features import FORMAT_VERSION, FP8, FileLock, Manifest, StreamingSafetensorsWriter, feature_path, read_metadata, remove_stale_partials
 from .names import UnsafeNameError, check_video_id, first_line, printable
 from .video import VIDEO_EXTENSIONS, Decoder, VideoError, VideoInfo, make_decoder, probe, sample_times
@@ -238,17 +238,17 @@ def _unexpected(error: Exception) -> str:
     return f"unexpected {type(error).__name__}: {first_line(error)}"
 
 
-def decode_video(video_id: str, info: VideoInfo, times: np.ndarray, first_row: int, decoder: Decoder, backbone: FrozenBackbone,
-                 chunk: int) -> Iterator[DecodeMessage]:
+def decode_video(video_id: str, info: VideoInfo, times: np.ndarray, first_row: int, decoder: Decoder, preprocess: Preprocess,
+                 device: torch.device, chunk: int) -> Iterator[DecodeMessage]:
     """Stage 1: the frames shown at ``times`` (s; the video's rows ``first_row`` on), ``chunk`` at a time, resized and
-    cropped on the backbone's device: ``Opened``, then ``Frames`` messages, then ``Decoded``, or ``DecodeFailed`` at
-    the first error (after any rows already sent)."""
+    cropped on ``device``: ``Opened``, then ``Frames`` messages, then ``Decoded``, or ``DecodeFailed`` at the first
+    error (after any rows already sent)."""
     try:
         chosen = decoder.for_video(info)
         yield Opened(video_id, chosen.name)
         row = first_row
         for frames in chosen.chunks(info, times, chunk):
-            frames = backbone.preprocess.resize_crop(frames.to(backbone.device))
+            frames = preprocess.resize_crop(frames.to(device))
             yield Frames(video_id, row, frames)
             row += len(frames)
         yield Decoded(video_id)
@@ -433,7 +433,7 @@ def _post(out: queue.Queue, stop: threading.Event, message: DecodeMessage) -> No
 def _decode_thread(job: _Job, decoder: Decoder, backbone: FrozenBackbone, chunk: int, out: queue.Queue, stop: threading.Event) -> None:
     """Decoder thread: post the messages of ``decode_video`` for the whole of ``job``'s video until told to stop."""
     try:
-        for message in decode_video(job.item.video_id, job.info, job.times, 0, decoder, backbone, chunk):
+        for message in decode_video(job.item.video_id, job.info, job.times, 0, decoder, backbone.preprocess, backbone.device, chunk):
             _post(out, stop, message)
             if isinstance(message, DecodeFailed):
                 return

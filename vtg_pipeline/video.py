@@ -226,8 +226,7 @@ class PyAVDecoder:
                 stream.codec_context.thread_count = self.threads
             previous, previous_rgb, last_time = None, None, None
             try:
-                for frame in container.decode(stream):
-                    t = _frame_time(frame, stream.time_base)
+                for t, frame in _frames_from(container, stream, targets[0] if len(targets) else 0.0):
                     if last_time is not None and t <= last_time:
                         continue  # duplicate or out-of-order timestamp: the earlier frame stays on screen
                     while k < len(targets) and t > targets[k] + 1e-6:
@@ -256,6 +255,27 @@ class PyAVDecoder:
                     pending = []
         if pending:
             yield _upright(torch.stack(pending), info.rotation)
+
+
+def _frames_from(container, stream, target: float) -> Iterator[tuple[float, av.VideoFrame]]:
+    """(presentation time s, frame) in decode order, from the last keyframe at or before ``target`` (stream seconds).
+
+    A range of a long video starts near its first sample instead of at the file's start. The seek lands on a
+    keyframe; when the first frame decoded there is already past ``target`` (a container whose index misleads the
+    seek), decoding restarts at the beginning, so the frame shown at ``target`` is always among those yielded.
+    """
+    frames = container.decode(stream)
+    if target > 0:
+        container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is not None and _frame_time(first, stream.time_base) <= target + 1e-6:
+            yield _frame_time(first, stream.time_base), first
+        else:
+            container.seek(0, stream=stream, backward=True, any_frame=False)
+            frames = container.decode(stream)
+    for frame in frames:
+        yield _frame_time(frame, stream.time_base), frame
 
 
 def _to_tensor(frame: av.VideoFrame) -> torch.Tensor:
