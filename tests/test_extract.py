@@ -217,6 +217,20 @@ def test_accelerate_launch_shards_videos_over_two_processes(videos, tmp_path):
     assert len(list(out.rglob("*.safetensors"))) == 6
 
 
+def test_a_rank_whose_run_fails_neither_hangs_nor_cuts_short_the_others(tmp_path):
+    """Rank 1's first video cannot be written (its file's place is taken by a folder). Rank 1 stops and meets rank 0 at
+    the gather; rank 0 finishes its own videos, then every rank ends with the one line naming the folder."""
+    videos = tmp_path / "videos"
+    for name in "abcdef":  # sorted ids: rank 0 takes a, c, e; rank 1 takes b, d, f
+        write_video(videos / f"{name}.mp4", [index_image(i, 96, 64) for i in range(200)], fps=10)
+    out = tmp_path / "features"
+    (out / "b.safetensors").mkdir(parents=True)
+    result = launch([str(videos), "--out", str(out)], "--multi_gpu", "--num_processes", "2")
+    assert result.returncode != 0 and f"{out}: cannot write" in result.stderr, result.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*.safetensors") if p.is_file()) == ["a.safetensors", "c.safetensors", "e.safetensors"]
+    assert not list(out.glob(".*.partial"))
+
+
 def test_a_launch_that_starts_one_process_says_how_to_start_several(tmp_path):
     """Without --multi_gpu the launcher starts one process for --num_processes 2; it says so and does all the work."""
     write_video(tmp_path / "videos" / "a.mp4", [index_image(i, 96, 64) for i in range(10)], fps=10)
