@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -69,7 +71,7 @@ def import_ray():
     """The ``ray`` module, or an ExtractError saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401  (ray.data is a subpackage: imported here so a missing extra fails at once)
+        import ray.data  # a subpackage: imported here so that a missing extra fails at once
     except ImportError:
         raise ExtractError(INSTALL_HINT) from None
     return ray
@@ -92,14 +94,14 @@ def _check_reachable(address: str) -> None:
 @contextlib.contextmanager
 def ray_cluster(address: str | None) -> Iterator[object]:
     """Join the cluster at ``address`` (``auto``: the one running on this machine), or start a local one and stop it
-    afterwards when ``address`` is None. Ray's own logs stay out of the terminal; the progress bar is the driver's."""
+    afterwards when ``address`` is None (a new one, even beside a cluster that ``ray start`` runs here). Ray's own logs stay out of the terminal; the progress bar is the driver's."""
     ray = import_ray()
     if address:
         _check_reachable(address)
     started = not ray.is_initialized()
     if started:
         try:
-            ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ExtractError(printable(f"--ray {address or 'local'}: cannot join the cluster ({str(e).splitlines()[0]})")) from None
     context = ray.data.DataContext.get_current()
@@ -111,6 +113,30 @@ def ray_cluster(address: str | None) -> Iterator[object]:
     finally:
         if started:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def interrupt_flag() -> Iterator[threading.Event]:
+    """An event set when Ctrl-C (SIGINT) reaches this process meanwhile; the interrupt itself goes on as before.
+    Outside the main thread, where no handler can be set, the event stays clear."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        interrupted.set()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def use_assigned_cpus() -> int:
@@ -413,12 +439,15 @@ class _RayExtraction:
         ranges = [part for v, (_, _, info) in readable.items() for part in split_ranges(v, info, self.cfg.fps)]
         if not ranges:
             return writer.busy
-        try:
-            for batch in self._pipeline(ranges).iter_batches(batch_size=None, batch_format="numpy"):
-                writer.take(batch)
-        except BaseException:
-            writer.abort_open()
-            raise
+        with interrupt_flag() as interrupted:
+            try:
+                for batch in self._pipeline(ranges).iter_batches(batch_size=None, batch_format="numpy"):
+                    writer.take(batch)
+            except BaseException:
+                writer.abort_open()
+                if interrupted.is_set():  # Ray Data may turn the interrupt into an error of an actor it cancelled
+                    raise KeyboardInterrupt from None
+                raise
         missing = set(readable) - writer.ended - writer.busy
         for video_id in sorted(missing):  # every row of a range is sent or an error row is: a gap means a bug, said plainly
             video = writer.open.get(video_id)
