@@ -90,7 +90,7 @@ def test_videos_in_the_feature_store_are_not_decoded_again(trained, tmp_path, mo
     grounder = Grounder.from_pretrained(trained / "run" / "best")
     video = str(videos(trained)[1])
     first = grounder.ground(video, ["a red disc rises"], tmp_path / "store")
-    import vtg_pipeline.grounder as module
+    import vtg_pipeline.engine as module
 
     def no_extract(cfg, items, backbone, state=None):
         assert not items, "nothing should be decoded again"

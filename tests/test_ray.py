@@ -2,6 +2,7 @@
 surviving a killed worker and a removed node; a bad file gets its record; Ctrl-C leaves a store a rerun continues;
 bad addresses, a missing extra and a store some node cannot see are refused in one line."""
 
+import json
 import os
 import shutil
 import signal
@@ -13,8 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pattern import index_image
 
+from test_store_safety import checkpoint  # noqa: F401  (an untrained vtg-tiny checkpoint)
+
+from vtg_pipeline.cli import main
 from vtg_pipeline.extract import ExtractConfig, VideoFile, find_videos, run_extract
 from vtg_pipeline.features import Manifest, load_features, read_metadata
 from vtg_pipeline.synth import write_video
@@ -120,6 +125,35 @@ def test_skewed_lengths_complete_with_the_long_video_split(cluster, tmp_path, sm
     summary = extract_on_ray(config(videos, out), find_videos([str(videos)]), cluster.address)
     assert (summary.done, summary.failed) == (5, 0) and len(commits) == 5
     assert_same_store(out, local)
+
+
+def test_ground_and_index_on_ray_give_the_local_predictions_and_vectors(cluster, tmp_path, checkpoint, capsys):  # noqa: F811
+    """`vtg ground --ray` writes the local predictions file byte for byte (a broken video gets its error record in both);
+    `vtg index --ray` holds the same videos and the same window vectors."""
+    videos = write_videos(tmp_path / "videos", {"a": 120, "b": 60, "c": 200})
+    (videos / "broken.mp4").write_bytes(b"not a video" * 50)
+    ground = ["ground", str(videos), "--checkpoint", str(checkpoint), "--query", "a red disc rises", "--query", "the scene changes",
+              "--no-progress"]
+    assert main([*ground, "--out", str(tmp_path / "local.jsonl"), "--features", str(tmp_path / "local-store")]) == 1  # broken.mp4
+    assert main([*ground, "--out", str(tmp_path / "ray.jsonl"), "--features", str(tmp_path / "ray-store"), "--ray", cluster.address]) == 1
+    local, on_ray = (tmp_path / "local.jsonl").read_text(), (tmp_path / "ray.jsonl").read_text()
+    records = [json.loads(line) for line in local.splitlines()]
+    assert local == on_ray and sum("error" in r for r in records) == 2 and sum("pred_relevant_windows" in r for r in records) == 6
+    index = ["index", str(videos), "--checkpoint", str(checkpoint), "--no-progress"]
+    assert main([*index, "--index", str(tmp_path / "local-index")]) == 1
+    assert main([*index, "--index", str(tmp_path / "ray-index"), "--ray", cluster.address]) == 1
+    (local_videos, local_vectors), (ray_videos, ray_vectors) = (index_contents(tmp_path / name) for name in ("local-index", "ray-index"))
+    assert ray_videos == local_videos and len(local_videos) == 3
+    assert sorted(ray_vectors) == sorted(local_vectors) and all(torch.equal(ray_vectors[k], local_vectors[k]) for k in local_vectors)
+
+
+def index_contents(folder: Path) -> tuple[list[dict], dict]:
+    """An index's video records and every tensor of its current version."""
+    from safetensors.torch import load_file
+
+    current = json.loads((folder / "index.json").read_text())["folder"]
+    info = json.loads((folder / current / "library.json").read_text())
+    return info["videos"], load_file(str(folder / current / "vectors.safetensors"))
 
 
 def ray_worker_pids(title: str) -> list[int]:

@@ -117,6 +117,19 @@ def extract_on_ray_main(cfg, address: str) -> int:
     return 1 if summary.failed else 0
 
 
+def engine_for(args: argparse.Namespace):
+    """A context giving where ground and index run: this process, or with --ray the cluster it joins (or starts)."""
+    import contextlib
+
+    if args.ray is None:
+        from .engine import LocalEngine
+
+        return contextlib.nullcontext(LocalEngine())
+    from .ray_engine import RayEngine
+
+    return RayEngine(args.ray or None)
+
+
 def print_extract_summary(summary) -> None:
     """The failures, one line each, then the counts: what the user reads last."""
     for path, reason in summary.failures:
@@ -206,9 +219,9 @@ def ground_main(args: argparse.Namespace) -> int:
     ground_truth = load_ground_truth(args.gt, "qvhighlights") if args.gt else None  # a bad file fails before any work
     grounder = Grounder.from_pretrained(args.checkpoint, device=args.device or "cpu")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="vtg-ground-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vtg-ground-") as tmp, engine_for(args) as engine:
         store = args.features or tmp
-        results = grounder.ground_many(requests, store, progress=not args.no_progress)
+        results = grounder.ground_many(requests, store, progress=not args.no_progress, engine=engine)
         atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in results))
         report = write_report(results, args.report, store, media=args.report_media or "absolute",
                               ground_truth=ground_truth) if args.report else None
@@ -231,7 +244,9 @@ def index_main(args: argparse.Namespace) -> int:
     items = find_videos(args.video_dirs)  # a missing folder or two videos with one id fail before any work
     ensure_writable(args.index, is_folder=True)
     grounder = Grounder.from_pretrained(args.checkpoint, device=args.device or "cpu")
-    counts = build_index(items, grounder, args.index, args.checkpoint, rebuild=args.rebuild, progress=not args.no_progress)
+    with engine_for(args) as engine:
+        counts = build_index(items, grounder, args.index, args.checkpoint, rebuild=args.rebuild, progress=not args.no_progress,
+                             engine=engine)
     print(printable(f"index: {counts['videos']} videos ({counts['new']} new, {counts['changed']} changed, {counts['unchanged']} unchanged, "
                     f"{counts['removed']} removed, {counts['failed']} failed), {counts['windows']} windows ({counts['kind']}), "
                     f"version {counts['version']} -> {counts['index']}"), file=sys.stderr)
@@ -302,6 +317,7 @@ def add_ground_arguments(parser: argparse.ArgumentParser) -> None:
                                      "(matched by qid, else by video and query)")
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_ray_argument(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--rebuild", action="store_true", help="start afresh: another checkpoint, or a damaged index (stored features are reused)")
     index.add_argument("--device", default=None, help="torch device (default cpu)")
     index.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_ray_argument(index)
     index.set_defaults(func=index_main)
 
     search = sub.add_parser("search", help="find moments in an indexed video library by text",

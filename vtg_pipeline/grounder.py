@@ -37,23 +37,34 @@ from urllib.parse import urlparse
 
 import torch
 from huggingface_hub import HfApi, constants, snapshot_download
-from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from .annotations import check_qid, json_object, open_text, repeated_qid, text_lines
 from .backbone import FrozenBackbone, hub_reachable, load_backbone
 from .config import TrainConfig, config_from_dict
 from .data import DataError, TextCache, VisionRows, check_finite, check_shapes
-from .extract import ExtractConfig, VideoItem, extract_videos, is_up_to_date, output_folder, run_settings
+from .engine import Engine, LocalEngine
+from .extract import (
+    ExtractConfig,
+    VideoItem,
+    is_up_to_date,
+    output_folder,
+    run_settings,
+)
 from .features import Manifest, feature_path, read_metadata
 from .inference import ground_in_windows, rounded
 from .models import create_model
 from .names import UnsafeNameError, check_video_id, first_line
 from .training import write_checkpoint
-
 
 # The fields of a checkpoint's backbone_spec that change the states its weights were trained on.
 STATE_FIELDS = ("backbone", "backbone_sha256", "layers", "text_layers", "image_size", "vision_width", "text_width")
@@ -86,6 +97,7 @@ class Grounder:
     """A trained side network with its frozen backbone, ready to ground videos."""
 
     trained: dict = {}  # epoch and metrics of the checkpoint it was loaded from; save_pretrained keeps them
+    folder: Path | None = None  # the checkpoint folder it was loaded from (where Ray actors load it again)
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone, indexable: bool = True):
         """``indexable``: whether the model's library-search head (``model.retrieval``) was trained, so ``vtg index`` can use it."""
@@ -130,6 +142,7 @@ class Grounder:
             raise GroundError(f"{weights_file}: not the weights of this config's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
         grounder = cls(model.to(device), cfg, backbone, indexable=not missing)
         grounder.trained = {key: values[key] for key in ("epoch", "metrics") if key in values}
+        grounder.folder = checkpoint_dir
         return grounder
 
     def save_pretrained(self, save_directory: str | Path) -> Path:
@@ -159,7 +172,7 @@ class Grounder:
         return self.ground_many([Request(str(video), q) for q in queries], features_dir)
 
     def ground_many(self, requests: list[Request | tuple[str, str]], features_dir: str | Path | None = None,
-                    progress: bool = False) -> list[dict]:
+                    progress: bool = False, engine: Engine | None = None) -> list[dict]:
         """Ground many (video, query) pairs; results in the order of ``requests``.
 
         A result is a QVHighlights submission record (``qid``, ``query``, ``vid``,
@@ -167,7 +180,10 @@ class Grounder:
         ``pred_saliency_scores`` per clip) plus ``video``, ``clip_times`` (s, the
         start of each clip) and ``pred_relevant_windows_hms``; or, for an item
         that could not be grounded, ``qid``, ``query``, ``video`` and ``error``.
+        ``engine``: where the videos are extracted and grounded (default: this process; ``RayEngine``: a Ray cluster,
+        which needs ``features_dir`` on a filesystem its nodes share).
         """
+        engine = engine or LocalEngine()
         requests = with_qids([r if isinstance(r, Request) else Request(*r) for r in requests])
         results: list[dict | None] = [None] * len(requests)
         by_video: dict[str, list[int]] = {}
@@ -180,28 +196,26 @@ class Grounder:
                 by_video.setdefault(os.path.abspath(r.video), []).append(i)
         with tempfile.TemporaryDirectory(prefix="vtg-ground-") as tmp:
             store = Path(features_dir) if features_dir else Path(tmp)
-            files, failures = self.encode_videos(sorted(by_video), store, progress)
-            bar = tqdm(total=len(by_video), desc="ground", unit="video", disable=not progress)
-            bar.set_postfix(queries=sum(len(v) for v in by_video.values()), refresh=False)
+            files, failures = self.encode_videos(sorted(by_video), store, progress, engine)
+            grounded = [path for path in by_video if path not in failures]
+            outputs = dict(zip(grounded, engine.map_stored(self, ground_stored_video, [(files[p], [requests[i].query for i in by_video[p]])
+                                                                                        for p in grounded], progress, desc="ground")))
             for path, indices in by_video.items():
-                batch = [requests[i] for i in indices]
-                reason = failures.get(path)
-                if reason is None:
-                    try:
-                        outputs = self.ground_features(files[path], [r.query for r in batch])
-                    except DataError as e:  # this video's states are unusable: its items get the reason, the others go on
-                        reason = str(e)
-                if reason is not None:
-                    outputs = [{"error": reason}] * len(batch)
-                for i, r, out in zip(indices, batch, outputs):
+                for i, out in zip(indices, outputs.get(path) or [{"error": failures.get(path)}] * len(indices)):
+                    r = requests[i]
                     results[i] = {"qid": r.qid, "query": r.query, "video": r.video, **out}
                     if "error" not in out and is_truncated(self.backbone, r.query):
                         results[i]["warning"] = f"query longer than {self.backbone.tokenizer.context_length} tokens: truncated"
-                bar.update(1)
-            bar.close()
         return results
 
-    def encode_videos(self, paths: list[str], store: Path, progress: bool = False) -> tuple[dict[str, Path], dict[str, str]]:
+    def extract_config(self, store: str | Path, progress: bool = False) -> ExtractConfig:
+        """The extraction settings of this checkpoint's backbone, layers, fps and precision, keeping frames and states."""
+        backbone = self.cfg.backbone
+        return ExtractConfig(video_dirs=[], out=str(store), fps=self.fps, model=backbone.name, pretrained=backbone.pretrained,
+                             layers=backbone.layers, store="both", precision=backbone.precision, progress=progress)
+
+    def encode_videos(self, paths: list[str], store: Path, progress: bool = False,
+                      engine: Engine | None = None) -> tuple[dict[str, Path], dict[str, str]]:
         """Feature files for ``paths`` (absolute), extracting those not already in ``store``.
 
         A stored video is found by its source's real path in the store's manifest (wherever `vtg extract` ran)
@@ -210,9 +224,7 @@ class Grounder:
         UnsafeNameError.
         """
         output_folder(store)
-        extract_cfg = ExtractConfig(video_dirs=[], out=str(store), fps=self.fps, model=self.cfg.backbone.name,
-                                    pretrained=self.cfg.backbone.pretrained, layers=self.cfg.backbone.layers, store="both",
-                                    precision=self.cfg.backbone.precision, progress=progress)
+        extract_cfg = self.extract_config(store, progress)
         # A file made by `vtg extract` with the same backbone, layers, fps and precision serves, whatever else it stores.
         settings = {k: v for k, v in run_settings(extract_cfg, self.backbone).items() if k != "store"}
         records = Manifest(store).records()
@@ -229,7 +241,7 @@ class Grounder:
             stored = (read_metadata(files[path]) or {}).get("store")
             if stored not in ("features", "both") or not is_up_to_date(files[path], item, settings):
                 todo.append(item)
-        summary = extract_videos(extract_cfg, todo, self.backbone)
+        summary = (engine or LocalEngine()).extract(extract_cfg, todo, self.backbone)
         failures = {os.path.abspath(path): reason for path, reason in summary.failures}
         return files, failures
 
@@ -271,6 +283,16 @@ class Grounder:
                 result["pred_windows"] = rounded(g["windows"])
             results.append(result)
         return results
+
+
+def ground_stored_video(grounder: Grounder, job: tuple[Path, list[str]]) -> list[dict]:
+    """One stored video's queries (``job``: feature file, queries), grounded: a result per query, or for every query
+    the error that made the video's states unusable."""
+    file, queries = job
+    try:
+        return grounder.ground_features(file, queries)
+    except DataError as e:  # this video's states are unusable: its items get the reason, the others go on
+        return [{"error": str(e)}] * len(queries)
 
 
 def checkpoint_folder(checkpoint: str | Path) -> Path:

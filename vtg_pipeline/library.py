@@ -61,11 +61,11 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from .backbone import weights_sha256
 from .data import DataError, VisionRows, check_finite, check_shapes
-from .extract import ExtractConfig, VideoItem, extract_videos, output_folder
+from .engine import Engine, LocalEngine
+from .extract import VideoItem, output_folder
 from .features import FileLock, atomic_write_text, feature_path
 from .grounder import Grounder, is_truncated
 from .inference import ground_in_windows, rounded, window_starts
@@ -329,13 +329,16 @@ def faiss_index(vectors: np.ndarray, approximate_above: int) -> faiss.Index:
 
 
 def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, checkpoint: str, rebuild: bool = False,
-                progress: bool = True, approximate_above: int = APPROXIMATE_ABOVE) -> dict:
+                progress: bool = True, approximate_above: int = APPROXIMATE_ABOVE, engine: Engine | None = None) -> dict:
     """Index ``items`` (``extract.find_videos``) in ``folder`` with ``grounder``, loaded from ``checkpoint`` (recorded for
     search); a new version replaces the current one. Returns counts: videos, new, changed, unchanged, removed, failed,
     windows, kind (flat | ivf), version, index. LibraryError when the current version is another checkpoint's or
-    unreadable (``rebuild=True`` embeds every video afresh, reusing the stored features that still match)."""
+    unreadable (``rebuild=True`` embeds every video afresh, reusing the stored features that still match).
+    ``engine``: where videos are extracted and embedded (default: this process; ``RayEngine``: a Ray cluster); the
+    faiss index is built here either way."""
     if not grounder.indexable:
         raise LibraryError(f"{checkpoint}: trained before checkpoints had a library-search head; train it again to index with it")
+    engine = engine or LocalEngine()
     folder = output_folder(folder)
     checkpoint = os.path.abspath(checkpoint) if os.path.isdir(checkpoint) else checkpoint
     sha256, cfg, fps = checkpoint_sha256(grounder), grounder.cfg, grounder.fps
@@ -345,39 +348,45 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
             raise LibraryError(f"{folder}: indexed with checkpoint {old.info['checkpoint']['path']}, not {checkpoint}; "
                                f"give --rebuild to index it with {checkpoint} instead")
         store = folder / "features"
-        extract_cfg = ExtractConfig(video_dirs=[], out=str(store), fps=fps, model=cfg.backbone.name, pretrained=cfg.backbone.pretrained,
-                                    layers=cfg.backbone.layers, store="both", precision=cfg.backbone.precision, progress=progress)
-        failures = dict(extract_videos(extract_cfg, items, grounder.backbone).failures)
+        failures = dict(engine.extract(grounder.extract_config(store, progress), items, grounder.backbone).failures)
         known = {v["vid"]: v for v in old.info["videos"]} if old else {}
+        entries, to_embed = {}, []
+        for item in items:
+            entry = {"vid": item.video_id, "path": os.path.realpath(item.path)}
+            if item.path not in failures:
+                with safe_open(str(feature_path(store, item.video_id)), framework="pt") as f:
+                    entry.update(size=f.metadata().get("source_size"), mtime=f.metadata().get("source_mtime"))
+                previous = known.get(item.video_id)
+                if previous is None or any(previous[key] != entry[key] for key in ("path", "size", "mtime")):
+                    to_embed.append(item)
+            entries[item.video_id] = entry
+        embedded = dict(zip((item.video_id for item in to_embed),
+                            engine.map_stored(grounder, embed_stored_video, [feature_path(store, item.video_id) for item in to_embed],
+                                              progress, desc="index")))
         videos, failed, vectors, columns = [], [], [], {name: [] for name in TABLE}
         counts = {"new": 0, "changed": 0, "unchanged": 0}
-        for item in tqdm(items, desc="index", unit="video", disable=not progress):
-            entry = {"vid": item.video_id, "path": os.path.realpath(item.path)}
+        for item in items:
+            entry, previous = entries[item.video_id], known.get(item.video_id)
             if item.path in failures:
                 failed.append({**entry, "error": failures[item.path]})
                 continue
-            file = feature_path(store, item.video_id)
-            with safe_open(str(file), framework="pt") as f:
-                entry.update(size=f.metadata().get("source_size"), mtime=f.metadata().get("source_mtime"))
-            previous = known.get(item.video_id)
-            if previous is not None and all(previous[key] == entry[key] for key in ("path", "size", "mtime")):
+            if item.video_id not in embedded:
                 first, count = previous["rows"]
-                starts, embedded = old.table["first_frame"][first : first + count].tolist(), stored_vectors(old, first, count)
+                starts, window_vectors = old.table["first_frame"][first : first + count].tolist(), stored_vectors(old, first, count)
                 frames, duration = previous["frames"], previous["duration"]
                 counts["unchanged"] += 1
+            elif isinstance(embedded[item.video_id], str):  # this video's states are unusable: listed with the reason
+                failed.append({**entry, "error": embedded[item.video_id]})
+                continue
             else:
-                try:
-                    starts, embedded, frames, duration = embed_video(grounder, file)
-                except DataError as e:  # this video's states are unusable: listed with the reason, the others go on
-                    failed.append({**entry, "error": str(e)})
-                    continue
+                starts, window_vectors, frames, duration = embedded[item.video_id]
                 counts["new" if previous is None else "changed"] += 1
             length = min(cfg.decode.window_frames(fps)[0], frames)
             for s in starts:
                 for name, value in zip(TABLE, (len(videos), s, s / fps, min((s + length) / fps, duration))):
                     columns[name].append(value)
             videos.append({**entry, "duration": duration, "frames": frames, "rows": [sum(map(len, vectors)), len(starts)]})
-            vectors.append(embedded)
+            vectors.append(window_vectors)
         all_vectors = torch.cat(vectors) if vectors else torch.zeros(0, cfg.model.retrieval_dims)
         index = faiss_index(all_vectors.numpy(), approximate_above)
         info = {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -394,6 +403,14 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
                 path.unlink(missing_ok=True)
     return {"videos": len(videos), **counts, "removed": len(removed), "failed": len(failed), "windows": index.ntotal,
             "kind": info["faiss"], "version": number, "index": str(folder)}
+
+
+def embed_stored_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor, int, float] | str:
+    """``embed_video``, or the reason (one line) why the video's states are unusable."""
+    try:
+        return embed_video(grounder, file)
+    except DataError as e:
+        return str(e)
 
 
 def stored_vectors(version: Version, first: int, count: int) -> torch.Tensor:

@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import pickle
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .backbone import Preprocess, load_backbone
 from .extract import (
@@ -153,21 +156,26 @@ def check_store_shared(ray, out_dir: Path) -> None:
 
     A marker file is written into the store and a task pinned to each alive node looks for it.
     """
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    sees = ray.remote(num_cpus=0)(_sees_marker)
     marker = out_dir / f".vtg-shared-{uuid.uuid4().hex}"
     marker.write_text("vtg")
     try:
-        nodes = [n for n in ray.nodes() if n["Alive"]]
-        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker))
-                        for n in nodes])
+        check_visible(ray, marker, out_dir)
     finally:
         marker.unlink(missing_ok=True)
+
+
+def check_visible(ray, path: Path, named: Path) -> None:
+    """Refuse, in one line naming ``named``, a ``path`` that some alive node cannot see."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    sees = ray.remote(num_cpus=0)(_sees_marker)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(path))
+                    for n in nodes])
     blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
     if blind:
-        raise ExtractError(printable(f"{out_dir}: not visible from {len(blind)} of {len(nodes)} nodes ({', '.join(sorted(set(blind)))}); "
-                                     f"put the store on a filesystem every node mounts at the same path"))
+        raise ExtractError(printable(f"{named}: not visible from {len(blind)} of {len(nodes)} nodes ({', '.join(sorted(set(blind)))}); "
+                                     f"put it on a filesystem every node mounts at the same path"))
 
 
 def _sees_marker(path: str) -> bool:
@@ -493,3 +501,84 @@ class _RayExtraction:
                     again.append(video_id)
         return again
 
+
+
+# ---- Grounding and embedding stored videos ----------------------------------------------------------------------------
+
+
+def actor_resources(ray) -> dict:
+    """Actors that need no decoding beside them: one per GPU (``num_gpus=1``), else one per CPU."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        return {"num_gpus": 1, "num_cpus": 1, "actors": gpus}
+    return {"num_gpus": 0, "num_cpus": 1, "actors": max(1, int(resources.get("CPU", 1)))}
+
+
+class GrounderActor:
+    """Ray actor: a ``Grounder`` loaded from its checkpoint folder (on its GPU when Ray gave it one) that runs
+    ``task(grounder, job)`` on each job of a batch (jobs and results travel pickled)."""
+
+    def __init__(self, folder: str, task):
+        import ray
+
+        from .grounder import Grounder
+
+        use_assigned_cpus()
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        self.grounder, self.task = Grounder.from_pretrained(folder, device=device), task
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"index": batch["index"], "result": np.array([pickle.dumps(self.task(self.grounder, pickle.loads(job))) for job in batch["job"]],
+                                                           dtype=object)}
+
+
+def grounder_class(folder: str, task) -> type:
+    """``GrounderActor`` bound to a checkpoint folder and a task (see ``encoder_class``)."""
+
+    class BoundGrounderActor(GrounderActor):
+        def __init__(self):
+            super().__init__(folder, task)
+
+    return BoundGrounderActor
+
+
+class RayEngine:
+    """``--ray``: extraction (``extract_on_ray``) and the per-video tasks (grounding, embedding) on a Ray cluster; this
+    process, the driver, writes every output. Use as a context manager: it joins (or starts) the cluster once."""
+
+    def __init__(self, address: str | None):
+        self.address = address
+        self._session = None
+
+    def __enter__(self) -> RayEngine:
+        self._session = ray_cluster(self.address)
+        self.ray = self._session.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._session.__exit__(*exc)
+
+    def extract(self, cfg: ExtractConfig, items: list[VideoItem], backbone) -> ExtractSummary:
+        return extract_on_ray(cfg, items, self.address)
+
+    def map_stored(self, grounder, task, jobs: list, progress: bool = False, desc: str = "") -> list:
+        """``task(grounder, job)`` for each job, in Grounder actors; results in the order of ``jobs``."""
+        if not jobs:
+            return []
+        if grounder.folder is None:
+            raise ExtractError("--ray loads the checkpoint in each actor: give a checkpoint folder or Hub id, not an in-memory Grounder")
+        check_visible(self.ray, grounder.folder / "config.json", grounder.folder)
+        resources = actor_resources(self.ray)
+        rows = [{"index": i, "job": pickle.dumps(job)} for i, job in enumerate(jobs)]
+        dataset = (self.ray.data.from_items(rows, override_num_blocks=min(len(rows), 8 * resources["actors"]))
+                   .map_batches(grounder_class(str(grounder.folder), task), batch_size=1, batch_format="numpy",
+                                compute=self.ray.data.ActorPoolStrategy(min_size=1, max_size=resources["actors"]),
+                                num_cpus=resources["num_cpus"], num_gpus=resources["num_gpus"]))
+        results: list = [None] * len(jobs)
+        with tqdm(total=len(jobs), desc=f"{desc}[ray]", unit="video", disable=not progress, file=sys.stderr) as bar:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for index, result in zip(batch["index"], batch["result"]):
+                    results[int(index)] = pickle.loads(result)
+                bar.update(len(batch["index"]))
+        return results
