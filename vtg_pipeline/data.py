@@ -20,6 +20,8 @@ import json
 import math
 import sys
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -158,6 +160,49 @@ def check_finite(states: torch.Tensor, path: Path, scale: torch.Tensor | None = 
     return states
 
 
+ALL_STATES = (slice(None), slice(None))  # the (layers, tokens) of the stored vision states that a reader reads
+
+
+@dataclass(frozen=True)
+class StoredVideo:
+    """A feature file open for grounding: ``metadata`` (header strings), ``timestamps`` float64 (T,) seconds and
+    ``vision`` (``VisionRows``, (T, K, P, D)); ``rows`` reads states checked finite. Open it with ``StoredVideo.open``."""
+
+    path: Path
+    metadata: dict[str, str]
+    timestamps: np.ndarray
+    vision: VisionRows
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: Path, vision_shape: tuple[int, ...] | None = None) -> Iterator[StoredVideo]:
+        """The video stored in ``path``, readable inside the ``with``. ``vision_shape``: the row shape (K, P, D) its
+        vision states must have, with as many rows as timestamps (None: not checked, as when a dataset checked it).
+        DataError naming the file for a wrong shape or a ``vision_scale`` that does not fit ``vision``."""
+        if vision_shape is not None:
+            check_shapes(path, {"vision": vision_shape})
+        with safe_open(str(path), framework="pt") as f:
+            yield cls(path, f.metadata() or {}, f.get_tensor("timestamps").numpy(), VisionRows(f, path))
+
+    @property
+    def frames(self) -> int:
+        """T, the stored frames."""
+        return len(self.timestamps)
+
+    @property
+    def duration(self) -> float:
+        """The source video's duration in seconds (metadata ``duration``); DataError naming the file without a valid one."""
+        try:
+            return float(self.metadata["duration"])
+        except (KeyError, ValueError):
+            raise DataError(f"{self.path}: no valid duration in its metadata") from None
+
+    def rows(self, start: int, stop: int, states: tuple[slice, slice] = ALL_STATES) -> torch.Tensor:
+        """Float16 states (stop - start, K', P', D) of frames [start, stop), of the ``states`` (layers, tokens) slices
+        only; DataError naming the file when one is not finite."""
+        return check_finite(self.vision[(slice(start, stop), *states)], self.path)
+
+
 def negative_query_candidates(records: list[dict], embeddings: dict[str, torch.Tensor], max_similarity: float,
                               max_iou: float = 0.5) -> tuple[list[list[str]], int]:
     """BM-DETR's negative queries: per record, the queries of the same video whose moments all have
@@ -197,9 +242,6 @@ def shift_moment(t: int, window: list[float], fps: float, generator: torch.Gener
     order = torch.cat((rest[:at], moment, rest[at:]))
     offset = (at - first) / fps
     return order, [max(0.0, window[0] + offset), min(t / fps, window[1] + offset)]
-
-
-ALL_STATES = (slice(None), slice(None))  # the (layers, tokens) of the stored vision states that a reader reads
 
 
 class GroundingDataset(Dataset):

@@ -31,6 +31,7 @@ import os
 import re
 import tempfile
 from collections import Counter
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -45,13 +46,12 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .annotations import check_qid, json_object, open_text, repeated_qid, text_lines
 from .backbone import FrozenBackbone, hub_reachable, load_backbone
 from .config import TrainConfig, config_from_dict
-from .data import DataError, TextCache, VisionRows, check_finite, check_shapes
+from .data import DataError, StoredVideo, TextCache
 from .engine import Engine, LocalEngine
 from .extract import (
     ExtractConfig,
@@ -61,7 +61,7 @@ from .extract import (
     run_settings,
 )
 from .features import Manifest, feature_path, read_metadata
-from .inference import ground_in_windows, rounded
+from .inference import ground, rounded
 from .models import create_model
 from .names import UnsafeNameError, check_video_id, first_line
 from .training import write_checkpoint
@@ -245,25 +245,26 @@ class Grounder:
         failures = {os.path.abspath(path): reason for path, reason in summary.failures}
         return files, failures
 
-    @torch.no_grad()
+    def open_stored(self, feature_file: Path) -> AbstractContextManager[StoredVideo]:
+        """``StoredVideo.open(feature_file)``, its vision states checked to have this backbone's row shape."""
+        return StoredVideo.open(feature_file, self.backbone.row_shapes()["vision"])
+
+    def ground_opened(self, video: StoredVideo, queries: list[str], starts: list[int] | None = None,
+                      duration: float | None = None) -> list[dict]:
+        """``inference.ground`` of ``queries`` in an open stored video with this checkpoint, as users get the moments
+        (suppressed duplicates dropped); ``starts``, ``duration`` (s) as there."""
+        query, query_mask = self.text_cache(queries, self.backbone.device)
+        decode = replace(self.cfg.decode, keep_suppressed=False)  # users get no score-0 duplicates of better windows
+        return ground(self.model, video, query, query_mask, self.fps, self.cfg.model.strides, decode, starts, duration)
+
     def ground_features(self, feature_file: Path, queries: list[str]) -> list[dict]:
         """Ground ``queries`` on one stored video, window by window; one result dict per query.
 
         DataError when the file's shapes disagree or a window's states are not finite (checked as each is read).
         """
-        check_shapes(feature_file, {"vision": self.backbone.row_shapes()["vision"]})
-        with safe_open(str(feature_file), framework="pt") as f:
-            meta = f.metadata()
-            times = f.get_tensor("timestamps").numpy()
-            vision = VisionRows(f, feature_file)
-            try:
-                duration = float(meta["duration"])
-            except (KeyError, ValueError):
-                raise DataError(f"{feature_file}: no valid duration in its metadata") from None
-            query, query_mask = self.text_cache(queries, self.backbone.device)
-            decode = replace(self.cfg.decode, keep_suppressed=False)  # users get no score-0 duplicates of better windows
-            grounded = ground_in_windows(self.model, lambda start, stop: check_finite(vision[start:stop], feature_file), len(times),
-                                         duration, query, query_mask, self.fps, self.cfg.model.strides, decode)
+        with self.open_stored(feature_file) as video:
+            grounded = self.ground_opened(video, queries)
+        meta, duration, times = video.metadata, video.duration, video.timestamps
         try:
             vid = check_video_id(meta.get("video_id", feature_file.stem), f"{feature_file} (video_id metadata)")
         except UnsafeNameError as e:

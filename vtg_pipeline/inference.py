@@ -13,7 +13,8 @@ Videos longer than ``DecodeConfig.window`` are grounded window by window
 (``ground_in_windows``): an R² model predicts in every window; an RGNet model
 first scores every window per query, then runs its heads on the top
 ``retrieval_topk`` windows only. Moments are shifted to absolute seconds,
-merged and NMS'd.
+merged and NMS'd. ``ground`` does this for a video in the feature store
+(``data.StoredVideo``): ``vtg ground``, library search and training evaluation.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .data import ALL_STATES, StoredVideo
 from .evaluation import temporal_iou
 from .models.detr import span_to_window
 
@@ -190,6 +192,17 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
                                           logits[i, order].sigmoid().cpu().numpy()], axis=1)
         results.append(result)
     return results
+
+
+@torch.no_grad()
+def ground(model, video: StoredVideo, query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...],
+           cfg: DecodeConfig, starts: list[int] | None = None, duration: float | None = None,
+           states: tuple[slice, slice] = ALL_STATES) -> list[dict]:
+    """``ground_in_windows`` over a stored video: Q queries (Q, L, K, Dt) with their mask (Q, L), one window's states
+    at a time, read checked finite. ``duration``: seconds (default the file's metadata); ``states``: the (layers,
+    tokens) slices of the stored states the model reads (default all). Results as ``ground_in_windows``'s."""
+    return ground_in_windows(model, lambda start, stop: video.rows(start, stop, states), video.frames,
+                             video.duration if duration is None else duration, query, query_mask, fps, strides, cfg, starts)
 
 
 def window_inputs(read_frames, start: int, window: int, num_frames: int, queries: int, device) -> tuple[torch.Tensor, torch.Tensor]:

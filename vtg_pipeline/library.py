@@ -52,7 +52,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,12 +63,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .backbone import weights_sha256
-from .data import DataError, VisionRows, check_finite, check_shapes
+from .data import DataError
 from .engine import Engine, LocalEngine
 from .extract import VideoItem, output_folder
 from .features import FileLock, atomic_write_text, feature_path
 from .grounder import Grounder, is_truncated
-from .inference import ground_in_windows, rounded, window_starts
+from .inference import rounded, window_starts
 from .names import check_video_id, first_line, printable
 
 log = logging.getLogger(__name__)
@@ -268,15 +268,11 @@ def stage_two(searcher: Searcher, video: dict, query: str, starts: list[int], st
     grounder = searcher.grounder
     cfg = grounder.cfg
     file = feature_path(store, video["vid"])
-    check_shapes(file, {"vision": grounder.backbone.row_shapes()["vision"]})
-    with safe_open(str(file), framework="pt") as f:
-        if f.metadata().get("source_mtime") != video["mtime"]:
+    with grounder.open_stored(file) as stored:
+        if stored.metadata.get("source_mtime") != video["mtime"]:
             raise DataError(f"{file}: changed since the index was written")
-        times = f.get_tensor("timestamps").numpy()
-        vision = VisionRows(f, file)
-        states, mask = grounder.text_cache([query], grounder.backbone.device)
-        [grounded] = ground_in_windows(grounder.model, lambda a, b: check_finite(vision[a:b], file), len(times), video["duration"],
-                                       states, mask, grounder.fps, cfg.model.strides, replace(cfg.decode, keep_suppressed=False), starts)
+        [grounded] = grounder.ground_opened(stored, [query], starts, video["duration"])
+    times = stored.timestamps
     length = min(cfg.decode.window_frames(grounder.fps)[0], len(times))
     spans = np.array([[s / grounder.fps, min((s + length) / grounder.fps, video["duration"])] for s in starts])
     results = []
@@ -294,15 +290,9 @@ def embed_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor
     """A stored video's window grid (first frames), window embeddings (W, E) float32 on the CPU, frames and duration (s).
 
     DataError for tensors of the wrong shape, non-finite states or no valid duration."""
-    check_shapes(file, {"vision": grounder.backbone.row_shapes()["vision"]})
-    with safe_open(str(file), framework="pt") as f:
-        try:
-            duration = float(f.metadata()["duration"])
-        except (KeyError, ValueError):
-            raise DataError(f"{file}: no valid duration in its metadata") from None
-        vision = VisionRows(f, file)
-        frames, layers = vision.get_shape()[:2]
-        cls = check_finite(vision[:, layers - 1 : layers, 0:1], file)[:, 0, 0].float()  # (T, Dv): the last layer's CLS
+    with grounder.open_stored(file) as stored:
+        frames, duration = stored.frames, stored.duration
+        cls = stored.rows(0, frames, (slice(-1, None), slice(0, 1)))[:, 0, 0].float()  # (T, Dv): the last layer's CLS
     window, stride = grounder.cfg.decode.window_frames(grounder.fps)
     starts = window_starts(frames, window, stride)
     windows = torch.stack([cls[s : s + window] for s in starts]).to(grounder.backbone.device)

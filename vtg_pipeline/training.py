@@ -29,18 +29,17 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from huggingface_hub import ModelCard, ModelCardData
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
 from .config import TrainConfig
-from .data import GroundingDataset, LengthGroupedBatches, TextCache, VisionRows, WindowDataset, collate, collate_windows, dequantize, load_split
+from .data import GroundingDataset, LengthGroupedBatches, StoredVideo, TextCache, WindowDataset, collate, collate_windows, dequantize, load_split
 from .evaluation import MAIN_METRIC, evaluate
 from .extract import warn_if_one_process_launched
 from .features import atomic_write_text
-from .inference import ground_in_windows, predictions_for_batch, rounded
+from .inference import ground, predictions_for_batch, rounded
 from .losses import background_losses, grounding_losses, library_loss, moment_window, window_losses
 from .models import create_model
 from .names import first_line
@@ -269,11 +268,9 @@ def predict_in_windows(model, dataset: GroundingDataset, text_cache, cfg: TrainC
     records = []
     for vid, group in by_video.items():
         query, query_mask = text_cache(queries_of({"queries": [r["query"] for r in group]}, cfg), device)
-        with safe_open(str(dataset.path(vid)), framework="pt") as f:
-            vision = VisionRows(f, dataset.path(vid))
-            rows = lambda start, stop: vision[(slice(start, stop), *dataset.needed)]  # only the layers and tokens the model uses
-            grounded = ground_in_windows(model, rows, vision.get_shape()[0], float(group[0]["duration"]), query, query_mask, cfg.data.fps,
-                                         cfg.model.strides, cfg.decode)
+        with StoredVideo.open(dataset.path(vid)) as video:  # its shapes were checked when the dataset opened
+            grounded = ground(model, video, query, query_mask, cfg.data.fps, cfg.model.strides, cfg.decode,
+                              duration=float(group[0]["duration"]), states=dataset.needed)  # only the layers and tokens the model uses
         for record, g in zip(group, grounded):
             records.append({"qid": record["qid"], "query": record["query"], "vid": vid,
                             "pred_relevant_windows": rounded(g["moments"]),
