@@ -64,3 +64,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def printable(text: object) -> str:
     """``text`` with control characters escaped (``\\n``, ``\\x1b``), so a name cannot forge terminal lines."""
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+def path_exists(path: str) -> bool:
+    """Whether ``path`` exists here; the Ray runner asks each node (this module imports no torch, so a worker starts fast)."""
+    return os.path.exists(path)

@@ -60,7 +60,7 @@ from .extract import (
     video_metadata,
 )
 from .features import FileLock, Manifest, remove_stale_partials
-from .names import printable
+from .names import path_exists, printable
 from .video import VideoInfo, make_decoder, sample_times
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ def ray_cluster(address: str | None) -> Iterator[object]:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver's one bar counts the job
     context.print_on_execution_start = False
+    context.target_max_block_size = 16 * 2**20  # rows reach the driver (and the bar) every few batches, not at 128 MiB
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-dataset INFO lines and the pickled-column notice
     try:
         yield ray
@@ -168,7 +169,7 @@ def check_visible(ray, path: Path, named: Path) -> None:
     """Refuse, in one line naming ``named``, a ``path`` that some alive node cannot see."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    sees = ray.remote(num_cpus=0)(_sees_marker)
+    sees = ray.remote(num_cpus=0)(path_exists)
     nodes = [n for n in ray.nodes() if n["Alive"]]
     seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(path))
                     for n in nodes])
@@ -178,8 +179,6 @@ def check_visible(ray, path: Path, named: Path) -> None:
                                      f"put it on a filesystem every node mounts at the same path"))
 
 
-def _sees_marker(path: str) -> bool:
-    return Path(path).exists()
 
 
 # ---- Extraction -----------------------------------------------------------------------------------------------------
@@ -207,11 +206,12 @@ def _probe_many(paths: list[str]) -> list[VideoInfo | str]:
 
 def _decode_range(row: dict, decoder_name: str, preprocess: Preprocess, chunk: int, size: int) -> Iterator[dict]:
     """Ray task: one ``VideoRange`` (``row["range"]``) -> one output row per frame, or one error row at the first failure.
+    Torch (the resize) runs one thread: a decode task holds at most one CPU.
 
     Output rows: ``video_id``, ``row`` (the frame's row in its file; -1 on an error row), ``decoder``, ``error`` ("" or
     the reason), ``frames`` uint8 (3, S, S) (zeros on an error row).
     """
-    use_assigned_cpus()
+    torch.set_num_threads(1)
     part: VideoRange = row["range"]
     decoder, name = make_decoder(decoder_name, "cpu"), ""
     for message in decode_video(part.video_id, part.info, part.times, part.first, decoder, preprocess, torch.device("cpu"), chunk):
@@ -377,13 +377,20 @@ def _runs(values: np.ndarray, split_at_true: bool = False) -> Iterator[tuple[int
 
 
 def encoder_resources(ray) -> dict:
-    """One backbone actor per GPU (``num_gpus=1``), else CPU actors of 1 CPU on half the cluster's CPUs (at least one),
-    the other half decoding."""
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
+    """How the extraction pipeline uses the cluster.
+
+    With GPUs: one backbone actor per GPU (``num_gpus=1``, 1 CPU), decoding in 1-CPU tasks on the CPUs left. Without:
+    one backbone actor per CPU (one torch thread each: on 2 cores two 1-thread backbones encode 35% more frames per
+    second than one 2-thread backbone, docs/BENCHMARKS.md), and decode tasks that take no CPU of Ray's, at most one
+    per CPU: they share the cores with the backbones, as the local runner's decoder threads do (decoding a sample
+    costs a few percent to half of encoding it), instead of keeping cores aside.
+    """
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
+    gpus = int(sum(n.get("GPU", 0) for n in nodes))
+    cpus = int(sum(n["CPU"] for n in nodes))
     if gpus:
-        return {"num_gpus": 1, "num_cpus": 1, "actors": gpus}
-    return {"num_gpus": 0, "num_cpus": 1, "actors": max(1, int(resources.get("CPU", 1)) // 2)}
+        return {"actors": gpus, "num_gpus": 1, "num_cpus": 1, "decode_cpus": 1, "decoders": cpus}
+    return {"actors": cpus, "num_gpus": 0, "num_cpus": 1, "decode_cpus": 0, "decoders": cpus}
 
 
 def extract_on_ray(cfg: ExtractConfig, items: list[VideoItem], address: str | None) -> ExtractSummary:
@@ -464,13 +471,13 @@ class _RayExtraction:
         return writer.busy
 
     def _pipeline(self, ranges: list[VideoRange]):
-        """The Ray Data pipeline: ranges -> decode tasks (1 CPU each) -> backbone actors (batches of cfg.batch_size frames)."""
+        """The Ray Data pipeline: ranges -> decode tasks -> backbone actors (batches of cfg.batch_size frames)."""
         ray = self.ray
         size = self.row_shapes["frames"][-1]
         resources = encoder_resources(ray)
         decode = functools.partial(_decode_range, decoder_name=self.cfg.decoder, preprocess=self.preprocess, chunk=self.cfg.chunk, size=size)
         return (ray.data.from_items([{"range": r} for r in ranges], override_num_blocks=len(ranges))
-                .flat_map(decode, num_cpus=1)
+                .flat_map(decode, num_cpus=resources["decode_cpus"], compute=ray.data.TaskPoolStrategy(size=resources["decoders"]))
                 .map_batches(encoder_class(self.cfg), batch_size=self.cfg.batch_size, batch_format="numpy",
                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources["actors"]),
                              num_cpus=resources["num_cpus"], num_gpus=resources["num_gpus"]))
