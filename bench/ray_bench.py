@@ -2,7 +2,7 @@
 
     python bench/ray_bench.py videos --out /tmp/raybench                       # the uniform and the skewed set (ffmpeg CLI)
     python bench/ray_bench.py overhead /tmp/raybench/uniform                   # vtg extract vs vtg extract --ray, one machine
-    python bench/ray_bench.py skew /tmp/raybench/skewed --workers 2            # accelerate launch (2 ranks) vs --ray (2 encoders)
+    python bench/ray_bench.py skew /tmp/raybench/skewed --workers 2            # accelerate launch (2 ranks) vs --ray (2 backbone actors)
     python bench/ray_bench.py node-loss /tmp/raybench/uniform                  # a worker node removed mid-job vs no loss
     python bench/ray_bench.py costs /tmp/raybench/uniform                      # per-frame decode / encode / write, one core
 
@@ -87,8 +87,8 @@ def overhead(videos: Path, runs: int) -> dict:
 
 
 def skew(videos: Path, workers: int) -> dict:
-    """accelerate's static split (every N-th video per rank) against --ray on a local cluster of 2*workers CPUs (one
-    encoder actor per 2 CPUs), both with ``workers`` backbones and one torch thread each."""
+    """accelerate's static split (every N-th video per rank) against --ray on a `ray start` cluster of ``workers`` CPUs
+    (one backbone actor per CPU): both ``workers`` backbones of one torch thread each."""
     one_thread = {"OMP_NUM_THREADS": "1"}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +97,7 @@ def skew(videos: Path, workers: int) -> dict:
                   "--no-progress"]
         rows.append({"mode": f"accelerate launch, {workers} ranks", **measure(launch, {**one_thread, "ACCELERATE_USE_CPU": "1"})})
         print(json.dumps(rows[-1]), flush=True)
-        address = start_cluster(2 * workers)
+        address = start_cluster(workers)
         try:
             rows.append({"mode": f"--ray, {workers} encoder actors", **measure(vtg("extract", str(videos), "--out", f"{tmp}/ray", *MODEL,
                                                                                    "--no-progress", "--ray", address), one_thread)})
@@ -109,11 +109,10 @@ def skew(videos: Path, workers: int) -> dict:
 
 
 def start_cluster(cpus: int) -> str:
-    """`ray start --head` with ``cpus`` logical CPUs on this machine; returns its address."""
-    port = "6391"
-    subprocess.run([str(Path(sys.executable).with_name("ray")), "start", "--head", "--port", port, "--num-cpus", str(cpus),
+    """`ray start --head` with ``cpus`` logical CPUs on this machine; returns the address to join it from here."""
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "start", "--head", "--port", "6391", "--num-cpus", str(cpus),
                     "--include-dashboard", "false"], check=True, capture_output=True)
-    return f"127.0.0.1:{port}"
+    return "auto"
 
 
 def node_loss(videos: Path, runs: int) -> dict:

@@ -106,7 +106,8 @@ def ray_cluster(address: str | None) -> Iterator[object]:
         try:
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ExtractError(printable(f"--ray {address or 'local'}: cannot join the cluster ({str(e).splitlines()[0]})")) from None
+            hint = "; a cluster with token authentication also needs RAY_AUTH_MODE=token and its token (ray get-auth-token)" if address else ""
+            raise ExtractError(printable(f"--ray {address or 'local'}: cannot join the cluster ({str(e).splitlines()[0]}){hint}")) from None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver's one bar counts the job
     context.print_on_execution_start = False
@@ -479,7 +480,7 @@ class _RayExtraction:
         return (ray.data.from_items([{"range": r} for r in ranges], override_num_blocks=len(ranges))
                 .flat_map(decode, num_cpus=resources["decode_cpus"], compute=ray.data.TaskPoolStrategy(size=resources["decoders"]))
                 .map_batches(encoder_class(self.cfg), batch_size=self.cfg.batch_size, batch_format="numpy",
-                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources["actors"]),
+                             compute=ray.data.ActorPoolStrategy(size=resources["actors"]),
                              num_cpus=resources["num_cpus"], num_gpus=resources["num_gpus"]))
 
     def _fail_unprobed(self, item: VideoItem, target: Path, reason: str, writer: RayWriter, progress: Progress) -> None:
@@ -580,7 +581,7 @@ class RayEngine:
         rows = [{"index": i, "job": pickle.dumps(job)} for i, job in enumerate(jobs)]
         dataset = (self.ray.data.from_items(rows, override_num_blocks=min(len(rows), 8 * resources["actors"]))
                    .map_batches(grounder_class(str(grounder.folder), task), batch_size=1, batch_format="numpy",
-                                compute=self.ray.data.ActorPoolStrategy(min_size=1, max_size=resources["actors"]),
+                                compute=self.ray.data.ActorPoolStrategy(size=resources["actors"]),
                                 num_cpus=resources["num_cpus"], num_gpus=resources["num_gpus"]))
         results: list = [None] * len(jobs)
         with tqdm(total=len(jobs), desc=f"{desc}[ray]", unit="video", disable=not progress, file=sys.stderr) as bar:
