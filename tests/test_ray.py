@@ -189,14 +189,21 @@ def wait_until(condition, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def test_killed_worker_processes_still_leave_a_complete_store(cluster, tmp_path, small_ranges, commits):
-    """A decode task's worker is killed, then the backbone actor's: Ray runs the task again and restarts the actor."""
+def start_six_videos(tmp_path: Path, commits: list, address: str) -> tuple[Path, Path, threading.Thread, dict]:
+    """Six 60-sample videos extracted locally (the reference store), then on Ray in a background thread:
+    (local store, Ray store, the thread, its result)."""
     videos = write_videos(tmp_path / "videos", {f"v{i}": 300 for i in range(6)})
     local = tmp_path / "local"
     run_extract(config(videos, local))
     commits.clear()
     out = tmp_path / "ray"
-    thread, result = run_in_background(extract_on_ray, config(videos, out), find_videos([str(videos)]), cluster.address)
+    thread, result = run_in_background(extract_on_ray, config(videos, out), find_videos([str(videos)]), address)
+    return local, out, thread, result
+
+
+def test_killed_worker_processes_still_leave_a_complete_store(cluster, tmp_path, small_ranges, commits):
+    """A decode task's worker is killed, then the backbone actor's: Ray runs the task again and restarts the actor."""
+    local, out, thread, result = start_six_videos(tmp_path, commits, cluster.address)
     for title in ("ray::FlatMap(_decode_range)", "ray::MapWorker"):
         wait_until(lambda: ray_worker_pids(title) or not thread.is_alive())  # noqa: B023
         pids = ray_worker_pids(title)
@@ -220,12 +227,7 @@ def test_a_removed_node_still_leaves_a_complete_store(tmp_path, small_ranges, co
     try:
         driver_node = ray.get_runtime_context().get_node_id()
         victim = next(n for n in cluster.list_all_nodes() if not n.head and n.node_id != driver_node)
-        videos = write_videos(tmp_path / "videos", {f"v{i}": 300 for i in range(6)})
-        local = tmp_path / "local"
-        run_extract(config(videos, local))
-        commits.clear()
-        out = tmp_path / "ray"
-        thread, result = run_in_background(extract_on_ray, config(videos, out), find_videos([str(videos)]), cluster.address)
+        local, out, thread, result = start_six_videos(tmp_path, commits, cluster.address)
         wait_until(lambda: ray_worker_pids("ray::FlatMap(_decode_range)") or not thread.is_alive())  # decoding has begun
         assert thread.is_alive() and not commits, "the job was still running when the node went"
         cluster.remove_node(victim)

@@ -377,21 +377,29 @@ def _runs(values: np.ndarray, split_at_true: bool = False) -> Iterator[tuple[int
     yield from zip(starts.tolist(), np.r_[starts[1:], len(values)].tolist())
 
 
+def surviving_slots(per_node: list[float]) -> int:
+    """Actor slots (GPUs or CPUs of each node) to use so that the actors of any one lost node can restart on the others:
+    all of them on a one-node cluster, else all but the largest node's (at least one). A fuller pool hangs on a lost
+    node: Ray retries the dead actor's batch on that actor, which has nowhere to restart."""
+    total = int(sum(per_node))
+    return total if len(per_node) < 2 else max(1, total - int(max(per_node)))
+
+
 def encoder_resources(ray) -> dict:
     """How the extraction pipeline uses the cluster.
 
     With GPUs: one backbone actor per GPU (``num_gpus=1``, 1 CPU), decoding in 1-CPU tasks on the CPUs left. Without:
-    one backbone actor per CPU (one torch thread each: on 2 cores two 1-thread backbones encode 35% more frames per
-    second than one 2-thread backbone, docs/BENCHMARKS.md), and decode tasks that take no CPU of Ray's, at most one
-    per CPU: they share the cores with the backbones, as the local runner's decoder threads do (decoding a sample
-    costs a few percent to half of encoding it), instead of keeping cores aside.
+    one backbone actor per CPU (one torch thread each), and decode tasks that take no CPU of Ray's, at most one per
+    CPU: they share the cores with the backbones, as the local runner's decoder threads do (decoding a sample costs
+    a few percent to half of encoding it), instead of keeping cores aside. On several nodes, one node's worth of
+    slots stays free (``surviving_slots``).
     """
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
-    gpus = int(sum(n.get("GPU", 0) for n in nodes))
     cpus = int(sum(n["CPU"] for n in nodes))
-    if gpus:
-        return {"actors": gpus, "num_gpus": 1, "num_cpus": 1, "decode_cpus": 1, "decoders": cpus}
-    return {"actors": cpus, "num_gpus": 0, "num_cpus": 1, "decode_cpus": 0, "decoders": cpus}
+    gpu_nodes = [n["GPU"] for n in nodes if n.get("GPU", 0) >= 1]
+    if gpu_nodes:
+        return {"actors": surviving_slots(gpu_nodes), "num_gpus": 1, "num_cpus": 1, "decode_cpus": 1, "decoders": cpus}
+    return {"actors": surviving_slots([n["CPU"] for n in nodes]), "num_gpus": 0, "num_cpus": 1, "decode_cpus": 0, "decoders": cpus}
 
 
 def extract_on_ray(cfg: ExtractConfig, items: list[VideoItem], address: str | None) -> ExtractSummary:
@@ -515,12 +523,13 @@ class _RayExtraction:
 
 
 def actor_resources(ray) -> dict:
-    """Actors that need no decoding beside them: one per GPU (``num_gpus=1``), else one per CPU."""
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    if gpus:
-        return {"num_gpus": 1, "num_cpus": 1, "actors": gpus}
-    return {"num_gpus": 0, "num_cpus": 1, "actors": max(1, int(resources.get("CPU", 1)))}
+    """Actors that need no decoding beside them: one per GPU (``num_gpus=1``), else one per CPU; on several nodes
+    one node's worth of slots stays free (``surviving_slots``)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
+    gpu_nodes = [n["GPU"] for n in nodes if n.get("GPU", 0) >= 1]
+    if gpu_nodes:
+        return {"num_gpus": 1, "num_cpus": 1, "actors": surviving_slots(gpu_nodes)}
+    return {"num_gpus": 0, "num_cpus": 1, "actors": surviving_slots([n["CPU"] for n in nodes])}
 
 
 class GrounderActor:
