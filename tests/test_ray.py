@@ -189,10 +189,10 @@ def wait_until(condition, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def start_six_videos(tmp_path: Path, commits: list, address: str) -> tuple[Path, Path, threading.Thread, dict]:
-    """Six 60-sample videos extracted locally (the reference store), then on Ray in a background thread:
+def start_videos(tmp_path: Path, commits: list, address: str, count: int) -> tuple[Path, Path, threading.Thread, dict]:
+    """``count`` 60-sample videos extracted locally (the reference store), then on Ray in a background thread:
     (local store, Ray store, the thread, its result)."""
-    videos = write_videos(tmp_path / "videos", {f"v{i}": 300 for i in range(6)})
+    videos = write_videos(tmp_path / "videos", {f"v{i:02d}": 300 for i in range(count)})
     local = tmp_path / "local"
     run_extract(config(videos, local))
     commits.clear()
@@ -203,7 +203,7 @@ def start_six_videos(tmp_path: Path, commits: list, address: str) -> tuple[Path,
 
 def test_killed_worker_processes_still_leave_a_complete_store(cluster, tmp_path, small_ranges, commits):
     """A decode task's worker is killed, then the backbone actor's: Ray runs the task again and restarts the actor."""
-    local, out, thread, result = start_six_videos(tmp_path, commits, cluster.address)
+    local, out, thread, result = start_videos(tmp_path, commits, cluster.address, 6)
     for title in ("ray::FlatMap(_decode_range)", "ray::MapWorker"):
         wait_until(lambda: ray_worker_pids(title) or not thread.is_alive())  # noqa: B023
         pids = ray_worker_pids(title)
@@ -212,13 +212,13 @@ def test_killed_worker_processes_still_leave_a_complete_store(cluster, tmp_path,
             os.kill(pid, signal.SIGKILL)
     thread.join(timeout=300)
     assert "error" not in result, result.get("error")
-    assert result["summary"].done == 6 and sorted(p.name for p in commits) == [f"v{i}.safetensors" for i in range(6)]
+    assert result["summary"].done == 6 and sorted(p.name for p in commits) == [f"v{i:02d}.safetensors" for i in range(6)]
     assert_same_store(out, local)
 
 
 def test_a_removed_node_still_leaves_a_complete_store(tmp_path, small_ranges, commits):
-    """Its own cluster of three 1-CPU nodes: a worker node the driver is not attached to is removed while the job
-    decodes; its tasks and actors run again on the others."""
+    """Its own cluster of three 1-CPU nodes: a worker node the driver is not attached to is removed once the first
+    file is done; its tasks and actor run again on the others (a pool holding every CPU hung here)."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     for _ in range(2):
         cluster.add_node(num_cpus=1)
@@ -227,13 +227,13 @@ def test_a_removed_node_still_leaves_a_complete_store(tmp_path, small_ranges, co
     try:
         driver_node = ray.get_runtime_context().get_node_id()
         victim = next(n for n in cluster.list_all_nodes() if not n.head and n.node_id != driver_node)
-        local, out, thread, result = start_six_videos(tmp_path, commits, cluster.address)
-        wait_until(lambda: ray_worker_pids("ray::FlatMap(_decode_range)") or not thread.is_alive())  # decoding has begun
-        assert thread.is_alive() and not commits, "the job was still running when the node went"
+        local, out, thread, result = start_videos(tmp_path, commits, cluster.address, 12)
+        wait_until(lambda: commits or not thread.is_alive())  # the backbones are encoding: a file is done
+        assert thread.is_alive() and len(commits) < 12, "the job was still running when the node went"
         cluster.remove_node(victim)
         thread.join(timeout=300)
         assert "error" not in result, result.get("error")
-        assert result["summary"].done == 6 and len(commits) == 6
+        assert result["summary"].done == 12 and len(commits) == 12
         assert_same_store(out, local)
     finally:
         ray.shutdown()
