@@ -169,7 +169,13 @@ def costs(videos: Path) -> dict:
     import torch
 
     from vtg_pipeline.backbone import load_backbone
-    from vtg_pipeline.extract import ExtractConfig, VideoFile, decode_video, encode_rows, file_layout
+    from vtg_pipeline.extract import (
+        ExtractConfig,
+        VideoFile,
+        decode_video,
+        encode_rows,
+        file_layout,
+    )
     from vtg_pipeline.video import make_decoder, probe, sample_times
 
     torch.set_num_threads(1)
