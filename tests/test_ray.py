@@ -226,13 +226,13 @@ def test_a_removed_node_still_leaves_a_complete_store(tmp_path, small_ranges, co
     try:
         driver_node = ray.get_runtime_context().get_node_id()
         victim = next(n for n in cluster.list_all_nodes() if not n.head and n.node_id != driver_node)
-        local, out, thread, result = start_videos(tmp_path, commits, cluster.address, 12)
+        local, out, thread, result = start_videos(tmp_path, commits, cluster.address, 8)
         wait_until(lambda: commits or not thread.is_alive())  # the backbones are encoding: a file is done
-        assert thread.is_alive() and len(commits) < 12, "the job was still running when the node went"
+        assert thread.is_alive() and len(commits) < 8, "the job was still running when the node went"
         cluster.remove_node(victim)
         thread.join(timeout=300)
         assert "error" not in result, result.get("error")
-        assert result["summary"].done == 12 and len(commits) == 12
+        assert result["summary"].done == 8 and len(commits) == 8
         assert_same_store(out, local)
     finally:
         ray.shutdown()

@@ -44,9 +44,26 @@ import torch
 from tqdm import tqdm
 
 from .backbone import FrozenBackbone, Preprocess, load_backbone, spec_metadata
-from .features import FORMAT_VERSION, FP8, FileLock, Manifest, StreamingSafetensorsWriter, feature_path, read_metadata, remove_stale_partials
+from .features import (
+    FORMAT_VERSION,
+    FP8,
+    FileLock,
+    Manifest,
+    StreamingSafetensorsWriter,
+    feature_path,
+    read_metadata,
+    remove_stale_partials,
+)
 from .names import UnsafeNameError, check_video_id, first_line, printable
-from .video import VIDEO_EXTENSIONS, Decoder, VideoError, VideoInfo, make_decoder, probe, sample_times
+from .video import (
+    VIDEO_EXTENSIONS,
+    Decoder,
+    VideoError,
+    VideoInfo,
+    make_decoder,
+    probe,
+    sample_times,
+)
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +340,13 @@ class VideoFile:
         return new_rows
 
     @property
+    def rows_done(self) -> int:
+        """Rows every tensor has (the encoded rows when frames are written first, as decoded)."""
+        return int(min(mask.sum() for mask in self.written.values()))
+
+    @property
     def complete(self) -> bool:
-        return all(mask.all() for mask in self.written.values())
+        return self.rows_done == self.rows
 
     def commit(self) -> Path:
         return self.writer.commit()
@@ -398,6 +420,15 @@ def record_failure(manifest: Manifest, summary: ExtractSummary, item: VideoItem,
 def record_done(manifest: Manifest, summary: ExtractSummary, item: VideoItem, frames: int) -> None:
     manifest.append(item.video_id, item.path, "done", frames=frames)
     summary.done += 1
+
+
+def abort_videos(videos) -> None:
+    """The run is stopping: remove the partial file (``.file``, None before it opened) of each unfinished video and
+    release its lock (``.lock``)."""
+    for video in videos:
+        if video.file is not None:
+            video.file.abort()
+        video.lock.release()
 
 
 # ---- The local runner: decoder threads and one backbone in this process -------------------------------------------
@@ -575,25 +606,15 @@ class LocalRunner:
         job.lock.release()
 
     def abort_open(self) -> None:
-        """Remove the partial files of every unfinished video and unlock it (the run is stopping)."""
-        for job in self.jobs.values():
-            if job.file is not None:
-                job.file.abort()
-            job.lock.release()
+        abort_videos(self.jobs.values())
 
     def _fail(self, job: _Job, reason: str) -> None:
         if job.file is not None:
             job.file.abort()
         self.pending = [m for m in self.pending if m.video_id != job.item.video_id]
-        self.progress.drop(len(job.times) - int(self._rows_done(job)))
+        self.progress.drop(len(job.times) - (job.file.rows_done if job.file is not None else 0))
         self._fail_video(job.item, reason)
         self._close(job)
-
-    def _rows_done(self, job: _Job) -> int:
-        """Rows of ``job`` the bar has counted: encoded (or, storing frames only, decoded)."""
-        if job.file is None:
-            return 0
-        return int(job.file.written["vision" if "vision" in job.file.written else "frames"].sum())
 
     def _fail_video(self, item: VideoItem, reason: str) -> None:
         record_failure(self.manifest, self.summary, item, reason)

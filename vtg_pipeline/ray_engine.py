@@ -46,6 +46,7 @@ from .extract import (
     Progress,
     VideoFile,
     VideoItem,
+    abort_videos,
     decode_video,
     encode_rows,
     file_layout,
@@ -195,7 +196,7 @@ class VideoRange:
     times: np.ndarray
 
 
-def split_ranges(video_id: str, info: VideoInfo, fps: float, frames: int = RANGE_FRAMES) -> list[VideoRange]:
+def split_ranges(video_id: str, info: VideoInfo, fps: float, frames: int) -> list[VideoRange]:
     """A video's samples in ranges of at most ``frames`` rows, in order."""
     times = sample_times(info.duration, fps)
     return [VideoRange(video_id, info, first, times[first : first + frames]) for first in range(0, len(times), frames)]
@@ -243,18 +244,8 @@ class EncodeActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of frame rows from any videos -> the same rows with ``vision`` (and ``vision_scale``) added;
         ``frames`` is kept only when the store keeps frames."""
-        ok = batch["error"] == ""
-        shapes = self.backbone.row_shapes()
-        if self.cfg.store in ("features", "both"):
-            rows = encode_rows(self.backbone, torch.from_numpy(np.ascontiguousarray(batch["frames"][ok])), self.cfg.states) if ok.any() else {}
-            layout = file_layout(self.cfg, shapes, len(ok))
-            for name in ("vision", "vision_scale"):
-                if name in layout:
-                    dtype = np.uint8 if isinstance(layout[name][0], str) else layout[name][0]
-                    column = np.zeros(layout[name][1], dtype=dtype)
-                    if name in rows:
-                        column[ok] = rows[name]
-                    batch[name] = column
+        if self.cfg.store in ("features", "both"):  # an error row's zero frame too: one frame a failed video, ignored
+            batch.update(encode_rows(self.backbone, torch.from_numpy(np.ascontiguousarray(batch["frames"])), self.cfg.states))
         if self.cfg.store == "features":
             del batch["frames"]
         return batch
@@ -333,7 +324,7 @@ class RayWriter:
 
     def _write(self, video: _Open, rows: np.ndarray, tensors: dict[str, np.ndarray]) -> None:
         new = 0
-        for start, stop in _runs(np.diff(rows, prepend=rows[0] - 1) != 1, split_at_true=True):
+        for start, stop in _runs(rows - np.arange(len(rows))):  # runs of consecutive rows (the rows come sorted)
             new += video.file.write(int(rows[start]), {n: np.stack(t[start:stop]) for n, t in tensors.items()})
         self.summary.frames += new
         self.progress.advance(new)
@@ -346,7 +337,7 @@ class RayWriter:
     def fail(self, video: _Open, reason: str) -> None:
         done = 0
         if video.file is not None:
-            done = int(next(iter(video.file.written.values())).sum())
+            done = video.file.rows_done
             video.file.abort()
         self.progress.drop(sample_count(self.videos[video.item.video_id][2], self.cfg.fps) - done)
         record_failure(self.manifest, self.summary, video.item, reason)
@@ -359,21 +350,15 @@ class RayWriter:
         video.lock.release()
 
     def abort_open(self) -> None:
-        """Remove the partial files of every unfinished video and unlock it (the run is stopping)."""
-        for video in self.open.values():
-            if video.file is not None:
-                video.file.abort()
-            video.lock.release()
+        abort_videos(self.open.values())
         self.open.clear()
 
 
-def _runs(values: np.ndarray, split_at_true: bool = False) -> Iterator[tuple[int, int]]:
-    """(start, stop) of each run of equal ``values``; with ``split_at_true``, of each run beginning at a True."""
+def _runs(values: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each run of equal ``values``."""
     if not len(values):
         return
-    starts = np.flatnonzero(values) if split_at_true else np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-    if split_at_true and (not len(starts) or starts[0] != 0):
-        starts = np.r_[0, starts]
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
     yield from zip(starts.tolist(), np.r_[starts[1:], len(values)].tolist())
 
 
@@ -460,7 +445,7 @@ class _RayExtraction:
         for video_id, (item, target, reason) in videos.items():
             if not isinstance(reason, VideoInfo):
                 self._fail_unprobed(item, target, reason, writer, progress)
-        ranges = [part for v, (_, _, info) in readable.items() for part in split_ranges(v, info, self.cfg.fps)]
+        ranges = [part for v, (_, _, info) in readable.items() for part in split_ranges(v, info, self.cfg.fps, RANGE_FRAMES)]
         if not ranges:
             return writer.busy
         with interrupt_flag() as interrupted:
