@@ -3,6 +3,7 @@
     python bench/long_bench.py scale --minutes 30 60 120          # -> bench/out/long_scale.json
     python bench/long_bench.py compare --root runs/long/data --runs runs/long   # -> bench/out/long_compare.json
     python bench/long_bench.py compare ... --systems "unified (RGNet)"          # only that row (others in the file kept)
+    python bench/long_bench.py calibrate --root runs/long/data --runs runs/long/unified --topk 5 10 20 --evidence 0 0.25 0.5 0.75 1
 
 ``scale``: the paper-sized RGNet side network (dims 256, K = 4, 180-s windows every
 90 s, top 30 windows per query; random weights: speed does not depend on them) on
@@ -17,6 +18,12 @@ and evaluates on the validation videos of ``--root``: window retrieval R@1/R@5,
 grounding R1@0.3 inside the oracle window (the grid window that holds the
 moment), end-to-end R1@0.3/R5@0.3 (the two-stage baseline chains the retriever's
 top windows into the oracle-trained grounder), and the sparsifier's kept fraction.
+
+``calibrate``: the window score at inference (``decode.window_evidence`` e and
+``decode.retrieval_topk`` k, ``inference.merge_windows``) for a trained RGNet run
+(``--runs`` is the run folder), on the validation split of ``--root``. Each video's
+windows are scored and grounded once with the largest k; every (k, e) is then a
+merge of those results. Prints one row per (k, e) and the best by R1@0.3.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +44,10 @@ from safetensors.torch import save_file
 from ground_bench import QUERIES, make_grounder
 from train_bench import peak_rss
 from vtg_pipeline.config import TrainConfig
-from vtg_pipeline.data import GroundingDataset, TextCache
+from vtg_pipeline.data import GroundingDataset, StoredVideo, TextCache
 from vtg_pipeline.evaluation import evaluate
 from vtg_pipeline.grounder import Grounder
-from vtg_pipeline.inference import decode_windows, window_starts
+from vtg_pipeline.inference import decode_windows, merge_windows, rounded, window_starts, windows_of
 from vtg_pipeline.training import predict_in_windows
 
 OUT = Path(__file__).parent / "out"
@@ -167,19 +175,65 @@ def compare(root: Path, runs: Path, only: list[str] | None = None) -> list[dict]
     return rows
 
 
+def calibrate(root: Path, run: Path, topks: list[int], evidence: list[float]) -> list[dict]:
+    """Metrics of every (retrieval_topk, window_evidence) on the validation split of ``root``; see the module docstring."""
+    grounder = Grounder.from_pretrained(run / "best")
+    cfg, model = grounder.cfg, grounder.model
+    records = [json.loads(line) for line in (root / cfg.data.val).read_text().splitlines() if line.strip()]
+    dataset = GroundingDataset(records, root / cfg.data.features, grounder.backbone, cfg.data.fps)
+    deepest = replace(cfg.decode, retrieval_topk=max(topks))
+    by_video: dict[str, list[dict]] = {}
+    for record in records:
+        by_video.setdefault(record["vid"], []).append(record)
+    videos = []
+    for vid, group in by_video.items():
+        query, query_mask = grounder.text_cache([r["query"] for r in group], "cpu")
+        duration = float(group[0]["duration"])
+        with StoredVideo.open(dataset.path(vid)) as video:
+            found = windows_of(model, lambda a, b: video.rows(a, b), video.frames, duration, query, query_mask,
+                               cfg.data.fps, cfg.model.strides, deepest)
+        videos.append((group, found, duration))
+    rows = []
+    for k in topks:
+        for e in evidence:
+            decode = replace(cfg.decode, retrieval_topk=k, window_evidence=e)
+            predictions = []
+            for group, results, duration in videos:
+                for i, record in enumerate(group):
+                    top = set(np.argsort(-results.logits[i], kind="stable")[:k].tolist())
+                    merged = merge_windows({w: m for w, m in results.found[i].items() if w in top}, results.logits[i],
+                                           results.spans, duration, decode)
+                    predictions.append({"qid": record["qid"], "query": record["query"], "vid": record["vid"],
+                                        "pred_relevant_windows": rounded(merged["moments"]), "pred_windows": rounded(merged["windows"])})
+            metrics = evaluate(predictions, records, "mad")["brief"]
+            rows.append({"retrieval_topk": k, "window_evidence": e, **{m: metrics[m] for m in CALIBRATION_METRICS}})
+            print(json.dumps(rows[-1]), flush=True)
+    best = max(rows, key=lambda r: (r["R1@0.3"], r["WR-overlap-R1"]))
+    print("best by R1@0.3:", json.dumps(best), flush=True)
+    return rows
+
+
+CALIBRATION_METRICS = ("R1@0.3", "R5@0.3", "R1@0.5", "R5@0.5", "WR-overlap-R1", "WR-overlap-R5")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("scale", "one-scale", "compare"))
+    parser.add_argument("what", choices=("scale", "one-scale", "compare", "calibrate"))
     parser.add_argument("args", nargs="*")
     parser.add_argument("--minutes", type=int, nargs="*", default=[30, 60, 120])
     parser.add_argument("--root", type=Path)
     parser.add_argument("--runs", type=Path)
     parser.add_argument("--systems", nargs="*", choices=list(SYSTEMS), help="compare: only these rows")
+    parser.add_argument("--topk", type=int, nargs="*", default=[5, 10, 20], help="calibrate: retrieval_topk values")
+    parser.add_argument("--evidence", type=float, nargs="*", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="calibrate: window_evidence values")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     torch.set_grad_enabled(False)
     if args.what == "one-scale":
         print(json.dumps(one_scale(int(args.args[0]), Path(args.args[1]))))
+    elif args.what == "calibrate":
+        rows = calibrate(args.root, args.runs, args.topk, args.evidence)
+        (OUT / f"long_calibrate_{args.runs.name}.json").write_text(json.dumps(rows, indent=2))
     elif args.what == "scale":
         rows = scale(args.minutes)
         (OUT / "long_scale.json").write_text(json.dumps({"device": "cpu", "threads": torch.get_num_threads(), "runs": rows}, indent=2))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vtg_pipeline.data import WindowDataset, collate_windows, load_split
-from vtg_pipeline.inference import DecodeConfig, ground_in_windows
+from vtg_pipeline.inference import DecodeConfig, ground_in_windows, merge_windows
 from vtg_pipeline.losses import gate_loss, intra_window_loss, window_retrieval_loss
 from vtg_pipeline.models import ModelConfig, create_model
 from vtg_pipeline.models.layers import AttentionLayer
@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_rgnet(**overrides) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = ModelConfig(name="rgnet", vision_width=16, text_width=16, dims=32, heads=4, rg_ffn_dims=64, dropout=0.0, droppath=0.0,
-                      **overrides)
+    cfg = ModelConfig(**{"name": "rgnet", "vision_width": 16, "text_width": 16, "dims": 32, "heads": 4, "rg_ffn_dims": 64,
+                         "dropout": 0.0, "droppath": 0.0, **overrides})
     return create_model(cfg).eval()
 
 
@@ -139,6 +139,49 @@ def test_windowed_inference_grounds_only_in_the_top_windows():
     assert len(calls) == 7 + len({tuple(r["windows"][0, :2]) for r in results})  # pass 1: every window; pass 2: the kept ones
 
 
+def test_window_score_combines_retrieval_and_the_heads_best_moment_as_documented():
+    """s = sigmoid(logit)^(1 - e) * best^e; moments scale by s; grounded windows rank by s, then the rest by logit."""
+    spans = np.array([[0.0, 20.0], [10.0, 30.0], [20.0, 40.0]])
+    logits = np.array([2.0, 1.0, 0.5])  # window 0 is the retriever's first choice
+    found = {0: np.array([[2.0, 6.0, 0.2]]), 1: np.array([[14.0, 18.0, 0.9], [22.0, 26.0, 0.3]])}  # window 2: not grounded
+    sigmoid = 1 / (1 + np.exp(-logits))
+    cfg = DecodeConfig(nms="none", max_moments=10)
+
+    plain = merge_windows(found, logits, spans, 40.0, cfg)  # e = 0: the retrieval score alone (the paper's product)
+    assert plain["windows"][:, 0].tolist() == [0.0, 10.0, 20.0]
+    np.testing.assert_allclose(plain["windows"][:, 2], sigmoid)
+    np.testing.assert_allclose(plain["moments"][:, 2], sorted([0.2 * sigmoid[0], 0.9 * sigmoid[1], 0.3 * sigmoid[1]], reverse=True))
+
+    e = 0.5
+    mixed = merge_windows(found, logits, spans, 40.0, DecodeConfig(nms="none", max_moments=10, window_evidence=e))
+    s = sigmoid[:2] ** (1 - e) * np.array([0.2, 0.9]) ** e
+    assert s[1] > s[0]  # the heads' confidence overturns the retriever's order
+    assert mixed["windows"][:, 0].tolist() == [10.0, 0.0, 20.0]  # the ungrounded window last, with score 0
+    np.testing.assert_allclose(mixed["windows"][:, 2], [s[1], s[0], 0.0])
+    np.testing.assert_allclose(mixed["moments"][:, 2], [0.9 * s[1], 0.3 * s[1], 0.2 * s[0]])
+    alone = merge_windows(found, logits, spans, 40.0, DecodeConfig(nms="none", max_moments=10, window_evidence=e, window_score="moment"))
+    np.testing.assert_allclose(alone["moments"][:, 2], [0.9, 0.3, 0.2])
+
+
+def test_window_config_refusals_and_the_short_window_warning(caplog):
+    from vtg_pipeline.config import ConfigError, load_config
+    from vtg_pipeline.training import warn_if_windows_too_short
+
+    with pytest.raises(ConfigError, match=r"decode.window_stride=80 s must be <= decode.window=64 s"):
+        load_config(None, ["decode.window=64", "decode.window_stride=80"])
+    with pytest.raises(ConfigError, match="decode.window_evidence"):
+        load_config(None, ["decode.window_evidence=1.5"])
+    cfg = load_config(None, ["decode.window=64", "decode.window_stride=32"])
+    records = [{"relevant_windows": [[0, 30], [100, 190]]}, {"relevant_windows": [[10, 90]]}]
+    with caplog.at_level("WARNING"):
+        warn_if_windows_too_short(records, cfg)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "decode.window=64 s is shorter than 2 of the 3 training moments (longest 90.0 s)" in line
+    caplog.clear()
+    warn_if_windows_too_short([{"relevant_windows": [[0, 30]]}], cfg)
+    assert not caplog.records
+
+
 @pytest.mark.slow
 def test_a_single_window_is_scored_like_one_of_many():
     """Library search ranks moments of many videos, some with one candidate window and some with several: a moment's
@@ -210,3 +253,39 @@ def test_cross_video_negatives_come_from_other_videos(synth_root, tiny_backbone)
     row = item["video"][2]
     assert not any(torch.equal(row, own[s : s + 10]) for s in range(len(own) - 9))
     assert any(torch.equal(row, o[s : s + 10]) for o in others for s in range(len(o) - 9))
+
+
+def test_hard_negatives_are_the_dual_encoders_top_negative_windows_and_are_drawn_first(synth_root, tiny_backbone):
+    from vtg_pipeline.data import DataConfig, StoredVideo, TextCache
+    from vtg_pipeline.inference import window_starts
+    from vtg_pipeline.training import mine_hard_windows
+
+    train = load_split(DataConfig(root=str(synth_root)), "train", tiny_backbone)
+    data = WindowDataset(train.records, train.feature_dir, tiny_backbone, 0.5, window=6, stride=3, negatives=2, hard_negatives=1)
+    model = tiny_rgnet(vision_width=tiny_backbone.spec.vision_width, text_width=tiny_backbone.spec.text_width)
+    text_cache = TextCache(tiny_backbone)
+    hard = mine_hard_windows(model, data, text_cache, 3, "cpu")
+    assert sorted(hard) == list(range(len(data.records)))
+    head = model.retrieval.eval()
+    for index, record in enumerate(data.records):  # the pool: negative windows only, best first by the dual encoder
+        with StoredVideo.open(data.path(record["vid"])) as video:
+            cls = video.rows(0, video.frames)[:, -1, 0].float()
+        starts = window_starts(len(cls), 6, 3)
+        windows = torch.stack([cls[s : s + 6] for s in starts])
+        embedded = head.embed_windows(windows, torch.ones(windows.shape[:2], dtype=torch.bool))
+        torch.testing.assert_close(head.embed_grid(cls, starts, 6), embedded)  # the per-frame shortcut, same numbers
+        query, query_mask = text_cache([record["query"]], "cpu")
+        scores = (head.embed_queries(query, query_mask) @ embedded.T)[0]
+        negative = data.negative_starts(index)
+        expected = [starts[w] for w in scores.argsort(descending=True).tolist() if starts[w] in negative][:3]
+        assert hard[index] == expected
+    plain = [data.draw_negatives(i, torch.Generator().manual_seed(i)) for i in range(len(data.records))]
+    data.set_hard(hard)
+    for index in range(len(data.records)):
+        negatives = data.draw_negatives(index, torch.Generator().manual_seed(index))
+        assert len(negatives) == len(set(negatives)) == min(2, len(data.negative_starts(index)))
+        assert set(negatives) <= set(data.negative_starts(index))
+        if hard[index]:
+            assert negatives[0] in hard[index]  # one from the pool, then the rest at random
+    data.hard_negatives = 0  # off: the plain draw, whatever the pool
+    assert [data.draw_negatives(i, torch.Generator().manual_seed(i)) for i in range(len(data.records))] == plain

@@ -133,7 +133,7 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("backbone.precision", _one_of("fp32", "fp16", "bf16")),
     ("data.fps", POSITIVE), ("data.mode", _one_of("features", "frames")), ("data.num_workers", NON_NEGATIVE),
     ("data.sampling", _one_of("auto", "video", "windows")), ("data.negatives", NON_NEGATIVE),
-    ("data.cross_video_negatives", NON_NEGATIVE), ("data.negative_similarity", _between(-1, 1)),
+    ("data.cross_video_negatives", NON_NEGATIVE), ("data.hard_negatives", NON_NEGATIVE), ("data.hard_pool", AT_LEAST_1), ("data.negative_similarity", _between(-1, 1)),
     ("data.temporal_shift_below", NON_NEGATIVE),
     ("model.layers", AT_LEAST_1), ("model.dims", AT_LEAST_1), ("model.heads", AT_LEAST_1), ("model.strides", AT_LEAST_1),
     ("model.dropout", _between(0, 1)), ("model.droppath", _between(0, 1)), ("model.ffn_ratio", AT_LEAST_1),
@@ -145,6 +145,7 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("decode.max_moments", AT_LEAST_1), ("decode.unit", NON_NEGATIVE), ("decode.nms", _one_of("hard", "linear", "none")),
     ("decode.nms_threshold", FRACTION), ("decode.window", POSITIVE), ("decode.window_stride", POSITIVE),
     ("decode.retrieval_topk", AT_LEAST_1), ("decode.window_score", _one_of("product", "moment")),
+    ("decode.window_evidence", FRACTION),
     ("loss.sample_radius", POSITIVE), ("loss.temperature", POSITIVE), ("loss.library_temperature", POSITIVE),
 ]
 
@@ -166,6 +167,12 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
                 raise ConfigError(f"{key}={value!r}: must be {wanted}")
     if cfg.model.dims % cfg.model.heads:
         raise ConfigError(f"model.dims={cfg.model.dims} must be divisible by model.heads={cfg.model.heads}")
+    if cfg.data.hard_negatives > cfg.data.negatives:
+        raise ConfigError(f"data.hard_negatives={cfg.data.hard_negatives} must be <= data.negatives={cfg.data.negatives} "
+                          f"(the hard ones are drawn among them)")
+    if cfg.decode.window_stride > cfg.decode.window:
+        raise ConfigError(f"decode.window_stride={cfg.decode.window_stride:g} s must be <= decode.window={cfg.decode.window:g} s: "
+                          f"a larger stride leaves parts of every long video in no window")
     if cfg.model.layers > cfg.backbone.layers:
         raise ConfigError(f"model.layers={cfg.model.layers} uses more CLIP layers than backbone.layers={cfg.backbone.layers} taps")
     return cfg

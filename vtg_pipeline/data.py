@@ -56,6 +56,9 @@ class DataConfig:
     sampling: str = "auto"  # video: one item per query, the whole video | windows: window items (WindowDataset) | auto: windows for rgnet
     negatives: int = 3  # window sampling with a retrieval model (rgnet): same-video negative windows per query
     cross_video_negatives: int = 0  # rgnet: windows of other videos added as negatives (the paper uses none)
+    hard_negatives: int = 0  # rgnet: of the `negatives`, this many drawn from the `hard_pool` same-video windows the
+    # library dual encoder (models/retrieval.py) ranks highest for the query, mined each epoch from the second on
+    hard_pool: int = 8
     negative_queries: bool = False  # BM-DETR: pair each query with a negative query (needs model.background_matching)
     negative_similarity: float = 0.9  # a negative query's CLIP text cosine with the positive must be below this
     temporal_shift_below: float = 0.0  # BM-DETR temporal shifting for videos shorter than this (seconds); 0 = off
@@ -367,10 +370,35 @@ class WindowDataset(GroundingDataset):
 
     def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, window: int, stride: int,
                  negatives: int = 0, seed: int = 0, cross_video: int = 0, negative_queries: list[list[str]] | None = None,
-                 needed: tuple[slice, slice] = ALL_STATES):
+                 needed: tuple[slice, slice] = ALL_STATES, hard_negatives: int = 0):
         super().__init__(records, feature_dir, backbone, fps, "features", seed, needed=needed)
         self.negatives = negative_queries
         self.window, self.stride, self.same_video, self.cross_video = window, stride, negatives, cross_video
+        self.hard_negatives = hard_negatives
+        self.hard: dict[int, list[int]] = {}  # record index -> its hardest negative windows' first frames (``set_hard``)
+
+    def set_hard(self, hard: dict[int, list[int]]) -> None:
+        """Per record index, negative windows (first frames, from ``negative_starts``) to draw ``hard_negatives`` from."""
+        self.hard = hard
+
+    def negative_starts(self, index: int) -> list[int]:
+        """First frames of the inference grid's windows of record ``index``'s video that overlap none of its moments."""
+        from .inference import window_starts
+
+        record = self.records[index]
+        moments = np.asarray(record["relevant_windows"], dtype=np.float64).reshape(-1, 2) * self.fps  # frames
+        w = self.window
+        return [s for s in window_starts(self._frames[record["vid"]], w, self.stride)
+                if not ((moments[:, 0] < s + w) & (moments[:, 1] > s)).any()]
+
+    def draw_negatives(self, index: int, generator: torch.Generator) -> list[int]:
+        """``negatives`` distinct same-video negative windows (first frames): up to ``hard_negatives`` at random from
+        the record's hard pool (``set_hard``), the rest at random from the other negative windows."""
+        grid = self.negative_starts(index)
+        pool = [s for s in self.hard.get(index, []) if s in set(grid)] if self.hard_negatives else []
+        hard = [pool[i] for i in torch.randperm(len(pool), generator=generator)[: min(self.hard_negatives, self.same_video)].tolist()] if pool else []
+        rest = [s for s in grid if s not in hard]
+        return hard + [rest[i] for i in torch.randperm(len(rest), generator=generator)[: self.same_video - len(hard)].tolist()]
 
     def frame_counts(self) -> list[int]:
         return [min(self._frames[r["vid"]], self.window) for r in self.records]
@@ -403,18 +431,13 @@ class WindowDataset(GroundingDataset):
         return windows
 
     def __getitem__(self, index: int) -> dict:
-        from .inference import window_starts
-
         record = self.records[index]
         n, w, fps = self._frames[record["vid"]], self.window, self.fps
         rows = 1 + self.same_video + self.cross_video
         generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
         moments = np.asarray(record["relevant_windows"], dtype=np.float64).reshape(-1, 2) * fps  # frames
         moment = moments[int(torch.randint(len(moments), (1,), generator=generator))]
-        starts = [self.positive_start(tuple(moment), n, generator)]
-        grid = [s for s in window_starts(n, w, self.stride) if not ((moments[:, 0] < s + w) & (moments[:, 1] > s)).any()]
-        picked = torch.randperm(len(grid), generator=generator)[: self.same_video].tolist()
-        starts += [grid[i] for i in picked]
+        starts = [self.positive_start(tuple(moment), n, generator)] + self.draw_negatives(index, generator)
         in_video = torch.from_numpy(window_saliency(record["relevant_windows"], n, 1.0 / fps)).float() > 0
         saliency_full = torch.from_numpy(saliency_targets(record, n, 1.0 / fps)).float()
         length = min(w, n)

@@ -39,7 +39,8 @@ class DecodeConfig:
     window: float = 150.0  # seconds: longer videos are grounded in windows of this length (the training length)
     window_stride: float = 75.0  # seconds between window starts (half-overlapping by default)
     retrieval_topk: int = 20  # rgnet: windows per query that go to the heads
-    window_score: str = "product"  # rgnet: moment score x sigmoid(window logit) | moment: the moment score alone
+    window_score: str = "product"  # rgnet: moment score x window score | moment: the moment score alone
+    window_evidence: float = 0.0  # rgnet: weight e of the heads' best moment in a window's score (merge_windows), 0..1
     keep_suppressed: bool = True  # hard NMS: keep suppressed windows at score 0 (the official evaluation's input) or drop them
 
     def to_dict(self) -> dict:
@@ -140,6 +141,21 @@ def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
     return starts + [num_frames - window]
 
 
+@dataclass
+class WindowResults:
+    """Q queries' per-window results in one video, before merging (``merge_windows``).
+
+    ``spans`` (W, 2) windows in seconds; ``logits`` (Q, W) retrieval logits (None for a model without retrieval);
+    ``found`` per query: window index -> moments (M, 3) [start s, end s, moment score] of the windows the heads ran
+    on; ``saliency`` (Q, num_frames) averaged over the grounded windows covering each frame (0 elsewhere).
+    """
+
+    spans: np.ndarray
+    logits: np.ndarray | None
+    found: list[dict[int, np.ndarray]]
+    saliency: np.ndarray
+
+
 @torch.no_grad()
 def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], num_frames: int, duration: float,
                       query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...], cfg: DecodeConfig,
@@ -147,27 +163,43 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
     """Ground Q queries in one video, one window at a time (memory does not grow with duration).
 
     ``read_frames(start, stop)`` returns the video's states (stop - start, K, P, D) for
-    frames [start, stop); query (Q, L, K, Dt), query_mask (Q, L). A window's states are
-    shared by the Q queries; a retrieval model reads every window once to score it and
-    reads its kept windows again for the heads (nothing is held across windows).
-    ``starts``: first frames of the windows to ground in (default the whole grid, ``window_starts``;
-    library search passes the windows its first stage chose). Returns per query ``moments``
-    (M, 3) [start s, end s, score] sorted, ``saliency`` (num_frames,) (0 outside the windows) and, for a
-    retrieval model, ``windows`` (W, 3) [start s, end s, sigmoid(window logit)] sorted.
+    frames [start, stop); query (Q, L, K, Dt), query_mask (Q, L). ``starts``: first frames of the windows to
+    ground in (default the whole grid, ``window_starts``; library search passes the windows its first stage chose).
+    Returns per query ``moments`` (M, 3) [start s, end s, score] sorted, ``saliency`` (num_frames,) (0 outside
+    the windows) and, for a retrieval model, ``windows`` (W, 3) [start s, end s, window score] ranked
+    (``merge_windows``).
     """
+    results = windows_of(model, read_frames, num_frames, duration, query, query_mask, fps, strides, cfg, starts)
+    merged = []
+    for i, found in enumerate(results.found):
+        if results.logits is not None:
+            result = merge_windows(found, results.logits[i], results.spans, duration, cfg)
+        else:
+            result = {"moments": postprocess(np.concatenate(list(found.values())), duration, cfg)[: cfg.max_moments]}
+        merged.append({**result, "saliency": results.saliency[i]})
+    return merged
+
+
+@torch.no_grad()
+def windows_of(model, read_frames: Callable[[int, int], torch.Tensor], num_frames: int, duration: float,
+               query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...], cfg: DecodeConfig,
+               starts: list[int] | None = None) -> WindowResults:
+    """The per-window part of ``ground_in_windows`` (same arguments). A window's states are shared by the Q queries; a
+    retrieval model reads every window once to score it (pass 1) and its top ``retrieval_topk`` windows per query
+    again for the heads (pass 2); a model without retrieval runs its heads on every window. Nothing is held across
+    windows but the decoded moments."""
     window, stride = cfg.window_frames(fps)
     starts = window_starts(num_frames, window, stride) if starts is None else starts
     queries, device = len(query), query.device
-    retrieval = hasattr(model, "retrieve")  # also for one window: its score scales the moments, as in every other video
-    if retrieval:  # pass 1: score every window for every query; pass 2 below: heads on the top-k
+    logits = None
+    if hasattr(model, "retrieve"):  # also for one window: its score scales the moments, as in every other video
         logits = torch.stack([model.retrieve(*window_inputs(read_frames, s, window, num_frames, queries, device), query, query_mask)[1]["window_logit"]
-                              for s in starts], dim=1)  # (Q, W)
-        ranked = logits.argsort(dim=1, descending=True).cpu()
-        chosen = [set(row[: cfg.retrieval_topk].tolist()) for row in ranked]
-    moments: list[list[np.ndarray]] = [[] for _ in range(queries)]
+                              for s in starts], dim=1).float().cpu().numpy()  # (Q, W)
+        chosen = [set(np.argsort(-row, kind="stable")[: cfg.retrieval_topk].tolist()) for row in logits]
+    found: list[dict[int, np.ndarray]] = [{} for _ in range(queries)]
     saliency_sum, covered = np.zeros((queries, num_frames)), np.zeros((queries, num_frames))
     for w, start in enumerate(starts):
-        wanted = [i for i in range(queries) if not retrieval or w in chosen[i]]
+        wanted = [i for i in range(queries) if logits is None or w in chosen[i]]
         if not wanted:
             continue
         video, mask = window_inputs(read_frames, start, window, num_frames, len(wanted), device)
@@ -176,22 +208,39 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
         for row, i in enumerate(wanted):
             local = decode_windows(out, row, fps, min(length / fps, duration - start / fps), cfg)
             local[:, :2] += start / fps
-            if retrieval and cfg.window_score == "product":
-                local[:, 2] *= float(logits[i, w].sigmoid())
-            moments[i].append(local)
+            found[i][w] = local
             saliency_sum[i, start : start + length] += saliency_curve(out, row, length, strides)
             covered[i, start : start + length] += 1
-    results = []
-    for i in range(queries):
-        merged = postprocess(np.concatenate(moments[i]), duration, cfg)[: cfg.max_moments]
-        result = {"moments": merged, "saliency": saliency_sum[i] / np.maximum(covered[i], 1)}
-        if retrieval:
-            order = ranked[i].numpy()
-            first = np.asarray(starts)[order]
-            result["windows"] = np.stack([first / fps, np.minimum(first + window, num_frames) / fps,
-                                          logits[i, order].sigmoid().cpu().numpy()], axis=1)
-        results.append(result)
-    return results
+    spans = np.stack([np.asarray(starts), np.minimum(np.asarray(starts) + window, num_frames)], axis=1) / fps
+    return WindowResults(spans, logits, found, saliency_sum / np.maximum(covered, 1))
+
+
+def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.ndarray, duration: float,
+                  cfg: DecodeConfig) -> dict:
+    """One query's moments and ranked windows from a retrieval model's per-window results.
+
+    ``found``: window index -> moments (M, 3) [start s, end s, moment score] of the windows the heads ran on;
+    ``logits`` (W,) every window's retrieval logit; ``spans`` (W, 2) windows in seconds.
+    A window's score is s = sigmoid(logit)^(1 - e) * best^e, with best its highest moment score and
+    e = ``cfg.window_evidence`` (e = 0: the retrieval score alone). Moments score moment score x s (``product``)
+    or the moment score alone (``moment``), merged by ``postprocess``. Returns ``moments`` (M, 3) sorted and
+    ``windows`` (W, 3) [start s, end s, s]: the grounded windows by s, then the others by logit (s = 0 when e > 0).
+    """
+    e = cfg.window_evidence
+    grounded = np.zeros(len(logits), dtype=bool)
+    best = np.zeros(len(logits))
+    for w, moments in found.items():
+        grounded[w], best[w] = True, moments[:, 2].max(initial=0.0)
+    score = (1 / (1 + np.exp(-logits.astype(np.float64)))) ** (1 - e) * best**e  # 0**0 = 1: e = 0 keeps the retrieval score
+    merged = []
+    for w, moments in found.items():
+        moments = moments.copy()
+        if cfg.window_score == "product":
+            moments[:, 2] *= score[w]
+        merged.append(moments)
+    order = np.lexsort((-logits, -np.where(grounded, score, 0.0), ~grounded))  # last key first: grounded, then s, then logit
+    return {"moments": postprocess(np.concatenate(merged), duration, cfg)[: cfg.max_moments],
+            "windows": np.concatenate((spans[order], score[order, None]), axis=1)}
 
 
 @torch.no_grad()

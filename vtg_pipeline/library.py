@@ -295,9 +295,7 @@ def embed_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor
         cls = stored.rows(0, frames, (slice(-1, None), slice(0, 1)))[:, 0, 0].float()  # (T, Dv): the last layer's CLS
     window, stride = grounder.cfg.decode.window_frames(grounder.fps)
     starts = window_starts(frames, window, stride)
-    windows = torch.stack([cls[s : s + window] for s in starts]).to(grounder.backbone.device)
-    mask = torch.ones(windows.shape[:2], dtype=torch.bool, device=windows.device)
-    return starts, grounder.model.retrieval.embed_windows(windows, mask).float().cpu(), frames, duration
+    return starts, grounder.model.retrieval.embed_grid(cls.to(grounder.backbone.device), starts, window).float().cpu(), frames, duration
 
 
 def faiss_index(vectors: np.ndarray, approximate_above: int) -> faiss.Index:

@@ -29,6 +29,8 @@ class LossConfig:
     intra: float = 1.0
     intra_margin: float = 0.2
     gate: float = 0.5  # BCE of the sparsifier's logits against in-moment frames: keeps the gate from collapsing
+    background_windows: float = 0.0  # focal loss of the heads' anchor scores against 0 in the negative windows, so that
+    # a window's best moment score is evidence for it (decode.window_evidence); 0: heads on positive windows only (paper)
     clip_aware: float = 0.0  # FlashVTG clip-aware score loss (theirs: 4 beside focal 5; the ablation configs keep that ratio: 0.8)
     saliency_hinge: float = 0.0  # FlashVTG's saliency hinge (one salient vs one other clip, margin 0.2)
     saliency_rank: float = 0.0  # FlashVTG's rank-contrastive saliency loss
@@ -263,11 +265,15 @@ def window_losses(out: dict, window_mask: torch.Tensor, in_moment: torch.Tensor,
     b, w = window_mask.shape
     real = window_mask.flatten()
     positive = torch.arange(b, device=real.device) * w
-    return {
+    terms = {
         "retrieval": cfg.retrieval * window_retrieval_loss(out["window_logit"].view(b, w), window_mask, cfg.temperature),
         "intra": cfg.intra * intra_window_loss(out["attention"][positive], in_moment[positive], frame_mask[positive], cfg.intra_margin),
         "gate": cfg.gate * gate_loss(out["gate_logits"][real], in_moment[real], frame_mask[real]),
     }
+    if "background_cls" in out:  # the heads on the negative windows (``background_rows``): every anchor is background
+        cls = out["background_cls"]
+        terms["background_windows"] = cfg.background_windows * focal_loss(cls, torch.zeros_like(cls), out["background_valid"].float())
+    return terms
 
 
 def frame_probability_loss(prob: torch.Tensor, in_moment: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from functools import partial, reduce
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -39,10 +41,12 @@ from .data import GroundingDataset, LengthGroupedBatches, StoredVideo, TextCache
 from .evaluation import MAIN_METRIC, evaluate
 from .extract import warn_if_one_process_launched
 from .features import atomic_write_text
-from .inference import ground, predictions_for_batch, rounded
+from .inference import ground, predictions_for_batch, rounded, window_starts
 from .losses import background_losses, grounding_losses, library_loss, moment_window, window_losses
 from .models import create_model
 from .names import first_line
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -280,6 +284,41 @@ def predict_in_windows(model, dataset: GroundingDataset, text_cache, cfg: TrainC
     return records
 
 
+@torch.no_grad()
+def mine_hard_windows(model, dataset: WindowDataset, text_cache, pool: int, device) -> dict[int, list[int]]:
+    """Per training record index: the first frames of its ``pool`` negative windows (``WindowDataset.negative_starts``)
+    that the library dual encoder (``model.retrieval``, frozen CLIP states: cheap) ranks highest for its query."""
+    head = model.retrieval
+    was_training = head.training
+    head.eval()
+    by_video: dict[str, list[int]] = {}
+    for index, record in enumerate(dataset.records):
+        by_video.setdefault(record["vid"], []).append(index)
+    hard = {}
+    for vid, indices in by_video.items():
+        with StoredVideo.open(dataset.path(vid)) as video:
+            cls = video.rows(0, video.frames, (slice(-1, None), slice(0, 1)))[:, 0, 0].float().to(device)  # (T, Dv)
+        starts = window_starts(len(cls), dataset.window, dataset.stride)
+        query, query_mask = text_cache([dataset.records[i]["query"] for i in indices], device)
+        scores = head.embed_queries(query, query_mask).float() @ head.embed_grid(cls, starts, dataset.window).float().T  # (Q, W)
+        for index, row in zip(indices, scores.cpu().numpy()):
+            negative = set(dataset.negative_starts(index))
+            ranked = [starts[w] for w in np.argsort(-row, kind="stable") if starts[w] in negative]
+            hard[index] = ranked[:pool]
+    head.train(was_training)
+    return hard
+
+
+def warn_if_windows_too_short(records: list[dict], cfg: TrainConfig) -> None:
+    """One warning line when training moments are longer than ``decode.window`` (each is then cut to its window)."""
+    lengths = [end - start for r in records for start, end in r["relevant_windows"]]
+    longer = [length for length in lengths if length > cfg.decode.window]
+    if longer:
+        log.warning(f"decode.window={cfg.decode.window:g} s is shorter than {len(longer)} of the {len(lengths)} training "
+                    f"moments (longest {max(longer):.1f} s): each is cut to its window and cannot be found whole; "
+                    f"raise decode.window above {max(longer):.0f} s")
+
+
 def uses_windows(cfg: TrainConfig) -> bool:
     """Whether training draws window items and evaluation grounds whole videos window by window."""
     if cfg.data.sampling not in ("auto", "video", "windows"):
@@ -305,9 +344,13 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
         video = video_states(batch, backbone, "features", device).flatten(0, 1)
         frame_mask = batch["frame_mask"].to(device).flatten(0, 1)
         positive_rows = torch.arange(b, device=device) * w
+        rows = {"heads_rows": positive_rows} if cfg.model.name == "rgnet" else {}
+        if cfg.loss.background_windows and cfg.model.name == "rgnet":  # the heads also on the real negative windows
+            negative_window = batch["window_mask"].to(device).clone()
+            negative_window[:, 0] = False
+            rows["background_rows"] = torch.nonzero(negative_window.flatten())[:, 0]
         with accelerator.autocast():
-            out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0), *negative,
-                        **({"heads_rows": positive_rows} if cfg.model.name == "rgnet" else {}))
+            out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0), *negative, **rows)
         heads_mask = frame_mask[positive_rows]
     out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
     saliency = batch["saliency"].to(device)
@@ -362,6 +405,9 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         raise ValueError("data.negative_queries and model.background_matching go together (BM-DETR)")
     if cfg.data.temporal_shift_below and uses_windows(cfg):
         raise ValueError("data.temporal_shift_below (BM-DETR temporal shifting) applies to whole-video training, not to window sampling")
+    if cfg.loss.background_windows and (cfg.model.name != "rgnet" or cfg.model.head != "pyramid"):
+        raise ValueError("loss.background_windows trains an RGNet model's pyramid heads on negative windows: "
+                         "it needs model.name=rgnet and model.head=pyramid")
     if cfg.data.group_by_video and uses_windows(cfg):
         raise ValueError("data.group_by_video applies to whole-video training: window items hold each query's own windows")
     out_dir = Path(cfg.output_dir)
@@ -388,9 +434,10 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     if uses_windows(cfg):  # one positive window per query, plus same-video negatives for a retrieval model
         fps = cfg.data.fps
         retrieval = cfg.model.name == "rgnet"
+        warn_if_windows_too_short(train_set.records, cfg)
         train_set = WindowDataset(train_set.records, train_set.feature_dir, backbone, fps, *cfg.decode.window_frames(fps),
                                   cfg.data.negatives if retrieval else 0, cfg.seed, cfg.data.cross_video_negatives if retrieval else 0,
-                                  train_set.negatives, needed)
+                                  train_set.negatives, needed, cfg.data.hard_negatives if retrieval else 0)
         train_collate = partial(collate_windows, fps=fps)
     else:
         train_collate = batch_collate
@@ -436,6 +483,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.grad_accum)  # Accelerate also steps at the loader's end
     for epoch in range(state["epoch"], cfg.optim.epochs):
         train_set.set_epoch(epoch)
+        if cfg.data.hard_negatives and epoch > 0 and uses_windows(cfg):  # the dual encoder has trained for an epoch
+            train_set.set_hard(mine_hard_windows(accelerator.unwrap_model(model), train_set, text_cache, cfg.data.hard_pool, device))
         train_loader.set_epoch(epoch)  # Accelerate's loader passes it to the length-grouped batches (also after --resume)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not accelerator.is_local_main_process, file=sys.stderr)
         started, samples = time.perf_counter(), 0

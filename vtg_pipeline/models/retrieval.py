@@ -35,6 +35,13 @@ class RetrievalHead(nn.Module):
         pooled = masked_max(self.frame_map(cls), mask[..., None], dim=1)
         return F.normalize(self.window_out(pooled), dim=-1)
 
+    def embed_grid(self, cls: torch.Tensor, starts: list[int], window: int) -> torch.Tensor:
+        """One video's windows: cls (T, Dv) every frame's last-layer CLS state, ``starts`` first frames of windows of
+        ``window`` frames (cut at T) -> (W, E). Each frame is mapped once; the same numbers as ``embed_windows``."""
+        frames = self.frame_map(cls)  # (T, E)
+        pooled = torch.stack([frames[s : s + window].amax(0) for s in starts])
+        return F.normalize(self.window_out(pooled), dim=-1)
+
     def embed_queries(self, query: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
         """query (B, L, K, Dt) text states, query_mask (B, L) valid tokens (SOT ... EOT) -> (B, E)."""
         rows = torch.arange(len(query), device=query.device)

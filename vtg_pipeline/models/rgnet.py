@@ -119,23 +119,34 @@ class RGNetGrounder(R2Grounder):
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
                 negative_query: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None,
-                heads_rows: torch.Tensor | None = None) -> dict:
+                heads_rows: torch.Tensor | None = None, background_rows: torch.Tensor | None = None) -> dict:
         """As ``R2Grounder.forward``, plus ``window_logit`` (B,), ``gate``, ``gate_logits`` and ``attention`` (B, T).
 
         ``heads_rows`` (R,) restricts the heads to those pairs (training: the positive
         windows); the head outputs then have R rows, the encoder outputs keep B. With
         ``background_matching`` a negative query (R, L', K', Dt) is encoded on the same
         R windows (R² block, reusing their video mapping, and RG-Encoder), and its fused frames give p-.
+        ``background_rows`` (R',): pairs whose window holds no moment of the query (training: the negative windows);
+        the heads also run on them and add ``background_cls`` (R', N) and ``background_valid`` (R', N) anchor points.
         """
         r2, rg = self.retrieve(video, video_mask, query, query_mask)
         rows = slice(None) if heads_rows is None else heads_rows
-        selected = {"query": r2["query"][rows], "cls": [c[rows] for c in r2["cls"]], "queries": [q[rows] for q in r2["queries"]]}
         negative = None
         if self.cfg.background_matching and negative_query is not None:
             hidden = [h[rows] for h in r2["hidden"]]  # the windows mapped once, for both queries
             negative = self.retrieve(video[rows], video_mask[rows], negative_query, negative_mask, hidden)[1]["fused"]
-        out = self.heads(rg["fused"][rows], video_mask[rows], query_mask[rows], selected, negative)
-        return {**out, **{k: rg[k] for k in ("window_logit", "gate", "gate_logits", "attention")}}
+        out = self.heads(rg["fused"][rows], video_mask[rows], query_mask[rows], select_rows(r2, rows), negative)
+        out.update({k: rg[k] for k in ("window_logit", "gate", "gate_logits", "attention")})
+        if background_rows is not None:
+            background = self.heads(rg["fused"][background_rows], video_mask[background_rows], query_mask[background_rows],
+                                    select_rows(r2, background_rows))
+            out.update(background_cls=background["cls"], background_valid=torch.cat(background["level_masks"], dim=1))
+        return out
+
+
+def select_rows(r2: dict, rows: torch.Tensor | slice) -> dict:
+    """The R² outputs the heads read (``query``, per-layer ``cls`` and ``queries``) for some (query, window) pairs."""
+    return {"query": r2["query"][rows], "cls": [c[rows] for c in r2["cls"]], "queries": [q[rows] for q in r2["queries"]]}
 
 
 @register_model("rgnet")
