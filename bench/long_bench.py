@@ -19,11 +19,12 @@ grounding R1@0.3 inside the oracle window (the grid window that holds the
 moment), end-to-end R1@0.3/R5@0.3 (the two-stage baseline chains the retriever's
 top windows into the oracle-trained grounder), and the sparsifier's kept fraction.
 
-``calibrate``: the window score at inference (``decode.window_evidence`` e and
-``decode.retrieval_topk`` k, ``inference.merge_windows``) for a trained RGNet run
-(``--runs`` is the run folder), on the validation split of ``--root``. Each video's
-windows are scored and grounded once with the largest k; every (k, e) is then a
-merge of those results. Prints one row per (k, e) and the best by R1@0.3.
+``calibrate``: the window score at inference (``decode.window_prior`` p,
+``decode.retrieval_topk`` k and ``decode.window_evidence`` e; ``inference.window_logits``
+and ``merge_windows``) for a trained RGNet run (``--runs`` is the run folder), on the
+validation split of ``--root``. For each p, each video's windows are scored and
+grounded once with the largest k; every (k, e) is then a merge of those results.
+Prints one row per (p, k, e) and the best by R1@0.3.
 """
 
 from __future__ import annotations
@@ -175,39 +176,42 @@ def compare(root: Path, runs: Path, only: list[str] | None = None) -> list[dict]
     return rows
 
 
-def calibrate(root: Path, run: Path, topks: list[int], evidence: list[float]) -> list[dict]:
-    """Metrics of every (retrieval_topk, window_evidence) on the validation split of ``root``; see the module docstring."""
+def calibrate(root: Path, run: Path, topks: list[int], evidence: list[float], priors: list[float]) -> list[dict]:
+    """Metrics of every (window_prior, retrieval_topk, window_evidence) on the validation split of ``root``; see the
+    module docstring."""
     grounder = Grounder.from_pretrained(run / "best")
     cfg, model = grounder.cfg, grounder.model
     records = [json.loads(line) for line in (root / cfg.data.val).read_text().splitlines() if line.strip()]
     dataset = GroundingDataset(records, root / cfg.data.features, grounder.backbone, cfg.data.fps)
-    deepest = replace(cfg.decode, retrieval_topk=max(topks))
     by_video: dict[str, list[dict]] = {}
     for record in records:
         by_video.setdefault(record["vid"], []).append(record)
-    videos = []
-    for vid, group in by_video.items():
-        query, query_mask = grounder.text_cache([r["query"] for r in group], "cpu")
-        duration = float(group[0]["duration"])
-        with StoredVideo.open(dataset.path(vid)) as video:
-            found = windows_of(model, lambda a, b: video.rows(a, b), video.frames, duration, query, query_mask,
-                               cfg.data.fps, cfg.model.strides, deepest)
-        videos.append((group, found, duration))
     rows = []
-    for k in topks:
-        for e in evidence:
-            decode = replace(cfg.decode, retrieval_topk=k, window_evidence=e)
-            predictions = []
-            for group, results, duration in videos:
-                for i, record in enumerate(group):
-                    top = set(np.argsort(-results.logits[i], kind="stable")[:k].tolist())
-                    merged = merge_windows({w: m for w, m in results.found[i].items() if w in top}, results.logits[i],
-                                           results.spans, duration, decode)
-                    predictions.append({"qid": record["qid"], "query": record["query"], "vid": record["vid"],
-                                        "pred_relevant_windows": rounded(merged["moments"]), "pred_windows": rounded(merged["windows"])})
-            metrics = evaluate(predictions, records, "mad")["brief"]
-            rows.append({"retrieval_topk": k, "window_evidence": e, **{m: metrics[m] for m in CALIBRATION_METRICS}})
-            print(json.dumps(rows[-1]), flush=True)
+    for prior in priors:
+        deepest = replace(cfg.decode, retrieval_topk=max(topks), window_prior=prior)
+        videos = []
+        for vid, group in by_video.items():
+            query, query_mask = grounder.text_cache([r["query"] for r in group], "cpu")
+            duration = float(group[0]["duration"])
+            with StoredVideo.open(dataset.path(vid)) as video:
+                found = windows_of(model, lambda a, b: video.rows(a, b), video.frames, duration, query, query_mask,
+                                   cfg.data.fps, cfg.model.strides, deepest)
+            videos.append((group, found, duration))
+        for k in topks:
+            for e in evidence:
+                decode = replace(deepest, retrieval_topk=k, window_evidence=e)
+                predictions = []
+                for group, results, duration in videos:
+                    for i, record in enumerate(group):
+                        top = set(np.argsort(-results.logits[i], kind="stable")[:k].tolist())
+                        merged = merge_windows({w: m for w, m in results.found[i].items() if w in top}, results.logits[i],
+                                               results.spans, duration, decode)
+                        predictions.append({"qid": record["qid"], "query": record["query"], "vid": record["vid"],
+                                            "pred_relevant_windows": rounded(merged["moments"]), "pred_windows": rounded(merged["windows"])})
+                metrics = evaluate(predictions, records, "mad")["brief"]
+                rows.append({"window_prior": prior, "retrieval_topk": k, "window_evidence": e,
+                             **{m: metrics[m] for m in CALIBRATION_METRICS}})
+                print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: (r["R1@0.3"], r["WR-overlap-R1"]))
     print("best by R1@0.3:", json.dumps(best), flush=True)
     return rows
@@ -226,13 +230,14 @@ def main() -> None:
     parser.add_argument("--systems", nargs="*", choices=list(SYSTEMS), help="compare: only these rows")
     parser.add_argument("--topk", type=int, nargs="*", default=[5, 10, 20], help="calibrate: retrieval_topk values")
     parser.add_argument("--evidence", type=float, nargs="*", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="calibrate: window_evidence values")
+    parser.add_argument("--prior", type=float, nargs="*", default=[0.0], help="calibrate: window_prior values")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     torch.set_grad_enabled(False)
     if args.what == "one-scale":
         print(json.dumps(one_scale(int(args.args[0]), Path(args.args[1]))))
     elif args.what == "calibrate":
-        rows = calibrate(args.root, args.runs, args.topk, args.evidence)
+        rows = calibrate(args.root, args.runs, args.topk, args.evidence, args.prior)
         (OUT / f"long_calibrate_{args.runs.name}.json").write_text(json.dumps(rows, indent=2))
     elif args.what == "scale":
         rows = scale(args.minutes)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vtg_pipeline.data import WindowDataset, collate_windows, load_split
-from vtg_pipeline.inference import DecodeConfig, ground_in_windows, merge_windows
+from vtg_pipeline.inference import DecodeConfig, ground_in_windows, merge_windows, window_logits
 from vtg_pipeline.losses import gate_loss, intra_window_loss, window_retrieval_loss
 from vtg_pipeline.models import ModelConfig, create_model
 from vtg_pipeline.models.layers import AttentionLayer
@@ -161,6 +161,21 @@ def test_window_score_combines_retrieval_and_the_heads_best_moment_as_documented
     np.testing.assert_allclose(mixed["moments"][:, 2], [0.9 * s[1], 0.3 * s[1], 0.2 * s[0]])
     alone = merge_windows(found, logits, spans, 40.0, DecodeConfig(nms="none", max_moments=10, window_evidence=e, window_score="moment"))
     np.testing.assert_allclose(alone["moments"][:, 2], [0.9, 0.3, 0.2])
+
+
+def test_window_prior_adds_the_dual_encoders_cosine_to_each_window_logit():
+    model = tiny_rgnet()
+    video = torch.randn(40, 4, 5, 16)
+    query, query_mask = torch.randn(2, 6, 4, 16), torch.ones(2, 6, dtype=torch.bool)
+    read = lambda start, stop: video[start:stop]  # noqa: E731
+    starts = [0, 10, 20, 30]
+    with torch.no_grad():
+        plain = window_logits(model, read, starts, 10, 40, query, query_mask, 0.0)
+        primed = window_logits(model, read, starts, 10, 40, query, query_mask, 5.0)
+        embedded = model.retrieval.embed_queries(query, query_mask)
+        windows = torch.stack([model.retrieval.embed_windows(video[s : s + 10, -1, 0][None], torch.ones(1, 10, dtype=torch.bool))[0] for s in starts])
+    assert plain.shape == (2, 4)
+    torch.testing.assert_close(primed, plain + 5.0 * embedded @ windows.T)
 
 
 def test_window_config_refusals_and_the_short_window_warning(caplog):

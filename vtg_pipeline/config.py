@@ -145,7 +145,7 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("decode.max_moments", AT_LEAST_1), ("decode.unit", NON_NEGATIVE), ("decode.nms", _one_of("hard", "linear", "none")),
     ("decode.nms_threshold", FRACTION), ("decode.window", POSITIVE), ("decode.window_stride", POSITIVE),
     ("decode.retrieval_topk", AT_LEAST_1), ("decode.window_score", _one_of("product", "moment")),
-    ("decode.window_evidence", FRACTION),
+    ("decode.window_evidence", FRACTION), ("decode.window_prior", NON_NEGATIVE),
     ("loss.sample_radius", POSITIVE), ("loss.temperature", POSITIVE), ("loss.library_temperature", POSITIVE),
 ]
 

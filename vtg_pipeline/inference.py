@@ -41,6 +41,7 @@ class DecodeConfig:
     retrieval_topk: int = 20  # rgnet: windows per query that go to the heads
     window_score: str = "product"  # rgnet: moment score x window score | moment: the moment score alone
     window_evidence: float = 0.0  # rgnet: weight e of the heads' best moment in a window's score (merge_windows), 0..1
+    window_prior: float = 0.0  # rgnet: window logit + this x the library dual encoder's cosine (query, window), >= 0
     keep_suppressed: bool = True  # hard NMS: keep suppressed windows at score 0 (the official evaluation's input) or drop them
 
     def to_dict(self) -> dict:
@@ -145,7 +146,8 @@ def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
 class WindowResults:
     """Q queries' per-window results in one video, before merging (``merge_windows``).
 
-    ``spans`` (W, 2) windows in seconds; ``logits`` (Q, W) retrieval logits (None for a model without retrieval);
+    ``spans`` (W, 2) windows in seconds; ``logits`` (Q, W) retrieval logits, with ``window_prior`` x the dual
+    encoder's cosine added (None for a model without retrieval);
     ``found`` per query: window index -> moments (M, 3) [start s, end s, moment score] of the windows the heads ran
     on; ``saliency`` (Q, num_frames) averaged over the grounded windows covering each frame (0 elsewhere).
     """
@@ -193,8 +195,7 @@ def windows_of(model, read_frames: Callable[[int, int], torch.Tensor], num_frame
     queries, device = len(query), query.device
     logits = None
     if hasattr(model, "retrieve"):  # also for one window: its score scales the moments, as in every other video
-        logits = torch.stack([model.retrieve(*window_inputs(read_frames, s, window, num_frames, queries, device), query, query_mask)[1]["window_logit"]
-                              for s in starts], dim=1).float().cpu().numpy()  # (Q, W)
+        logits = window_logits(model, read_frames, starts, window, num_frames, query, query_mask, cfg.window_prior).cpu().numpy()
         chosen = [set(np.argsort(-row, kind="stable")[: cfg.retrieval_topk].tolist()) for row in logits]
     found: list[dict[int, np.ndarray]] = [{} for _ in range(queries)]
     saliency_sum, covered = np.zeros((queries, num_frames)), np.zeros((queries, num_frames))
@@ -213,6 +214,23 @@ def windows_of(model, read_frames: Callable[[int, int], torch.Tensor], num_frame
             covered[i, start : start + length] += 1
     spans = np.stack([np.asarray(starts), np.minimum(np.asarray(starts) + window, num_frames)], axis=1) / fps
     return WindowResults(spans, logits, found, saliency_sum / np.maximum(covered, 1))
+
+
+def window_logits(model, read_frames: Callable[[int, int], torch.Tensor], starts: list[int], window: int, num_frames: int,
+                  query: torch.Tensor, query_mask: torch.Tensor, prior: float) -> torch.Tensor:
+    """Pass 1: (Q, W) each window's retrieval logit for each query, plus ``prior`` x the cosine of the library dual
+    encoder (``model.retrieval``: the window's last-layer CLS states against the query) when ``prior`` > 0."""
+    queries, device = len(query), query.device
+    embedded = model.retrieval.embed_queries(query, query_mask).float() if prior else None  # (Q, E)
+    columns = []
+    for start in starts:
+        states, mask = window_inputs(read_frames, start, window, num_frames, queries, device)
+        logit = model.retrieve(states, mask, query, query_mask)[1]["window_logit"].float()
+        if prior:
+            cls = states[:, :, -1, 0].float()  # (1, w, Dv)
+            logit = logit + prior * (embedded @ model.retrieval.embed_windows(cls, mask[:1]).float().T)[:, 0]
+        columns.append(logit)
+    return torch.stack(columns, dim=1)
 
 
 def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.ndarray, duration: float,
