@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from vtg_pipeline.data import WindowDataset, collate_windows, load_split
-from vtg_pipeline.inference import DecodeConfig, ground_in_windows, merge_windows, window_logits
+from vtg_pipeline.inference import (
+    DecodeConfig,
+    ground_in_windows,
+    merge_windows,
+    window_logits,
+)
 from vtg_pipeline.losses import gate_loss, intra_window_loss, window_retrieval_loss
 from vtg_pipeline.models import ModelConfig, create_model
 from vtg_pipeline.models.layers import AttentionLayer
@@ -167,7 +172,7 @@ def test_window_prior_adds_the_dual_encoders_cosine_to_each_window_logit():
     model = tiny_rgnet()
     video = torch.randn(40, 4, 5, 16)
     query, query_mask = torch.randn(2, 6, 4, 16), torch.ones(2, 6, dtype=torch.bool)
-    read = lambda start, stop: video[start:stop]  # noqa: E731
+    read = lambda start, stop: video[start:stop]
     starts = [0, 10, 20, 30]
     with torch.no_grad():
         plain = window_logits(model, read, starts, 10, 40, query, query_mask, 0.0)
@@ -206,7 +211,7 @@ def test_a_single_window_is_scored_like_one_of_many():
     video = torch.randn(40, 4, 5, 16)
     query, query_mask = torch.randn(1, 6, 4, 16), torch.ones(1, 6, dtype=torch.bool)
     cfg = DecodeConfig(window=20.0, window_stride=10.0, retrieval_topk=2, max_moments=100, nms="none")
-    read = lambda start, stop: video[start:stop]  # noqa: E731
+    read = lambda start, stop: video[start:stop]
     [alone] = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=[10])
     [together] = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=[10, 20])
     assert len(alone["windows"]) == 1 and 0 < alone["windows"][0, 2] < 1
