@@ -79,12 +79,28 @@ def test_library_loss_leaves_out_pairs_that_may_match():
     assert overlapping == 0
 
 
-@pytest.mark.parametrize("name", ["r2", "rgnet"])
+def test_library_loss_own_negatives_join_only_their_querys_row():
+    torch.manual_seed(0)
+    window, query = torch.nn.functional.normalize(torch.randn(2, 3, 8), dim=-1)
+    own = torch.nn.functional.normalize(torch.randn(3, 2, 8), dim=-1)  # two windows of each query's own video
+    mask = torch.tensor([[True, True], [True, False], [False, False]])
+    starts, lengths, vids, texts = torch.tensor([0, 10, 20]), torch.tensor([10, 10, 10]), ["a", "b", "c"], ["x", "y", "z"]
+    got = library_loss(window, query, vids, texts, starts, lengths, 0.05, own, mask)
+    batch = query @ window.T / 0.05
+    rows = torch.cat((batch, torch.einsum("be,bne->bn", query, own).masked_fill(~mask, float("-inf")) / 0.05), dim=1)
+    target = torch.arange(3)
+    expected = (torch.nn.functional.cross_entropy(rows, target) + torch.nn.functional.cross_entropy(batch.T, target)) / 2
+    torch.testing.assert_close(got, expected)
+    assert got > library_loss(window, query, vids, texts, starts, lengths, 0.05)  # more negatives, a harder task
+
+
+@pytest.mark.parametrize("name", ["r2", "rgnet", "rgnet+own"])
 def test_library_loss_trains_the_retrieval_head_only(name, synth_root, tmp_path):
-    """The loss term is in every batch (whole-video items, RGNet's window items); its gradient reaches the head and
-    nothing else, and steps on the head lower it."""
+    """The loss term is in every batch (whole-video items, RGNet's window items, with their own negative windows too);
+    its gradient reaches the head and nothing else, and steps on the head lower it."""
+    own = name.endswith("+own")
     cfg = load_config(ROOT / "configs" / "synthetic.yaml", [f"data.root={synth_root}", f"output_dir={tmp_path / 'run'}", *SMALL,
-                                                             f"model.name={name}"])
+                                                             f"model.name={name.removesuffix('+own')}", f"loss.library_own_negatives={own}"])
     run = build_run(cfg)
     batch = next(iter(run.train_loader))
     model = run.accelerator.unwrap_model(run.model)
@@ -94,7 +110,7 @@ def test_library_loss_trains_the_retrieval_head_only(name, synth_root, tmp_path)
     grads = torch.autograd.grad(first, params, allow_unused=True)
     reached = {n for n, g in zip(names, grads) if g is not None and g.abs().sum() > 0}
     assert reached and all(n.startswith("retrieval.") for n in reached)
-    if name == "rgnet":
+    if name.startswith("rgnet"):
         return  # the same head and loss: one training check is enough
     optimizer = torch.optim.Adam(model.retrieval.parameters(), lr=1e-3)
     for _ in range(15):

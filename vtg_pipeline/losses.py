@@ -47,6 +47,7 @@ class LossConfig:
     # Stage 1 of library search (models/retrieval.py): InfoNCE of queries and their windows across the batch
     library: float = 1.0
     library_temperature: float = 0.05
+    library_own_negatives: bool = False  # window items: each query's negative windows are also its stage-1 negatives
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -320,10 +321,13 @@ def moment_window(cls: torch.Tensor, frame_mask: torch.Tensor, windows: list[tor
 
 
 def library_loss(window: torch.Tensor, query: torch.Tensor, vids: list[str], queries: list[str], starts: torch.Tensor,
-                 lengths: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+                 lengths: torch.Tensor, temperature: float = 0.05, own_negatives: torch.Tensor | None = None,
+                 own_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE of unit query and window embeddings (B, E), query i matching window i, the other windows of
     the batch its negatives. A pair that may be a true match is left out: the same query text, or windows of the same
-    video that overlap. starts, lengths (B,): each window's first frame and length (frames)."""
+    video that overlap. starts, lengths (B,): each window's first frame and length (frames). ``own_negatives``
+    (B, N, E) with ``own_mask`` (B, N): more negatives of each query alone (windows of its video that hold none of
+    its moments), in the query-to-window term."""
     ends = starts + lengths
     same_video = torch.tensor([[a == b for b in vids] for a in vids], device=window.device)
     same_text = torch.tensor([[a == b for b in queries] for a in queries], device=window.device)
@@ -331,4 +335,8 @@ def library_loss(window: torch.Tensor, query: torch.Tensor, vids: list[str], que
     ignored = (same_text | same_video & overlap) & ~torch.eye(len(vids), dtype=torch.bool, device=window.device)
     logits = (query @ window.T / temperature).masked_fill(ignored, float("-inf"))
     target = torch.arange(len(vids), device=window.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    rows = logits
+    if own_negatives is not None:
+        own = (torch.einsum("be,bne->bn", query, own_negatives) / temperature).masked_fill(~own_mask, float("-inf"))
+        rows = torch.cat((logits, own), dim=1)
+    return (F.cross_entropy(rows, target) + F.cross_entropy(logits.T, target)) / 2

@@ -366,10 +366,15 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
         cls, library_mask, starts = moment_window(video[video_index, :, -1, 0].float(), heads_mask, batch["windows"], cfg.data.fps,
                                                   cfg.decode.window_frames(cfg.data.fps)[0])
     head = accelerator.unwrap_model(model).retrieval
+    own = {}
     with accelerator.autocast():
         embedded = head.embed_windows(cls, library_mask).float(), head.embed_queries(query, query_mask).float()
+        if windowed and cfg.loss.library_own_negatives:  # the negative windows of each item (rows 1.. of its W)
+            rows = torch.arange(b * w, device=device).view(b, w)[:, 1:].flatten()
+            negatives = head.embed_windows(video[rows, :, -1, 0].float(), frame_mask[rows]).float()
+            own = {"own_negatives": negatives.view(b, w - 1, -1), "own_mask": batch["window_mask"].to(device)[:, 1:]}
     losses["library"] = cfg.loss.library * library_loss(*embedded, [r["vid"] for r in batch["records"]], queries_of(batch, cfg), starts,
-                                                        library_mask.sum(1), cfg.loss.library_temperature)
+                                                        library_mask.sum(1), cfg.loss.library_temperature, **own)
     if not windowed or cfg.model.name != "rgnet":  # no retrieval (a window-trained R² grounder: the two-stage baseline's second stage)
         return losses, {}
     losses.update(window_losses(out, batch["window_mask"].to(device), batch["in_moment"].to(device).flatten(0, 1), frame_mask, cfg.loss))
