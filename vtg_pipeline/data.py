@@ -205,6 +205,10 @@ class StoredVideo:
         only; DataError naming the file when one is not finite."""
         return check_finite(self.vision[(slice(start, stop), *states)], self.path)
 
+    def cls_states(self) -> torch.Tensor:
+        """Every frame's CLS state of the last stored layer, float32 (T, Dv): what the library dual encoder reads."""
+        return self.rows(0, self.frames, (slice(-1, None), slice(0, 1)))[:, 0, 0].float()
+
 
 def negative_query_candidates(records: list[dict], embeddings: dict[str, torch.Tensor], max_similarity: float,
                               max_iou: float = 0.5) -> tuple[list[list[str]], int]:
@@ -395,7 +399,8 @@ class WindowDataset(GroundingDataset):
         """``negatives`` distinct same-video negative windows (first frames): up to ``hard_negatives`` at random from
         the record's hard pool (``set_hard``), the rest at random from the other negative windows."""
         grid = self.negative_starts(index)
-        pool = [s for s in self.hard.get(index, []) if s in set(grid)] if self.hard_negatives else []
+        allowed = set(grid)
+        pool = [s for s in self.hard.get(index, []) if s in allowed] if self.hard_negatives else []
         hard = [pool[i] for i in torch.randperm(len(pool), generator=generator)[: min(self.hard_negatives, self.same_video)].tolist()] if pool else []
         rest = [s for s in grid if s not in hard]
         return hard + [rest[i] for i in torch.randperm(len(rest), generator=generator)[: self.same_video - len(hard)].tolist()]

@@ -292,7 +292,7 @@ def embed_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor
     DataError for tensors of the wrong shape, non-finite states or no valid duration."""
     with grounder.open_stored(file) as stored:
         frames, duration = stored.frames, stored.duration
-        cls = stored.rows(0, frames, (slice(-1, None), slice(0, 1)))[:, 0, 0].float()  # (T, Dv): the last layer's CLS
+        cls = stored.cls_states()
     window, stride = grounder.cfg.decode.window_frames(grounder.fps)
     starts = window_starts(frames, window, stride)
     return starts, grounder.model.retrieval.embed_grid(cls.to(grounder.backbone.device), starts, window).float().cpu(), frames, duration

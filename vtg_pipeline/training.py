@@ -297,7 +297,7 @@ def mine_hard_windows(model, dataset: WindowDataset, text_cache, pool: int, devi
     hard = {}
     for vid, indices in by_video.items():
         with StoredVideo.open(dataset.path(vid)) as video:
-            cls = video.rows(0, video.frames, (slice(-1, None), slice(0, 1)))[:, 0, 0].float().to(device)  # (T, Dv)
+            cls = video.cls_states().to(device)
         starts = window_starts(len(cls), dataset.window, dataset.stride)
         query, query_mask = text_cache([dataset.records[i]["query"] for i in indices], device)
         scores = head.embed_queries(query, query_mask).float() @ head.embed_grid(cls, starts, dataset.window).float().T  # (Q, W)
@@ -344,13 +344,12 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
         video = video_states(batch, backbone, "features", device).flatten(0, 1)
         frame_mask = batch["frame_mask"].to(device).flatten(0, 1)
         positive_rows = torch.arange(b, device=device) * w
-        rows = {"heads_rows": positive_rows} if cfg.model.name == "rgnet" else {}
+        negative_rows, negative_real = positive_rows[:, None] + torch.arange(1, w, device=device), batch["window_mask"].to(device)[:, 1:]
+        heads = {"heads_rows": positive_rows} if cfg.model.name == "rgnet" else {}
         if cfg.loss.background_windows and cfg.model.name == "rgnet":  # the heads also on the real negative windows
-            negative_window = batch["window_mask"].to(device).clone()
-            negative_window[:, 0] = False
-            rows["background_rows"] = torch.nonzero(negative_window.flatten())[:, 0]
+            heads["background_rows"] = negative_rows[negative_real]
         with accelerator.autocast():
-            out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0), *negative, **rows)
+            out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0), *negative, **heads)
         heads_mask = frame_mask[positive_rows]
     out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
     saliency = batch["saliency"].to(device)
@@ -370,9 +369,9 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
     with accelerator.autocast():
         embedded = head.embed_windows(cls, library_mask).float(), head.embed_queries(query, query_mask).float()
         if windowed and cfg.loss.library_own_negatives:  # the negative windows of each item (rows 1.. of its W)
-            rows = torch.arange(b * w, device=device).view(b, w)[:, 1:].flatten()
+            rows = negative_rows.flatten()
             negatives = head.embed_windows(video[rows, :, -1, 0].float(), frame_mask[rows]).float()
-            own = {"own_negatives": negatives.view(b, w - 1, -1), "own_mask": batch["window_mask"].to(device)[:, 1:]}
+            own = {"own_negatives": negatives.view(b, w - 1, -1), "own_mask": negative_real}
     losses["library"] = cfg.loss.library * library_loss(*embedded, [r["vid"] for r in batch["records"]], queries_of(batch, cfg), starts,
                                                         library_mask.sum(1), cfg.loss.library_temperature, **own)
     if not windowed or cfg.model.name != "rgnet":  # no retrieval (a window-trained R² grounder: the two-stage baseline's second stage)
