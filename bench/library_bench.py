@@ -37,9 +37,11 @@ at a time over all videos for ``--latency-queries`` queries, (b) and (c) for eve
 
 ``speed``: (1) stage 1 alone (faiss search of one query vector, the index's 20 candidates) at ``--windows``
 windows, vectors tiled from the real index plus noise of norm ``--noise`` (renormalised), the queries the real
-validation queries' embeddings: exact ``IndexFlatIP`` against the inverted file ``vtg index`` builds above
-``APPROXIMATE_ABOVE`` (``library.faiss_index``; searched with its own ``nprobe`` and each ``--nprobe``), build
-time, size, its recall of the exact top 20 and its "source recall" (the real windows the exact top 20 are copies
+validation queries' embeddings: each of ``--layouts`` (``window_index``: flat, ivf, ivfpq as ``vtg index`` builds
+them, ivfpq-noopq without the rotation; searched with their own parameters, then each ``--nprobe`` and each
+compressed ``--rerank`` shortlist), build time, index RAM (the faiss index and the window table a loaded version
+holds; a compressed index's full vectors are memory-mapped, not counted), p50/p99, recall of the exact top 20
+(numpy, in blocks) and "source recall" (the real windows the exact top 20 are copies
 of, found among its top 20: near-identical copies make the plain recall a coin toss among ties); (2) two-stage per-query
 latency at ``--videos`` videos: the real library replicated (copy 0 exact, the others with noisy vectors; each
 copy of a video grounds in that video's real feature file, so stage 2 runs on real windows), with the faiss index
@@ -82,13 +84,20 @@ import numpy as np
 import psutil
 import torch
 from safetensors import safe_open
-
 from train_bench import peak_rss
+
 from vtg_pipeline import library
 from vtg_pipeline.data import TextCache
 from vtg_pipeline.extract import find_videos
 from vtg_pipeline.grounder import Grounder
-from vtg_pipeline.library import LibraryIndex, Version, build_index, embed_video, faiss_index
+from vtg_pipeline.library import LibraryIndex, Version, build_index, embed_video
+from vtg_pipeline.window_index import (
+    COMPRESS_ABOVE,
+    FLAT_UP_TO,
+    WindowIndex,
+    build_faiss,
+    choose_layout,
+)
 
 OUT = Path(__file__).parent / "out"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -210,7 +219,7 @@ def open_index(folder: Path, rebuild: bool) -> tuple[LibraryIndex, dict]:
         vectors = [embed_video(grounder, Path(v["feature_file"]))[1] for v in index.videos()]
         embed = time.perf_counter() - start
         start = time.perf_counter()
-        faiss_index(torch.cat(vectors).numpy(), library.APPROXIMATE_ABOVE)
+        indexed(torch.cat(vectors).numpy())
         faiss_s = time.perf_counter() - start
         hours = sum(v["duration"] for v in index.videos()) / 3600
         record = {"videos": counts["videos"], "failed": counts["failed"], "windows": counts["windows"], "kind": counts["kind"],
@@ -339,32 +348,66 @@ def query_vectors(index: LibraryIndex, queries: list[str]) -> np.ndarray:
         return grounder.model.retrieval.embed_queries(states, mask).float().cpu().numpy()
 
 
-def stage_one_speed(index: LibraryIndex, queries: list[str], sizes: list[int], noise: float, nprobes: list[int]) -> list[dict]:
-    import faiss
+def indexed(vectors: np.ndarray, flat_up_to: int = FLAT_UP_TO, compress_above: int = COMPRESS_ABOVE,
+            layout: dict | None = None) -> WindowIndex:
+    """The window index ``vtg index`` builds for ``vectors`` (or in ``layout``); a compressed one re-ranks against
+    ``vectors`` in RAM, where ``vtg search`` maps them from disk."""
+    layout = layout or choose_layout(len(vectors), vectors.shape[1], flat_up_to, compress_above)
+    layout = {**layout, "trained_on": len(vectors)} if layout["kind"] == "ivfpq" else layout
+    return WindowIndex(build_faiss(vectors, layout), layout, vectors if layout["kind"] == "ivfpq" else None)
 
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, n: int, block: int = 2**20) -> np.ndarray:
+    """The exact top ``n`` rows of ``vectors`` for every query (Q, n), computed in blocks of rows (no second copy)."""
+    best_scores, best_rows = np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0), np.int64)
+    for first in range(0, len(vectors), block):
+        scores = queries @ vectors[first : first + block].T
+        top = np.argpartition(-scores, min(n, scores.shape[1] - 1), axis=1)[:, :n]
+        best_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
+        best_rows = np.concatenate([best_rows, top + first], axis=1)
+        keep = np.argsort(-best_scores, axis=1, kind="stable")[:, :n]
+        best_scores, best_rows = np.take_along_axis(best_scores, keep, axis=1), np.take_along_axis(best_rows, keep, axis=1)
+    return best_rows
+
+
+def stage_one_layouts(size: int, dims: int, kinds: list[str]) -> list[dict]:
+    """The layouts measured at ``size`` windows: ``flat``, ``ivf``, ``ivfpq`` (as vtg index builds it above
+    COMPRESS_ABOVE) and ``ivfpq-noopq`` (the same without the OPQ rotation)."""
+    compressed = choose_layout(size, dims, 0, 0)
+    layouts = {"flat": choose_layout(size, dims, size, size), "ivf": choose_layout(size, dims, 0, size), "ivfpq": compressed,
+               "ivfpq-noopq": {**compressed, "factory": compressed["factory"].split(",", 1)[1]}}
+    return [{**layouts[kind], "kind": kind} for kind in kinds]
+
+
+def stage_one_speed(index: LibraryIndex, queries: list[str], sizes: list[int], noise: float, nprobes: list[int],
+                    reranks: list[int], kinds: list[str]) -> list[dict]:
     vectors, embedded, n = real_vectors(index), query_vectors(index, queries), library.CANDIDATES
     rows = []
     for size in sizes:
         data = tiled(vectors, size, noise)
-        _, exact = faiss_index(data, size).search(embedded, n)  # exact top n of every query, batched
-        for kind, threshold in (("flat", size), ("ivf", 0)):
+        exact = exact_top(data, embedded, n)
+        for layout in stage_one_layouts(size, data.shape[1], kinds):
             start = time.perf_counter()
-            built = faiss_index(data, threshold)
+            built = indexed(data, layout={**layout, "kind": layout["kind"].split("-")[0]})
             build_s = time.perf_counter() - start
-            size_mib = round(faiss.serialize_index(built).nbytes / 2**20, 1)
-            for nprobe in [None] if kind == "flat" else [built.nprobe, *nprobes]:  # None / the index's own: as vtg search runs
-                params = None if nprobe is None else faiss.SearchParametersIVF(nprobe=nprobe)
+            table_bytes = size * sum(torch.empty(0, dtype=dtype).element_size() for dtype in library.TABLE.values())
+            ram_mib = round((built.ram_bytes() + table_bytes) / 2**20, 1)  # what a loaded version holds in RAM
+            settings = [(None, None)] + [(p, None) for p in nprobes] + [(None, r) for r in reranks]
+            for nprobe, rerank in settings if layout["kind"] != "flat" else [(None, None)]:  # (None, None): as vtg search runs
+                if rerank and not layout["kind"].startswith("ivfpq"):
+                    continue
                 times, found = [], []
                 for row in embedded:
                     start = time.perf_counter()
-                    _, ids = built.search(row[None], n, params=params)
+                    _, ids = built.search(row[None], n, nprobe=nprobe, rerank=rerank)
                     times.append(time.perf_counter() - start)
                     found.append(ids[0])
                 hits = np.mean([len(set(f) & set(e)) / n for f, e in zip(found, exact)])
                 real = len(vectors)  # row i of the tiled vectors is a copy of real window i % real
                 sources = np.mean([len(set(f % real) & set(e % real)) / len(set(e % real)) for f, e in zip(found, exact)])
-                rows.append({"windows": size, "index": kind, "lists": getattr(built, "nlist", None), "nprobe": nprobe,
-                             "build s": round(build_s, 2), "size MiB": size_mib, "p50 ms": percentile(times, 50),
+                rows.append({"windows": size, "index": layout["kind"], "factory": layout["factory"],
+                             "nprobe": nprobe or layout.get("nprobe"), "shortlist": (rerank or layout.get("rerank") or 0) * n or None,
+                             "build s": round(build_s, 1), "index RAM MiB": ram_mib, "p50 ms": percentile(times, 50),
                              "p99 ms": percentile(times, 99), f"recall@{n}": round(float(hits), 3),
                              f"source recall@{n}": round(float(sources), 3)})
                 print(json.dumps(rows[-1]), flush=True)
@@ -373,7 +416,7 @@ def stage_one_speed(index: LibraryIndex, queries: list[str], sizes: list[int], n
     return rows
 
 
-def replicated(index: LibraryIndex, videos: int, noise: float, approximate_above: int = library.APPROXIMATE_ABOVE) -> LibraryIndex:
+def replicated(index: LibraryIndex, videos: int, noise: float) -> LibraryIndex:
     """A library of ``videos`` videos made of copies of the real ones (copy 0 exact, the others with noisy vectors);
     each copy grounds in its real video's feature file."""
     version = index.searcher.version
@@ -384,7 +427,7 @@ def replicated(index: LibraryIndex, videos: int, noise: float, approximate_above
                for name in library.TABLE}
     data = np.concatenate([vectors[rows] if c == 0 else noisy(vectors[rows], noise, rng) for c, rows in parts])
     info = {**version.info, "videos": [real[j % len(real)] for j in range(videos)]}
-    copies = Version(version.number, version.folder, info, columns, faiss_index(data, approximate_above), version.stamp)
+    copies = Version(version.number, version.folder, info, columns, indexed(data), version.stamp)
     return LibraryIndex(index.folder, copies, index.grounder, pinned=True)
 
 
@@ -396,8 +439,8 @@ def two_stage_speed(index: LibraryIndex, queries: list[str], sizes: list[int], b
         library_index = replicated(index, videos, noise)
         _, stage_one = timed_searches(library_index, queries, lambda q: library_index.windows(q))
         _, both = timed_searches(library_index, queries, lambda q: library_index.search(q, k=10))
-        row = {"videos": videos, "windows": library_index.searcher.version.faiss.ntotal,
-               "index": "ivf" if "IVF" in type(library_index.searcher.version.faiss).__name__ else "flat",
+        row = {"videos": videos, "windows": library_index.searcher.version.index.ntotal,
+               "index": library_index.searcher.version.index.layout["kind"],
                "stage 1 p50 ms": percentile(stage_one, 50), "stage 1 p99 ms": percentile(stage_one, 99),
                "two-stage p50 ms": percentile(both, 50), "two-stage p99 ms": percentile(both, 99)}
         if videos in brute_sizes:
@@ -416,7 +459,7 @@ def rss_in_process(args) -> dict:
     if args.videos:
         index = replicated(index, args.videos, args.noise)
     index.search(val_records(Path(args.index).parent)[0]["query"], k=10)
-    return {"videos": args.videos or len(index.videos()), "windows": index.searcher.version.faiss.ntotal,
+    return {"videos": args.videos or len(index.videos()), "windows": index.searcher.version.index.ntotal,
             "rss_mib": round(psutil.Process().memory_info().rss / 2**20)}
 
 
@@ -436,9 +479,9 @@ def speed(args) -> None:
     folder = set_dir(args)
     index = LibraryIndex.open(folder / "index")
     queries = list(ground_truth(val_records(folder)))[: args.speed_queries]
-    print(json.dumps({"set": folder.name, "videos": len(index.videos()), "windows": index.searcher.version.faiss.ntotal,
+    print(json.dumps({"set": folder.name, "videos": len(index.videos()), "windows": index.searcher.version.index.ntotal,
                       "queries": len(queries), "threads": torch.get_num_threads()}), flush=True)
-    stage1 = stage_one_speed(index, queries, args.windows, args.noise, args.nprobe) if args.windows else []
+    stage1 = stage_one_speed(index, queries, args.windows, args.noise, args.nprobe, args.rerank, args.layouts) if args.windows else []
     two = two_stage_speed(index, queries, args.videos, args.brute_videos, args.brute_queries, args.noise) if args.videos else []
     mem = memory(folder, args.videos, args.noise) if not args.no_memory else []
     if stage1:
@@ -454,7 +497,7 @@ def speed(args) -> None:
     path = OUT / f"library_speed{suffix(args)}.json"
     old = json.loads(path.read_text()) if path.exists() else {}  # parts not rerun are kept
     new = {"set": folder.name, "root": str(folder), "queries": len(queries), "noise": args.noise, **machine(args),
-           "approximate_above": library.APPROXIMATE_ABOVE, "stage_one": stage1, "two_stage": two, "memory": mem}
+           "flat_up_to": FLAT_UP_TO, "compress_above": COMPRESS_ABOVE, "stage_one": stage1, "two_stage": two, "memory": mem}
     path.write_text(json.dumps({**old, **{k: v for k, v in new.items() if v != [] or k not in old}}, indent=2))
 
 
@@ -567,6 +610,9 @@ def main() -> None:
     p = sub.add_parser("speed", parents=[common], help="stage-1 and two-stage latency at scale, memory")
     p.add_argument("--windows", type=int, nargs="*", default=[1_000, 10_000, 100_000, 1_000_000])
     p.add_argument("--nprobe", type=int, nargs="*", default=[], help="inverted-file lists to scan, besides the index's own")
+    p.add_argument("--rerank", type=int, nargs="*", default=[], help="compressed: shortlists of RERANK x 20, besides the index's own")
+    p.add_argument("--layouts", nargs="+", default=["flat", "ivf", "ivfpq"], choices=("flat", "ivf", "ivfpq", "ivfpq-noopq"),
+                   help="stage-1 layouts measured at each --windows size (flat and ivf hold every vector in RAM twice)")
     p.add_argument("--videos", type=int, nargs="*", default=[100, 1_000, 10_000])
     p.add_argument("--brute-videos", type=int, nargs="*", default=[100, 1_000])
     p.add_argument("--brute-queries", type=int, default=5)

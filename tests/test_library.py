@@ -301,10 +301,38 @@ def test_a_large_library_gets_an_approximate_index(library, grounder, checkpoint
     folder = tmp_path / "index"
     shutil.copytree(library[0] / "features", folder / "features")
     counts = build_index(find_videos([str(synth_root / "videos")]), grounder, folder, str(checkpoint), progress=False, approximate_above=0)
-    assert counts["kind"] == "ivf"
+    assert counts["kind"] == "ivf" and counts["layout"]["nprobe"] == counts["layout"]["lists"] == 4, "25 windows: 4 lists, all scanned"
     exact = LibraryIndex.open(library[0], grounder).windows(QUERY, n=5)
     approximate = LibraryIndex.open(folder, grounder).windows(QUERY, n=5)
     assert [(h["vid"], h["start"]) for h in approximate] == [(h["vid"], h["start"]) for h in exact]
+
+
+def test_a_compressed_index_finds_what_the_exact_one_finds_and_records_its_layout(library, grounder, checkpoint, synth_root, tmp_path):
+    """Above ``compress_above`` windows: product-quantised codes, the shortlist re-ranked from the mapped vectors (on a
+    library this small the shortlist covers it, so the result is exact)."""
+    folder = tmp_path / "index"
+    shutil.copytree(library[0] / "features", folder / "features")
+    counts = build_index(find_videos([str(synth_root / "videos")]), grounder, folder, str(checkpoint), progress=False,
+                         approximate_above=0, compress_above=0)
+    assert counts["kind"] == "ivfpq" and counts["layout"]["trained_on"] == counts["windows"]
+    recorded = json.loads((folder / json.loads((folder / "index.json").read_text())["folder"] / "library.json").read_text())["faiss"]
+    assert recorded == counts["layout"]
+    exact, compressed = LibraryIndex.open(library[0], grounder), LibraryIndex.open(folder, grounder)
+    found, expected = compressed.windows(QUERY, n=5), exact.windows(QUERY, n=5)
+    assert [(h["vid"], h["start"]) for h in found] == [(h["vid"], h["start"]) for h in expected]
+    assert [h["similarity"] for h in found] == pytest.approx([h["similarity"] for h in expected], abs=1e-6), "re-ranked exactly"
+    assert compressed.search(QUERY, k=3) == exact.search(QUERY, k=3)
+    again = build_index(find_videos([str(synth_root / "videos")]), grounder, folder, str(checkpoint), progress=False,
+                        approximate_above=0, compress_above=0)
+    assert again["unchanged"] == 4 and again["layout"] == counts["layout"], "a rebuild reuses the training"
+
+
+def test_safetensors_outputs_get_the_mode_every_other_output_gets(library, checkpoint):
+    """safetensors' save_file makes 0600 files; the index's vectors and the checkpoint's weights are 0644 like the
+    JSON beside them (under the usual umask 022)."""
+    version = library[0] / json.loads((library[0] / "index.json").read_text())["folder"]
+    modes = {path.name: path.stat().st_mode & 0o777 for path in [*version.iterdir(), *checkpoint.iterdir()] if path.is_file()}
+    assert modes["vectors.safetensors"] == modes["library.json"] == modes["model.safetensors"] == modes["config.json"] == 0o644
 
 
 def test_a_checkpoint_older_than_the_search_head_grounds_but_is_not_indexed(checkpoint, synth_root, tmp_path):

@@ -65,9 +65,11 @@ def test_search_returns_the_records_of_vtg_search_json(client, library, synth_ro
     capsys.readouterr()
     assert main(["search", query, "--index", str(library[0]), "-k", "3", "--json"]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for record in printed:  # the API gives the file's name and media URL, not its path on the server
+        record["name"], record["media"] = record["vid"] + Path(record.pop("video")).suffix, f"/media/{record['vid']}"
     assert body["query"] == query and body["results"] == printed and [r["rank"] for r in printed] == [1, 2, 3]
     for result, view in zip(body["results"], body["views"]):
-        assert {"rank", "query", "video", "vid", "start", "end", "score"} <= result.keys()
+        assert {"rank", "query", "vid", "name", "media", "start", "end", "score"} <= result.keys() and "video" not in result
         assert view["media"] == f"/media/{result['vid']}" and view["name"] == result["vid"] + ".mp4"
         assert view["span"] == f"{hms(result['start'])}–{hms(result['end'])}" and view["saliency"].startswith("<svg")
         thumb = client.get(view["thumbnail"])
@@ -78,7 +80,40 @@ def test_videos_lists_the_library(client, library):
     listed = client.get("/api/videos").json()["videos"]
     assert [v["vid"] for v in listed] == sorted([v.stem for v in library[1]] + ["linked"])
     for v in listed:
-        assert v["media"] == f"/media/{v['vid']}" and v["duration"] > 0 and v["windows"] >= 1 and Path(v["path"]).is_file()
+        assert v["media"] == f"/media/{v['vid']}" and v["duration"] > 0 and v["windows"] >= 1 and v["name"] == v["vid"] + ".mp4"
+        assert "path" not in v
+
+
+def test_no_response_holds_a_server_path_unless_asked(index, library, synth_root):
+    folder = str(library[0].parent)
+    plain, shown = TestClient(create_app(index)), TestClient(create_app(index, show_paths=True))
+    query = queries(synth_root)[0]
+    for target in ("/", "/api/videos", f"/api/search?q={query}&k=20", "/api/search?q=", "/media/nothing", "/nowhere"):
+        assert folder not in plain.get(target).text, target
+    assert all(Path(v["path"]).is_file() for v in shown.get("/api/videos").json()["videos"])
+    assert all(Path(r["video"]).is_file() for r in shown.get("/api/search", params={"q": query}).json()["results"])
+
+
+def test_media_comes_only_from_the_recorded_folders(checkpoint, synth_root, tmp_path):  # noqa: F811
+    """A symlink in the indexed folder to a file of the same name elsewhere is indexed at its real path, outside the
+    folder: refused. So is every video of an index that does not record its folders (written before they were)."""
+    inside, outside = copy_videos(synth_root, tmp_path / "videos", 2)
+    moved = Path(shutil.move(outside, tmp_path / outside.name))
+    outside.symlink_to(moved)  # videos/<name>.mp4 -> ../<name>.mp4: same name, same id
+    folder = tmp_path / "index"
+    build_index(find_videos([str(tmp_path / "videos")]), Grounder.from_pretrained(checkpoint), folder, str(checkpoint), progress=False,
+                folders=[str(tmp_path / "videos")])
+    client = TestClient(create_app(LibraryIndex.open(folder)))
+    assert client.get(f"/media/{inside.stem}", headers={"Range": "bytes=0-9"}).status_code == 206
+    refused = client.get(f"/media/{outside.stem}")
+    assert refused.status_code == 403 and "indexed folders" in refused.json()["error"]
+    info_file = folder / json.loads((folder / "index.json").read_text())["folder"] / "library.json"
+    info = json.loads(info_file.read_text())
+    assert info["folders"] == [str((tmp_path / "videos").resolve())]
+    del info["folders"]
+    info_file.write_text(json.dumps(info))
+    old = TestClient(create_app(LibraryIndex.open(folder))).get(f"/media/{inside.stem}")
+    assert old.status_code == 403 and "run vtg index again" in old.json()["error"]
 
 
 def test_media_answers_range_requests(client, library):

@@ -24,11 +24,10 @@ from pathlib import Path
 import open_clip
 import torch
 import torchvision.transforms.v2.functional as TF
-from safetensors.torch import save_file
 from torchvision.transforms import InterpolationMode
 
 from . import MODEL_CONFIGS
-from .features import partial_path
+from .features import partial_path, save_tensors
 from .names import first_line
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ def random_checkpoint(model_name: str, seed: int) -> Path:
         torch.random.set_rng_state(generator_state)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tmp = partial_path(path)
-    save_file(state, str(tmp), metadata={"model": model_name, "seed": str(seed)})
+    save_tensors(state, tmp, metadata={"model": model_name, "seed": str(seed)})
     os.replace(tmp, path)
     log.info("created random backbone %s (seed %d) at %s", model_name, seed, path)
     return path

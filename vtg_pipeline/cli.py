@@ -240,16 +240,18 @@ def index_main(args: argparse.Namespace) -> int:
     from .extract import find_videos
     from .grounder import Grounder
     from .library import build_index
+    from .window_index import describe_layout
 
     items = find_videos(args.video_dirs)  # a missing folder or two videos with one id fail before any work
     ensure_writable(args.index, is_folder=True)
     grounder = Grounder.from_pretrained(args.checkpoint, device=args.device or "cpu")
     with engine_for(args) as engine:
         counts = build_index(items, grounder, args.index, args.checkpoint, rebuild=args.rebuild, progress=not args.no_progress,
-                             engine=engine)
+                             engine=engine, folders=args.video_dirs)
     print(printable(f"index: {counts['videos']} videos ({counts['new']} new, {counts['changed']} changed, {counts['unchanged']} unchanged, "
-                    f"{counts['removed']} removed, {counts['failed']} failed), {counts['windows']} windows ({counts['kind']}), "
+                    f"{counts['removed']} removed, {counts['failed']} failed), {counts['windows']} windows, "
                     f"version {counts['version']} -> {counts['index']}"), file=sys.stderr)
+    print(f"index layout: {describe_layout(counts['layout'])}", file=sys.stderr)
     return 1 if counts["failed"] else 0
 
 
@@ -269,7 +271,7 @@ def serve_main(args: argparse.Namespace) -> int:
     from .serve import serve
 
     return serve(args.index, host=args.host, port=args.port, token=args.token or os.environ.get("VTG_TOKEN"), no_token=args.no_token,
-                 device=args.device or "cpu")
+                 device=args.device or "cpu", show_paths=args.show_paths)
 
 
 def ensure_writable(path: str, is_folder: bool) -> None:
@@ -420,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-token", action="store_true", help="allow a non-local --host without a token: anyone who reaches it "
                        "can search and watch the library")
     serve.add_argument("--device", default=None, help="torch device (default cpu)")
+    serve.add_argument("--show-paths", action="store_true", help="include the videos' absolute paths on this machine in API "
+                       "records (default: their id, file name and media URL only)")
     serve.set_defaults(func=serve_main)
 
     inspect = sub.add_parser("inspect", help="summarise a feature folder written by extract (JSON)")

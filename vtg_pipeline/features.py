@@ -54,6 +54,26 @@ def _remove_quietly(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def umask() -> int:
+    """This process's umask (Linux reports it in /proc; elsewhere it is read by setting and restoring it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file`` with the permissions every other output gets (0666 less the umask, 0644 as a rule);
+    ``save_file`` itself makes files only their owner can read."""
+    from safetensors.torch import save_file  # imports torch, which readers of the store do not need
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~umask())
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part."""
     path = Path(path)

@@ -3,16 +3,18 @@
 Build (``build_index``): the videos are extracted into ``DIR/features`` by the extract pipeline (resumable, atomic
 files, a bad video recorded with its error and skipped); every window of the ``decode.window`` /
 ``window_stride`` grid is embedded by the checkpoint's retrieval head (``models/retrieval.py``) from the last
-tapped layer's CLS states; the vectors go into faiss: exact ``IndexFlatIP`` up to ``APPROXIMATE_ABOVE`` windows,
-an inverted file above (``IndexIVFFlat``, inner product: about √W lists, a search scans 1/16 of them). A rerun extracts and embeds only new and changed videos (source path,
-size, mtime), keeps the vectors of the others, drops deleted videos (and their feature files) and rebuilds the faiss
-index from the stored vectors. An index is tied to its checkpoint (``checkpoint_sha256``: weights, model config,
+tapped layer's CLS states; the vectors go into faiss in the layout their number calls for (``window_index``: exact
+up to 100k windows, an inverted file up to 1M, product-quantised codes re-ranked from the mapped vectors above). A
+rerun extracts and embeds only new and changed videos (source path, size, mtime), keeps the vectors of the others,
+drops deleted videos (and their feature files) and rebuilds the faiss index from the stored vectors (a compressed
+one reusing its training while it fits). An index is tied to its checkpoint (``checkpoint_sha256``: weights, model config,
 backbone, fps, window grid); another checkpoint is refused until ``--rebuild``.
 
 Folder::
 
     DIR/index.json               {"format_version", "version": N, "folder": "vN"}: the current version, replaced atomically
-    DIR/vN/library.json          checkpoint (path, sha256), backbone spec, fps, window grid, faiss kind, the videos
+    DIR/vN/library.json          checkpoint (path, sha256), backbone spec, fps, window grid, faiss layout, the folders
+                                 given (real paths: media is served from these only), the videos
                                  (vid, path, size, mtime, duration, frames, rows) and the failed ones with their error
     DIR/vN/vectors.safetensors   vectors float32 (W, E) and per window: video (index into videos), first_frame,
                                  start, end (s)
@@ -60,21 +62,28 @@ import faiss
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .backbone import weights_sha256
 from .data import DataError
 from .engine import Engine, LocalEngine
 from .extract import VideoItem, output_folder
-from .features import FileLock, atomic_write_text, feature_path
+from .features import FileLock, atomic_write_text, feature_path, save_tensors
 from .grounder import Grounder, is_truncated
 from .inference import rounded, window_starts
 from .names import check_video_id, first_line, printable
+from .window_index import (
+    COMPRESS_ABOVE,
+    FLAT_UP_TO,
+    WindowIndex,
+    build_faiss,
+    choose_layout,
+    mapped_tensor,
+    reusable_training,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
-APPROXIMATE_ABOVE = 100_000  # windows: exact search up to here (8.5 ms at 100k), an inverted file above (84 ms flat at 1M)
 CANDIDATES = 20  # stage-1 windows that stage 2 grounds in
 VIDEO_KEYS = ("vid", "path", "size", "mtime", "duration", "frames", "rows")  # a video's record in library.json
 TABLE = {"video": torch.int64, "first_frame": torch.int64, "start": torch.float64, "end": torch.float64}  # per window
@@ -107,13 +116,14 @@ def check_query(query: object, grounder: Grounder) -> str:
 
 @dataclass(frozen=True)
 class Version:
-    """One written index version, loaded: ``info`` is library.json, ``table`` the window columns (W,), ``faiss`` its index."""
+    """One written index version, loaded: ``info`` is library.json, ``table`` the window columns (W,), ``index`` its
+    searchable vectors."""
 
     number: int
     folder: Path
     info: dict
     table: dict[str, np.ndarray]
-    faiss: faiss.Index
+    index: WindowIndex
     stamp: tuple  # (inode, mtime, size) of index.json when it was read
 
 
@@ -160,10 +170,15 @@ def read_version(folder: Path) -> Version:
             table = {column: f.get_tensor(column).numpy() for column in TABLE}
         if len({len(column) for column in table.values()}) != 1 or (table["video"] >= len(info["videos"])).any():
             raise ValueError("its window columns disagree")
+        layout = info["faiss"] if isinstance(info["faiss"], dict) else {"kind": info["faiss"]}  # a kind alone before ivfpq
+        vectors = mapped_tensor(current_file, "vectors") if layout["kind"] == "ivfpq" else None
+        if vectors is not None and vectors.shape[0] != len(table["start"]):
+            raise ValueError(f"{vectors.shape[0]} vectors for {len(table['start'])} windows")
         current_file = version_dir / "windows.faiss"
         index = faiss.read_index(str(current_file))
         if index.ntotal != len(table["start"]):
             raise ValueError(f"{index.ntotal} vectors for {len(table['start'])} windows")
+        index = WindowIndex(index, layout, vectors)
     except Exception as e:  # OSError, JSON, KeyError/TypeError of a wrong shape, SafetensorError, faiss' RuntimeError
         reason = "missing" if isinstance(e, FileNotFoundError) else f"corrupt ({type(e).__name__}: {first_line(e)[:160]})"
         raise LibraryError(f"{current_file}: {reason}; {rebuild_hint(folder)}") from None
@@ -215,6 +230,10 @@ class LibraryIndex:
         self.searcher = self._checked(version, grounder, sha256)
         return True
 
+    def folders(self) -> list[str] | None:
+        """The real paths of the folders (or files) the index was built from; None for versions that predate them."""
+        return self.searcher.version.info.get("folders")
+
     def videos(self) -> list[dict]:
         """The indexed videos: vid, path (absolute), duration (s), frames, windows and feature file."""
         store = self.folder / "features"
@@ -254,7 +273,7 @@ def stage_one(searcher: Searcher, query: str, n: int) -> list[dict]:
     version, grounder = searcher.version, searcher.grounder
     states, mask = grounder.text_cache([check_query(query, grounder)], grounder.backbone.device)
     embedded = grounder.model.retrieval.embed_queries(states, mask).float().cpu().numpy()
-    similarity, rows = version.faiss.search(embedded, n)
+    similarity, rows = version.index.search(embedded, n)
     table, videos = version.table, version.info["videos"]
     return [{"vid": videos[table["video"][row]]["vid"], "video": videos[table["video"][row]]["path"], "start": float(table["start"][row]),
              "end": float(table["end"][row]), "similarity": float(score), "row": int(row)}
@@ -298,32 +317,17 @@ def embed_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor
     return starts, grounder.model.retrieval.embed_grid(cls.to(grounder.backbone.device), starts, window).float().cpu(), frames, duration
 
 
-def faiss_index(vectors: np.ndarray, approximate_above: int) -> faiss.Index:
-    """Inner-product index of ``vectors`` (W, E): exact up to ``approximate_above`` rows; above, an inverted file of
-    round(√W) lists (k-means on at most 64 vectors per list, a fixed sample) whose searches scan ``nprobe`` = 1/16 of
-    them, at least 8 (at 1M windows: 3 ms, 99 % of the exact top 20, docs/BENCHMARKS.md)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    dims = vectors.shape[1]
-    if len(vectors) <= approximate_above:
-        index = faiss.IndexFlatIP(dims)
-    else:
-        lists = max(1, round(len(vectors) ** 0.5))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dims), dims, lists, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 64 * lists), replace=False)
-        index.train(vectors[np.sort(sample)])
-        index.nprobe = min(lists, max(8, lists // 16))  # written with the index
-    index.add(vectors)
-    return index
-
-
 def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, checkpoint: str, rebuild: bool = False,
-                progress: bool = True, approximate_above: int = APPROXIMATE_ABOVE, engine: Engine | None = None) -> dict:
+                progress: bool = True, approximate_above: int = FLAT_UP_TO, compress_above: int = COMPRESS_ABOVE,
+                engine: Engine | None = None, folders: list[str] | None = None) -> dict:
     """Index ``items`` (``extract.find_videos``) in ``folder`` with ``grounder``, loaded from ``checkpoint`` (recorded for
     search); a new version replaces the current one. Returns counts: videos, new, changed, unchanged, removed, failed,
-    windows, kind (flat | ivf), version, index. LibraryError when the current version is another checkpoint's or
+    windows, kind (flat | ivf | ivfpq), layout (``window_index.choose_layout``), version, index. The layout changes
+    at ``approximate_above`` and ``compress_above`` windows. LibraryError when the current version is another checkpoint's or
     unreadable (``rebuild=True`` embeds every video afresh, reusing the stored features that still match).
     ``engine``: where videos are extracted and embedded (default: this process; ``RayEngine``: a Ray cluster); the
-    faiss index is built here either way."""
+    faiss index is built here either way. ``folders``: the folders (or files) the videos were found in, recorded as
+    the only places ``vtg serve`` serves media from (default: each video's own folder)."""
     if not grounder.indexable:
         raise LibraryError(f"{checkpoint}: trained before checkpoints had a library-search head; train it again to index with it")
     engine = engine or LocalEngine()
@@ -376,11 +380,16 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
             videos.append({**entry, "duration": duration, "frames": frames, "rows": [sum(map(len, vectors)), len(starts)]})
             vectors.append(window_vectors)
         all_vectors = torch.cat(vectors) if vectors else torch.zeros(0, cfg.model.retrieval_dims)
-        index = faiss_index(all_vectors.numpy(), approximate_above)
+        layout = choose_layout(len(all_vectors), all_vectors.shape[1], approximate_above, compress_above)
+        trained = reusable_training(old.info["faiss"] if old else None, old.index.faiss if old else None, layout, len(all_vectors))
+        if layout["kind"] == "ivfpq":
+            layout["trained_on"] = len(all_vectors) if trained is None else old.info["faiss"]["trained_on"]
+        index = build_faiss(all_vectors.numpy(), layout, trained)
         info = {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "checkpoint": {"path": checkpoint, "sha256": sha256}, "backbone_spec": grounder.backbone.spec.to_dict(),
                 "fps": fps, "window": cfg.decode.window, "window_stride": cfg.decode.window_stride,
-                "faiss": "ivf" if isinstance(index, faiss.IndexIVF) else "flat", "videos": videos, "failed": failed}
+                "faiss": layout, "folders": sorted({os.path.realpath(f) for f in folders or [os.path.dirname(i.path) for i in items]}),
+                "videos": videos, "failed": failed}
         tensors = {"vectors": all_vectors.contiguous(), **{name: torch.tensor(columns[name], dtype=dtype) for name, dtype in TABLE.items()}}
         number = write_version(folder, info, tensors, index)
         current = {item.video_id for item in items}
@@ -390,7 +399,7 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
             with FileLock(path):
                 path.unlink(missing_ok=True)
     return {"videos": len(videos), **counts, "removed": len(removed), "failed": len(failed), "windows": index.ntotal,
-            "kind": info["faiss"], "version": number, "index": str(folder)}
+            "kind": layout["kind"], "layout": layout, "version": number, "index": str(folder)}
 
 
 def embed_stored_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor, int, float] | str:
@@ -415,7 +424,7 @@ def write_version(folder: Path, info: dict, tensors: dict[str, torch.Tensor], in
     tmp = folder / f".v{number}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(tensors, str(tmp / "vectors.safetensors"), metadata={"format_version": FORMAT_VERSION})
+    save_tensors(tensors, tmp / "vectors.safetensors", metadata={"format_version": FORMAT_VERSION})
     faiss.write_index(index, str(tmp / "windows.faiss"))
     atomic_write_text(tmp / "library.json", json.dumps({**info, "version": number}, indent=1))
     os.replace(tmp, folder / f"v{number}")

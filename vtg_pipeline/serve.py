@@ -6,14 +6,17 @@ Routes (``create_app``):
   thumbnail, video name, time range and score; a click plays the video from the moment's start, its saliency curve
   below (``report.saliency_svg``).
 - ``GET /api/search?q=…&k=…``: ``{"query", "results", "views"}``; ``results`` are the records ``vtg search --json``
-  prints (``LibraryIndex.search``), ``views`` one per result, what the page shows: name, media and thumbnail URLs,
+  prints (``LibraryIndex.search``) with the video's file name and media URL in place of its absolute path on this
+  machine (``"video"``, given only with ``show_paths``: ``vtg serve --show-paths``), ``views`` one per result, what the page shows: name, media and thumbnail URLs,
   time range (h:mm:ss.s) and the saliency SVG. An empty query, one over ``MAX_QUERY_CHARS`` characters or the text
   tower's context, and ``k`` outside 1..``MAX_K`` get a 422 ``{"error": …}``. Searches run one at a time, first come first
   served (``SearchTurns``); with ``SEARCHES_QUEUED`` already waiting a request gets a 503 with ``Retry-After``.
-- ``GET /api/videos``: ``{"videos": [{"vid", "path", "duration", "frames", "windows", "media"}, …]}``.
+- ``GET /api/videos``: ``{"videos": [{"vid", "name", "duration", "frames", "windows", "media"}, …]}`` (and ``"path"``
+  with ``show_paths``).
 - ``GET /media/<vid>``: the indexed video, with HTTP range requests (Starlette's FileResponse: 206, Content-Range).
-  Only the videos of the current index version are served, and only while the file is still the real path that was
-  indexed and lies where its id says (a video swapped for a symlink out, or indexed through one, is refused).
+  Only the videos of the current index version are served, only from inside the folders ``vtg index`` was given
+  (recorded in the index, real paths), and only while the file is still the real path that was indexed and lies
+  where its id says (a video swapped for a symlink out, or indexed through one, is refused).
 - ``GET /thumbs/<vid>?t=SECONDS``: the stored frame (PNG) shown at that time, from the index's feature store.
 
 With a token every route needs ``Authorization: Bearer TOKEN``, or the ``vtg_token`` cookie that opening
@@ -42,7 +45,13 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 from safetensors import SafetensorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -149,14 +158,14 @@ class LiveIndex:
 
     def __init__(self, index: LibraryIndex):
         self.index, self.lock, self.retry_at = index, threading.Lock(), 0.0
-        self.catalog = {v["vid"]: v for v in index.videos()}
+        self.catalog, self.folders = {v["vid"]: v for v in index.videos()}, index.folders()
 
     def current(self) -> LibraryIndex:
         if self.index.changed() and time.monotonic() >= self.retry_at:
             with self.lock:
                 try:
                     if self.index.reload():
-                        self.catalog = {v["vid"]: v for v in self.index.videos()}
+                        self.catalog, self.folders = {v["vid"]: v for v in self.index.videos()}, self.index.folders()
                         print(printable(f"serve: {len(self.catalog)} videos, the new version of {self.index.folder}"), file=sys.stderr)
                 except LibraryError as e:  # a damaged new version: keep serving the last good one
                     self.retry_at = time.monotonic() + RETRY_SECONDS
@@ -194,6 +203,18 @@ def media_url(vid: str) -> str:
     return "/media/" + quote(vid)
 
 
+def shown_name(vid: str, path: str) -> str:
+    """The name clients see for a video: its id with its file's extension (not a link target's name)."""
+    return vid + Path(path).suffix
+
+
+def public(record: dict, path_key: str, show_paths: bool) -> dict:
+    """A search result or video record as clients get it: the file's name and media URL, and its absolute path on
+    this machine (``path_key``) only with ``show_paths``."""
+    shown = {key: value for key, value in record.items() if key != path_key or show_paths}
+    return shown | {"name": shown_name(record["vid"], record[path_key]), "media": media_url(record["vid"])}
+
+
 def views(results: list[dict]) -> list[dict]:
     """What the page shows of each search result: name, media and thumbnail URLs, h:mm:ss.s span, saliency SVG with
     the moments of its video among ``results`` shaded."""
@@ -202,18 +223,29 @@ def views(results: list[dict]) -> list[dict]:
         moments = [[m["start"], m["end"], m["score"]] for m in results if m["vid"] == r["vid"]]
         [best] = best_frames({"clip_times": r["clip_times"], "pred_saliency_scores": r["saliency"]}, [[r["start"], r["end"], r["score"]]])
         thumb = f"/thumbs/{quote(r['vid'])}?t={r['clip_times'][best]}" if r["clip_times"] else None
-        shown.append({"name": r["vid"] + Path(r["video"]).suffix, "media": media_url(r["vid"]), "thumbnail": thumb,
+        shown.append({"name": shown_name(r["vid"], r["video"]), "media": media_url(r["vid"]), "thumbnail": thumb,
                       "span": f"{hms(r['start'])}–{hms(r['end'])}",
                       "saliency": saliency_svg(r["clip_times"], r["saliency"], moments, r["duration"])})
     return shown
 
 
-def servable(video: dict) -> Path:
-    """An indexed video's file if it may be served, else HTTPException 403: it must still be the real path that was
-    indexed (no symlink swapped in since) and lie where its id says (``.../<vid>.<ext>``, not a link's target)."""
+def inside(path: str, folders: list[str]) -> bool:
+    """Whether ``path`` is one of ``folders`` (real paths) or lies under one."""
+    return any(path == folder or path.startswith(folder.rstrip(os.sep) + os.sep) for folder in folders)
+
+
+def servable(video: dict, folders: list[str] | None) -> Path:
+    """An indexed video's file if it may be served, else HTTPException 403: it must lie inside the folders the index
+    was built from, still be the real path that was indexed (no symlink swapped in since) and lie where its id says
+    (``.../<vid>.<ext>``, not a link's target)."""
     path = Path(video["path"])
-    if os.path.realpath(path) != str(path) or not path.with_suffix("").as_posix().endswith("/" + video["vid"]) or not path.is_file():
-        raise HTTPException(403, f"{video['vid']}: not served, its file is not where the index found it inside the indexed folder "
+    if folders is None:
+        raise HTTPException(403, f"{video['vid']}: not served, this index does not record the folders it was built from: "
+                                 f"run vtg index again")
+    real = os.path.realpath(path)
+    if (real != str(path) or not inside(real, folders) or not path.with_suffix("").as_posix().endswith("/" + video["vid"])
+            or not path.is_file()):
+        raise HTTPException(403, f"{video['vid']}: not served, its file is not where the index found it inside the indexed folders "
                                  f"(a symlink, or changed since): run vtg index again")
     return path
 
@@ -234,8 +266,9 @@ def authorized(request: Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-def create_app(index: LibraryIndex, token: str | None = None) -> FastAPI:
-    """The ASGI app serving ``index`` (see the module docstring); ``token``: required from every client when given."""
+def create_app(index: LibraryIndex, token: str | None = None, show_paths: bool = False) -> FastAPI:
+    """The ASGI app serving ``index`` (see the module docstring); ``token``: required from every client when given;
+    ``show_paths``: API records include the videos' absolute paths on this machine."""
     live, turns = LiveIndex(index), SearchTurns(SEARCHES_QUEUED)
     app = FastAPI(title="vtg serve", docs_url=None, redoc_url=None, openapi_url=None)  # the docs pages load from a CDN
     app.state.turns = turns
@@ -284,17 +317,17 @@ def create_app(index: LibraryIndex, token: str | None = None) -> FastAPI:
             raise HTTPException(422, str(e)) from None
         with turns.turn():
             results = current.search(q, k=k)
-        return {"query": q, "results": results, "views": views(results)}
+        return {"query": q, "results": [public(r, "video", show_paths) for r in results], "views": views(results)}
 
     @app.get("/api/videos")
     def videos():
         live.current()
-        return {"videos": [{key: v[key] for key in ("vid", "path", "duration", "frames", "windows")} | {"media": media_url(v["vid"])}
-                           for v in live.catalog.values()]}
+        keys = ("vid", "path", "duration", "frames", "windows")
+        return {"videos": [public({key: v[key] for key in keys}, "path", show_paths) for v in live.catalog.values()]}
 
     @app.api_route("/media/{vid:path}", methods=["GET", "HEAD"])
     def media(vid: str):
-        return FileResponse(servable(lookup(vid)))
+        return FileResponse(servable(lookup(vid), live.folders))
 
     @app.get("/thumbs/{vid:path}")
     def thumb(vid: str, t: float = Query(0.0, ge=0)):
@@ -319,7 +352,7 @@ def is_local(host: str) -> bool:
 
 
 def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, no_token: bool = False,
-          device: str = "cpu") -> int:
+          device: str = "cpu", show_paths: bool = False) -> int:
     """Check the address and the index, then serve until interrupted. ValueError (one line): a port out of range, a
     non-local host without a token (unless ``no_token``), an index that cannot be read (LibraryError: the file, the
     rebuild)."""
@@ -336,5 +369,5 @@ def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, token: str 
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
     print(printable(f"serve: {len(index.videos())} videos from {index_dir} at {url}" + (f" (open {url}?token=TOKEN once)" if token else "")),
           file=sys.stderr)
-    uvicorn.run(create_app(index, token), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(index, token, show_paths), host=host, port=port, log_level="info")
     return 0

@@ -31,7 +31,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from huggingface_hub import ModelCard, ModelCardData
-from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
@@ -40,7 +39,7 @@ from .config import TrainConfig
 from .data import GroundingDataset, LengthGroupedBatches, StoredVideo, TextCache, WindowDataset, collate, collate_windows, dequantize, load_split
 from .evaluation import MAIN_METRIC, evaluate
 from .extract import warn_if_one_process_launched
-from .features import atomic_write_text
+from .features import atomic_write_text, save_tensors
 from .inference import ground, predictions_for_batch, rounded, window_starts
 from .losses import background_losses, grounding_losses, library_loss, moment_window, window_losses
 from .models import create_model
@@ -126,7 +125,7 @@ def write_checkpoint(folder: Path, model: torch.nn.Module, cfg: TrainConfig, bac
     """Write into ``folder``: model.safetensors (side network only), README.md (model card), then config.json (the
     marker: ``cfg``, ``backbone_spec`` and ``extra``, e.g. epoch and metrics)."""
     config = {**cfg.to_dict(), "backbone_spec": backbone.spec.to_dict(), **extra}
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    save_tensors({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, folder / "model.safetensors")
     atomic_write_text(folder / "README.md", str(model_card(config)))
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
 
