@@ -162,6 +162,23 @@ def test_search_returns_ranked_moments_with_the_documented_fields(library, groun
         assert len(r["clip_times"]) == len(r["saliency"]) > 0 and r["clip_times"][0] == r["window"][0]
 
 
+def test_batched_searches_give_each_query_its_results_alone(library, grounder, synth_root):
+    """``search_many``: one text-encoder call, one faiss search, each video read once for the queries that hit it."""
+    index = LibraryIndex.open(library[0], grounder)
+    texts = [json.loads(line)["query"] for line in (synth_root / "val.jsonl").read_text().splitlines()][:3]
+    texts += [QUERY, texts[0]]  # a query twice in one batch
+    alone = [index.search(text, k=5, candidates=3) for text in texts]
+    together = index.search_many(texts, k=5, candidates=3)
+    assert len({(h["vid"], h["start"]) for text in texts for h in index.windows(text, n=3)}) > 3, "queries hit different windows"
+    for mine, expected in zip(together, alone):
+        assert [(r["rank"], r["vid"], r["query"], r["window"]) for r in mine] == [(r["rank"], r["vid"], r["query"], r["window"]) for r in expected]
+        for got, want in zip(mine, expected):
+            assert [got["start"], got["end"], got["score"]] == pytest.approx([want["start"], want["end"], want["score"]], abs=2e-4)
+    assert [len(r) for r in index.search_many(texts[:2], k=[1, 4], candidates=3)] == [1, 4]
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        index.search_many(texts[:2], k=[1, 0])
+
+
 def test_stage_two_equals_vtg_ground_when_every_window_is_a_candidate(library, grounder, synth_root):
     folder, counts = library
     results = LibraryIndex.open(folder, grounder).search(QUERY, k=10_000, candidates=counts["windows"])

@@ -220,6 +220,31 @@ def test_a_single_window_is_scored_like_one_of_many():
     assert len(shared) == len(alone["moments"])  # every moment of the lone window, with the same score, among the pair's
 
 
+@pytest.mark.parametrize("name", ["rgnet", "r2"])
+def test_queries_with_their_own_windows_get_what_each_gets_alone(name):
+    """Batched library search: per-query windows in one pass give each query its result alone (each window read once)."""
+    model = tiny_rgnet() if name == "rgnet" else tiny_rgnet(name="r2")
+    video = torch.randn(40, 4, 5, 16)
+    query, query_mask = torch.randn(3, 6, 4, 16), torch.ones(3, 6, dtype=torch.bool)
+    cfg = DecodeConfig(window=20.0, window_stride=10.0, retrieval_topk=2, max_moments=100, nms="hard", nms_threshold=0.5)
+    own = [[0, 10, 20], [20, 30], [5]]
+    reads = []
+    read = lambda start, stop: reads.append(start) or video[start:stop]
+    together = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=own)
+    union = [0, 5, 10, 20, 30]
+    if name == "rgnet":  # pass 1 scores each window once, pass 2 grounds each chosen window once
+        assert reads[:5] == union and len(reads[5:]) == len(set(reads[5:]))
+    else:
+        assert reads == union
+    for i, starts in enumerate(own):
+        [alone] = ground_in_windows(model, lambda a, b: video[a:b], 40, 80.0, query[i : i + 1], query_mask[i : i + 1], 0.5,
+                                    (1, 2, 4, 8), cfg, starts=starts)
+        assert np.allclose(together[i]["moments"], alone["moments"], atol=1e-5)
+        assert np.allclose(together[i]["saliency"], alone["saliency"], atol=1e-5)
+        if name == "rgnet":
+            assert np.allclose(together[i]["windows"], alone["windows"], atol=1e-5)
+
+
 def test_rgnet_training_logs_kept_fraction_and_window_retrieval(synth_root, tmp_path):
     from vtg_pipeline.config import load_config
     from vtg_pipeline.training import train

@@ -213,48 +213,55 @@ def test_a_server_error_leaks_no_traceback(index, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals /home/user/private")
 
-    monkeypatch.setattr(LibraryIndex, "search", broken)
+    monkeypatch.setattr(LibraryIndex, "search_many", broken)
     response = TestClient(create_app(index), raise_server_exceptions=False).get("/api/search", params={"q": "a red disc rises"})
     assert response.status_code == 500 and "internal server error" in response.json()["error"]
     assert "secret" not in response.text and "Traceback" not in response.text and "RuntimeError" not in response.text
 
 
-def test_searches_take_turns_in_arrival_order_and_a_full_queue_gets_503(index, monkeypatch):
-    """Searches never run side by side (they would share the cores), start in the order they came, and past
-    SEARCHES_QUEUED waiting a request is refused at once with Retry-After instead of waiting without bound."""
-    monkeypatch.setattr(serve, "SEARCHES_QUEUED", 2)
-    started, release, running, overlap = [], threading.Event(), [0], []
+def wait_until(condition, seconds: float = 30) -> None:
+    for _ in range(int(seconds * 100)):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("timed out")
 
-    def slow_search(self, query, k=10):
+
+def test_searches_that_arrive_together_run_as_one_batch_and_a_full_queue_gets_503(index, monkeypatch):
+    """Batches never run side by side (they would share the cores); the searches that arrive while one runs form the
+    next, in the order they came; past SEARCHES_QUEUED waiting a request is refused at once with Retry-After."""
+    monkeypatch.setattr(serve, "SEARCHES_QUEUED", 2)
+    batches, release, running, overlap = [], threading.Event(), [0], []
+
+    def slow_search_many(self, queries, k=10, candidates=None):
         running[0] += 1
         overlap.append(running[0])
-        started.append(query)
+        batches.append(list(zip(queries, k)))
         release.wait(30)
         running[0] -= 1
-        return []
+        return [[] for _ in queries]
 
-    monkeypatch.setattr(LibraryIndex, "search", slow_search)
+    monkeypatch.setattr(LibraryIndex, "search_many", slow_search_many)
     app = create_app(index)
     client, answers = TestClient(app), {}
 
-    def ask(query):
-        answers[query] = client.get("/api/search", params={"q": query})
+    def ask(query, k=10):
+        answers[query] = client.get("/api/search", params={"q": query, "k": k})
 
-    threads = []
-    for n, query in enumerate(["first", "second", "third"], 1):  # one runs, two wait: the queue is full
-        threads.append(threading.Thread(target=ask, args=(query,)))
+    threads = [threading.Thread(target=ask, args=("first",))]
+    threads[0].start()
+    wait_until(lambda: app.state.batches.running)
+    for query, k in (("second", 2), ("third", 3)):  # wait together while the first runs: the queue is full
+        threads.append(threading.Thread(target=ask, args=(query, k)))
         threads[-1].start()
-        for _ in range(3000):  # this request has its ticket before the next one comes
-            if app.state.turns.issued == n:
-                break
-            time.sleep(0.01)
+        wait_until(lambda query=query: query in [job.query for job in app.state.batches.waiting])
     refused = client.get("/api/search", params={"q": "fourth"})
     assert refused.status_code == 503 and "busy" in refused.json()["error"] and refused.headers["retry-after"] == "1"
     release.set()
     for t in threads:
         t.join(30)
-    assert started == ["first", "second", "third"] and max(overlap) == 1
-    assert all(answers[q].status_code == 200 for q in started)
+    assert batches == [[("first", 10)], [("second", 2), ("third", 3)]] and max(overlap) == 1, "each with its own k"
+    assert all(answers[q].status_code == 200 for q in ("first", "second", "third"))
     assert client.get("/api/search", params={"q": "fifth"}).status_code == 200  # the queue drained
 
 

@@ -249,10 +249,10 @@ class Grounder:
         """``StoredVideo.open(feature_file)``, its vision states checked to have this backbone's row shape."""
         return StoredVideo.open(feature_file, self.backbone.row_shapes()["vision"])
 
-    def ground_opened(self, video: StoredVideo, queries: list[str], starts: list[int] | None = None,
+    def ground_opened(self, video: StoredVideo, queries: list[str], starts: list[int] | list[list[int]] | None = None,
                       duration: float | None = None) -> list[dict]:
         """``inference.ground`` of ``queries`` in an open stored video with this checkpoint, as users get the moments
-        (suppressed duplicates dropped); ``starts``, ``duration`` (s) as there."""
+        (suppressed duplicates dropped); ``starts`` (shared, or per query), ``duration`` (s) as there."""
         query, query_mask = self.text_cache(queries, self.backbone.device)
         decode = replace(self.cfg.decode, keep_suppressed=False)  # users get no score-0 duplicates of better windows
         return ground(self.model, video, query, query_mask, self.fps, self.cfg.model.strides, decode, starts, duration)

@@ -149,24 +149,28 @@ class WindowResults:
     ``spans`` (W, 2) windows in seconds; ``logits`` (Q, W) retrieval logits, with ``window_prior`` x the dual
     encoder's cosine added (None for a model without retrieval);
     ``found`` per query: window index -> moments (M, 3) [start s, end s, moment score] of the windows the heads ran
-    on; ``saliency`` (Q, num_frames) averaged over the grounded windows covering each frame (0 elsewhere).
+    on; ``saliency`` (Q, num_frames) averaged over the grounded windows covering each frame (0 elsewhere);
+    ``own`` per query the indices of the windows it was asked about, ascending (None: every window).
     """
 
     spans: np.ndarray
     logits: np.ndarray | None
     found: list[dict[int, np.ndarray]]
     saliency: np.ndarray
+    own: list[list[int]] | None = None
 
 
 @torch.no_grad()
 def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], num_frames: int, duration: float,
                       query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...], cfg: DecodeConfig,
-                      starts: list[int] | None = None) -> list[dict]:
+                      starts: list[int] | list[list[int]] | None = None) -> list[dict]:
     """Ground Q queries in one video, one window at a time (memory does not grow with duration).
 
     ``read_frames(start, stop)`` returns the video's states (stop - start, K, P, D) for
     frames [start, stop); query (Q, L, K, Dt), query_mask (Q, L). ``starts``: first frames of the windows to
-    ground in (default the whole grid, ``window_starts``; library search passes the windows its first stage chose).
+    ground in (default the whole grid, ``window_starts``; library search passes the windows its first stage chose),
+    or one such list per query: each query gets what it would get alone, while a window shared by several is read
+    once.
     Returns per query ``moments`` (M, 3) [start s, end s, score] sorted, ``saliency`` (num_frames,) (0 outside
     the windows) and, for a retrieval model, ``windows`` (W, 3) [start s, end s, window score] ranked
     (``merge_windows``).
@@ -175,7 +179,10 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
     merged = []
     for i, found in enumerate(results.found):
         if results.logits is not None:
-            result = merge_windows(found, results.logits[i], results.spans, duration, cfg)
+            own = results.own[i] if results.own else list(range(len(results.spans)))
+            position = {w: j for j, w in enumerate(own)}  # this query's windows, numbered as if it were alone
+            result = merge_windows({position[w]: moments for w, moments in found.items()}, results.logits[i, own],
+                                   results.spans[own], duration, cfg)
         else:
             result = {"moments": postprocess(np.concatenate(list(found.values())), duration, cfg)[: cfg.max_moments]}
         merged.append({**result, "saliency": results.saliency[i]})
@@ -185,22 +192,30 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
 @torch.no_grad()
 def windows_of(model, read_frames: Callable[[int, int], torch.Tensor], num_frames: int, duration: float,
                query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...], cfg: DecodeConfig,
-               starts: list[int] | None = None) -> WindowResults:
+               starts: list[int] | list[list[int]] | None = None) -> WindowResults:
     """The per-window part of ``ground_in_windows`` (same arguments). A window's states are shared by the Q queries; a
     retrieval model reads every window once to score it (pass 1) and its top ``retrieval_topk`` windows per query
-    again for the heads (pass 2); a model without retrieval runs its heads on every window. Nothing is held across
-    windows but the decoded moments."""
+    (among its own, with per-query ``starts``) again for the heads (pass 2); a model without retrieval runs its heads
+    on every window (every window of the query's own). Nothing is held across windows but the decoded moments."""
     window, stride = cfg.window_frames(fps)
     starts = window_starts(num_frames, window, stride) if starts is None else starts
+    own = None
+    if starts and isinstance(starts[0], list):  # per query: the union is read, each query sees its own windows
+        union = sorted(set().union(*starts))
+        position = {start: w for w, start in enumerate(union)}
+        own, starts = [sorted(position[s] for s in set(mine)) for mine in starts], union
     queries, device = len(query), query.device
+    candidates = own or [list(range(len(starts)))] * queries  # per query: the windows it may be grounded in
+    chosen = [set(mine) for mine in candidates]
     logits = None
     if hasattr(model, "retrieve"):  # also for one window: its score scales the moments, as in every other video
         logits = window_logits(model, read_frames, starts, window, num_frames, query, query_mask, cfg.window_prior).cpu().numpy()
-        chosen = [set(np.argsort(-row, kind="stable")[: cfg.retrieval_topk].tolist()) for row in logits]
+        chosen = [set(np.asarray(mine)[np.argsort(-row[mine], kind="stable")][: cfg.retrieval_topk].tolist())
+                  for row, mine in zip(logits, candidates)]
     found: list[dict[int, np.ndarray]] = [{} for _ in range(queries)]
     saliency_sum, covered = np.zeros((queries, num_frames)), np.zeros((queries, num_frames))
     for w, start in enumerate(starts):
-        wanted = [i for i in range(queries) if logits is None or w in chosen[i]]
+        wanted = [i for i in range(queries) if w in chosen[i]]
         if not wanted:
             continue
         video, mask = window_inputs(read_frames, start, window, num_frames, len(wanted), device)
@@ -213,7 +228,7 @@ def windows_of(model, read_frames: Callable[[int, int], torch.Tensor], num_frame
             saliency_sum[i, start : start + length] += saliency_curve(out, row, length, strides)
             covered[i, start : start + length] += 1
     spans = np.stack([np.asarray(starts), np.minimum(np.asarray(starts) + window, num_frames)], axis=1) / fps
-    return WindowResults(spans, logits, found, saliency_sum / np.maximum(covered, 1))
+    return WindowResults(spans, logits, found, saliency_sum / np.maximum(covered, 1), own)
 
 
 def window_logits(model, read_frames: Callable[[int, int], torch.Tensor], starts: list[int], window: int, num_frames: int,
@@ -263,10 +278,10 @@ def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.nd
 
 @torch.no_grad()
 def ground(model, video: StoredVideo, query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...],
-           cfg: DecodeConfig, starts: list[int] | None = None, duration: float | None = None,
+           cfg: DecodeConfig, starts: list[int] | list[list[int]] | None = None, duration: float | None = None,
            states: tuple[slice, slice] = ALL_STATES) -> list[dict]:
     """``ground_in_windows`` over a stored video: Q queries (Q, L, K, Dt) with their mask (Q, L), one window's states
-    at a time, read checked finite. ``duration``: seconds (default the file's metadata); ``states``: the (layers,
+    at a time, read checked finite; ``starts`` as there (shared, or one list per query). ``duration``: seconds (default the file's metadata); ``states``: the (layers,
     tokens) slices of the stored states the model reads (default all). Results as ``ground_in_windows``'s."""
     return ground_in_windows(model, lambda start, stop: video.rows(start, stop, states), video.frames,
                              video.duration if duration is None else duration, query, query_mask, fps, strides, cfg, starts)

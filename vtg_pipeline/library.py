@@ -243,65 +243,86 @@ class LibraryIndex:
     def windows(self, query: str, n: int | None = None) -> list[dict]:
         """Stage 1 alone: the ``n`` (default ``CANDIDATES``) windows most similar to ``query``, best first (``row``: the
         window's table row)."""
-        return stage_one(self.searcher, query, n or CANDIDATES)
+        return stage_one(self.searcher, [query], n or CANDIDATES)[0]
 
     def search(self, query: str, k: int = 10, candidates: int | None = None) -> list[dict]:
         """The top ``k`` moments of the library for ``query``, best first (fields in the module docstring); stage 2 grounds
         in the ``candidates`` (default ``CANDIDATES``) windows stage 1 finds."""
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        return self.search_many([query], k, candidates)[0]
+
+    def search_many(self, queries: list[str], k: int | list[int] = 10, candidates: int | None = None) -> list[list[dict]]:
+        """``search`` for several queries at once (``k`` shared or one per query), each answered as it would be alone:
+        one text-encoder call and one faiss search for all, and each video that any query's windows fall in is read
+        once for every query that hit it."""
+        ks = [k] * len(queries) if isinstance(k, int) else list(k)
+        if any(n < 1 for n in ks):
+            raise ValueError(f"k must be at least 1, got {min(ks)}")
         searcher = self.searcher
         version = searcher.version
-        by_video: dict[int, list[int]] = {}
-        for hit in stage_one(searcher, query, candidates or CANDIDATES):
-            by_video.setdefault(int(version.table["video"][hit["row"]]), []).append(int(version.table["first_frame"][hit["row"]]))
-        moments = []
-        for video, starts in by_video.items():
+        by_video: dict[int, dict[int, list[int]]] = {}  # video -> query -> first frames of its windows there
+        for q, hits in enumerate(stage_one(searcher, queries, candidates or CANDIDATES)):
+            for hit in hits:
+                video = int(version.table["video"][hit["row"]])
+                by_video.setdefault(video, {}).setdefault(q, []).append(int(version.table["first_frame"][hit["row"]]))
+        moments: list[list[dict]] = [[] for _ in queries]
+        for video, asked in by_video.items():
             try:
-                moments += stage_two(searcher, version.info["videos"][video], query, sorted(starts), self.folder / "features")
+                found = stage_two(searcher, version.info["videos"][video], [queries[q] for q in asked],
+                                  [sorted(starts) for starts in asked.values()], self.folder / "features")
             except (DataError, OSError, SafetensorError) as e:  # rewritten or removed by a build since this version was written
                 log.warning(printable(f"{version.info['videos'][video]['path']}: left out of this search ({first_line(e)})"))
-        moments.sort(key=lambda m: -m["score"])
-        return [{"rank": rank, **m} for rank, m in enumerate(moments[:k], 1)]
+                continue
+            for q, results in zip(asked, found):
+                moments[q] += results
+        ranked = []
+        for found, n in zip(moments, ks):
+            found.sort(key=lambda m: -m["score"])
+            ranked.append([{"rank": rank, **m} for rank, m in enumerate(found[:n], 1)])
+        return ranked
 
 
 @torch.no_grad()
-def stage_one(searcher: Searcher, query: str, n: int) -> list[dict]:
-    """The ``n`` windows whose retrieval embedding is nearest the query's: vid, video, start, end (s), similarity, row."""
+def stage_one(searcher: Searcher, queries: list[str], n: int) -> list[list[dict]]:
+    """Per query, the ``n`` windows whose retrieval embedding is nearest it: vid, video, start, end (s), similarity,
+    row (one text-encoder call and one faiss search for all the queries)."""
     if n < 1:
         raise ValueError(f"candidates must be at least 1, got {n}")
     version, grounder = searcher.version, searcher.grounder
-    states, mask = grounder.text_cache([check_query(query, grounder)], grounder.backbone.device)
+    states, mask = grounder.text_cache([check_query(query, grounder) for query in queries], grounder.backbone.device)
     embedded = grounder.model.retrieval.embed_queries(states, mask).float().cpu().numpy()
-    similarity, rows = version.index.search(embedded, n)
+    similarities, rows = version.index.search(embedded, n)
     table, videos = version.table, version.info["videos"]
-    return [{"vid": videos[table["video"][row]]["vid"], "video": videos[table["video"][row]]["path"], "start": float(table["start"][row]),
-             "end": float(table["end"][row]), "similarity": float(score), "row": int(row)}
-            for score, row in zip(similarity[0], rows[0]) if row >= 0]
+    return [[{"vid": videos[table["video"][row]]["vid"], "video": videos[table["video"][row]]["path"], "start": float(table["start"][row]),
+              "end": float(table["end"][row]), "similarity": float(score), "row": int(row)}
+             for score, row in zip(found_similarities, found_rows) if row >= 0]
+            for found_similarities, found_rows in zip(similarities, rows)]
 
 
 @torch.no_grad()
-def stage_two(searcher: Searcher, video: dict, query: str, starts: list[int], store: Path) -> list[dict]:
-    """One video's moments for ``query`` in the windows starting at frames ``starts`` (NMS'd in absolute seconds, as
-    ``vtg ground`` gives them), each with the window holding most of it and that window's clip times and saliency."""
+def stage_two(searcher: Searcher, video: dict, queries: list[str], starts: list[list[int]], store: Path) -> list[list[dict]]:
+    """One video's moments for each of ``queries`` in its own windows (``starts``: first frames, per query), NMS'd in
+    absolute seconds as ``vtg ground`` gives them, each with the window holding most of it and that window's clip
+    times and saliency. The video's states are read once for all the queries."""
     grounder = searcher.grounder
     cfg = grounder.cfg
     file = feature_path(store, video["vid"])
     with grounder.open_stored(file) as stored:
         if stored.metadata.get("source_mtime") != video["mtime"]:
             raise DataError(f"{file}: changed since the index was written")
-        [grounded] = grounder.ground_opened(stored, [query], starts, video["duration"])
+        grounded = grounder.ground_opened(stored, queries, starts, video["duration"])
     times = stored.timestamps
     length = min(cfg.decode.window_frames(grounder.fps)[0], len(times))
-    spans = np.array([[s / grounder.fps, min((s + length) / grounder.fps, video["duration"])] for s in starts])
-    results = []
-    for start, end, score in rounded(grounded["moments"]):
-        best = int(np.argmax(np.minimum(spans[:, 1], end) - np.maximum(spans[:, 0], start)))
-        clips = slice(starts[best], starts[best] + length)
-        results.append({"query": query, "video": video["path"], "vid": video["vid"], "start": start, "end": end, "score": score,
-                        "duration": video["duration"], "window": rounded(spans[best]), "clip_times": rounded(times[clips]),
-                        "saliency": rounded(grounded["saliency"][clips])})
-    return results
+    answers = []
+    for query, own, result in zip(queries, starts, grounded):
+        spans = np.array([[s / grounder.fps, min((s + length) / grounder.fps, video["duration"])] for s in own])
+        answers.append([])
+        for start, end, score in rounded(result["moments"]):
+            best = int(np.argmax(np.minimum(spans[:, 1], end) - np.maximum(spans[:, 0], start)))
+            clips = slice(own[best], own[best] + length)
+            answers[-1].append({"query": query, "video": video["path"], "vid": video["vid"], "start": start, "end": end, "score": score,
+                                "duration": video["duration"], "window": rounded(spans[best]), "clip_times": rounded(times[clips]),
+                                "saliency": rounded(result["saliency"][clips])})
+    return answers
 
 
 @torch.no_grad()

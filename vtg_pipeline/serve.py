@@ -9,8 +9,9 @@ Routes (``create_app``):
   prints (``LibraryIndex.search``) with the video's file name and media URL in place of its absolute path on this
   machine (``"video"``, given only with ``show_paths``: ``vtg serve --show-paths``), ``views`` one per result, what the page shows: name, media and thumbnail URLs,
   time range (h:mm:ss.s) and the saliency SVG. An empty query, one over ``MAX_QUERY_CHARS`` characters or the text
-  tower's context, and ``k`` outside 1..``MAX_K`` get a 422 ``{"error": …}``. Searches run one at a time, first come first
-  served (``SearchTurns``); with ``SEARCHES_QUEUED`` already waiting a request gets a 503 with ``Retry-After``.
+  tower's context, and ``k`` outside 1..``MAX_K`` get a 422 ``{"error": …}``. Searches that arrive together are answered
+  as one batch, one batch at a time, first come first served (``SearchBatches``); with ``SEARCHES_QUEUED`` already
+  waiting a request gets a 503 with ``Retry-After``.
 - ``GET /api/videos``: ``{"videos": [{"vid", "name", "duration", "frames", "windows", "media"}, …]}`` (and ``"path"``
   with ``show_paths``).
 - ``GET /media/<vid>``: the indexed video, with HTTP range requests (Starlette's FileResponse: 206, Content-Range).
@@ -38,7 +39,6 @@ import socket
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -68,7 +68,8 @@ MAX_K = 100
 PAGE_K = 10  # moments the page asks for (the legend names this number)
 COOKIE = "vtg_token"
 RETRY_SECONDS = 5.0  # a new index version that could not be read is tried again after this long
-SEARCHES_QUEUED = 64  # searches that may wait for their turn; one more is refused with 503 and Retry-After
+SEARCHES_QUEUED = 64  # searches that may wait for their batch; one more is refused with 503 and Retry-After
+SEARCH_BATCH = 32  # searches answered together at most (one text-encoder call, one faiss search)
 
 PAGE_STYLE = """
 form{display:flex;gap:.5rem;margin:1rem 0} #q{flex:1;font-size:1.1rem;padding:.4rem}
@@ -173,30 +174,62 @@ class LiveIndex:
         return self.index
 
 
-class SearchTurns:
-    """Searches run one at a time, first come first served: torch already spreads one search over every core, and
-    searches running side by side only take the cores from each other (16 at once on 2 cores: each 10x slower).
-    ``turn()`` waits for this request's turn (a ticket); with ``queued`` requests already waiting it refuses at once
-    (HTTPException 503)."""
+class SearchJob:
+    """One request's search: its query and ``k``, then its results or the error its batch raised."""
 
-    def __init__(self, queued: int):
-        self.queued, self.issued, self.serving = queued, 0, 0
+    def __init__(self, query: str, k: int):
+        self.query, self.k, self.done, self.results, self.error = query, k, False, None, None
+
+
+class SearchBatches:
+    """Concurrent searches answered in batches, one batch at a time: the requests that arrive while a batch runs wait
+    and run together as the next one (``LibraryIndex.search_many``: one text-encoder call, one faiss search, each
+    video read once for all its queries), at most ``batch`` of them, first come first served. One batch at a time
+    because torch already spreads one over every core: searches side by side only take the cores from each other.
+    With ``queued`` requests already waiting, a new one is refused at once (HTTPException 503 with Retry-After). The
+    request thread that finds no batch running runs the next one (no thread of its own)."""
+
+    def __init__(self, queued: int, batch: int):
+        self.queued, self.batch = queued, batch
+        self.waiting: list[SearchJob] = []
+        self.running, self.batches = False, 0
         self.changed = threading.Condition()
 
-    @contextmanager
-    def turn(self):
+    def search(self, index: LibraryIndex, query: str, k: int) -> list[dict]:
+        """``index.search(query, k)``, answered in a batch with the requests waiting beside it."""
+        job = SearchJob(query, k)
         with self.changed:
-            if self.issued - self.serving > self.queued:
-                raise HTTPException(503, f"busy: {self.issued - self.serving - 1} searches are waiting; try again in a moment",
+            if len(self.waiting) >= self.queued:
+                raise HTTPException(503, f"busy: {len(self.waiting)} searches are waiting; try again in a moment",
                                     headers={"Retry-After": "1"})
-            ticket, self.issued = self.issued, self.issued + 1
-            self.changed.wait_for(lambda: self.serving == ticket)
+            self.waiting.append(job)
+            while not job.done:
+                if self.running:
+                    self.changed.wait()
+                    continue
+                batch, self.waiting = self.waiting[: self.batch], self.waiting[self.batch :]
+                self.running = True
+                self.changed.release()
+                try:
+                    self.run(index, batch)
+                finally:
+                    self.changed.acquire()
+                    self.running, self.batches = False, self.batches + 1
+                    self.changed.notify_all()
+        if job.error is not None:
+            raise job.error
+        return job.results
+
+    @staticmethod
+    def run(index: LibraryIndex, batch: list[SearchJob]) -> None:
         try:
-            yield
-        finally:
-            with self.changed:
-                self.serving += 1
-                self.changed.notify_all()
+            answers = index.search_many([job.query for job in batch], [job.k for job in batch])
+        except Exception as e:  # every request of the batch answers with it (a 500, logged once)
+            log.exception("search batch of %d failed", len(batch))
+            answers = [e] * len(batch)
+        for job, answer in zip(batch, answers):
+            job.results, job.error = (None, answer) if isinstance(answer, Exception) else (answer, None)
+            job.done = True
 
 
 def media_url(vid: str) -> str:
@@ -269,9 +302,9 @@ def authorized(request: Request, token: str) -> bool:
 def create_app(index: LibraryIndex, token: str | None = None, show_paths: bool = False) -> FastAPI:
     """The ASGI app serving ``index`` (see the module docstring); ``token``: required from every client when given;
     ``show_paths``: API records include the videos' absolute paths on this machine."""
-    live, turns = LiveIndex(index), SearchTurns(SEARCHES_QUEUED)
+    live, batches = LiveIndex(index), SearchBatches(SEARCHES_QUEUED, SEARCH_BATCH)
     app = FastAPI(title="vtg serve", docs_url=None, redoc_url=None, openapi_url=None)  # the docs pages load from a CDN
-    app.state.turns = turns
+    app.state.batches = batches
 
     def lookup(vid: str) -> dict:
         live.current()
@@ -315,8 +348,7 @@ def create_app(index: LibraryIndex, token: str | None = None, show_paths: bool =
             check_query(q, current.grounder)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
-        with turns.turn():
-            results = current.search(q, k=k)
+        results = batches.search(current, q, k)
         return {"query": q, "results": [public(r, "video", show_paths) for r in results], "views": views(results)}
 
     @app.get("/api/videos")
