@@ -52,9 +52,10 @@ of a process holding the loaded index after one search, in a fresh process each 
 
 ``load``: starts ``vtg serve --index ROOT/SET/index`` on a free port and runs ``--clients`` (16) threads for
 ``--seconds`` (60), each sending ``GET /api/search?q=…&k=10`` back to back; ``--queries unique`` (default) makes
-every request's text new (a validation query plus `` #N``), ``val`` cycles the validation queries. p50/p99 of
-the responses, errors (non-200 or no response), the server's RSS after warm-up, half-way, at the end and its peak
-(sampled every second; growth from half-way to the end is growth, not warm-up).
+every request's text new (a validation query plus `` #N``), ``val`` cycles the validation queries. Searches/s
+answered, p50/p99 of the answered ones, 503s (overload, refused at once) apart from errors (any other non-200, or
+no response), the server's RSS after warm-up, half-way, at the end and its peak (sampled every second; growth from
+half-way to the end is growth, not warm-up). Written to bench/out/library_load[_long]_<clients>c.json.
 
 Timings are wall-clock on the machine's CPUs (torch's default threads, or ``--threads``) and only mean something on
 idle cores: on 2 shared cores a busy neighbour made every torch call here about 10x slower, so each JSON records the
@@ -576,16 +577,17 @@ def load(args) -> None:
             server.kill()
         log.close()
     times = [t for t, outcome in results if outcome == "ok"]
-    errors = Counter(outcome for _, outcome in results if outcome != "ok")
+    errors = Counter(outcome for _, outcome in results if outcome not in ("ok", "HTTP 503"))
+    half = samples[len(samples) // 2] if samples else rss_end
     row = {"clients": args.clients, "seconds": args.seconds, "queries": args.queries, "requests": len(results),
-           "requests/s": round(len(results) / args.seconds, 1), "p50 ms": percentile(times, 50), "p99 ms": percentile(times, 99),
-           "errors": sum(errors.values()), "RSS start MiB": round(rss_start / 2**20),
-           "RSS half-time MiB": round(samples[len(samples) // 2] / 2**20) if samples else None, "RSS end MiB": round(rss_end / 2**20),
-           "RSS peak MiB": round(max(samples + [rss_end]) / 2**20)}
+           "searches/s": round(len(times) / args.seconds, 2), "p50 ms": percentile(times, 50), "p99 ms": percentile(times, 99),
+           "503s": sum(outcome == "HTTP 503" for _, outcome in results), "errors": sum(errors.values()),
+           "RSS start MiB": round(rss_start / 2**20), "RSS half-time MiB": round(half / 2**20), "RSS end MiB": round(rss_end / 2**20),
+           "RSS growth 2nd half %": round(100 * (rss_end - half) / half, 2), "RSS peak MiB": round(max(samples + [rss_end]) / 2**20)}
     print(json.dumps({**row, "error_kinds": dict(errors)}))
     print(markdown([row], list(row)))
     OUT.mkdir(exist_ok=True)
-    (OUT / f"library_load{suffix(args)}.json").write_text(json.dumps(
+    (OUT / f"library_load{suffix(args)}_{args.clients}c.json").write_text(json.dumps(
         {"set": folder.name, "index": str(folder / "index"), **machine(args), **row, "error_kinds": dict(errors),
          "rss_mib_per_second": [round(s / 2**20) for s in samples]}, indent=2))
 

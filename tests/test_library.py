@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 from bad_input import assert_one_line_error
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vtg_pipeline.cli import main
 from vtg_pipeline.config import load_config
-from vtg_pipeline.extract import find_videos
+from vtg_pipeline.extract import VISION_FP8, find_videos
 from vtg_pipeline.grounder import Grounder, hms
 from vtg_pipeline.inference import window_starts
 from vtg_pipeline.library import LibraryError, LibraryIndex, build_index
@@ -350,6 +351,20 @@ def test_safetensors_outputs_get_the_mode_every_other_output_gets(library, check
     version = library[0] / json.loads((library[0] / "index.json").read_text())["folder"]
     modes = {path.name: path.stat().st_mode & 0o777 for path in [*version.iterdir(), *checkpoint.iterdir()] if path.is_file()}
     assert modes["vectors.safetensors"] == modes["library.json"] == modes["model.safetensors"] == modes["config.json"] == 0o644
+
+
+def test_an_index_can_keep_its_states_in_fp8(synth_root, checkpoint, grounder, library, tmp_path):
+    """``states="fp8"`` (``vtg index --states fp8``): half the bytes per stored state; search grounds in them."""
+    videos = copy_videos(synth_root, tmp_path / "videos", 2)
+    folder = tmp_path / "index"
+    build_index(find_videos([str(tmp_path / "videos")]), grounder, folder, str(checkpoint), progress=False, states="fp8")
+    small, full = folder / "features" / f"{videos[0].stem}.safetensors", library[0] / "features" / f"{videos[0].stem}.safetensors"
+    with safe_open(str(small), framework="pt") as f, safe_open(str(full), framework="pt") as g:
+        assert f.metadata()["vision_format"] == VISION_FP8
+        assert (f.get_slice("vision").get_dtype(), g.get_slice("vision").get_dtype()) == ("F8_E4M3", "F16")
+        assert f.get_slice("vision").get_shape() == g.get_slice("vision").get_shape()
+    results = LibraryIndex.open(folder, grounder).search(QUERY, k=3)
+    assert len(results) == 3 and all(r["vid"] in {v.stem for v in videos} for r in results)
 
 
 def test_a_checkpoint_older_than_the_search_head_grounds_but_is_not_indexed(checkpoint, synth_root, tmp_path):

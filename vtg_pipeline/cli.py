@@ -247,7 +247,7 @@ def index_main(args: argparse.Namespace) -> int:
     grounder = Grounder.from_pretrained(args.checkpoint, device=args.device or "cpu")
     with engine_for(args) as engine:
         counts = build_index(items, grounder, args.index, args.checkpoint, rebuild=args.rebuild, progress=not args.no_progress,
-                             engine=engine, folders=args.video_dirs)
+                             engine=engine, folders=args.video_dirs, states=args.states)
     print(printable(f"index: {counts['videos']} videos ({counts['new']} new, {counts['changed']} changed, {counts['unchanged']} unchanged, "
                     f"{counts['removed']} removed, {counts['failed']} failed), {counts['windows']} windows, "
                     f"version {counts['version']} -> {counts['index']}"), file=sys.stderr)
@@ -391,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--checkpoint", required=True, help="a trained checkpoint folder (a run's best/); the index only answers with it")
     index.add_argument("--index", required=True, metavar="DIR", help="index folder (created; its feature store is DIR/features)")
     index.add_argument("--rebuild", action="store_true", help="start afresh: another checkpoint, or a damaged index (stored features are reused)")
+    index.add_argument("--states", choices=("fp16", "fp8"), default="fp16",
+                       help="how the feature store keeps the states search grounds in: fp16 (default), or fp8 for half the disk "
+                            "(docs/BENCHMARKS.md: within the seed spread in the learning check); a change re-extracts")
     index.add_argument("--device", default=None, help="torch device (default cpu)")
     index.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_ray_argument(index)

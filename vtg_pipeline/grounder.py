@@ -208,11 +208,12 @@ class Grounder:
                         results[i]["warning"] = f"query longer than {self.backbone.tokenizer.context_length} tokens: truncated"
         return results
 
-    def extract_config(self, store: str | Path, progress: bool = False) -> ExtractConfig:
-        """The extraction settings of this checkpoint's backbone, layers, fps and precision, keeping frames and states."""
+    def extract_config(self, store: str | Path, progress: bool = False, states: str = "fp16") -> ExtractConfig:
+        """The extraction settings of this checkpoint's backbone, layers, fps and precision, keeping frames and states
+        (``states``: fp16, or fp8 for half the bytes)."""
         backbone = self.cfg.backbone
         return ExtractConfig(video_dirs=[], out=str(store), fps=self.fps, model=backbone.name, pretrained=backbone.pretrained,
-                             layers=backbone.layers, store="both", precision=backbone.precision, progress=progress)
+                             layers=backbone.layers, store="both", precision=backbone.precision, states=states, progress=progress)
 
     def encode_videos(self, paths: list[str], store: Path, progress: bool = False,
                       engine: Engine | None = None) -> tuple[dict[str, Path], dict[str, str]]:

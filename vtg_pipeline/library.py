@@ -340,7 +340,7 @@ def embed_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor
 
 def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, checkpoint: str, rebuild: bool = False,
                 progress: bool = True, approximate_above: int = FLAT_UP_TO, compress_above: int = COMPRESS_ABOVE,
-                engine: Engine | None = None, folders: list[str] | None = None) -> dict:
+                engine: Engine | None = None, folders: list[str] | None = None, states: str = "fp16") -> dict:
     """Index ``items`` (``extract.find_videos``) in ``folder`` with ``grounder``, loaded from ``checkpoint`` (recorded for
     search); a new version replaces the current one. Returns counts: videos, new, changed, unchanged, removed, failed,
     windows, kind (flat | ivf | ivfpq), layout (``window_index.choose_layout``), version, index. The layout changes
@@ -348,7 +348,8 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
     unreadable (``rebuild=True`` embeds every video afresh, reusing the stored features that still match).
     ``engine``: where videos are extracted and embedded (default: this process; ``RayEngine``: a Ray cluster); the
     faiss index is built here either way. ``folders``: the folders (or files) the videos were found in, recorded as
-    the only places ``vtg serve`` serves media from (default: each video's own folder)."""
+    the only places ``vtg serve`` serves media from (default: each video's own folder). ``states``: how the store
+    keeps the states stage 2 reads, fp16 or fp8 (half the bytes; a change re-extracts every video)."""
     if not grounder.indexable:
         raise LibraryError(f"{checkpoint}: trained before checkpoints had a library-search head; train it again to index with it")
     engine = engine or LocalEngine()
@@ -361,7 +362,7 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
             raise LibraryError(f"{folder}: indexed with checkpoint {old.info['checkpoint']['path']}, not {checkpoint}; "
                                f"give --rebuild to index it with {checkpoint} instead")
         store = folder / "features"
-        failures = dict(engine.extract(grounder.extract_config(store, progress), items, grounder.backbone).failures)
+        failures = dict(engine.extract(grounder.extract_config(store, progress, states), items, grounder.backbone).failures)
         known = {v["vid"]: v for v in old.info["videos"]} if old else {}
         entries, to_embed = {}, []
         for item in items:

@@ -85,7 +85,7 @@ def build_faiss(vectors: np.ndarray, layout: dict, trained: faiss.Index | None =
 def reusable_training(old_layout: dict | None, old_index: faiss.Index | None, layout: dict, windows: int) -> faiss.Index | None:
     """The previous version's compressed index when its training can serve ``windows`` windows in ``layout``: the
     same factory and at most twice the windows it was trained on; else None (train afresh)."""
-    if (old_index is None or not old_layout or layout["kind"] != "ivfpq" or old_layout.get("factory") != layout["factory"]
+    if (old_index is None or not isinstance(old_layout, dict) or layout["kind"] != "ivfpq" or old_layout.get("factory") != layout["factory"]
             or windows > 2 * old_layout.get("trained_on", 0)):
         return None
     return old_index
