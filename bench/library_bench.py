@@ -284,7 +284,7 @@ def timed_searches(index: LibraryIndex, queries: list[str], search) -> tuple[dic
         start = time.perf_counter()
         results = search(query)
         times.append(time.perf_counter() - start)
-        ranked[query] = [(r["vid"], r["start"], r["end"]) for r in results]
+        ranked[query] = [(r["vid"], r["start"], r["end"]) for r in results if "error" not in r]
     return ranked, times
 
 

@@ -180,6 +180,23 @@ def test_batched_searches_give_each_query_its_results_alone(library, grounder, s
         index.search_many(texts[:2], k=[1, 0])
 
 
+def test_a_video_whose_states_went_missing_gets_an_error_record_and_the_others_stand(library, grounder, tmp_path, capsys):
+    folder = Path(shutil.copytree(library[0], tmp_path / "index"))
+    index = LibraryIndex.open(folder, grounder)
+    everything = index.search(QUERY, k=10_000, candidates=library[1]["windows"])
+    lost = everything[0]["vid"]
+    (folder / "features" / f"{lost}.safetensors").unlink()
+    results = index.search(QUERY, k=10_000, candidates=library[1]["windows"])
+    moments, errors = [r for r in results if "error" not in r], [r for r in results if "error" in r]
+    assert moments == [{**r, "rank": i} for i, r in enumerate((r for r in everything if r["vid"] != lost), 1)]
+    assert results[-len(errors):] == errors and len(errors) == 1
+    assert errors[0]["vid"] == lost and errors[0]["query"] == QUERY and "vtg index again" in errors[0]["error"]
+    capsys.readouterr()
+    assert main(["search", "--index", str(folder), QUERY, "-k", "3", "--candidates", str(library[1]["windows"])]) == 1
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 4 and "error: its stored states cannot be read" in printed[-1]
+
+
 def test_stage_two_equals_vtg_ground_when_every_window_is_a_candidate(library, grounder, synth_root):
     folder, counts = library
     results = LibraryIndex.open(folder, grounder).search(QUERY, k=10_000, candidates=counts["windows"])

@@ -94,6 +94,20 @@ def test_no_response_holds_a_server_path_unless_asked(index, library, synth_root
     assert all(Path(r["video"]).is_file() for r in shown.get("/api/search", params={"q": query}).json()["results"])
 
 
+def test_a_video_whose_states_went_missing_is_an_error_record_beside_the_results(library, synth_root, tmp_path):
+    folder = Path(shutil.copytree(library[0], tmp_path / "index"))
+    client = TestClient(create_app(LibraryIndex.open(folder)))
+    query = queries(synth_root)[0]
+    before = client.get("/api/search", params={"q": query, "k": 100}).json()
+    lost = before["results"][0]["vid"]
+    (folder / "features" / f"{lost}.safetensors").unlink()
+    body = client.get("/api/search", params={"q": query, "k": 100}).json()
+    assert body["errors"] == [{"query": query, "vid": lost, "error": body["errors"][0]["error"], "name": lost + ".mp4",
+                               "media": f"/media/{lost}"}]
+    assert body["results"] and lost not in {r["vid"] for r in body["results"]}, "the other videos' moments stand"
+    assert len(body["views"]) == len(body["results"]) and before["errors"] == []
+
+
 def test_media_comes_only_from_the_recorded_folders(checkpoint, synth_root, tmp_path):  # noqa: F811
     """A symlink in the indexed folder to a file of the same name elsewhere is indexed at its real path, outside the
     folder: refused. So is every video of an index that does not record its folders (written before they were)."""

@@ -260,9 +260,15 @@ def search_main(args: argparse.Namespace) -> int:
     from .library import LibraryIndex
 
     index = LibraryIndex.open(args.index, device=args.device or "cpu")
-    for r in index.search(args.query, k=args.k, candidates=args.candidates):  # candidates None: the library's default
-        print(json.dumps(r) if args.json else printable(f"{r['rank']:>3}. {r['video']}  {hms(r['start'])}–{hms(r['end'])}  {r['score']:.4f}"))
-    return 0
+    results = index.search(args.query, k=args.k, candidates=args.candidates)  # candidates None: the library's default
+    for r in results:
+        if args.json:
+            print(json.dumps(r))
+        elif "error" in r:
+            print(printable(f"  -  {r['video']}  error: {r['error']}"))
+        else:
+            print(printable(f"{r['rank']:>3}. {r['video']}  {hms(r['start'])}–{hms(r['end'])}  {r['score']:.4f}"))
+    return 1 if any("error" in r for r in results) else 0
 
 
 def serve_main(args: argparse.Namespace) -> int:
@@ -402,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="find moments in an indexed video library by text",
                             description="Stage 1 finds the --candidates windows of the library nearest the query (faiss); stage 2 "
                             "grounds the query in those windows with the index's checkpoint and ranks the moments. Prints rank, video, "
-                            "start-end (h:mm:ss.s) and score, best first; --json: one JSON object per moment.")
+                            "start-end (h:mm:ss.s) and score, best first; --json: one JSON object per moment. A chosen video whose stored states "
+                            "cannot be read (removed or changed since vtg index) gets an error line after the moments, and the exit "
+                            "status is 1.")
     search.add_argument("query", help="what to look for, e.g. \"the chef cuts the pizza\"")
     search.add_argument("--index", required=True, metavar="DIR", help="an index folder written by vtg index")
     search.add_argument("-k", type=_positive_int, default=10, help="moments to print (default 10)")

@@ -247,7 +247,9 @@ class LibraryIndex:
 
     def search(self, query: str, k: int = 10, candidates: int | None = None) -> list[dict]:
         """The top ``k`` moments of the library for ``query``, best first (fields in the module docstring); stage 2 grounds
-        in the ``candidates`` (default ``CANDIDATES``) windows stage 1 finds."""
+        in the ``candidates`` (default ``CANDIDATES``) windows stage 1 finds. After the moments, one error record
+        ``{"query", "vid", "video", "error"}`` (no rank) for each video stage 1 chose whose states could not be read
+        (removed or rewritten since the version was written): the other results stand."""
         return self.search_many([query], k, candidates)[0]
 
     def search_many(self, queries: list[str], k: int | list[int] = 10, candidates: int | None = None) -> list[list[dict]]:
@@ -265,19 +267,24 @@ class LibraryIndex:
                 video = int(version.table["video"][hit["row"]])
                 by_video.setdefault(video, {}).setdefault(q, []).append(int(version.table["first_frame"][hit["row"]]))
         moments: list[list[dict]] = [[] for _ in queries]
+        errors: list[list[dict]] = [[] for _ in queries]
         for video, asked in by_video.items():
+            entry = version.info["videos"][video]
             try:
-                found = stage_two(searcher, version.info["videos"][video], [queries[q] for q in asked],
-                                  [sorted(starts) for starts in asked.values()], self.folder / "features")
-            except (DataError, OSError, SafetensorError) as e:  # rewritten or removed by a build since this version was written
-                log.warning(printable(f"{version.info['videos'][video]['path']}: left out of this search ({first_line(e)})"))
+                found = stage_two(searcher, entry, [queries[q] for q in asked], [sorted(starts) for starts in asked.values()],
+                                  self.folder / "features")
+            except (DataError, OSError, SafetensorError) as e:  # removed or rewritten since this version was written
+                reason = f"its stored states cannot be read ({first_line(e)}); run vtg index again"
+                log.warning(printable(f"{entry['path']}: left out of this search: {reason}"))
+                for q in asked:
+                    errors[q].append({"query": queries[q], "vid": entry["vid"], "video": entry["path"], "error": reason})
                 continue
             for q, results in zip(asked, found):
                 moments[q] += results
         ranked = []
-        for found, n in zip(moments, ks):
+        for found, failed, n in zip(moments, errors, ks):
             found.sort(key=lambda m: -m["score"])
-            ranked.append([{"rank": rank, **m} for rank, m in enumerate(found[:n], 1)])
+            ranked.append([{"rank": rank, **m} for rank, m in enumerate(found[:n], 1)] + failed)
         return ranked
 
 

@@ -5,9 +5,10 @@ Routes (``create_app``):
 - ``GET /``: the search page (self-contained HTML/CSS/JS, no network): a search box, the top moments with a
   thumbnail, video name, time range and score; a click plays the video from the moment's start, its saliency curve
   below (``report.saliency_svg``).
-- ``GET /api/search?q=…&k=…``: ``{"query", "results", "views"}``; ``results`` are the records ``vtg search --json``
-  prints (``LibraryIndex.search``) with the video's file name and media URL in place of its absolute path on this
-  machine (``"video"``, given only with ``show_paths``: ``vtg serve --show-paths``), ``views`` one per result, what the page shows: name, media and thumbnail URLs,
+- ``GET /api/search?q=…&k=…``: ``{"query", "results", "views", "errors"}``; ``results`` are the moment records
+  ``vtg search --json`` prints (``LibraryIndex.search``) with the video's file name and media URL in place of its
+  absolute path on this machine (``"video"``, given only with ``show_paths``: ``vtg serve --show-paths``),
+  ``errors`` its error records (a chosen video whose states cannot be read), ``views`` one per result, what the page shows: name, media and thumbnail URLs,
   time range (h:mm:ss.s) and the saliency SVG. An empty query, one over ``MAX_QUERY_CHARS`` characters or the text
   tower's context, and ``k`` outside 1..``MAX_K`` get a 422 ``{"error": …}``. Searches that arrive together are answered
   as one batch, one batch at a time, first come first served (``SearchBatches``); with ``SEARCHES_QUEUED`` already
@@ -348,8 +349,10 @@ def create_app(index: LibraryIndex, token: str | None = None, show_paths: bool =
             check_query(q, current.grounder)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
-        results = batches.search(current, q, k)
-        return {"query": q, "results": [public(r, "video", show_paths) for r in results], "views": views(results)}
+        found = batches.search(current, q, k)
+        results, errors = [r for r in found if "error" not in r], [r for r in found if "error" in r]
+        return {"query": q, "results": [public(r, "video", show_paths) for r in results], "views": views(results),
+                "errors": [public(r, "video", show_paths) for r in errors]}
 
     @app.get("/api/videos")
     def videos():
