@@ -253,6 +253,7 @@ def test_an_index_refuses_another_checkpoint_until_rebuilt(synth_root, checkpoin
     shutil.copytree(checkpoint, mine)
     folder = tmp_path / "index"
     assert main(["index", str(video_dir), "--checkpoint", str(mine), "--index", str(folder), "--no-progress"]) == 0
+    assert "index layout: flat, Flat" in capsys.readouterr().err, "vtg index prints the layout it chose"
     other = other_checkpoint(checkpoint, tmp_path / "other")
     with pytest.raises(LibraryError, match="built with checkpoint .*--rebuild"):
         LibraryIndex.open(folder, Grounder.from_pretrained(other))
