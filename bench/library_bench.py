@@ -39,8 +39,8 @@ at a time over all videos for ``--latency-queries`` queries, (b) and (c) for eve
 ``speed``: (1) stage 1 alone (faiss search of one query vector, the index's 20 candidates) at ``--windows``
 windows, vectors tiled from the real index plus noise of norm ``--noise`` (renormalised), the queries the real
 validation queries' embeddings: each of ``--layouts`` (``window_index``: flat, ivf, ivfpq as ``vtg index`` builds
-them, ivfpq-noopq without the rotation; searched with their own parameters, then each ``--nprobe`` and each
-compressed ``--rerank`` shortlist), build time, index RAM (the faiss index and the window table a loaded version
+them) and of the compressed ``--factories`` (faiss factory strings), searched with their own parameters, then each
+``--nprobe`` and each compressed ``--rerank`` shortlist, build time, index RAM (the faiss index and the window table a loaded version
 holds; a compressed index's full vectors are memory-mapped, not counted), p50/p99, recall of the exact top 20
 (numpy, in blocks) and "source recall" (the real windows the exact top 20 are copies
 of, found among its top 20: near-identical copies make the plain recall a coin toss among ties); (2) two-stage per-query
@@ -378,23 +378,27 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, n: int, block: int = 2**
     return best_rows
 
 
-def stage_one_layouts(size: int, dims: int, kinds: list[str]) -> list[dict]:
-    """The layouts measured at ``size`` windows: ``flat``, ``ivf``, ``ivfpq`` (as vtg index builds it above
-    COMPRESS_ABOVE) and ``ivfpq-noopq`` (the same without the OPQ rotation)."""
+def stage_one_layouts(size: int, dims: int, kinds: list[str], factories: list[str]) -> list[dict]:
+    """The layouts measured at ``size`` windows: ``flat``, ``ivf``, ``ivfpq`` (as vtg index builds them), then
+    compressed layouts of other faiss ``factories`` (``[OPQm_d,]IVFn,PQmxb``), searched as ``ivfpq`` is."""
     compressed = choose_layout(size, dims, 0, 0)
-    layouts = {"flat": choose_layout(size, dims, size, size), "ivf": choose_layout(size, dims, 0, size), "ivfpq": compressed,
-               "ivfpq-noopq": {**compressed, "factory": re.sub(r"^OPQ\d+_\d+,", "", compressed["factory"])}}
-    return [{**layouts[kind], "kind": kind} for kind in kinds]
+    layouts = {"flat": choose_layout(size, dims, size, size), "ivf": choose_layout(size, dims, 0, size), "ivfpq": compressed}
+    chosen = [{**layouts[kind], "kind": kind} for kind in kinds]
+    for factory in factories:
+        lists = int(re.search(r"IVF(\d+)", factory)[1])
+        chosen.append({**compressed, "kind": "ivfpq-" + factory, "factory": factory, "lists": lists,
+                       "nprobe": min(lists, max(8, lists // 16))})
+    return chosen
 
 
 def stage_one_speed(index: LibraryIndex, queries: list[str], sizes: list[int], noise: float, nprobes: list[int],
-                    reranks: list[int], kinds: list[str]) -> list[dict]:
+                    reranks: list[int], kinds: list[str], factories: list[str]) -> list[dict]:
     vectors, embedded, n = real_vectors(index), query_vectors(index, queries), library.CANDIDATES
     rows = []
     for size in sizes:
         data = tiled(vectors, size, noise)
         exact = exact_top(data, embedded, n)
-        for layout in stage_one_layouts(size, data.shape[1], kinds):
+        for layout in stage_one_layouts(size, data.shape[1], kinds, factories):
             start = time.perf_counter()
             built = indexed(data, layout={**layout, "kind": layout["kind"].split("-")[0]})
             build_s = time.perf_counter() - start
@@ -499,7 +503,7 @@ def speed(args) -> None:
     queries = list(ground_truth(val_records(folder)))[: args.speed_queries]
     print(json.dumps({"set": folder.name, "videos": len(index.videos()), "windows": index.searcher.version.index.ntotal,
                       "queries": len(queries), "threads": torch.get_num_threads()}), flush=True)
-    stage1 = stage_one_speed(index, queries, args.windows, args.noise, args.nprobe, args.rerank, args.layouts) if args.windows else []
+    stage1 = stage_one_speed(index, queries, args.windows, args.noise, args.nprobe, args.rerank, args.layouts, args.factories) if args.windows else []
     two = two_stage_speed(index, queries, args.videos, args.brute_videos, args.brute_queries, args.noise) if args.videos else []
     mem = memory(folder, args.videos, args.noise) if not args.no_memory else []
     if stage1:
@@ -631,8 +635,9 @@ def main() -> None:
     p.add_argument("--windows", type=int, nargs="*", default=[1_000, 10_000, 100_000, 1_000_000])
     p.add_argument("--nprobe", type=int, nargs="*", default=[], help="inverted-file lists to scan, besides the index's own")
     p.add_argument("--rerank", type=int, nargs="*", default=[], help="compressed: shortlists of RERANK x 20, besides the index's own")
-    p.add_argument("--layouts", nargs="+", default=["flat", "ivf", "ivfpq"], choices=("flat", "ivf", "ivfpq", "ivfpq-noopq"),
+    p.add_argument("--layouts", nargs="*", default=["flat", "ivf", "ivfpq"], choices=("flat", "ivf", "ivfpq"),
                    help="stage-1 layouts measured at each --windows size (flat and ivf hold every vector in RAM twice)")
+    p.add_argument("--factories", nargs="*", default=[], help="also these compressed faiss layouts, e.g. IVF1024,PQ64x8")
     p.add_argument("--videos", type=int, nargs="*", default=[100, 1_000, 10_000])
     p.add_argument("--brute-videos", type=int, nargs="*", default=[100, 1_000])
     p.add_argument("--brute-queries", type=int, default=5)

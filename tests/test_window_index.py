@@ -33,8 +33,9 @@ def test_the_layout_follows_the_number_of_windows():
     ivf = choose_layout(1_000_000, 256)
     assert ivf == {"kind": "ivf", "factory": "IVF1024,Flat", "lists": 1024, "nprobe": 64}
     compressed = choose_layout(10_000_000, 256)
-    assert compressed["factory"] == "OPQ32_256,IVF4096,PQ32x8" and compressed["nprobe"] == 256 and compressed["rerank"] == 10
-    assert choose_layout(5_000, 64, flat_up_to=0, compress_above=0)["factory"] == "IVF64,PQ32x7", "few windows: fewer bits, no rotation"
+    assert compressed["factory"] == "IVF4096,PQ64x8" and compressed["nprobe"] == 256 and compressed["rerank"] == 10
+    assert choose_layout(5_000, 64, flat_up_to=0, compress_above=0)["factory"] == "IVF64,PQ64x7", "few windows: fewer bits"
+    assert choose_layout(5_000, 48, flat_up_to=0, compress_above=0)["factory"] == "IVF64,PQ16x7", "m divides the dims"
     assert "shortlist 10x" in describe_layout({**compressed, "trained_on": 10_000_000})
 
 
