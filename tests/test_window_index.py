@@ -33,10 +33,10 @@ def test_the_layout_follows_the_number_of_windows():
     ivf = choose_layout(1_000_000, 256)
     assert ivf == {"kind": "ivf", "factory": "IVF1024,Flat", "lists": 1024, "nprobe": 64}
     compressed = choose_layout(10_000_000, 256)
-    assert compressed["factory"] == "IVF4096,PQ64x8" and compressed["nprobe"] == 256 and compressed["rerank"] == 10
+    assert compressed["factory"] == "IVF4096,PQ64x8" and compressed["nprobe"] == 128 and compressed["rerank"] == 20
     assert choose_layout(5_000, 64, flat_up_to=0, compress_above=0)["factory"] == "IVF64,PQ64x7", "few windows: fewer bits"
     assert choose_layout(5_000, 48, flat_up_to=0, compress_above=0)["factory"] == "IVF64,PQ16x7", "m divides the dims"
-    assert "shortlist 10x" in describe_layout({**compressed, "trained_on": 10_000_000})
+    assert "shortlist 20x" in describe_layout({**compressed, "trained_on": 10_000_000})
 
 
 def test_mapped_tensor_reads_the_safetensors_rows(tmp_path):
@@ -52,7 +52,7 @@ def test_the_compressed_index_equals_the_exact_one_when_its_shortlist_covers_the
     queries = unit_vectors(20, seed=1)
     layout = choose_layout(len(vectors), vectors.shape[1], flat_up_to=0, compress_above=0)
     index = WindowIndex(build_faiss(vectors, layout), layout, vectors)
-    similarities, rows = index.search(queries, 10, nprobe=layout["lists"], rerank=len(vectors) // 10)
+    similarities, rows = index.search(queries, 10, nprobe=layout["lists"], rerank=len(vectors) // 10)  # every window
     assert np.array_equal(rows, exact_top(vectors, queries, 10))
     assert np.allclose(similarities, np.take_along_axis(queries @ vectors.T, rows, axis=1), atol=1e-5), "re-ranked: exact scores"
 
