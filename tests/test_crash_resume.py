@@ -34,7 +34,7 @@ OPERATIONS = {
     "rename": (os, "replace", 1),
     "torch.save": (torch, "save", 1),
     "accelerate save": (accelerate.checkpointing, "save", 1),
-    "best weights": (training, "save_file", 1),
+    "best weights": (training, "save_tensors", 1),
 }
 # Per run of SCHEDULE: 8 renames, 4 torch.save calls (2 optimizer, 2 RNG), 4 Accelerate saves (2 weights, 2 optimizer),
 # 1 best/ weights file (best/ is written at epoch 1 on this data; test_swap_is_recoverable_at_every_point covers a swap
