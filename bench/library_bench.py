@@ -94,13 +94,7 @@ from vtg_pipeline.data import TextCache
 from vtg_pipeline.extract import find_videos
 from vtg_pipeline.grounder import Grounder
 from vtg_pipeline.library import LibraryIndex, Version, build_index, embed_video
-from vtg_pipeline.window_index import (
-    COMPRESS_ABOVE,
-    FLAT_UP_TO,
-    WindowIndex,
-    build_faiss,
-    choose_layout,
-)
+from vtg_pipeline.window_index import COMPRESS_ABOVE, FLAT_UP_TO, WindowIndex, build_faiss, choose_layout
 
 OUT = Path(__file__).parent / "out"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

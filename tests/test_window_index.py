@@ -6,14 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vtg_pipeline.window_index import (
-    WindowIndex,
-    build_faiss,
-    choose_layout,
-    describe_layout,
-    mapped_tensor,
-    reusable_training,
-)
+from vtg_pipeline.window_index import WindowIndex, build_faiss, choose_layout, describe_layout, mapped_tensor, reusable_training
 
 
 def unit_vectors(count: int, dims: int = 64, seed: int = 0) -> np.ndarray:

@@ -150,14 +150,15 @@ class WindowResults:
     encoder's cosine added (None for a model without retrieval);
     ``found`` per query: window index -> moments (M, 3) [start s, end s, moment score] of the windows the heads ran
     on; ``saliency`` (Q, num_frames) averaged over the grounded windows covering each frame (0 elsewhere);
-    ``own`` per query the indices of the windows it was asked about, ascending (None: every window).
+    ``own`` per query the indices of the windows it was asked about, ascending (every window unless ``starts`` was
+    given per query).
     """
 
     spans: np.ndarray
     logits: np.ndarray | None
     found: list[dict[int, np.ndarray]]
     saliency: np.ndarray
-    own: list[list[int]] | None = None
+    own: list[list[int]]
 
 
 @torch.no_grad()
@@ -179,7 +180,7 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
     merged = []
     for i, found in enumerate(results.found):
         if results.logits is not None:
-            own = results.own[i] if results.own else list(range(len(results.spans)))
+            own = results.own[i]
             position = {w: j for j, w in enumerate(own)}  # this query's windows, numbered as if it were alone
             result = merge_windows({position[w]: moments for w, moments in found.items()}, results.logits[i, own],
                                    results.spans[own], duration, cfg)
@@ -199,19 +200,20 @@ def windows_of(model, read_frames: Callable[[int, int], torch.Tensor], num_frame
     on every window (every window of the query's own). Nothing is held across windows but the decoded moments."""
     window, stride = cfg.window_frames(fps)
     starts = window_starts(num_frames, window, stride) if starts is None else starts
-    own = None
+    queries, device = len(query), query.device
     if starts and isinstance(starts[0], list):  # per query: the union is read, each query sees its own windows
         union = sorted(set().union(*starts))
         position = {start: w for w, start in enumerate(union)}
         own, starts = [sorted(position[s] for s in set(mine)) for mine in starts], union
-    queries, device = len(query), query.device
-    candidates = own or [list(range(len(starts)))] * queries  # per query: the windows it may be grounded in
-    chosen = [set(mine) for mine in candidates]
+    else:
+        own = [list(range(len(starts)))] * queries
     logits = None
     if hasattr(model, "retrieve"):  # also for one window: its score scales the moments, as in every other video
         logits = window_logits(model, read_frames, starts, window, num_frames, query, query_mask, cfg.window_prior).cpu().numpy()
         chosen = [set(np.asarray(mine)[np.argsort(-row[mine], kind="stable")][: cfg.retrieval_topk].tolist())
-                  for row, mine in zip(logits, candidates)]
+                  for row, mine in zip(logits, own)]
+    else:
+        chosen = [set(mine) for mine in own]
     found: list[dict[int, np.ndarray]] = [{} for _ in range(queries)]
     saliency_sum, covered = np.zeros((queries, num_frames)), np.zeros((queries, num_frames))
     for w, start in enumerate(starts):
@@ -281,8 +283,9 @@ def ground(model, video: StoredVideo, query: torch.Tensor, query_mask: torch.Ten
            cfg: DecodeConfig, starts: list[int] | list[list[int]] | None = None, duration: float | None = None,
            states: tuple[slice, slice] = ALL_STATES) -> list[dict]:
     """``ground_in_windows`` over a stored video: Q queries (Q, L, K, Dt) with their mask (Q, L), one window's states
-    at a time, read checked finite; ``starts`` as there (shared, or one list per query). ``duration``: seconds (default the file's metadata); ``states``: the (layers,
-    tokens) slices of the stored states the model reads (default all). Results as ``ground_in_windows``'s."""
+    at a time, read checked finite; ``starts`` as there (shared, or one list per query). ``duration``: seconds
+    (default the file's metadata); ``states``: the (layers, tokens) slices of the stored states the model reads
+    (default all). Results as ``ground_in_windows``'s."""
     return ground_in_windows(model, lambda start, stop: video.rows(start, stop, states), video.frames,
                              video.duration if duration is None else duration, query, query_mask, fps, strides, cfg, starts)
 

@@ -7,8 +7,8 @@ tapped layer's CLS states; the vectors go into faiss in the layout their number 
 up to 100k windows, an inverted file up to 1M, product-quantised codes re-ranked from the mapped vectors above). A
 rerun extracts and embeds only new and changed videos (source path, size, mtime), keeps the vectors of the others,
 drops deleted videos (and their feature files) and rebuilds the faiss index from the stored vectors (a compressed
-one reusing its training while it fits). An index is tied to its checkpoint (``checkpoint_sha256``: weights, model config,
-backbone, fps, window grid); another checkpoint is refused until ``--rebuild``.
+one reusing its training while it fits). An index is tied to its checkpoint (``checkpoint_sha256``: weights, model
+config, backbone, fps, window grid); another checkpoint is refused until ``--rebuild``.
 
 Folder::
 
@@ -71,15 +71,7 @@ from .features import FileLock, atomic_write_text, feature_path, save_tensors
 from .grounder import Grounder, is_truncated
 from .inference import rounded, window_starts
 from .names import check_video_id, first_line, printable
-from .window_index import (
-    COMPRESS_ABOVE,
-    FLAT_UP_TO,
-    WindowIndex,
-    build_faiss,
-    choose_layout,
-    mapped_tensor,
-    reusable_training,
-)
+from .window_index import COMPRESS_ABOVE, FLAT_UP_TO, WindowIndex, build_faiss, choose_layout, mapped_tensor, reusable_training
 
 log = logging.getLogger(__name__)
 
@@ -351,8 +343,9 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
     """Index ``items`` (``extract.find_videos``) in ``folder`` with ``grounder``, loaded from ``checkpoint`` (recorded for
     search); a new version replaces the current one. Returns counts: videos, new, changed, unchanged, removed, failed,
     windows, kind (flat | ivf | ivfpq), layout (``window_index.choose_layout``), version, index. The layout changes
-    at ``approximate_above`` and ``compress_above`` windows. LibraryError when the current version is another checkpoint's or
-    unreadable (``rebuild=True`` embeds every video afresh, reusing the stored features that still match).
+    at ``approximate_above`` and ``compress_above`` windows. LibraryError when the current version is another
+    checkpoint's or unreadable (``rebuild=True`` embeds every video afresh, reusing the stored features that still
+    match).
     ``engine``: where videos are extracted and embedded (default: this process; ``RayEngine``: a Ray cluster); the
     faiss index is built here either way. ``folders``: the folders (or files) the videos were found in, recorded as
     the only places ``vtg serve`` serves media from (default: each video's own folder). ``states``: how the store

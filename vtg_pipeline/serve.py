@@ -8,11 +8,11 @@ Routes (``create_app``):
 - ``GET /api/search?q=…&k=…``: ``{"query", "results", "views", "errors"}``; ``results`` are the moment records
   ``vtg search --json`` prints (``LibraryIndex.search``) with the video's file name and media URL in place of its
   absolute path on this machine (``"video"``, given only with ``show_paths``: ``vtg serve --show-paths``),
-  ``errors`` its error records (a chosen video whose states cannot be read), ``views`` one per result, what the page shows: name, media and thumbnail URLs,
-  time range (h:mm:ss.s) and the saliency SVG. An empty query, one over ``MAX_QUERY_CHARS`` characters or the text
-  tower's context, and ``k`` outside 1..``MAX_K`` get a 422 ``{"error": …}``. Searches that arrive together are answered
-  as one batch, one batch at a time, first come first served (``SearchBatches``); with ``SEARCHES_QUEUED`` already
-  waiting a request gets a 503 with ``Retry-After``.
+  ``errors`` its error records (a chosen video whose states cannot be read), ``views`` one per result, what the
+  page shows: name, media and thumbnail URLs, time range (h:mm:ss.s) and the saliency SVG. An empty query, one
+  over ``MAX_QUERY_CHARS`` characters or the text tower's context, and ``k`` outside 1..``MAX_K`` get a 422
+  ``{"error": …}``. Searches that arrive together are answered as one batch, one batch at a time, first come first
+  served (``SearchBatches``); with ``SEARCHES_QUEUED`` already waiting a request gets a 503 with ``Retry-After``.
 - ``GET /api/videos``: ``{"videos": [{"vid", "name", "duration", "frames", "windows", "media"}, …]}`` (and ``"path"``
   with ``show_paths``).
 - ``GET /media/<vid>``: the indexed video, with HTTP range requests (Starlette's FileResponse: 206, Content-Range).
@@ -46,13 +46,7 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import (
-    FileResponse,
-    HTMLResponse,
-    JSONResponse,
-    RedirectResponse,
-    Response,
-)
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from safetensors import SafetensorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -193,7 +187,7 @@ class SearchBatches:
     def __init__(self, queued: int, batch: int):
         self.queued, self.batch = queued, batch
         self.waiting: list[SearchJob] = []
-        self.running, self.batches = False, 0
+        self.running = False
         self.changed = threading.Condition()
 
     def search(self, index: LibraryIndex, query: str, k: int) -> list[dict]:
@@ -215,7 +209,7 @@ class SearchBatches:
                     self.run(index, batch)
                 finally:
                     self.changed.acquire()
-                    self.running, self.batches = False, self.batches + 1
+                    self.running = False
                     self.changed.notify_all()
         if job.error is not None:
             raise job.error
