@@ -83,17 +83,24 @@ def postprocess(moments: np.ndarray, duration: float, cfg: DecodeConfig) -> np.n
         moments[inside, :2] = np.round(moments[inside, :2] / cfg.unit) * cfg.unit
     suppressed = np.zeros(len(moments), dtype=bool)
     if cfg.nms != "none":
+        if cfg.nms not in ("hard", "linear"):
+            raise ValueError(f"nms must be hard, linear or none, got {cfg.nms!r}")
+        starts, ends, scores = moments[:, 0], moments[:, 1], moments[:, 2]  # views: scores change in place
+        lengths = ends - starts
+        order = np.arange(len(moments))  # greedy: position i takes the best of the rest, swapped with it
         for i in range(len(moments)):
-            best = i + int(np.argmax(moments[i:, 2]))
-            moments[[i, best]], suppressed[[i, best]] = moments[[best, i]], suppressed[[best, i]]
-            overlap = temporal_iou(moments[i : i + 1, :2], moments[i + 1 :, :2])[0]
+            best = i + int(np.argmax(scores[order[i:]]))
+            order[i], order[best] = order[best], order[i]
+            picked, rest = order[i], order[i + 1 :]
+            inter = np.clip(np.minimum(ends[picked], ends[rest]) - np.maximum(starts[picked], starts[rest]), 0, None)
+            union = lengths[picked] + lengths[rest] - inter  # temporal_iou's arithmetic, one row
+            overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
             if cfg.nms == "hard":
-                hit = np.nonzero(overlap >= cfg.nms_threshold)[0] + i + 1
-                moments[hit, 2], suppressed[hit] = 0.0, True
-            elif cfg.nms == "linear":
-                moments[i + 1 :, 2] *= 1.0 - overlap
+                hit = rest[overlap >= cfg.nms_threshold]
+                scores[hit], suppressed[hit] = 0.0, True
             else:
-                raise ValueError(f"nms must be hard, linear or none, got {cfg.nms!r}")
+                scores[rest] *= 1.0 - overlap
+        moments, suppressed = moments[order], suppressed[order]
     if not cfg.keep_suppressed:
         moments = moments[~suppressed]
     return moments[np.argsort(-moments[:, 2], kind="stable")]

@@ -276,7 +276,8 @@ class LibraryIndex:
         ranked = []
         for found, failed, n in zip(moments, errors, ks):
             found.sort(key=lambda m: -m["score"])
-            ranked.append([{"rank": rank, **m} for rank, m in enumerate(found[:n], 1)] + failed)
+            ranked.append([{"rank": rank, **m, "clip_times": rounded(m["clip_times"]), "saliency": rounded(m["saliency"])}
+                           for rank, m in enumerate(found[:n], 1)] + failed)
         return ranked
 
 
@@ -301,7 +302,8 @@ def stage_one(searcher: Searcher, queries: list[str], n: int) -> list[list[dict]
 def stage_two(searcher: Searcher, video: dict, queries: list[str], starts: list[list[int]], store: Path) -> list[list[dict]]:
     """One video's moments for each of ``queries`` in its own windows (``starts``: first frames, per query), NMS'd in
     absolute seconds as ``vtg ground`` gives them, each with the window holding most of it and that window's clip
-    times and saliency. The video's states are read once for all the queries."""
+    times and saliency (arrays, rounded by ``search_many`` for the moments it returns). The video's states are read
+    once for all the queries."""
     grounder = searcher.grounder
     cfg = grounder.cfg
     file = feature_path(store, video["vid"])
@@ -319,8 +321,8 @@ def stage_two(searcher: Searcher, video: dict, queries: list[str], starts: list[
             best = int(np.argmax(np.minimum(spans[:, 1], end) - np.maximum(spans[:, 0], start)))
             clips = slice(own[best], own[best] + length)
             answers[-1].append({"query": query, "video": video["path"], "vid": video["vid"], "start": start, "end": end, "score": score,
-                                "duration": video["duration"], "window": rounded(spans[best]), "clip_times": rounded(times[clips]),
-                                "saliency": rounded(result["saliency"][clips])})
+                                "duration": video["duration"], "window": rounded(spans[best]), "clip_times": times[clips],
+                                "saliency": result["saliency"][clips]})
     return answers
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -170,61 +171,74 @@ class LiveIndex:
 
 
 class SearchJob:
-    """One request's search: its query and ``k``, then its results or the error its batch raised."""
+    """One request's search: the index version it asked, its query and ``k``; once ``done`` is set, its results or
+    the error its batch raised."""
 
-    def __init__(self, query: str, k: int):
-        self.query, self.k, self.done, self.results, self.error = query, k, False, None, None
+    def __init__(self, index: LibraryIndex, query: str, k: int):
+        self.index, self.query, self.k = index, query, k
+        self.done, self.results, self.error = threading.Event(), None, None
 
 
 class SearchBatches:
-    """Concurrent searches answered in batches, one batch at a time: the requests that arrive while a batch runs wait
-    and run together as the next one (``LibraryIndex.search_many``: one text-encoder call, one faiss search, each
-    video read once for all its queries), at most ``batch`` of them, first come first served. One batch at a time
-    because torch already spreads one over every core: searches side by side only take the cores from each other.
-    With ``queued`` requests already waiting, a new one is refused at once (HTTPException 503 with Retry-After). The
-    request thread that finds no batch running runs the next one (no thread of its own)."""
+    """Concurrent searches answered in batches by one search thread of their own: the requests that arrive while a
+    batch runs wait and run together as the next one (``LibraryIndex.search_many``: one text-encoder call, one faiss
+    search, each video read once for all its queries), at most ``batch`` of them on one index version, first come
+    first served. With ``queued`` requests already waiting, a new one is refused at once (HTTPException 503 with
+    Retry-After).
 
-    def __init__(self, queued: int, batch: int):
-        self.queued, self.batch = queued, batch
+    One thread, with ``torch_threads`` intra-op threads (1): a search is thousands of small ops, so more threads
+    spend more time waking each other than computing; measured on 2 cores, one search took 0.8 s with 2 threads in
+    a thread other than the main one and 0.3 s with 1 (docs/BENCHMARKS.md). Batches in the request threads would
+    also take memory from a new malloc arena in each of them."""
+
+    def __init__(self, queued: int, batch: int, torch_threads: int = 1):
+        self.queued, self.batch, self.torch_threads = queued, batch, torch_threads
         self.waiting: list[SearchJob] = []
         self.running = False
         self.changed = threading.Condition()
+        self.worker: threading.Thread | None = None
 
     def search(self, index: LibraryIndex, query: str, k: int) -> list[dict]:
         """``index.search(query, k)``, answered in a batch with the requests waiting beside it."""
-        job = SearchJob(query, k)
+        job = SearchJob(index, query, k)
         with self.changed:
             if len(self.waiting) >= self.queued:
                 raise HTTPException(503, f"busy: {len(self.waiting)} searches are waiting; try again in a moment",
                                     headers={"Retry-After": "1"})
             self.waiting.append(job)
-            while not job.done:
-                if self.running:
-                    self.changed.wait()
-                    continue
-                batch, self.waiting = self.waiting[: self.batch], self.waiting[self.batch :]
-                self.running = True
-                self.changed.release()
-                try:
-                    self.run(index, batch)
-                finally:
-                    self.changed.acquire()
-                    self.running = False
-                    self.changed.notify_all()
+            if self.worker is None:  # started with the first search: an app that never searches has no thread
+                self.worker = threading.Thread(target=self.serve, name="vtg-search", daemon=True)
+                self.worker.start()
+            self.changed.notify()
+        job.done.wait()
         if job.error is not None:
             raise job.error
         return job.results
 
+    def serve(self) -> None:
+        """The search thread: forever, the next batch (the oldest waiting search and those after it on its index)."""
+        torch.set_num_threads(self.torch_threads)
+        while True:
+            with self.changed:
+                while not self.waiting:
+                    self.running = False
+                    self.changed.wait()
+                first = self.waiting[0].index
+                batch = [job for job in self.waiting if job.index is first][: self.batch]
+                self.waiting = [job for job in self.waiting if job not in batch]
+                self.running = True
+            self.run(batch)
+
     @staticmethod
-    def run(index: LibraryIndex, batch: list[SearchJob]) -> None:
+    def run(batch: list[SearchJob]) -> None:
         try:
-            answers = index.search_many([job.query for job in batch], [job.k for job in batch])
+            answers = batch[0].index.search_many([job.query for job in batch], [job.k for job in batch])
         except Exception as e:  # every request of the batch answers with it (a 500, logged once)
             log.exception("search batch of %d failed", len(batch))
             answers = [e] * len(batch)
         for job, answer in zip(batch, answers):
             job.results, job.error = (None, answer) if isinstance(answer, Exception) else (answer, None)
-            job.done = True
+            job.done.set()
 
 
 def media_url(vid: str) -> str:
