@@ -21,7 +21,7 @@ DEMO := demo
 # Training budget of the demo (the learning check, `make learn`, trains on 500 videos).
 DEMO_TRAIN_ARGS ?= optim.epochs=12 "optim.decay_epochs=[10]"
 
-.PHONY: setup test demo extract learn clean-demo
+.PHONY: setup lint test demo extract learn clean-demo
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+# ruff, configured in pyproject.toml: the lint rules, and the formatter's check (`ruff format .` fixes it).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -29,14 +29,22 @@ OUT = Path(__file__).parent / "out"
 
 def fixtures(folder: Path) -> dict[str, list[str]]:
     """The commands to time (argv after ``vtg``), with their input files written into ``folder``."""
-    gt = {"qid": 1, "query": "q", "vid": "v", "duration": 10, "relevant_windows": [[2, 4]], "relevant_clip_ids": [1],
-          "saliency_scores": [[4, 4, 4]]}
+    gt = {
+        "qid": 1,
+        "query": "q",
+        "vid": "v",
+        "duration": 10,
+        "relevant_windows": [[2, 4]],
+        "relevant_clip_ids": [1],
+        "saliency_scores": [[4, 4, 4]],
+    }
     pred = {"qid": 1, "query": "q", "vid": "v", "pred_relevant_windows": [[2, 4, 0.9]], "pred_saliency_scores": [0.1, 0.9, 0.2, 0.1, 0.1]}
     (folder / "gt.jsonl").write_text(json.dumps(gt) + "\n")
     (folder / "pred.jsonl").write_text(json.dumps(pred) + "\n")
     store = folder / "store"
-    writer = StreamingSafetensorsWriter(store / "v.safetensors", {"timestamps": (np.float64, (2,))},
-                                        {"duration": "4.0", "layers": "[0, 1]", "fps": "0.5"})
+    writer = StreamingSafetensorsWriter(
+        store / "v.safetensors", {"timestamps": (np.float64, (2,))}, {"duration": "4.0", "layers": "[0, 1]", "fps": "0.5"}
+    )
     writer.write("timestamps", 0, np.array([0.0, 2.0]))
     writer.commit()
     pair = ["--pred", str(folder / "pred.jsonl"), "--gt", str(folder / "gt.jsonl")]
@@ -84,8 +92,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, argv in fixtures(Path(tmp)).items():
             times = wall_seconds(argv, args.runs)
-            rows.append({"command": name, "median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
-                         "max_s": round(max(times), 3), "heaviest_imports_ms": heaviest_imports(argv)})
+            rows.append(
+                {
+                    "command": name,
+                    "median_s": round(statistics.median(times), 3),
+                    "min_s": round(min(times), 3),
+                    "max_s": round(max(times), 3),
+                    "heaviest_imports_ms": heaviest_imports(argv),
+                }
+            )
     print(f"| command | median s ({args.runs} runs) | min s | max s | heaviest imports (cumulative ms) |")
     print("|---|---|---|---|---|")
     for row in rows:

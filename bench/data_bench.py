@@ -44,8 +44,19 @@ def make(args) -> None:
     from vtg_pipeline.features import FP8, StreamingSafetensorsWriter, feature_path
 
     store, rng = Path(args.store), np.random.default_rng(0)
-    settings = run_settings(ExtractConfig(video_dirs=[], out=str(store / "features"), fps=FPS, model="ViT-B-32", pretrained="random:0",
-                                          layers=LAYERS, store="both", states=args.states), backbone())
+    settings = run_settings(
+        ExtractConfig(
+            video_dirs=[],
+            out=str(store / "features"),
+            fps=FPS,
+            model="ViT-B-32",
+            pretrained="random:0",
+            layers=LAYERS,
+            store="both",
+            states=args.states,
+        ),
+        backbone(),
+    )
     frames = rng.integers(0, 256, (FRAMES, 3, SIZE, SIZE), dtype=np.uint8)  # the same contents in every file: reads cost the same
     vision = rng.standard_normal((FRAMES, LAYERS, TOKENS, WIDTH), dtype=np.float32).astype(np.float16)
     scale = None
@@ -55,8 +66,11 @@ def make(args) -> None:
     for i in range(args.videos):
         vid = f"video_{i:04d}"
         path = feature_path(store / "features", vid)
-        tensors = {"timestamps": (np.float64, (FRAMES,)), "frames": (np.uint8, (FRAMES, 3, SIZE, SIZE)),
-                   "vision": (FP8 if scale is not None else np.float16, (FRAMES, LAYERS, TOKENS, WIDTH))}
+        tensors = {
+            "timestamps": (np.float64, (FRAMES,)),
+            "frames": (np.uint8, (FRAMES, 3, SIZE, SIZE)),
+            "vision": (FP8 if scale is not None else np.float16, (FRAMES, LAYERS, TOKENS, WIDTH)),
+        }
         if scale is not None:
             tensors["vision_scale"] = (np.float16, (FRAMES, LAYERS, TOKENS))
         writer = StreamingSafetensorsWriter(path, tensors, {**settings, "duration": repr(FRAMES / FPS), "video_id": vid})
@@ -67,10 +81,15 @@ def make(args) -> None:
             writer.write("vision_scale", 0, scale)
         writer.commit()
         start = float(rng.integers(0, FRAMES / FPS - 20))
-        lines.append(json.dumps({"qid": i, "query": f"query {i}", "duration": FRAMES / FPS, "vid": vid,
-                                 "relevant_windows": [[start, start + 10.0]]}))
+        lines.append(
+            json.dumps({"qid": i, "query": f"query {i}", "duration": FRAMES / FPS, "vid": vid, "relevant_windows": [[start, start + 10.0]]})
+        )
     (store / "train.jsonl").write_text("\n".join(lines) + "\n")
-    print(json.dumps({"store": str(store), "videos": args.videos, "bytes": sum(p.stat().st_size for p in (store / "features").glob("*.safetensors"))}))
+    print(
+        json.dumps(
+            {"store": str(store), "videos": args.videos, "bytes": sum(p.stat().st_size for p in (store / "features").glob("*.safetensors"))}
+        )
+    )
 
 
 def drop_page_cache(files: list[Path]) -> None:
@@ -104,7 +123,9 @@ def read(args) -> None:
     model = backbone()
     rows = []
     for mode in args.modes:
-        dataset = load_split(DataConfig(root=str(store), mode=mode, fps=FPS), "train", model, needed=(slice(-args.layers, None), slice(None)))
+        dataset = load_split(
+            DataConfig(root=str(store), mode=mode, fps=FPS), "train", model, needed=(slice(-args.layers, None), slice(None))
+        )
         for workers in args.workers:
             for cache in ("warm", "cold"):
                 if cache == "cold":
@@ -114,8 +135,14 @@ def read(args) -> None:
                         with open(file, "rb") as f:
                             while f.read(1 << 24):
                                 pass
-                loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, collate_fn=lambda items: collate(items, FPS),
-                                    num_workers=workers, generator=torch.Generator().manual_seed(0))
+                loader = DataLoader(
+                    dataset,
+                    batch_size=args.batch,
+                    shuffle=True,
+                    collate_fn=lambda items: collate(items, FPS),
+                    num_workers=workers,
+                    generator=torch.Generator().manual_seed(0),
+                )
                 started, items, nbytes = time.perf_counter(), 0, 0
                 for number, batch in enumerate(loader, 1):
                     items += len(batch["records"])
@@ -125,11 +152,21 @@ def read(args) -> None:
                 seconds = time.perf_counter() - started
                 item_mb = nbytes / items / 1e6
                 needed = args.batch / (args.gpu_step_ms / 1000)  # items/s a GPU step of that length consumes
-                rows.append({"mode": mode, "layers": args.layers, "workers": workers, "cache": cache, "items": items, "items/s": round(items / seconds, 1),
-                             "MB/s": round(nbytes / seconds / 1e6), "MB per item": round(item_mb, 1),
-                             "stored MB per item": round(stored_bytes(files[0], mode) / 1e6, 1),
-                             f"GPU at {args.gpu_step_ms:g} ms/step needs items/s": round(needed),
-                             "GPU needs MB/s": round(needed * item_mb)})
+                rows.append(
+                    {
+                        "mode": mode,
+                        "layers": args.layers,
+                        "workers": workers,
+                        "cache": cache,
+                        "items": items,
+                        "items/s": round(items / seconds, 1),
+                        "MB/s": round(nbytes / seconds / 1e6),
+                        "MB per item": round(item_mb, 1),
+                        "stored MB per item": round(stored_bytes(files[0], mode) / 1e6, 1),
+                        f"GPU at {args.gpu_step_ms:g} ms/step needs items/s": round(needed),
+                        "GPU needs MB/s": round(needed * item_mb),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     out = args.out or OUT / "data_path.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import av
-import numpy as np
 import psutil
 import torch
 
@@ -46,9 +45,31 @@ def make_videos(out: Path) -> None:
         if (out / name).exists():
             continue
         subprocess.run(
-            ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}", "-t", str(seconds),
-             "-c:v", "libx264", "-preset", preset, "-g", "250", "-keyint_min", "250", "-sc_threshold", "0",
-             "-pix_fmt", "yuv420p", str(out / name)],
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=size={size}:rate={rate}",
+                "-t",
+                str(seconds),
+                "-c:v",
+                "libx264",
+                "-preset",
+                preset,
+                "-g",
+                "250",
+                "-keyint_min",
+                "250",
+                "-sc_threshold",
+                "0",
+                "-pix_fmt",
+                "yuv420p",
+                str(out / name),
+            ],
             check=True,
         )
 
@@ -64,7 +85,12 @@ def decode_only(path: str, backend: str, fps: float) -> dict:
     times = sample_times(info.duration, fps)
     decoder = make_decoder(backend).for_video(info)
     count, seconds = timed(lambda: sum(len(c) for c in decoder.chunks(info, times, 16)))
-    return {"backend": decoder.name, "sampled_frames": count, "seconds": round(seconds, 2), "sampled_frames_per_s": round(count / seconds, 1)}
+    return {
+        "backend": decoder.name,
+        "sampled_frames": count,
+        "seconds": round(seconds, 2),
+        "sampled_frames_per_s": round(count / seconds, 1),
+    }
 
 
 def naive_decode(path: str, fps: float) -> dict:
@@ -123,36 +149,55 @@ def two_step_reference(path: str, fps: float, batch_size: int = 32) -> dict:
     _, _, pil_transform = open_clip.create_model_and_transforms(MODEL, pretrained=None)
     folder = Path(tempfile.mkdtemp())
     try:
-        _, ffmpeg_seconds = timed(lambda: subprocess.run(
-            ["ffmpeg", "-v", "error", "-i", path, "-vf", f"fps={fps}", str(folder / "%06d.png")], check=True))
+        _, ffmpeg_seconds = timed(
+            lambda: subprocess.run(["ffmpeg", "-v", "error", "-i", path, "-vf", f"fps={fps}", str(folder / "%06d.png")], check=True)
+        )
         files = sorted(folder.glob("*.png"))
 
         def encode():
             for start in range(0, len(files), batch_size):
                 pixels = torch.stack([pil_transform(Image.open(f).convert("RGB")) for f in files[start : start + batch_size]])
                 with torch.inference_mode():
-                    backbone.model.forward_intermediates(image=pixels, image_indices=list(backbone.spec.layers), image_output_fmt="NLC",
-                                                         image_output_extra_tokens=True, intermediates_only=True)
+                    backbone.model.forward_intermediates(
+                        image=pixels,
+                        image_indices=list(backbone.spec.layers),
+                        image_output_fmt="NLC",
+                        image_output_extra_tokens=True,
+                        intermediates_only=True,
+                    )
 
         _, encode_seconds = timed(encode)
     finally:
         shutil.rmtree(folder)
     total = ffmpeg_seconds + encode_seconds
-    return {"frames": len(files), "ffmpeg_seconds": round(ffmpeg_seconds, 2), "load_and_backbone_seconds": round(encode_seconds, 2),
-            "seconds": round(total, 2), "frames_per_s": round(len(files) / total, 1)}
+    return {
+        "frames": len(files),
+        "ffmpeg_seconds": round(ffmpeg_seconds, 2),
+        "load_and_backbone_seconds": round(encode_seconds, 2),
+        "seconds": round(total, 2),
+        "frames_per_s": round(len(files) / total, 1),
+    }
 
 
 def speed(args) -> dict:
     path = args.video
     info = probe(path)
-    result = {"video": Path(path).name, "duration_s": round(info.duration, 1), "size": f"{info.width}x{info.height}",
-              "fps_sampled": args.fps, "torch_threads": torch.get_num_threads(), "cpu_count": psutil.cpu_count()}
+    result = {
+        "video": Path(path).name,
+        "duration_s": round(info.duration, 1),
+        "size": f"{info.width}x{info.height}",
+        "fps_sampled": args.fps,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": psutil.cpu_count(),
+    }
     result["decode_only"] = [decode_only(path, b, args.fps) for b in available_decoders()]
     result["naive_decode_all_rgb"] = naive_decode(path, args.fps)
     result["backbone_only"] = backbone_only(path, args.fps)
     result["extract"] = full_extract(path, args.fps)
     pyav = next(d for d in result["decode_only"] if d["backend"] == "pyav")
-    result["extract_over_decode_plus_backbone"] = round(result["extract"]["seconds"] / (pyav["seconds"] + result["backbone_only"]["seconds"]), 3)
+    result["extract_over_decode_plus_backbone"] = round(
+        result["extract"]["seconds"] / (pyav["seconds"] + result["backbone_only"]["seconds"]), 3
+    )
     if shutil.which("ffmpeg"):
         result["two_step_reference"] = two_step_reference(path, args.fps)
     return result
@@ -188,12 +233,38 @@ def memory(args) -> dict:
     rows = []
     for video in args.videos:
         with tempfile.TemporaryDirectory() as out:
-            seconds, peak = peak_rss_of([sys.executable, "-m", "vtg_pipeline", "extract", video, "--out", out, "--model", MODEL,
-                                         "--pretrained", PRETRAINED, "--store", "features", "--layers", "4", "--no-progress"])
+            seconds, peak = peak_rss_of(
+                [
+                    sys.executable,
+                    "-m",
+                    "vtg_pipeline",
+                    "extract",
+                    video,
+                    "--out",
+                    out,
+                    "--model",
+                    MODEL,
+                    "--pretrained",
+                    PRETRAINED,
+                    "--store",
+                    "features",
+                    "--layers",
+                    "4",
+                    "--no-progress",
+                ]
+            )
             size = sum(p.stat().st_size for p in Path(out).rglob("*.safetensors"))
         info = probe(video)
-        rows.append({"video": Path(video).name, "duration_min": round(info.duration / 60, 1), "size": f"{info.width}x{info.height}",
-                     "wall_s": round(seconds, 1), "peak_rss_mib": round(peak), "feature_file_mib": round(size / 2**20)})
+        rows.append(
+            {
+                "video": Path(video).name,
+                "duration_min": round(info.duration / 60, 1),
+                "size": f"{info.width}x{info.height}",
+                "wall_s": round(seconds, 1),
+                "peak_rss_mib": round(peak),
+                "feature_file_mib": round(size / 2**20),
+            }
+        )
     return {"store": "features", "layers": 4, "model": MODEL, "runs": rows}
 
 

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from train_bench import peak_rss
+
 from vtg_pipeline.backbone import load_backbone
 from vtg_pipeline.config import load_config
 from vtg_pipeline.grounder import Grounder
@@ -37,8 +37,26 @@ QUERIES = [f"a person does thing number {i} in the kitchen" for i in range(100)]
 def make_videos(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, seconds in VIDEOS.items():
-        subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size=320x180:rate=4:duration={seconds}",
-                        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out / name)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-y",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=size=320x180:rate=4:duration={seconds}",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+                str(out / name),
+            ],
+            check=True,
+        )
         print(out / name, flush=True)
 
 
@@ -69,9 +87,14 @@ def queries(video: str, device: str = "cpu") -> dict:
                 times.append(time.perf_counter() - start)
             rows.append({"queries": n, "side_network_s": round(min(times), 3), "queries_per_s": round(n / min(times), 1)})
     one, hundred = rows[0]["side_network_s"], rows[-1]["side_network_s"]
-    return {"video": video, "device": str(grounder.backbone.device), "encode_s": round(encode, 1), "runs": rows,
-            "hundred_vs_one": round(hundred / one, 1),
-            "end_to_end_100_vs_100x1": round((encode + hundred) / (100 * (encode + one)), 3)}
+    return {
+        "video": video,
+        "device": str(grounder.backbone.device),
+        "encode_s": round(encode, 1),
+        "runs": rows,
+        "hundred_vs_one": round(hundred / one, 1),
+        "end_to_end_100_vs_100x1": round((encode + hundred) / (100 * (encode + one)), 3),
+    }
 
 
 def one_scale(video: str) -> dict:

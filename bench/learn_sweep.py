@@ -41,8 +41,19 @@ def parse_run(text: str, config: Path) -> tuple[str, Path, list[str]]:
 def train_one(args, name: str, config: Path, overrides: list[str], seed: int | None, threads: int) -> dict:
     tag = name if seed is None else f"{name}_s{seed}"
     out = args.out / tag
-    cmd = [sys.executable, "-m", "vtg_pipeline", "train", "--config", str(config), f"data.root={args.root}",
-           f"output_dir={out}", *args.set, *overrides, *([f"seed={seed}"] if seed is not None else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vtg_pipeline",
+        "train",
+        "--config",
+        str(config),
+        f"data.root={args.root}",
+        f"output_dir={out}",
+        *args.set,
+        *overrides,
+        *([f"seed={seed}"] if seed is not None else []),
+    ]
     start = time.perf_counter()
     if not (out / "val_predictions.jsonl").exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -54,9 +65,16 @@ def train_one(args, name: str, config: Path, overrides: list[str], seed: int | N
     curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     main = args.metrics[0]
     best = max(curve, key=lambda row: row[main])
-    return {"run": name, "seed": seed, "wall_s": round(time.perf_counter() - start), "command": shlex.join(cmd),
-            "curve": [row[main] for row in curve], "best_epoch": best["epoch"],
-            **{f"best {k}": best[k] for k in args.metrics}, **{f"last {k}": curve[-1][k] for k in args.metrics}}
+    return {
+        "run": name,
+        "seed": seed,
+        "wall_s": round(time.perf_counter() - start),
+        "command": shlex.join(cmd),
+        "curve": [row[main] for row in curve],
+        "best_epoch": best["epoch"],
+        **{f"best {k}": best[k] for k in args.metrics},
+        **{f"last {k}": curve[-1][k] for k in args.metrics},
+    }
 
 
 def summarize(rows: list[dict], metrics: list[str]) -> list[dict]:

@@ -81,6 +81,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,7 @@ RANKS = (1, 5, 10)
 
 # ---------------------------------------------------------------- helpers
 
+
 def set_dir(args) -> Path:
     return Path(args.root) / ("long" if args.long else "short")
 
@@ -115,7 +117,9 @@ def suffix(args) -> str:
 def checkpoint(folder: Path) -> Path:
     best = folder / "run" / "best"
     if not (best / "model.safetensors").exists():
-        raise SystemExit(f"{best}: no checkpoint; run: python bench/library_bench.py prepare --root ROOT{' --long' if 'long' == folder.name else ''}")
+        raise SystemExit(
+            f"{best}: no checkpoint; run: python bench/library_bench.py prepare --root ROOT{' --long' if 'long' == folder.name else ''}"
+        )
     return best
 
 
@@ -145,15 +149,22 @@ def lat(times: list[float]) -> dict:
 def markdown(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     for row in rows:
-        lines.append("| " + " | ".join("" if row.get(c) is None else f"{row[c]:,}" if isinstance(row[c], int) else str(row[c])
-                                       for c in columns) + " |")
+        lines.append(
+            "| "
+            + " | ".join("" if row.get(c) is None else f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in columns)
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def machine(args) -> dict:
     """The threads and how busy the machine was (1-minute load average at start and now): timings need idle cores."""
-    return {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_average_start": args.load_at_start[0],
-            "load_average_end": round(os.getloadavg()[0], 2)}
+    return {
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "load_average_start": args.load_at_start[0],
+        "load_average_end": round(os.getloadavg()[0], 2),
+    }
 
 
 def fresh_query(grounder: Grounder) -> None:
@@ -168,6 +179,7 @@ def run(cmd: list[str]) -> None:
 
 # ---------------------------------------------------------------- prepare
 
+
 def prepare(args) -> None:
     folder = set_dir(args)
     data, out = folder / "data", folder / "run"
@@ -179,8 +191,22 @@ def prepare(args) -> None:
         run([*vtg, "synth", "--out", str(data), "--videos", str(videos), "--seed", str(args.seed), *(["--long"] if args.long else [])])
         steps["synth_s"] = round(time.perf_counter() - started)
     mark = time.perf_counter()
-    run([*vtg, "extract", str(data / "videos"), "--out", str(data / "features"), "--model", "vtg-tiny", "--pretrained", "random:0",
-         "--store", "both", "--no-progress"])  # resumable: up-to-date videos are skipped
+    run(
+        [
+            *vtg,
+            "extract",
+            str(data / "videos"),
+            "--out",
+            str(data / "features"),
+            "--model",
+            "vtg-tiny",
+            "--pretrained",
+            "random:0",
+            "--store",
+            "both",
+            "--no-progress",
+        ]
+    )  # resumable: up-to-date videos are skipped
     steps["extract_s"] = round(time.perf_counter() - mark)
     if not (out / "best" / "model.safetensors").exists():
         config = CONFIGS / ("synthetic_long.yaml" if args.long else "synthetic.yaml")
@@ -193,11 +219,21 @@ def prepare(args) -> None:
         mark = time.perf_counter()
         run([*vtg, "train", "--config", str(config), *overrides])
         steps["train_s"] = round(time.perf_counter() - mark)
-    print(json.dumps({"set": folder.name, "root": str(folder), "checkpoint": str(out / "best"), **steps,
-                      "wall_s": round(time.perf_counter() - started)}))
+    print(
+        json.dumps(
+            {
+                "set": folder.name,
+                "root": str(folder),
+                "checkpoint": str(out / "best"),
+                **steps,
+                "wall_s": round(time.perf_counter() - started),
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------- quality
+
 
 def open_index(folder: Path, rebuild: bool) -> tuple[LibraryIndex, dict]:
     """The library index of the set's validation videos, built (and timed) when missing or ``rebuild``."""
@@ -219,10 +255,18 @@ def open_index(folder: Path, rebuild: bool) -> tuple[LibraryIndex, dict]:
         indexed(torch.cat(vectors).numpy())
         faiss_s = time.perf_counter() - start
         hours = sum(v["duration"] for v in index.videos()) / 3600
-        record = {"videos": counts["videos"], "failed": counts["failed"], "windows": counts["windows"], "kind": counts["kind"],
-                  "video_hours": round(hours, 2), "build_s": round(build, 1), "build_s_per_video_hour": round(build / hours, 1),
-                  "embed_s_per_video_hour": round(embed / hours, 2), "faiss_build_s": round(faiss_s, 3),
-                  "threads": torch.get_num_threads()}
+        record = {
+            "videos": counts["videos"],
+            "failed": counts["failed"],
+            "windows": counts["windows"],
+            "kind": counts["kind"],
+            "video_hours": round(hours, 2),
+            "build_s": round(build, 1),
+            "build_s_per_video_hour": round(build / hours, 1),
+            "embed_s_per_video_hour": round(embed / hours, 2),
+            "faiss_build_s": round(faiss_s, 3),
+            "threads": torch.get_num_threads(),
+        }
         record_file.write_text(json.dumps(record, indent=2))
         return index, record
     return LibraryIndex.open(index_dir), json.loads(record_file.read_text())
@@ -240,8 +284,9 @@ def recall(ranked: dict[str, list[tuple[str, float, float]]], truth: dict[str, l
     for theta in THRESHOLDS:
         first = []
         for query, results in ranked.items():
-            hit = [i for i, (vid, s, e) in enumerate(results, 1)
-                   if any(vid == v and iou((s, e), (a, b)) >= theta for v, a, b in truth[query])]
+            hit = [
+                i for i, (vid, s, e) in enumerate(results, 1) if any(vid == v and iou((s, e), (a, b)) >= theta for v, a, b in truth[query])
+            ]
             first.append(hit[0] if hit else math.inf)
         for k in RANKS:
             metrics[f"R@{k}@{theta}"] = round(100 * float(np.mean([f <= k for f in first])), 2)
@@ -289,13 +334,18 @@ def quality(args) -> None:
     truth = ground_truth(records)
     queries = list(truth)
     files = [(v["vid"], Path(v["feature_file"])) for v in index.videos()]
-    print(json.dumps({"set": folder.name, "videos": len(files), "records": len(records), "query_texts": len(queries), "build": build}), flush=True)
+    print(
+        json.dumps({"set": folder.name, "videos": len(files), "records": len(records), "query_texts": len(queries), "build": build}),
+        flush=True,
+    )
     rows = []
     start = time.perf_counter()
     ranked = brute_force(index, queries, files)
     batched = time.perf_counter() - start
     times = brute_force_latency(index, queries[: args.latency_queries], files)
-    rows.append({"system": "(a) brute force", **recall(ranked, truth), **lat(times), "batched_s_per_query": round(batched / len(queries), 3)})
+    rows.append(
+        {"system": "(a) brute force", **recall(ranked, truth), **lat(times), "batched_s_per_query": round(batched / len(queries), 3)}
+    )
     print(json.dumps(rows[-1]), flush=True)
     ranked, times = timed_searches(index, queries, lambda q: index.windows(q, n=max(RANKS)))
     rows.append({"system": "(b) stage 1 alone", **recall(ranked, truth), **lat(times)})
@@ -311,16 +361,32 @@ def quality(args) -> None:
             print(json.dumps(rows[-1]), flush=True)
     columns = ["system", *[f"R@{k}@{t}" for t in THRESHOLDS for k in RANKS], "video R@1", "p50 ms", "p99 ms"]
     print(markdown(rows, columns))
-    print(f"\n{build['videos']} videos, {build['video_hours']} h, {build['windows']:,} windows ({build['kind']}); index build "
-          f"{build['build_s']} s = {build['build_s_per_video_hour']} s per video hour (embedding {build['embed_s_per_video_hour']} s of it)")
+    print(
+        f"\n{build['videos']} videos, {build['video_hours']} h, {build['windows']:,} windows ({build['kind']}); index build "
+        f"{build['build_s']} s = {build['build_s_per_video_hour']} s per video hour (embedding {build['embed_s_per_video_hour']} s of it)"
+    )
     OUT.mkdir(exist_ok=True)
-    (OUT / f"library_quality{suffix(args)}.json").write_text(json.dumps(
-        {"set": folder.name, "root": str(folder), "checkpoint": str(checkpoint(folder)), "videos": len(files), "records": len(records),
-         "query_texts": len(queries), "latency_queries_brute_force": min(args.latency_queries, len(queries)), "build": build,
-         **machine(args), "rows": rows}, indent=2))
+    (OUT / f"library_quality{suffix(args)}.json").write_text(
+        json.dumps(
+            {
+                "set": folder.name,
+                "root": str(folder),
+                "checkpoint": str(checkpoint(folder)),
+                "videos": len(files),
+                "records": len(records),
+                "query_texts": len(queries),
+                "latency_queries_brute_force": min(args.latency_queries, len(queries)),
+                "build": build,
+                **machine(args),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 # ---------------------------------------------------------------- speed
+
 
 def real_vectors(index: LibraryIndex) -> np.ndarray:
     with safe_open(str(index.searcher.version.folder / "vectors.safetensors"), framework="pt") as f:
@@ -350,8 +416,9 @@ def query_vectors(index: LibraryIndex, queries: list[str]) -> np.ndarray:
         return grounder.model.retrieval.embed_queries(states, mask).float().cpu().numpy()
 
 
-def indexed(vectors: np.ndarray, flat_up_to: int = FLAT_UP_TO, compress_above: int = COMPRESS_ABOVE,
-            layout: dict | None = None) -> WindowIndex:
+def indexed(
+    vectors: np.ndarray, flat_up_to: int = FLAT_UP_TO, compress_above: int = COMPRESS_ABOVE, layout: dict | None = None
+) -> WindowIndex:
     """The window index ``vtg index`` builds for ``vectors`` (or in ``layout``); a compressed one re-ranks against
     ``vectors`` in RAM, where ``vtg search`` maps them from disk."""
     layout = layout or choose_layout(len(vectors), vectors.shape[1], flat_up_to, compress_above)
@@ -380,13 +447,22 @@ def stage_one_layouts(size: int, dims: int, kinds: list[str], factories: list[st
     chosen = [{**layouts[kind], "kind": kind} for kind in kinds]
     for factory in factories:
         lists = int(re.search(r"IVF(\d+)", factory)[1])
-        chosen.append({**compressed, "kind": "ivfpq-" + factory, "factory": factory, "lists": lists,
-                       "nprobe": min(lists, max(8, lists // 16))})
+        chosen.append(
+            {**compressed, "kind": "ivfpq-" + factory, "factory": factory, "lists": lists, "nprobe": min(lists, max(8, lists // 16))}
+        )
     return chosen
 
 
-def stage_one_speed(index: LibraryIndex, queries: list[str], sizes: list[int], noise: float, nprobes: list[int],
-                    reranks: list[int], kinds: list[str], factories: list[str]) -> list[dict]:
+def stage_one_speed(
+    index: LibraryIndex,
+    queries: list[str],
+    sizes: list[int],
+    noise: float,
+    nprobes: list[int],
+    reranks: list[int],
+    kinds: list[str],
+    factories: list[str],
+) -> list[dict]:
     vectors, embedded, n = real_vectors(index), query_vectors(index, queries), library.CANDIDATES
     rows = []
     for size in sizes:
@@ -411,11 +487,21 @@ def stage_one_speed(index: LibraryIndex, queries: list[str], sizes: list[int], n
                 hits = np.mean([len(set(f) & set(e)) / n for f, e in zip(found, exact)])
                 real = len(vectors)  # row i of the tiled vectors is a copy of real window i % real
                 sources = np.mean([len(set(f % real) & set(e % real)) / len(set(e % real)) for f, e in zip(found, exact)])
-                rows.append({"windows": size, "index": layout["kind"], "factory": layout["factory"],
-                             "nprobe": nprobe or layout.get("nprobe"), "shortlist": (rerank or layout.get("rerank") or 0) * n or None,
-                             "build s": round(build_s, 1), "index RAM MiB": ram_mib, "p50 ms": percentile(times, 50),
-                             "p99 ms": percentile(times, 99), f"recall@{n}": round(float(hits), 3),
-                             f"source recall@{n}": round(float(sources), 3)})
+                rows.append(
+                    {
+                        "windows": size,
+                        "index": layout["kind"],
+                        "factory": layout["factory"],
+                        "nprobe": nprobe or layout.get("nprobe"),
+                        "shortlist": (rerank or layout.get("rerank") or 0) * n or None,
+                        "build s": round(build_s, 1),
+                        "index RAM MiB": ram_mib,
+                        "p50 ms": percentile(times, 50),
+                        "p99 ms": percentile(times, 99),
+                        f"recall@{n}": round(float(hits), 3),
+                        f"source recall@{n}": round(float(sources), 3),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
             del built
         del data
@@ -428,8 +514,12 @@ def compressed(index: LibraryIndex) -> LibraryIndex:
     version = index.searcher.version
     vectors = real_vectors(index)
     index_of = indexed(vectors, flat_up_to=0, compress_above=0)
-    return LibraryIndex(index.folder, Version(version.number, version.folder, version.info, version.table, index_of, version.stamp),
-                        index.grounder, pinned=True)
+    return LibraryIndex(
+        index.folder,
+        Version(version.number, version.folder, version.info, version.table, index_of, version.stamp),
+        index.grounder,
+        pinned=True,
+    )
 
 
 def replicated(index: LibraryIndex, videos: int, noise: float) -> LibraryIndex:
@@ -439,30 +529,42 @@ def replicated(index: LibraryIndex, videos: int, noise: float) -> LibraryIndex:
     real, table, vectors = version.info["videos"], version.table, real_vectors(index)
     rng = np.random.default_rng(0)
     parts = [(c, np.flatnonzero(table["video"] + c * len(real) < videos)) for c in range(math.ceil(videos / len(real)))]
-    columns = {name: np.concatenate([table[name][rows] + (c * len(real) if name == "video" else 0) for c, rows in parts])
-               for name in library.TABLE}
+    columns = {
+        name: np.concatenate([table[name][rows] + (c * len(real) if name == "video" else 0) for c, rows in parts]) for name in library.TABLE
+    }
     data = np.concatenate([vectors[rows] if c == 0 else noisy(vectors[rows], noise, rng) for c, rows in parts])
     info = {**version.info, "videos": [real[j % len(real)] for j in range(videos)]}
     copies = Version(version.number, version.folder, info, columns, indexed(data), version.stamp)
     return LibraryIndex(index.folder, copies, index.grounder, pinned=True)
 
 
-def two_stage_speed(index: LibraryIndex, queries: list[str], sizes: list[int], brute_sizes: list[int], brute_queries: int,
-                    noise: float) -> list[dict]:
+def two_stage_speed(
+    index: LibraryIndex, queries: list[str], sizes: list[int], brute_sizes: list[int], brute_queries: int, noise: float
+) -> list[dict]:
     real = [(v["vid"], Path(v["feature_file"])) for v in index.videos()]
     rows = []
     for videos in sizes:
         library_index = replicated(index, videos, noise)
-        _, stage_one = timed_searches(library_index, queries, lambda q: library_index.windows(q))
-        _, both = timed_searches(library_index, queries, lambda q: library_index.search(q, k=10))
-        row = {"videos": videos, "windows": library_index.searcher.version.index.ntotal,
-               "index": library_index.searcher.version.index.layout["kind"],
-               "stage 1 p50 ms": percentile(stage_one, 50), "stage 1 p99 ms": percentile(stage_one, 99),
-               "two-stage p50 ms": percentile(both, 50), "two-stage p99 ms": percentile(both, 99)}
+        _, stage_one = timed_searches(library_index, queries, library_index.windows)
+        _, both = timed_searches(library_index, queries, partial(library_index.search, k=10))
+        row = {
+            "videos": videos,
+            "windows": library_index.searcher.version.index.ntotal,
+            "index": library_index.searcher.version.index.layout["kind"],
+            "stage 1 p50 ms": percentile(stage_one, 50),
+            "stage 1 p99 ms": percentile(stage_one, 99),
+            "two-stage p50 ms": percentile(both, 50),
+            "two-stage p99 ms": percentile(both, 99),
+        }
         if videos in brute_sizes:
             times = brute_force_latency(index, queries[:brute_queries], [real[j % len(real)] for j in range(videos)])
-            row.update({"brute force p50 ms": percentile(times, 50), "brute force p99 ms": percentile(times, 99),
-                        "speed-up (p50)": round(np.median(times) / np.median(both), 1)})
+            row.update(
+                {
+                    "brute force p50 ms": percentile(times, 50),
+                    "brute force p99 ms": percentile(times, 99),
+                    "speed-up (p50)": round(np.median(times) / np.median(both), 1),
+                }
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
         del library_index
@@ -475,18 +577,35 @@ def rss_in_process(args) -> dict:
     if args.videos:
         index = replicated(index, args.videos, args.noise)
     index.search(val_records(Path(args.index).parent)[0]["query"], k=10)
-    return {"videos": args.videos or len(index.videos()), "windows": index.searcher.version.index.ntotal,
-            "rss_mib": round(psutil.Process().memory_info().rss / 2**20)}
+    return {
+        "videos": args.videos or len(index.videos()),
+        "windows": index.searcher.version.index.ntotal,
+        "rss_mib": round(psutil.Process().memory_info().rss / 2**20),
+    }
 
 
 def memory(folder: Path, sizes: list[int], noise: float) -> list[dict]:
     rows = []
     for videos in [None, *sizes]:
-        cmd = [sys.executable, __file__, "rss", "--index", str(folder / "index"), "--noise", str(noise),
-               *(["--videos", str(videos)] if videos else [])]
+        cmd = [
+            sys.executable,
+            __file__,
+            "rss",
+            "--index",
+            str(folder / "index"),
+            "--noise",
+            str(noise),
+            *(["--videos", str(videos)] if videos else []),
+        ]
         result, peak = peak_rss(cmd)
-        rows.append({"library": "real index" if videos is None else f"{videos:,} videos (replicated)", "windows": result["windows"],
-                     "RSS after a search MiB": result["rss_mib"], "peak RSS MiB": round(peak)})
+        rows.append(
+            {
+                "library": "real index" if videos is None else f"{videos:,} videos (replicated)",
+                "windows": result["windows"],
+                "RSS after a search MiB": result["rss_mib"],
+                "peak RSS MiB": round(peak),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -495,13 +614,27 @@ def speed(args) -> None:
     folder = set_dir(args)
     index = LibraryIndex.open(folder / "index")
     queries = list(ground_truth(val_records(folder)))[: args.speed_queries]
-    print(json.dumps({"set": folder.name, "videos": len(index.videos()), "windows": index.searcher.version.index.ntotal,
-                      "queries": len(queries), "threads": torch.get_num_threads()}), flush=True)
-    stage1 = stage_one_speed(index, queries, args.windows, args.noise, args.nprobe, args.rerank, args.layouts, args.factories) if args.windows else []
+    print(
+        json.dumps(
+            {
+                "set": folder.name,
+                "videos": len(index.videos()),
+                "windows": index.searcher.version.index.ntotal,
+                "queries": len(queries),
+                "threads": torch.get_num_threads(),
+            }
+        ),
+        flush=True,
+    )
+    stage1 = (
+        stage_one_speed(index, queries, args.windows, args.noise, args.nprobe, args.rerank, args.layouts, args.factories)
+        if args.windows
+        else []
+    )
     two = two_stage_speed(index, queries, args.videos, args.brute_videos, args.brute_queries, args.noise) if args.videos else []
     mem = memory(folder, args.videos, args.noise) if not args.no_memory else []
     if stage1:
-        print("\nStage 1 alone (faiss search of one query vector, top %d)\n" % library.CANDIDATES)
+        print(f"\nStage 1 alone (faiss search of one query vector, top {library.CANDIDATES})\n")
         print(markdown(stage1, list(stage1[0])))
     if two:
         print("\nPer-query latency (fresh query encoding each)\n")
@@ -512,12 +645,23 @@ def speed(args) -> None:
     OUT.mkdir(exist_ok=True)
     path = OUT / f"library_speed{suffix(args)}.json"
     old = json.loads(path.read_text()) if path.exists() else {}  # parts not rerun are kept
-    new = {"set": folder.name, "root": str(folder), "queries": len(queries), "noise": args.noise, **machine(args),
-           "flat_up_to": FLAT_UP_TO, "compress_above": COMPRESS_ABOVE, "stage_one": stage1, "two_stage": two, "memory": mem}
+    new = {
+        "set": folder.name,
+        "root": str(folder),
+        "queries": len(queries),
+        "noise": args.noise,
+        **machine(args),
+        "flat_up_to": FLAT_UP_TO,
+        "compress_above": COMPRESS_ABOVE,
+        "stage_one": stage1,
+        "two_stage": two,
+        "memory": mem,
+    }
     path.write_text(json.dumps({**old, **{k: v for k, v in new.items() if v != [] or k not in old}}, indent=2))
 
 
 # ---------------------------------------------------------------- load
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -539,8 +683,11 @@ def load(args) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = open(folder / "serve.log", "w")
-    server = psutil.Popen([sys.executable, "-m", "vtg_pipeline", "serve", "--index", str(folder / "index"), "--port", str(port)],
-                          stdout=log, stderr=subprocess.STDOUT)
+    server = psutil.Popen(
+        [sys.executable, "-m", "vtg_pipeline", "serve", "--index", str(folder / "index"), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -594,20 +741,42 @@ def load(args) -> None:
     times = [t for t, outcome in results if outcome == "ok"]
     errors = Counter(outcome for _, outcome in results if outcome not in ("ok", "HTTP 503"))
     half = samples[len(samples) // 2] if samples else rss_end
-    row = {"clients": args.clients, "seconds": args.seconds, "queries": args.queries, "requests": len(results),
-           "searches/s": round(len(times) / args.seconds, 2), "p50 ms": percentile(times, 50), "p99 ms": percentile(times, 99),
-           "503s": sum(outcome == "HTTP 503" for _, outcome in results), "errors": sum(errors.values()),
-           "RSS start MiB": round(rss_start / 2**20), "RSS half-time MiB": round(half / 2**20), "RSS end MiB": round(rss_end / 2**20),
-           "RSS growth 2nd half %": round(100 * (rss_end - half) / half, 2), "RSS peak MiB": round(max(samples + [rss_end]) / 2**20)}
+    row = {
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "queries": args.queries,
+        "requests": len(results),
+        "searches/s": round(len(times) / args.seconds, 2),
+        "p50 ms": percentile(times, 50),
+        "p99 ms": percentile(times, 99),
+        "503s": sum(outcome == "HTTP 503" for _, outcome in results),
+        "errors": sum(errors.values()),
+        "RSS start MiB": round(rss_start / 2**20),
+        "RSS half-time MiB": round(half / 2**20),
+        "RSS end MiB": round(rss_end / 2**20),
+        "RSS growth 2nd half %": round(100 * (rss_end - half) / half, 2),
+        "RSS peak MiB": round(max(samples + [rss_end]) / 2**20),
+    }
     print(json.dumps({**row, "error_kinds": dict(errors)}))
     print(markdown([row], list(row)))
     OUT.mkdir(exist_ok=True)
-    (OUT / f"library_load{suffix(args)}_{args.clients}c.json").write_text(json.dumps(
-        {"set": folder.name, "index": str(folder / "index"), **machine(args), **row, "error_kinds": dict(errors),
-         "rss_mib_per_second": [round(s / 2**20) for s in samples]}, indent=2))
+    (OUT / f"library_load{suffix(args)}_{args.clients}c.json").write_text(
+        json.dumps(
+            {
+                "set": folder.name,
+                "index": str(folder / "index"),
+                **machine(args),
+                **row,
+                "error_kinds": dict(errors),
+                "rss_mib_per_second": [round(s / 2**20) for s in samples],
+            },
+            indent=2,
+        )
+    )
 
 
 # ---------------------------------------------------------------- main
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -629,8 +798,13 @@ def main() -> None:
     p.add_argument("--windows", type=int, nargs="*", default=[1_000, 10_000, 100_000, 1_000_000])
     p.add_argument("--nprobe", type=int, nargs="*", default=[], help="inverted-file lists to scan, besides the index's own")
     p.add_argument("--rerank", type=int, nargs="*", default=[], help="compressed: shortlists of RERANK x 20, besides the index's own")
-    p.add_argument("--layouts", nargs="*", default=["flat", "ivf", "ivfpq"], choices=("flat", "ivf", "ivfpq"),
-                   help="stage-1 layouts measured at each --windows size (flat and ivf hold every vector in RAM twice)")
+    p.add_argument(
+        "--layouts",
+        nargs="*",
+        default=["flat", "ivf", "ivfpq"],
+        choices=("flat", "ivf", "ivfpq"),
+        help="stage-1 layouts measured at each --windows size (flat and ivf hold every vector in RAM twice)",
+    )
     p.add_argument("--factories", nargs="*", default=[], help="also these compressed faiss layouts, e.g. IVF1024,PQ64x8")
     p.add_argument("--videos", type=int, nargs="*", default=[100, 1_000, 10_000])
     p.add_argument("--brute-videos", type=int, nargs="*", default=[100, 1_000])

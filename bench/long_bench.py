@@ -39,11 +39,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ground_bench import QUERIES, make_grounder
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from ground_bench import QUERIES, make_grounder
 from train_bench import peak_rss
+
 from vtg_pipeline.config import TrainConfig
 from vtg_pipeline.data import GroundingDataset, StoredVideo, TextCache
 from vtg_pipeline.evaluation import evaluate
@@ -52,8 +52,15 @@ from vtg_pipeline.inference import decode_windows, merge_windows, rounded, windo
 from vtg_pipeline.training import predict_in_windows
 
 OUT = Path(__file__).parent / "out"
-RGNET = ("model.name=rgnet", "model.rg_ffn_dims=2048", "decode.window=180", "decode.window_stride=90", "decode.retrieval_topk=30",
-         "decode.max_moments=100", "decode.nms_threshold=0.5")
+RGNET = (
+    "model.name=rgnet",
+    "model.rg_ffn_dims=2048",
+    "decode.window=180",
+    "decode.window_stride=90",
+    "decode.retrieval_topk=30",
+    "decode.max_moments=100",
+    "decode.nms_threshold=0.5",
+)
 
 
 def write_states(path: Path, minutes: int, fps: float = 0.5) -> None:
@@ -61,8 +68,11 @@ def write_states(path: Path, minutes: int, fps: float = 0.5) -> None:
     frames = int(minutes * 60 * fps)
     generator = torch.Generator().manual_seed(minutes)
     vision = torch.randn(frames, 4, 50, 768, generator=generator, dtype=torch.float32).half()
-    save_file({"timestamps": torch.arange(frames, dtype=torch.float64) / fps, "vision": vision}, str(path),
-              metadata={"duration": str(minutes * 60.0), "video_id": f"{minutes}min"})
+    save_file(
+        {"timestamps": torch.arange(frames, dtype=torch.float64) / fps, "vision": vision},
+        str(path),
+        metadata={"duration": str(minutes * 60.0), "video_id": f"{minutes}min"},
+    )
 
 
 def one_scale(minutes: int, features: Path) -> dict:
@@ -76,9 +86,15 @@ def one_scale(minutes: int, features: Path) -> dict:
             times[n] = time.perf_counter() - start
     per_query = (times[10] - times[1]) / 9
     windows = len(results[0]["pred_windows"])
-    return {"minutes": minutes, "windows": windows, "one_query_s": round(times[1], 2), "ten_queries_s": round(times[10], 2),
-            "marginal_per_query_s": round(per_query, 3), "per_video_s": round(times[1] - per_query, 3),
-            "moments_per_query": len(results[0]["pred_relevant_windows"])}
+    return {
+        "minutes": minutes,
+        "windows": windows,
+        "one_query_s": round(times[1], 2),
+        "ten_queries_s": round(times[10], 2),
+        "marginal_per_query_s": round(per_query, 3),
+        "per_video_s": round(times[1] - per_query, 3),
+        "moments_per_query": len(results[0]["pred_relevant_windows"]),
+    }
 
 
 def scale(minutes: list[int]) -> list[dict]:
@@ -148,13 +164,19 @@ def kept_fraction(run: Path) -> float | None:
     return round(float(np.mean(last)), 3) if last else None
 
 
-SYSTEMS = {"unified (RGNet)": ("unified", "unified"), "two-stage": ("retriever", "oracle_grounder"),
-           "unified, no sparsifier": ("no_sparsifier", "no_sparsifier")}
+SYSTEMS = {
+    "unified (RGNet)": ("unified", "unified"),
+    "two-stage": ("retriever", "oracle_grounder"),
+    "unified, no sparsifier": ("no_sparsifier", "no_sparsifier"),
+}
 
 
 def compare(root: Path, runs: Path, only: list[str] | None = None) -> list[dict]:
-    grounders = {name: Grounder.from_pretrained(runs / name / "best") for name in ("unified", "retriever", "oracle_grounder", "no_sparsifier")
-                 if (runs / name / "best").exists()}
+    grounders = {
+        name: Grounder.from_pretrained(runs / name / "best")
+        for name in ("unified", "retriever", "oracle_grounder", "no_sparsifier")
+        if (runs / name / "best").exists()
+    }
     some = next(iter(grounders.values()))
     cfg = some.cfg
     records = [json.loads(line) for line in (root / cfg.data.val).read_text().splitlines() if line.strip()]
@@ -167,11 +189,21 @@ def compare(root: Path, runs: Path, only: list[str] | None = None) -> list[dict]
         run_cfg = grounders[grounder].cfg
         run_cfg.decode = grounders[retriever].cfg.decode
         metrics = evaluate(predict_in_windows(model, dataset, grounders[grounder].text_cache, run_cfg, "cpu"), records, "mad")["brief"]
-        rows.append({"system": label, "WR-overlap-R1": metrics["WR-overlap-R1"], "WR-overlap-R5": metrics["WR-overlap-R5"],
-                     "WR-contain-R1": metrics["WR-contain-R1"], "WR-contain-R5": metrics["WR-contain-R5"],
-                     "oracle-window R1@0.3": oracle_window_r1(grounders[grounder].model, run_cfg, dataset, grounders[grounder].text_cache),
-                     "R1@0.3": metrics["R1@0.3"], "R5@0.3": metrics["R5@0.3"], "R1@0.5": metrics["R1@0.5"], "R5@0.5": metrics["R5@0.5"],
-                     "kept_fraction": kept_fraction(runs / retriever) if retriever != "no_sparsifier" else 1.0})
+        rows.append(
+            {
+                "system": label,
+                "WR-overlap-R1": metrics["WR-overlap-R1"],
+                "WR-overlap-R5": metrics["WR-overlap-R5"],
+                "WR-contain-R1": metrics["WR-contain-R1"],
+                "WR-contain-R5": metrics["WR-contain-R5"],
+                "oracle-window R1@0.3": oracle_window_r1(grounders[grounder].model, run_cfg, dataset, grounders[grounder].text_cache),
+                "R1@0.3": metrics["R1@0.3"],
+                "R5@0.3": metrics["R5@0.3"],
+                "R1@0.5": metrics["R1@0.5"],
+                "R5@0.5": metrics["R5@0.5"],
+                "kept_fraction": kept_fraction(runs / retriever) if retriever != "no_sparsifier" else 1.0,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -194,8 +226,17 @@ def calibrate(root: Path, run: Path, topks: list[int], evidence: list[float], pr
             query, query_mask = grounder.text_cache([r["query"] for r in group], "cpu")
             duration = float(group[0]["duration"])
             with StoredVideo.open(dataset.path(vid)) as video:
-                found = windows_of(model, lambda a, b: video.rows(a, b), video.frames, duration, query, query_mask,
-                                   cfg.data.fps, cfg.model.strides, deepest)
+                found = windows_of(
+                    model,
+                    lambda a, b: video.rows(a, b),
+                    video.frames,
+                    duration,
+                    query,
+                    query_mask,
+                    cfg.data.fps,
+                    cfg.model.strides,
+                    deepest,
+                )
             videos.append((group, found, duration))
         for k in topks:
             for e in evidence:
@@ -204,13 +245,22 @@ def calibrate(root: Path, run: Path, topks: list[int], evidence: list[float], pr
                 for group, results, duration in videos:
                     for i, record in enumerate(group):
                         top = set(np.argsort(-results.logits[i], kind="stable")[:k].tolist())
-                        merged = merge_windows({w: m for w, m in results.found[i].items() if w in top}, results.logits[i],
-                                               results.spans, duration, decode)
-                        predictions.append({"qid": record["qid"], "query": record["query"], "vid": record["vid"],
-                                            "pred_relevant_windows": rounded(merged["moments"]), "pred_windows": rounded(merged["windows"])})
+                        merged = merge_windows(
+                            {w: m for w, m in results.found[i].items() if w in top}, results.logits[i], results.spans, duration, decode
+                        )
+                        predictions.append(
+                            {
+                                "qid": record["qid"],
+                                "query": record["query"],
+                                "vid": record["vid"],
+                                "pred_relevant_windows": rounded(merged["moments"]),
+                                "pred_windows": rounded(merged["windows"]),
+                            }
+                        )
                 metrics = evaluate(predictions, records, "mad")["brief"]
-                rows.append({"window_prior": prior, "retrieval_topk": k, "window_evidence": e,
-                             **{m: metrics[m] for m in CALIBRATION_METRICS}})
+                rows.append(
+                    {"window_prior": prior, "retrieval_topk": k, "window_evidence": e, **{m: metrics[m] for m in CALIBRATION_METRICS}}
+                )
                 print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: (r["R1@0.3"], r["WR-overlap-R1"]))
     print("best by R1@0.3:", json.dumps(best), flush=True)

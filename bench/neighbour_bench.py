@@ -28,10 +28,10 @@ CONFIG = Path(__file__).parent.parent / "configs" / "synthetic.yaml"
 
 
 def worker(args) -> None:
+    import torch
+
     from vtg_pipeline.config import load_config  # the package first, as `vtg train` imports it: it sets up OpenMP
     from vtg_pipeline.training import batch_losses, build_run
-
-    import torch
 
     cfg = load_config(str(CONFIG), [f"data.root={args.data}", f"output_dir={args.run_dir}", "optim.epochs=1000"])
     run = build_run(cfg)
@@ -50,16 +50,35 @@ def worker(args) -> None:
             done += 1
             if not args.forever and done >= args.warmup + args.steps:
                 break
-    print(json.dumps({"step_ms": round(1000 * statistics.median(times), 1), "cpu_ms_per_step": round(1000 * statistics.median(cpu), 1),
-                      "threads": torch.get_num_threads(), "steps": len(times)}))
+    print(
+        json.dumps(
+            {
+                "step_ms": round(1000 * statistics.median(times), 1),
+                "cpu_ms_per_step": round(1000 * statistics.median(cpu), 1),
+                "threads": torch.get_num_threads(),
+                "steps": len(times),
+            }
+        )
+    )
 
 
 def start_worker(args, base: str | None, forever: bool, run_dir: str) -> subprocess.Popen:
     env = dict(os.environ, **dict(kv.split("=", 1) for kv in args.env))
     if base:
         env["PYTHONPATH"] = base
-    cmd = [sys.executable, __file__, "--worker", "--data", args.data, "--run-dir", run_dir, "--steps", str(args.steps),
-           "--warmup", str(args.warmup)] + (["--forever"] if forever else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--data",
+        args.data,
+        "--run-dir",
+        run_dir,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ] + (["--forever"] if forever else [])
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=base or None)
 
 

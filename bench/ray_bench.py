@@ -39,8 +39,27 @@ def make_videos(out: Path) -> None:
     for path, seconds in jobs:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=10:duration={seconds}",
-                            "-c:v", "libx264", "-preset", "veryfast", "-g", "100", "-pix_fmt", "yuv420p", str(path)], check=True)
+            subprocess.run(
+                [
+                    "ffmpeg",
+                    "-v",
+                    "error",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    f"testsrc2=size=320x240:rate=10:duration={seconds}",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "veryfast",
+                    "-g",
+                    "100",
+                    "-pix_fmt",
+                    "yuv420p",
+                    str(path),
+                ],
+                check=True,
+            )
     print(json.dumps({"videos": len(jobs), "out": str(out)}))
 
 
@@ -48,8 +67,9 @@ def measure(cmd: list[str], env: dict | None = None, during=None) -> dict:
     """Run ``cmd``; wall seconds and the peak summed RSS (MiB) of its process tree, sampled every 0.1 s.
     ``during(process)``, if given, runs in a thread meanwhile (a fault to inject)."""
     start = time.perf_counter()
-    process = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     peak, root = 0, psutil.Process(process.pid)
     if during is not None:
         threading.Thread(target=during, args=(process,), daemon=True).start()
@@ -81,7 +101,9 @@ def overhead(videos: Path, runs: int) -> dict:
         for mode in ("local", "ray"):
             with tempfile.TemporaryDirectory() as tmp:
                 extra = ["--ray"] if mode == "ray" else []
-                rows.append({"mode": mode, "run": run, **measure(vtg("extract", str(videos), "--out", tmp, *MODEL, "--no-progress", *extra))})
+                rows.append(
+                    {"mode": mode, "run": run, **measure(vtg("extract", str(videos), "--out", tmp, *MODEL, "--no-progress", *extra))}
+                )
                 print(json.dumps(rows[-1]), flush=True)
     return {"rows": rows}
 
@@ -92,15 +114,36 @@ def skew(videos: Path, workers: int) -> dict:
     one_thread = {"OMP_NUM_THREADS": "1"}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(workers), "--num_machines",
-                  "1", "--mixed_precision", "no", "--dynamo_backend", "no", "extract", str(videos), "--out", f"{tmp}/static", *MODEL,
-                  "--no-progress"]
+        launch = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(workers),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "extract",
+            str(videos),
+            "--out",
+            f"{tmp}/static",
+            *MODEL,
+            "--no-progress",
+        ]
         rows.append({"mode": f"accelerate launch, {workers} ranks", **measure(launch, {**one_thread, "ACCELERATE_USE_CPU": "1"})})
         print(json.dumps(rows[-1]), flush=True)
         address = start_cluster(workers)
         try:
-            rows.append({"mode": f"--ray, {workers} encoder actors", **measure(vtg("extract", str(videos), "--out", f"{tmp}/ray", *MODEL,
-                                                                                   "--no-progress", "--ray", address), one_thread)})
+            rows.append(
+                {
+                    "mode": f"--ray, {workers} encoder actors",
+                    **measure(vtg("extract", str(videos), "--out", f"{tmp}/ray", *MODEL, "--no-progress", "--ray", address), one_thread),
+                }
+            )
         finally:
             subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True)
         print(json.dumps(rows[-1]), flush=True)
@@ -110,8 +153,21 @@ def skew(videos: Path, workers: int) -> dict:
 
 def start_cluster(cpus: int) -> str:
     """`ray start --head` with ``cpus`` logical CPUs on this machine; returns the address to join it from here."""
-    subprocess.run([str(Path(sys.executable).with_name("ray")), "start", "--head", "--port", "6391", "--num-cpus", str(cpus),
-                    "--include-dashboard", "false"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--port",
+            "6391",
+            "--num-cpus",
+            str(cpus),
+            "--include-dashboard",
+            "false",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return "auto"
 
 
@@ -153,8 +209,13 @@ ray.shutdown(); cluster.shutdown()
     for run in range(runs):
         for lose in ("0", "1"):
             with tempfile.TemporaryDirectory() as tmp:
-                result = subprocess.run([sys.executable, "-c", code, str(videos), f"{tmp}/out", lose], cwd=ROOT, capture_output=True,
-                                        text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                result = subprocess.run(
+                    [sys.executable, "-c", code, str(videos), f"{tmp}/out", lose],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "OMP_NUM_THREADS": "1"},
+                )
                 if result.returncode:
                     raise SystemExit(result.stderr[-3000:])
                 rows.append({"node_lost": lose == "1", "run": run, **json.loads(result.stdout.strip().splitlines()[-1])})
@@ -184,8 +245,9 @@ def costs(videos: Path) -> dict:
     frames, start = [], time.perf_counter()
     for path in paths:
         info = probe(str(path))
-        for message in decode_video(path.stem, info, sample_times(info.duration, 0.5), 0, make_decoder("pyav"), backbone.preprocess,
-                                    backbone.device, 16):
+        for message in decode_video(
+            path.stem, info, sample_times(info.duration, 0.5), 0, make_decoder("pyav"), backbone.preprocess, backbone.device, 16
+        ):
             if hasattr(message, "frames"):
                 frames.append(message.frames)
     decode_s = (time.perf_counter() - start) / sum(len(f) for f in frames)
@@ -199,14 +261,19 @@ def costs(videos: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         for k in range(8):
-            file = VideoFile(Path(tmp) / f"{k}.safetensors", file_layout(cfg, backbone.row_shapes(), len(vision)), {},
-                             np.arange(len(vision)) * 2.0)
+            file = VideoFile(
+                Path(tmp) / f"{k}.safetensors", file_layout(cfg, backbone.row_shapes(), len(vision)), {}, np.arange(len(vision)) * 2.0
+            )
             file.write(0, {"vision": vision})
             file.commit()
         write_s = (time.perf_counter() - start) / (8 * len(vision))
     row_mb = vision[0].nbytes / 1e6
-    return {"decode_ms_per_frame": round(1e3 * decode_s, 2), "encode_ms_per_frame_cpu_1_thread": round(1e3 * encode_s, 2),
-            "write_ms_per_frame": round(1e3 * write_s, 3), "row_mb_fp16": round(row_mb, 3)}
+    return {
+        "decode_ms_per_frame": round(1e3 * decode_s, 2),
+        "encode_ms_per_frame_cpu_1_thread": round(1e3 * encode_s, 2),
+        "write_ms_per_frame": round(1e3 * write_s, 3),
+        "row_mb_fp16": round(row_mb, 3),
+    }
 
 
 def main() -> None:
@@ -222,8 +289,12 @@ def main() -> None:
             raise SystemExit("the ffmpeg CLI makes the videos: apt-get install ffmpeg")
         return make_videos(Path(args.out))
     videos = Path(args.path)
-    result = {"overhead": lambda: overhead(videos, args.runs), "skew": lambda: skew(videos, args.workers),
-              "node-loss": lambda: node_loss(videos, args.runs), "costs": lambda: costs(videos)}[args.what]()
+    result = {
+        "overhead": lambda: overhead(videos, args.runs),
+        "skew": lambda: skew(videos, args.workers),
+        "node-loss": lambda: node_loss(videos, args.runs),
+        "costs": lambda: costs(videos),
+    }[args.what]()
     OUT.mkdir(exist_ok=True)
     (OUT / f"ray_{args.what.replace('-', '_')}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))

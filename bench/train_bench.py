@@ -81,7 +81,9 @@ def one(mode: str, batch: int, variant: str, args) -> dict:
         if step == 0 and args.save_grads:
             grads = {name: p.grad.detach().float().cpu() for name, p in model.named_parameters() if p.grad is not None}
             args.save_grads.mkdir(parents=True, exist_ok=True)
-            save_file({"loss": loss.detach().float().cpu().reshape(1), **grads}, str(args.save_grads / f"{mode}_b{batch}_{variant}.safetensors"))
+            save_file(
+                {"loss": loss.detach().float().cpu().reshape(1), **grads}, str(args.save_grads / f"{mode}_b{batch}_{variant}.safetensors")
+            )
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad()
@@ -89,8 +91,19 @@ def one(mode: str, batch: int, variant: str, args) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     step_s = min(times[1:]) if len(times) > 1 else times[0]
-    row = {"mode": mode, "batch": batch, "queries_per_video": args.queries_per_video, "variant": variant, "dropout": model.cfg.dropout, "device": args.device, "precision": args.precision, "clips": clips,
-           "query_tokens": tokens, "step_s": round(step_s, 3), "videos_per_s": round(batch / step_s, 1)}
+    row = {
+        "mode": mode,
+        "batch": batch,
+        "queries_per_video": args.queries_per_video,
+        "variant": variant,
+        "dropout": model.cfg.dropout,
+        "device": args.device,
+        "precision": args.precision,
+        "clips": clips,
+        "query_tokens": tokens,
+        "step_s": round(step_s, 3),
+        "videos_per_s": round(batch / step_s, 1),
+    }
     if dev.type == "cuda":
         row["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return row
@@ -120,9 +133,14 @@ def differences(ours: Path, theirs: Path) -> dict:
         return {"against": str(theirs), "error": f"different gradients: {sorted(a.keys() ^ b.keys())}"}
     grads = [name for name in a if name != "loss"]
     worst = max(grads, key=lambda name: (a[name] - b[name]).abs().max().item())
-    return {"against": str(theirs), "loss": round(a["loss"].item(), 6), "loss_diff": (a["loss"] - b["loss"]).abs().item(),
-            "grad_max_abs_diff": (a[worst] - b[worst]).abs().max().item(), "worst_grad": worst,
-            "grad_max_abs": max(a[name].abs().max().item() for name in grads)}
+    return {
+        "against": str(theirs),
+        "loss": round(a["loss"].item(), 6),
+        "loss_diff": (a["loss"] - b["loss"]).abs().item(),
+        "grad_max_abs_diff": (a[worst] - b[worst]).abs().max().item(),
+        "worst_grad": worst,
+        "grad_max_abs": max(a[name].abs().max().item() for name in grads),
+    }
 
 
 def main() -> None:
@@ -137,8 +155,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    parser.add_argument("--dropout", type=float, default=None, help="model.dropout (default: the paper's, 0.5); 0 for --against a "
-                                                                     "commit whose dropout draws other masks")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="model.dropout (default: the paper's, 0.5); 0 for --against a commit whose dropout draws other masks",
+    )
     parser.add_argument("--save-grads", type=Path, default=None)
     parser.add_argument("--against", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="default: bench/out/train_step[_DEVICE_PRECISION].json")
@@ -152,21 +174,46 @@ def main() -> None:
     for mode in args.modes:
         for batch in args.batches:
             for variant in args.variants:
-                cmd = [sys.executable, __file__, "--one", mode, str(batch), variant, "--clips", str(args.clips), "--query-tokens",
-                       str(args.query_tokens), "--queries-per-video", str(args.queries_per_video), "--steps", str(args.steps), "--device", args.device, "--precision", args.precision]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    mode,
+                    str(batch),
+                    variant,
+                    "--clips",
+                    str(args.clips),
+                    "--query-tokens",
+                    str(args.query_tokens),
+                    "--queries-per-video",
+                    str(args.queries_per_video),
+                    "--steps",
+                    str(args.steps),
+                    "--device",
+                    args.device,
+                    "--precision",
+                    args.precision,
+                ]
                 cmd += ["--dropout", str(args.dropout)] if args.dropout is not None else []
                 result, peak = peak_rss(cmd + (["--save-grads", str(args.save_grads)] if args.save_grads else []))
                 result["peak_rss_mib"] = round(peak)
                 if args.save_grads and args.against:
-                    result.update(differences(args.save_grads / f"{mode}_b{batch}_{variant}.safetensors",
-                                              args.against / f"{mode}_b{batch}_default.safetensors"))
+                    result.update(
+                        differences(
+                            args.save_grads / f"{mode}_b{batch}_{variant}.safetensors",
+                            args.against / f"{mode}_b{batch}_default.safetensors",
+                        )
+                    )
                 rows.append(result)
                 print(json.dumps(result), flush=True)
     on_gpu = args.device.startswith("cuda")
     out = args.out or OUT / ("train_step.json" if not on_gpu else f"train_step_{args.device.replace(':', '')}_{args.precision}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": torch.cuda.get_device_name() if on_gpu else "cpu", "torch_threads": torch.get_num_threads(),
-                               "runs": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"device": torch.cuda.get_device_name() if on_gpu else "cpu", "torch_threads": torch.get_num_threads(), "runs": rows}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,14 @@ def synth_root(tmp_path_factory, backbone_cache):
 
     root = tmp_path_factory.mktemp("synth")
     make_dataset(root, videos=4, seed=3, progress=False)
-    run_extract(ExtractConfig(video_dirs=[str(root / "videos")], out=str(root / "features"), model="vtg-tiny",
-                              pretrained="random:0", store="both", progress=False))
+    run_extract(
+        ExtractConfig(
+            video_dirs=[str(root / "videos")],
+            out=str(root / "features"),
+            model="vtg-tiny",
+            pretrained="random:0",
+            store="both",
+            progress=False,
+        )
+    )
     return root

@@ -27,7 +27,7 @@ def read_index(image: np.ndarray) -> int:
     corner = image[-CELL + 2 : -2, 2 : CELL - 2].reshape(-1, 3).mean(0)
     if not (corner[0] > 150 and corner[1] < 100):
         return -1
-    cells = image[2 : CELL - 2, :BITS * CELL].reshape(CELL - 4, BITS, CELL, 3)[:, :, 2 : CELL - 2].mean(axis=(0, 2, 3))
+    cells = image[2 : CELL - 2, : BITS * CELL].reshape(CELL - 4, BITS, CELL, 3)[:, :, 2 : CELL - 2].mean(axis=(0, 2, 3))
     return int(sum(1 << b for b in range(BITS) if cells[b] > 157))
 
 

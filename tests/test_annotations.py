@@ -59,7 +59,7 @@ def test_real_qvhighlights_loads_strictly_with_nothing_skipped_or_clamped(split,
     assert len(records) == count
     assert report == ReadReport()
     assert len({r["qid"] for r in records}) == count
-    for record in records[:: 97]:
+    for record in records[::97]:
         # the window rule reproduces the released clip ids; the scores follow sum / 12
         windows_only = {k: v for k, v in record.items() if k != "saliency_scores"}
         num_clips = int(record["duration"] // 2)
@@ -203,7 +203,13 @@ def test_charades_lines_with_a_duration_mapping(tmp_path):
     assert records == [
         {"qid": 0, "query": "person turn a light on.", "vid": "3MSZA", "duration": 31.29, "relevant_windows": [[24.3, 30.4]]},
         {"qid": 2, "query": "a person is holding a phone.", "vid": "3MSZA", "duration": 31.29, "relevant_windows": [[0.0, 6.9]]},
-        {"qid": 3, "query": "a person is putting a picture onto the wall.", "vid": "AMT7R", "duration": 31.0, "relevant_windows": [[4.3, 31.0]]},
+        {
+            "qid": 3,
+            "query": "a person is putting a picture onto the wall.",
+            "vid": "AMT7R",
+            "duration": 31.0,
+            "relevant_windows": [[4.3, 31.0]],
+        },
     ]
     assert report.clamped == 1  # 32.5 s > 31 s by less than the 2 s Charades slack
 
@@ -273,7 +279,13 @@ def test_each_malformed_charades_line_raises_naming_file_and_line(tmp_path, line
 
 
 def nlq_query(start, end, text="Where did I put the knife?", **extra) -> dict:
-    query = {"clip_start_sec": start, "clip_end_sec": end, "video_start_sec": start + 10, "video_end_sec": end + 10, "template": "Objects: X"}
+    query = {
+        "clip_start_sec": start,
+        "clip_end_sec": end,
+        "video_start_sec": start + 10,
+        "video_end_sec": end + 10,
+        "template": "Objects: X",
+    }
     if text != "absent":
         query["query"] = text
     query.update(extra)
@@ -289,7 +301,12 @@ def nlq_file(tmp_path: Path, queries_a: list, queries_b: list) -> Path:
                 "video_uid": "video-1",
                 "clips": [
                     {**clip, "clip_uid": "clip-a", "annotations": [{"annotation_uid": "ann-a", "language_queries": queries_a}]},
-                    {**clip, "clip_uid": "clip-b", "clip_end_sec": 300.5, "annotations": [{"annotation_uid": "ann-b", "language_queries": queries_b}]},
+                    {
+                        **clip,
+                        "clip_uid": "clip-b",
+                        "clip_end_sec": 300.5,
+                        "annotations": [{"annotation_uid": "ann-b", "language_queries": queries_b}],
+                    },
                 ],
             }
         ],
@@ -383,10 +400,19 @@ def test_tacos_frames_become_seconds(tmp_path):
     [
         ({"fps": 25.0, "timestamps": [[0, 10]], "sentences": ["a"]}, "missing field 'num_frames'"),
         ({"num_frames": 500, "fps": 0, "timestamps": [[0, 10]], "sentences": ["a"]}, "fps 0 is not positive"),
-        ({"num_frames": 500, "fps": 25.0, "timestamps": [[0, 10]], "sentences": ["a", "b"]}, "timestamps and sentences must be lists of the same length"),
+        (
+            {"num_frames": 500, "fps": 25.0, "timestamps": [[0, 10]], "sentences": ["a", "b"]},
+            "timestamps and sentences must be lists of the same length",
+        ),
         ({"num_frames": 500, "fps": 25.0, "timestamps": [[20, 10]], "sentences": ["a"]}, r"window \[0.8, 0.4\] ends before it starts"),
-        ({"num_frames": 500, "fps": 25.0, "timestamps": [[0, 550]], "sentences": ["a"]}, r"window \[0, 22\] ends 2 s after the video end \(20 s\)"),
-        ({"num_frames": 500, "fps": 25.0, "timestamps": [[0]], "sentences": ["a"]}, r"timestamp \[0\] is not a \[start_frame, end_frame\] pair"),
+        (
+            {"num_frames": 500, "fps": 25.0, "timestamps": [[0, 550]], "sentences": ["a"]},
+            r"window \[0, 22\] ends 2 s after the video end \(20 s\)",
+        ),
+        (
+            {"num_frames": 500, "fps": 25.0, "timestamps": [[0]], "sentences": ["a"]},
+            r"timestamp \[0\] is not a \[start_frame, end_frame\] pair",
+        ),
         ({"num_frames": 500, "fps": 25.0, "sentences": ["a"]}, "missing field 'timestamps'"),
     ],
 )

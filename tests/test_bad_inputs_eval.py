@@ -5,8 +5,15 @@ import json
 import pytest
 from bad_input import assert_one_line_error
 
-GT = {"qid": 1, "query": "a man cooks", "vid": "v1", "duration": 30, "relevant_windows": [[0, 10]],
-      "relevant_clip_ids": [0, 1], "saliency_scores": [[4, 4, 4], [2, 2, 2]]}
+GT = {
+    "qid": 1,
+    "query": "a man cooks",
+    "vid": "v1",
+    "duration": 30,
+    "relevant_windows": [[0, 10]],
+    "relevant_clip_ids": [0, 1],
+    "saliency_scores": [[4, 4, 4], [2, 2, 2]],
+}
 PRED = {"qid": 1, "query": "a man cooks", "vid": "v1", "pred_relevant_windows": [[0, 10, 0.9]], "pred_saliency_scores": [0.9] * 15}
 
 
@@ -30,8 +37,12 @@ CASES = [
     ("ground truth lacks fields", lines(PRED), lines(without(GT, "duration")), ["gt.jsonl:1", "duration"]),
     ("ground truth is a folder", lines(PRED), None, ["gt.jsonl", "folder"]),
     ("reversed window", lines(PRED), lines({**GT, "relevant_windows": [[10, 0]]}), ["gt.jsonl:1", "ends before it starts"]),
-    ("NaN duration", lines(PRED), '{"qid": 1, "query": "q", "vid": "v1", "duration": NaN, "relevant_windows": [[0, 10]]}\n',
-     ["gt.jsonl:1", "duration"]),
+    (
+        "NaN duration",
+        lines(PRED),
+        '{"qid": 1, "query": "q", "vid": "v1", "duration": NaN, "relevant_windows": [[0, 10]]}\n',
+        ["gt.jsonl:1", "duration"],
+    ),
     ("empty saliency row", lines(PRED), lines({**GT, "saliency_scores": [[4, 4, 4], []]}), ["gt.jsonl:1", "saliency row"]),
     ("too short saliency rows", lines(PRED), lines({**GT, "saliency_scores": [[4, 4, 4]]}), ["gt.jsonl:1", "saliency_scores"]),
     ("ground truth qid twice", lines(PRED), lines(GT, {**GT, "query": "again"}), ["gt.jsonl:2", "gt.jsonl:1", "duplicate qid"]),

@@ -20,7 +20,9 @@ def feature_folder(tmp_path, manifest_ids=("a",)):
     writer = StreamingSafetensorsWriter(out / "a.safetensors", {"timestamps": (np.float64, (2,))}, {"duration": "1.0"})
     writer.write("timestamps", 0, np.array([0.0, 0.5]))
     writer.commit()
-    (out / "manifest.jsonl").write_text("".join(json.dumps({"id": i, "path": f"/v/{i}.mp4", "status": "done"}) + "\n" for i in manifest_ids))
+    (out / "manifest.jsonl").write_text(
+        "".join(json.dumps({"id": i, "path": f"/v/{i}.mp4", "status": "done"}) + "\n" for i in manifest_ids)
+    )
     return out
 
 
@@ -75,9 +77,21 @@ def inspect_a_garbage_feature_file(tmp_path, monkeypatch):
     return ["inspect", str(out)], [str(out / "junk.safetensors"), "not a readable feature file"]
 
 
-@pytest.mark.parametrize("case", [out_is_a_file, missing_video_folder, read_only_out_folder, extract_into_a_store_with_a_crafted_id,
-                                  inspect_a_store_with_a_crafted_id, inspect_an_empty_folder, inspect_a_file,
-                                  inspect_a_missing_folder, inspect_a_garbage_feature_file], ids=lambda case: case.__name__)
+@pytest.mark.parametrize(
+    "case",
+    [
+        out_is_a_file,
+        missing_video_folder,
+        read_only_out_folder,
+        extract_into_a_store_with_a_crafted_id,
+        inspect_a_store_with_a_crafted_id,
+        inspect_an_empty_folder,
+        inspect_a_file,
+        inspect_a_missing_folder,
+        inspect_a_garbage_feature_file,
+    ],
+    ids=lambda case: case.__name__,
+)
 def test_bad_input_is_one_line_with_status_2(case, tmp_path, monkeypatch, capsys):
     argv, names = case(tmp_path, monkeypatch)
     assert_one_line_error(argv, capsys, *names)

@@ -85,10 +85,14 @@ def test_train_refuses_bad_config_values(case, synth_root, tmp_path, capsys, mon
 
 
 SPOILED_DATA = {
-    "NaN in a feature file": (lambda root: rewrite_features(root / "features" / f"{first_val_video(root)}.safetensors", nan_states),
-                              "non-finite"),
-    "vision shorter than timestamps": (lambda root: rewrite_features(root / "features" / f"{first_val_video(root)}.safetensors", fewer_rows),
-                                       "vision has shape"),
+    "NaN in a feature file": (
+        lambda root: rewrite_features(root / "features" / f"{first_val_video(root)}.safetensors", nan_states),
+        "non-finite",
+    ),
+    "vision shorter than timestamps": (
+        lambda root: rewrite_features(root / "features" / f"{first_val_video(root)}.safetensors", fewer_rows),
+        "vision has shape",
+    ),
     "a window past the stored frames": (window_past_the_end, "starting after"),
     "config file missing": (lambda root: None, "nothing.yaml"),
     "config file not YAML": (lambda root: (root / "bad.yaml").write_text("optim: {epochs: [1,"), "bad.yaml"),
@@ -101,7 +105,9 @@ def test_train_names_the_bad_file(case, synth_root, tmp_path, capsys, monkeypatc
     root = copy_dataset(synth_root, tmp_path)
     spoil, words = SPOILED_DATA[case]
     spoil(root)
-    config = {"config file missing": str(root / "nothing.yaml"), "config file not YAML": str(root / "bad.yaml")}.get(case, "configs/synthetic.yaml")
+    config = {"config file missing": str(root / "nothing.yaml"), "config file not YAML": str(root / "bad.yaml")}.get(
+        case, "configs/synthetic.yaml"
+    )
     args = ["train", "--config", config, f"data.root={root}", f"output_dir={tmp_path / 'run'}", *SMALL]
     if case in ("config file not YAML", "config file missing"):
         assert_one_line_error(args, capsys, config, words)
@@ -128,6 +134,7 @@ def spoil_config(change):
         config = json.loads((checkpoint / "config.json").read_text())
         change(config)
         (checkpoint / "config.json").write_text(json.dumps(config))
+
     return spoil
 
 
@@ -142,8 +149,14 @@ BAD_CHECKPOINTS = {
     "config out of range": (spoil_config(lambda config: config["optim"].update(batch_size=0)), "config.json"),
     "config with other backbone layers": (spoil_config(other_layers), "config.json"),
     "weights empty": (lambda c: (c / "model.safetensors").write_bytes(b""), "model.safetensors"),
-    "weights truncated": (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:500]), "model.safetensors"),
-    "weights garbage": (lambda c: (c / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!" * 10), "model.safetensors"),
+    "weights truncated": (
+        lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:500]),
+        "model.safetensors",
+    ),
+    "weights garbage": (
+        lambda c: (c / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!" * 10),
+        "model.safetensors",
+    ),
     "weights of another model": (lambda c: save_file({"x": torch.zeros(2)}, str(c / "model.safetensors")), "model.safetensors"),
     "no checkpoint": (lambda c: shutil.rmtree(c), "config.json"),
 }
@@ -156,8 +169,11 @@ def test_ground_refuses_a_bad_checkpoint(case, checkpoint, synth_root, tmp_path,
     spoil, named = BAD_CHECKPOINTS[case]
     spoil(spoilt)
     video = str(sorted((synth_root / "videos").glob("*.mp4"))[0])
-    assert_one_line_error(["ground", "--checkpoint", str(spoilt), video, "--query", "a red disc", "--out", str(tmp_path / "p.jsonl"),
-                           "--no-progress"], capsys, str(spoilt / named))
+    assert_one_line_error(
+        ["ground", "--checkpoint", str(spoilt), video, "--query", "a red disc", "--out", str(tmp_path / "p.jsonl"), "--no-progress"],
+        capsys,
+        str(spoilt / named),
+    )
     assert not (tmp_path / "p.jsonl").exists()
 
 
@@ -179,8 +195,11 @@ def test_ground_checks_its_outputs_before_any_work(target, flag, checkpoint, syn
     bad = {"folder": tmp_path / "a_folder", "file": tmp_path / "a_file", "under a file": tmp_path / "a_file" / "p.jsonl"}[target]
     outputs = {"--out": str(tmp_path / "p.jsonl"), "--report": str(tmp_path / "report"), flag: str(bad)}
     video = str(sorted((synth_root / "videos").glob("*.mp4"))[0])
-    assert_one_line_error(["ground", "--checkpoint", str(checkpoint), video, "--query", "x", "--out", outputs["--out"],
-                           "--report", outputs["--report"]], capsys, str(bad))
+    assert_one_line_error(
+        ["ground", "--checkpoint", str(checkpoint), video, "--query", "x", "--out", outputs["--out"], "--report", outputs["--report"]],
+        capsys,
+        str(bad),
+    )
     assert (tmp_path / "a_file").read_text() == "keep me"
 
 
@@ -195,8 +214,21 @@ def test_a_bad_feature_file_costs_only_its_own_video(checkpoint, synth_root, tmp
     rewrite_features(store / f"{videos[0].stem}.safetensors", nan_states)
     rewrite_features(store / f"{videos[1].stem}.safetensors", fewer_rows)
     out = tmp_path / "p.jsonl"
-    status = main(["ground", "--checkpoint", str(checkpoint), *map(str, videos), "--query", "a red disc rises", "--features", str(store),
-                   "--out", str(out), "--no-progress"])
+    status = main(
+        [
+            "ground",
+            "--checkpoint",
+            str(checkpoint),
+            *map(str, videos),
+            "--query",
+            "a red disc rises",
+            "--features",
+            str(store),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert status == 1
     results = {Path(r["video"]).stem: r for r in map(json.loads, out.read_text().splitlines())}
     assert "non-finite" in results[videos[0].stem]["error"]

@@ -13,8 +13,9 @@ from vtg_pipeline.models.heads import FrameQueryMatcher
 
 def bm_model(**overrides):
     torch.manual_seed(0)
-    return create_model(ModelConfig(vision_width=16, text_width=16, dims=32, heads=4, dropout=0.0, droppath=0.0, background_matching=True,
-                                    **overrides)).eval()
+    return create_model(
+        ModelConfig(vision_width=16, text_width=16, dims=32, heads=4, dropout=0.0, droppath=0.0, background_matching=True, **overrides)
+    ).eval()
 
 
 def inputs():
@@ -105,10 +106,22 @@ def test_training_with_negative_queries(synth_root, tmp_path):
     import csv
 
     from test_training import tiny_config
+
     from vtg_pipeline.training import train
 
-    train(tiny_config(synth_root, tmp_path, "optim.epochs=1", "model.background_matching=true", "data.negative_queries=true",
-                      "data.temporal_shift_below=1000", "loss.frame_margin=1", "loss.frame_prob=1", "loss.semantic=1"))
+    train(
+        tiny_config(
+            synth_root,
+            tmp_path,
+            "optim.epochs=1",
+            "model.background_matching=true",
+            "data.negative_queries=true",
+            "data.temporal_shift_below=1000",
+            "loss.frame_margin=1",
+            "loss.frame_prob=1",
+            "loss.semantic=1",
+        )
+    )
     row = next(csv.DictReader(open(tmp_path / "log.csv")))
     assert float(row["frame_prob"]) > 0 and float(row["semantic"]) > 0
     with pytest.raises(ValueError, match="go together"):
@@ -137,8 +150,9 @@ def test_window_items_carry_negative_queries(synth_root, tiny_backbone):
 
     train = load_split(DataConfig(root=str(synth_root), negative_queries=True, negative_similarity=0.99), "train", tiny_backbone)
     assert train.negatives is not None
-    data = WindowDataset(train.records, train.feature_dir, tiny_backbone, 0.5, window=10, stride=5, negatives=1,
-                         negative_queries=train.negatives)
+    data = WindowDataset(
+        train.records, train.feature_dir, tiny_backbone, 0.5, window=10, stride=5, negatives=1, negative_queries=train.negatives
+    )
     items = [data[i] for i in range(3)]
     batch = collate_windows(items, 0.5)
     assert len(batch["negative_queries"]) == 3
@@ -151,15 +165,33 @@ def test_rgnet_training_with_negative_queries(synth_root, tmp_path):
     import csv
 
     from test_rgnet import ROOT
+
     from vtg_pipeline.config import load_config
     from vtg_pipeline.training import train
 
-    overrides = [f"data.root={synth_root}", "optim.epochs=1", "optim.batch_size=4", "model.dims=32", "model.heads=4",
-                 "model.rg_ffn_dims=64", "decode.window=20", "decode.window_stride=10", "optim.warmup_steps=2",
-                 "model.background_matching=true", "data.negative_queries=true", "loss.frame_margin=1", "loss.frame_prob=1", "loss.semantic=1"]
+    overrides = [
+        f"data.root={synth_root}",
+        "optim.epochs=1",
+        "optim.batch_size=4",
+        "model.dims=32",
+        "model.heads=4",
+        "model.rg_ffn_dims=64",
+        "decode.window=20",
+        "decode.window_stride=10",
+        "optim.warmup_steps=2",
+        "model.background_matching=true",
+        "data.negative_queries=true",
+        "loss.frame_margin=1",
+        "loss.frame_prob=1",
+        "loss.semantic=1",
+    ]
     train(load_config(ROOT / "configs" / "synthetic_long.yaml", [*overrides, f"output_dir={tmp_path}"]))
     row = next(csv.DictReader(open(tmp_path / "log.csv")))
     assert float(row["frame_prob"]) > 0 and float(row["semantic"]) > 0 and float(row["retrieval"]) > 0
     assert (tmp_path / "best" / "model.safetensors").exists()
     with pytest.raises(ValueError, match="temporal_shift_below"):
-        train(load_config(ROOT / "configs" / "synthetic_long.yaml", [*overrides, f"output_dir={tmp_path / 'b'}", "data.temporal_shift_below=60"]))
+        train(
+            load_config(
+                ROOT / "configs" / "synthetic_long.yaml", [*overrides, f"output_dir={tmp_path / 'b'}", "data.temporal_shift_below=60"]
+            )
+        )

@@ -31,8 +31,9 @@ def imported(*argv: str) -> list[str]:
 
 
 def tiny_store(folder: Path) -> Path:
-    writer = StreamingSafetensorsWriter(folder / "v.safetensors", {"timestamps": (np.float64, (2,))},
-                                        {"duration": "4.0", "layers": "[0, 1]", "fps": "0.5"})
+    writer = StreamingSafetensorsWriter(
+        folder / "v.safetensors", {"timestamps": (np.float64, (2,))}, {"duration": "4.0", "layers": "[0, 1]", "fps": "0.5"}
+    )
     writer.write("timestamps", 0, np.array([0.0, 2.0]))
     writer.commit()
     return folder
@@ -57,6 +58,8 @@ def test_eval_and_inspect_import_no_heavy_module(tmp_path):
 
 
 def test_the_backbone_module_registers_vtg_tiny():
-    code = ("import sys, vtg_pipeline; assert 'open_clip' not in sys.modules\n"
-            "import open_clip, vtg_pipeline.backbone; assert 'vtg-tiny' in open_clip.list_models()")
+    code = (
+        "import sys, vtg_pipeline; assert 'open_clip' not in sys.modules\n"
+        "import open_clip, vtg_pipeline.backbone; assert 'vtg-tiny' in open_clip.list_models()"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -35,14 +35,32 @@ def test_two_extract_processes_on_one_folder_both_finish(tmp_path, tiny_backbone
     for name, rows in samples.items():
         tiny_video(tmp_path / "videos" / f"{name}.mp4", 5 * rows)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "vtg_pipeline", "extract", str(tmp_path / "videos"), "--out", str(out), "--model", "vtg-tiny",
-           "--fps", "2", "--store", "both", "--batch-size", "4", "--workers", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vtg_pipeline",
+        "extract",
+        str(tmp_path / "videos"),
+        "--out",
+        str(out),
+        "--model",
+        "vtg-tiny",
+        "--fps",
+        "2",
+        "--store",
+        "both",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errs = [run.communicate(timeout=300)[1] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], errs
     for err in errs:  # each run accounts for every video: done by it, already there, or done by the other
-        line = next(l for l in err.splitlines() if l.startswith("extract: "))
+        line = next(text for text in err.splitlines() if text.startswith("extract: "))
         numbers = [int(word) for word in line.split(" (")[0].replace(",", "").split() if word.isdigit()]
         assert sum(numbers) == len(samples) and " 0 failed" in line, line
     assert_complete(out, samples)

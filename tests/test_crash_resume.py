@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 from test_training import tiny_config
 
 import vtg_pipeline.training as training
-from vtg_pipeline.cli import main
 from vtg_pipeline.training import ResumeError, recover_folder, swap_in, train
 
 SCHEDULE = ("optim.epochs=2", "optim.decay_epochs=[1]")  # the lr decays from the first step of the second epoch
@@ -39,10 +38,12 @@ OPERATIONS = {
 # Per run of SCHEDULE: 8 renames, 4 torch.save calls (2 optimizer, 2 RNG), 4 Accelerate saves (2 weights, 2 optimizer),
 # 1 best/ weights file (best/ is written at epoch 1 on this data; test_swap_is_recoverable_at_every_point covers a swap
 # over an existing best/).
-POINTS = ([("rename", n, when) for n in range(1, 9) for when in ("before", "after")]
-          + [("torch.save", n, "during") for n in range(1, 5)]
-          + [("accelerate save", n, "during") for n in range(1, 5)]
-          + [("best weights", 1, "during")])
+POINTS = (
+    [("rename", n, when) for n in range(1, 9) for when in ("before", "after")]
+    + [("torch.save", n, "during") for n in range(1, 5)]
+    + [("accelerate save", n, "during") for n in range(1, 5)]
+    + [("best weights", 1, "during")]
+)
 
 
 def inject_kill(monkeypatch, operation: str, call: int, when: str) -> None:
@@ -155,8 +156,18 @@ def test_resume_refuses_an_incomplete_state_in_one_line(synth_root, tmp_path, ca
     optimizer.write_bytes(optimizer.read_bytes()[:100])
     from bad_input import assert_one_line_error
 
-    args = ["train", "--config", "configs/synthetic.yaml", "--resume", f"data.root={synth_root}", f"output_dir={out}",
-            "optim.epochs=2", "optim.batch_size=4", "model.dims=32", "model.heads=4"]
+    args = [
+        "train",
+        "--config",
+        "configs/synthetic.yaml",
+        "--resume",
+        f"data.root={synth_root}",
+        f"output_dir={out}",
+        "optim.epochs=2",
+        "optim.batch_size=4",
+        "model.dims=32",
+        "model.heads=4",
+    ]
     os.chdir(Path(__file__).resolve().parents[1])
     assert_one_line_error(args, capsys, str(out / "last"), "cannot resume")
     shutil.rmtree(out)

@@ -48,8 +48,19 @@ def test_decoder_losses_vanish_on_perfect_predictions_and_count_every_layer():
 @pytest.mark.parametrize("name", ["r2", "rgnet"])
 def test_decoder_head_trains_and_decodes_windows_in_seconds(name):
     torch.manual_seed(0)
-    cfg = ModelConfig(name=name, vision_width=16, text_width=16, dims=32, heads=4, rg_ffn_dims=64, head="decoder",
-                      decoder_layers=3, decoder_ffn_dims=64, dropout=0.0, droppath=0.0)
+    cfg = ModelConfig(
+        name=name,
+        vision_width=16,
+        text_width=16,
+        dims=32,
+        heads=4,
+        rg_ffn_dims=64,
+        head="decoder",
+        decoder_layers=3,
+        decoder_ffn_dims=64,
+        dropout=0.0,
+        droppath=0.0,
+    )
     model = create_model(cfg)
     assert not hasattr(model, "pyramid") and hasattr(model, "decoder")
     video, mask = torch.randn(2, 20, 4, 5, 16), torch.ones(2, 20, dtype=torch.bool)
@@ -72,12 +83,24 @@ def test_decoder_head_trains_and_decodes_windows_in_seconds(name):
 
 def test_rgnet_with_decoder_grounds_long_videos_in_its_top_windows():
     torch.manual_seed(0)
-    model = create_model(ModelConfig(name="rgnet", vision_width=16, text_width=16, dims=32, heads=4, rg_ffn_dims=64, head="decoder",
-                                     decoder_layers=2, decoder_ffn_dims=64)).eval()
+    model = create_model(
+        ModelConfig(
+            name="rgnet",
+            vision_width=16,
+            text_width=16,
+            dims=32,
+            heads=4,
+            rg_ffn_dims=64,
+            head="decoder",
+            decoder_layers=2,
+            decoder_ffn_dims=64,
+        )
+    ).eval()
     video = torch.randn(40, 4, 5, 16)
     cfg = DecodeConfig(window=20.0, window_stride=10.0, retrieval_topk=2, max_moments=100)
-    results = ground_in_windows(model, lambda a, b: video[a:b], 40, 80.0, torch.randn(1, 6, 4, 16), torch.ones(1, 6, dtype=torch.bool),
-                                0.5, (1, 2, 4, 8), cfg)
+    results = ground_in_windows(
+        model, lambda a, b: video[a:b], 40, 80.0, torch.randn(1, 6, 4, 16), torch.ones(1, 6, dtype=torch.bool), 0.5, (1, 2, 4, 8), cfg
+    )
     kept = results[0]["windows"][:2, :2]
     inside = [any(s >= a - 1e-6 and e <= b + 1e-6 for a, b in kept) for s, e, _ in results[0]["moments"]]
     assert all(inside) and len(results[0]["moments"]) <= 2 * 5
@@ -88,6 +111,7 @@ def test_training_with_the_decoder_head(synth_root, tmp_path):
     import json
 
     from test_training import tiny_config
+
     from vtg_pipeline.training import train
 
     train(tiny_config(synth_root, tmp_path, "optim.epochs=1", "model.head=decoder", "model.decoder_layers=2", "model.decoder_ffn_dims=64"))

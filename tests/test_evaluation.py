@@ -11,10 +11,10 @@ import pytest
 
 from vtg_pipeline.evaluation import (
     RECALL_SPECS,
-    detection_ap,
-    eval_recall,
     PredictionError,
     check_prediction,
+    detection_ap,
+    eval_recall,
     evaluate,
     load_ground_truth,
     load_predictions,
@@ -27,9 +27,16 @@ DATA = Path(__file__).resolve().parent / "data" / "eval_parity"  # synthetic, no
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "qvhighlights"  # the real validation split, read in place when present
 PARITY = [
     pytest.param(DATA / "preds.jsonl", DATA / "gt.jsonl", DATA / "official_metrics.json", id="synthetic"),
-    pytest.param(SHARED / "sample_val_preds.jsonl", SHARED / "highlight_val_release.jsonl", SHARED / "sample_val_preds_metrics_raw.json",
-                 id="shared-val", marks=pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not present: the real QVHighlights "
-                                                           "split is read from ../shared, never copied into the project")),
+    pytest.param(
+        SHARED / "sample_val_preds.jsonl",
+        SHARED / "highlight_val_release.jsonl",
+        SHARED / "sample_val_preds_metrics_raw.json",
+        id="shared-val",
+        marks=pytest.mark.skipif(
+            not SHARED.is_dir(),
+            reason=f"{SHARED} not present: the real QVHighlights split is read from ../shared, never copied into the project",
+        ),
+    ),
 ]
 
 
@@ -59,8 +66,15 @@ def test_the_synthetic_fixture_is_what_its_generator_writes(tmp_path):
 
 
 def gt(qid, windows, duration=30, clips=(), scores=()):
-    return {"qid": qid, "query": "q", "vid": "v", "duration": duration, "relevant_windows": windows,
-            "relevant_clip_ids": list(clips), "saliency_scores": [list(s) for s in scores]}
+    return {
+        "qid": qid,
+        "query": "q",
+        "vid": "v",
+        "duration": duration,
+        "relevant_windows": windows,
+        "relevant_clip_ids": list(clips),
+        "saliency_scores": [list(s) for s in scores],
+    }
 
 
 def pred(qid, windows, saliency=None):
@@ -113,6 +127,16 @@ def test_hit_at_one_and_highlight_ap():
     assert best_first["HL-min-VeryGood"]["HL-mAP"] == 66.67  # annotators 1, 2: AP 1; annotator 3 has no positive: AP 0
     tie = evaluate([pred(1, [[0, 6, 1.0]], saliency=[0.1, 0.9, 0.9, 0.0])], truth)
     assert tie["HL-min-Good"]["HL-Hit1"] == 0.0 and tie["HL-min-Fair"]["HL-Hit1"] == 100.0  # argmax takes the first of equal scores
+
+
+def test_an_annotated_last_half_clip_of_an_odd_duration_is_scored():
+    """A 7 s video has int(7 / 2) = 3 whole clips; clip 3 is its last half-clip, and annotators may mark it (the
+    official evaluator indexes past its label array there and crashes). It counts as a fourth clip."""
+    truth = [gt(1, [[4, 7]], duration=7, clips=[2, 3], scores=[[1, 1, 1], [4, 4, 4]])]
+    found = evaluate([pred(1, [[4, 7, 1.0]], saliency=[0.1, 0.2, 0.3, 0.9])], truth)
+    assert found["HL-min-VeryGood"]["HL-Hit1"] == 100.0 and found["HL-min-VeryGood"]["HL-mAP"] == 100.0
+    missed = evaluate([pred(1, [[4, 7, 1.0]], saliency=[0.9, 0.2, 0.3])], truth)  # no score for the half-clip
+    assert missed["HL-min-VeryGood"]["HL-Hit1"] == 0.0
 
 
 def test_top1_metrics():
@@ -171,8 +195,14 @@ def test_window_retrieval_overlap_and_contain_differ():
     moments = [[[40, 50]], [[10, 10]], [[100, 104]]]
     result = window_retrieval_recall(retrieved, moments, ks=(1, 2, 3))
     # first hit (rank): overlap 1, 2, none -> R1 1/3, R2 2/3, R3 2/3; contain 3, 2, none -> R1 0, R2 1/3, R3 2/3
-    assert result == {"WR-overlap-R1": 33.33, "WR-overlap-R2": 66.67, "WR-overlap-R3": 66.67,
-                      "WR-contain-R1": 0.0, "WR-contain-R2": 33.33, "WR-contain-R3": 66.67}
+    assert result == {
+        "WR-overlap-R1": 33.33,
+        "WR-overlap-R2": 66.67,
+        "WR-overlap-R3": 66.67,
+        "WR-contain-R1": 0.0,
+        "WR-contain-R2": 33.33,
+        "WR-contain-R3": 66.67,
+    }
     assert set(window_retrieval_recall(retrieved, moments)) == {f"WR-{d}-R{k}" for d in ("overlap", "contain") for k in (1, 5, 10)}
 
 
@@ -205,7 +235,10 @@ def test_iou_compare_choices_are_checked():
         ([pred(1, [[0, 10, 0.9]]), pred(2, [[0, 10, 0.9]]), pred(3, [[0, 10, 0.9]])], "1 extra"),
         ([pred(1, [[0, 10, 0.1], [0, 5, 0.9]]), pred(2, [[0, 10, 0.9]])], "not sorted by score"),
         ([pred(1, [[0, 10, float("nan")]]), pred(2, [[0, 10, 0.9]])], "finite"),
-        ([pred(1, [[0, 10, 0.9]], saliency=[float("nan")]), pred(2, [[0, 10, 0.9]], saliency=[0.1])], "qid 1: pred_saliency_scores must be"),
+        (
+            [pred(1, [[0, 10, 0.9]], saliency=[float("nan")]), pred(2, [[0, 10, 0.9]], saliency=[0.1])],
+            "qid 1: pred_saliency_scores must be",
+        ),
         ([pred(1, [[0, 10, 0.9]], saliency=[0.1]), pred(2, [[0, 10, 0.9]])], "qid 2 has no pred_saliency_scores, which qid 1 has"),
         ([{"query": "q", "pred_relevant_windows": [[0, 10, 0.9]]}, pred(2, [[0, 10, 0.9]])], "prediction 0: missing field 'qid'"),
         ([pred(1, [[0, 10, 0.9]]), pred(1, [[0, 10, 0.9]])], "repeat query ids"),
@@ -295,8 +328,10 @@ def test_cli_eval_prints_brief(tmp_path, capsys):
 def test_cli_eval_reads_the_mad_json_and_takes_iou_compare(tmp_path, capsys):
     from vtg_pipeline.cli import main
 
-    mad = {"a1": {"movie": "m", "sentence": "He runs.", "timestamps": [0, 10], "movie_duration": 100.0},
-           "a2": {"movie": "m", "sentence": "She sits.", "timestamps": [20, 30], "movie_duration": 100.0}}
+    mad = {
+        "a1": {"movie": "m", "sentence": "He runs.", "timestamps": [0, 10], "movie_duration": 100.0},
+        "a2": {"movie": "m", "sentence": "She sits.", "timestamps": [20, 30], "movie_duration": 100.0},
+    }
     (tmp_path / "MAD_test.json").write_text(json.dumps(mad))
     # a1: [0, 5] has IoU 0.5 exactly; a2: [20, 30] IoU 1
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(pred(q, ranked(w))) + "\n" for q, w in (("a1", (0, 5)), ("a2", (20, 30)))))

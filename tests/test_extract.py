@@ -31,7 +31,9 @@ def make_folder(root: Path) -> Path:
 
 
 def config(videos: Path, out: Path, **overrides) -> ExtractConfig:
-    settings = dict(video_dirs=[str(videos)], out=str(out), fps=2.0, model="vtg-tiny", pretrained="random:0", store="both", progress=False, batch_size=8)
+    settings = dict(
+        video_dirs=[str(videos)], out=str(out), fps=2.0, model="vtg-tiny", pretrained="random:0", store="both", progress=False, batch_size=8
+    )
     settings.update(overrides)
     return ExtractConfig(**settings)
 
@@ -45,13 +47,29 @@ def test_extract_writes_design_format_and_matches_direct_backbone(videos, tmp_pa
     out = tmp_path / "features"
     summary = run_extract(config(videos, out))
     assert (summary.done, summary.failed) == (3, 0)
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.safetensors")) == ["a.safetensors", "c.safetensors", "sub/b.safetensors"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.safetensors")) == [
+        "a.safetensors",
+        "c.safetensors",
+        "sub/b.safetensors",
+    ]
     data = load_features(out / "a.safetensors", ["timestamps", "frames", "vision"])
     assert data["timestamps"].dtype == np.float64 and data["timestamps"].tolist() == [i / 2 for i in range(12)]
     assert data["frames"].shape == (12, 3, 64, 64) and data["frames"].dtype == np.uint8
     assert data["vision"].shape == (12, 4, 17, 64) and data["vision"].dtype == np.float16
     meta = read_metadata(out / "a.safetensors")
-    for key in ("backbone", "pretrained", "backbone_sha256", "layers", "image_size", "fps", "decoder", "duration", "source_size", "source_mtime", "format_version"):
+    for key in (
+        "backbone",
+        "pretrained",
+        "backbone_sha256",
+        "layers",
+        "image_size",
+        "fps",
+        "decoder",
+        "duration",
+        "source_size",
+        "source_mtime",
+        "format_version",
+    ):
         assert key in meta
     assert meta["backbone_sha256"] == tiny_backbone.spec.backbone_sha256 and json.loads(meta["layers"]) == [0, 1, 2, 3]
     direct = tiny_backbone.encode_frames(torch.from_numpy(data["frames"])).half().numpy()
@@ -84,7 +102,7 @@ def test_bad_files_are_recorded_and_the_rest_complete(videos, tmp_path):
     out = tmp_path / "features"
     summary = run_extract(config(videos, out))
     assert (summary.done, summary.failed) == (3, 4)
-    records = {json.loads(l)["id"]: json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()}
+    records = {json.loads(line)["id"]: json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()}
     assert records["empty"]["reason"] == "empty file (0 bytes)"
     assert records["dangling"]["reason"] == "no such file"
     assert all(records[k]["status"] == "failed" and "\n" not in records[k]["reason"] for k in ("garbage", "truncated"))
@@ -135,9 +153,11 @@ def test_inspect_prints_structured_values(videos, tmp_path, capsys):
     [group] = summary["settings"]
     assert group["layers"] == [0, 1, 2, 3] and group["fps"] == 1.0 and group["videos"] == 3
     assert group["frames_per_video"] == {"min": min(counts), "max": max(counts)}
-    assert group["tensors"] == {"timestamps": {"shape": ["T"], "dtype": "float64"},
-                                "frames": {"shape": ["T", 3, 64, 64], "dtype": "uint8"},
-                                "vision": {"shape": ["T", 4, 17, 64], "dtype": "float16"}}
+    assert group["tensors"] == {
+        "timestamps": {"shape": ["T"], "dtype": "float64"},
+        "frames": {"shape": ["T", 3, 64, 64], "dtype": "uint8"},
+        "vision": {"shape": ["T", 4, 17, 64], "dtype": "float16"},
+    }
     assert '"shape": ["T", 4, 17, 64]' in text, "a shape on one line"
 
 
@@ -169,8 +189,23 @@ def test_a_disk_fault_keeps_finished_videos_and_ends_with_one_line(videos, tmp_p
 
     monkeypatch.setattr(StreamingSafetensorsWriter, "write", write)
     monkeypatch.setattr(StreamingSafetensorsWriter, "commit", lambda self: committed.append(real_commit(self)) or committed[-1])
-    args = ["extract", str(videos), "--out", str(out), "--model", "vtg-tiny", "--fps", "2", "--store", "both", "--batch-size", "2",
-            "--workers", "1", "--no-progress"]
+    args = [
+        "extract",
+        str(videos),
+        "--out",
+        str(out),
+        "--model",
+        "vtg-tiny",
+        "--fps",
+        "2",
+        "--store",
+        "both",
+        "--batch-size",
+        "2",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     assert_one_line_error(args, capsys, str(out), os.strerror(code))
     assert committed and sorted(out.rglob("*.safetensors")) == sorted(committed)
     for path in committed:
@@ -190,15 +225,34 @@ def test_duplicate_video_ids_name_both_files(tmp_path):
 def launch(args: list[str], *launcher: str) -> subprocess.CompletedProcess:
     """``accelerate launch [launcher flags] extract args`` on CPU, as a user runs it."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "extract", *args, "--model", "vtg-tiny", "--fps", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *launcher,
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "extract",
+        *args,
+        "--model",
+        "vtg-tiny",
+        "--fps",
+        "1",
+        "--no-progress",
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def assert_failures_then_summary_last(err: str, summary: str) -> None:
     """The broken video's line and the summary, once each, are the last lines; no launcher traceback."""
     lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and lines[-1].startswith(summary) and [l for l in lines if l.startswith("extract:")] == lines[-1:], err
+    assert (
+        "Traceback" not in err and lines[-1].startswith(summary) and [text for text in lines if text.startswith("extract:")] == lines[-1:]
+    ), err
     broken = [line for line in lines if "broken.mp4: not a readable video container" in line]
     assert broken == lines[-2:-1], err
 
@@ -212,7 +266,7 @@ def test_accelerate_launch_shards_videos_over_two_processes(videos, tmp_path):
     result = launch([str(videos), "--out", str(out)], "--multi_gpu", "--num_processes", "2")
     assert result.returncode == 0, result.stderr[:3000]
     assert_failures_then_summary_last(result.stderr, "extract: 6 done, 0 skipped, 1 failed")
-    records = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in records) == sorted(["a", "broken", "c", "sub/b", "extra0", "extra1", "extra2"])
     assert len(list(out.rglob("*.safetensors"))) == 6
 
@@ -245,10 +299,15 @@ def test_a_launch_that_starts_one_process_says_how_to_start_several(tmp_path):
 def test_make_extract_passes_its_variables_through():
     result = subprocess.run(
         ["make", "-n", "extract", "VIDEOS=clips", "OUT=feats", "MODEL=vtg-tiny", "FPS=1", "STORE=both", "LAYERS=2"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     command = result.stdout.replace("\\\n\t", "")
-    assert "python extract clips --out feats --fps 1 --model vtg-tiny --pretrained random:0 --layers 2 --store both --decoder auto" in command
+    assert (
+        "python extract clips --out feats --fps 1 --model vtg-tiny --pretrained random:0 --layers 2 --store both --decoder auto" in command
+    )
     usage = subprocess.run(["make", "-s", "extract"], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MAKEFLAGS": ""})
     assert usage.returncode != 0 and "usage: make extract VIDEOS=dir OUT=dir" in usage.stdout
 
@@ -287,7 +346,9 @@ def test_a_file_written_before_vision_format_existed_counts_as_fp16(videos, tmp_
     item = VideoItem("a", str(videos / "a.mp4"))
     settings = run_settings(config(videos, tmp_path), tiny_backbone)
     older = {k: v for k, v in settings.items() if k != "vision_format"}  # what every file before --states held
-    writer = StreamingSafetensorsWriter(tmp_path / "a.safetensors", {"timestamps": (np.float64, (1,))}, {**older, **source_metadata(item.path)})
+    writer = StreamingSafetensorsWriter(
+        tmp_path / "a.safetensors", {"timestamps": (np.float64, (1,))}, {**older, **source_metadata(item.path)}
+    )
     writer.write("timestamps", 0, np.zeros(1))
     writer.commit()
     assert settings["vision_format"] == "fp16" and is_up_to_date(tmp_path / "a.safetensors", item, settings)

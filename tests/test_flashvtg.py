@@ -57,8 +57,15 @@ def test_refined_model_trains_with_the_clip_aware_loss():
     out = model(video, mask, query, query_mask)
     saliency = torch.zeros(2, 16)
     saliency[:, 4:8] = 1.0
-    losses = grounding_losses(out, [torch.tensor([[8.0, 16.0]])] * 2, torch.full((2,), 0.5), saliency, mask, torch.tensor([5, 6]),
-                              LossConfig(clip_aware=4.0, saliency_hinge=1.0, saliency_rank=1.0))
+    losses = grounding_losses(
+        out,
+        [torch.tensor([[8.0, 16.0]])] * 2,
+        torch.full((2,), 0.5),
+        saliency,
+        mask,
+        torch.tensor([5, 6]),
+        LossConfig(clip_aware=4.0, saliency_hinge=1.0, saliency_rank=1.0),
+    )
     assert losses["clip_aware"].item() > 0 and {"saliency_hinge", "saliency_rank"} <= set(losses)
     sum(losses.values()).backward()
     assert model.score_refinement.mix.grad is not None
@@ -90,7 +97,9 @@ def test_adaptive_cross_attention_discards_attention_on_dummies():
 def test_dummy_fusion_is_a_model_option():
     model = create_model(ModelConfig(vision_width=16, text_width=16, dims=32, heads=4, fusion="dummy", dummies=6))
     assert model.r2.temporal.cross_attn.dummies.shape == (6, 32)
-    out = model(torch.randn(1, 8, 4, 5, 16), torch.ones(1, 8, dtype=torch.bool), torch.randn(1, 5, 4, 16), torch.ones(1, 5, dtype=torch.bool))
+    out = model(
+        torch.randn(1, 8, 4, 5, 16), torch.ones(1, 8, dtype=torch.bool), torch.randn(1, 5, 4, 16), torch.ones(1, 5, dtype=torch.bool)
+    )
     assert out["cls"].shape[0] == 1
     with pytest.raises(ValueError, match="model.fusion"):
         create_model(ModelConfig(fusion="gated"))
@@ -99,12 +108,15 @@ def test_dummy_fusion_is_a_model_option():
 def test_pyramid_only_options_refuse_the_decoder_head():
     with pytest.raises(ValueError, match="score_refinement .* needs model.head=pyramid"):
         create_model(ModelConfig(vision_width=16, text_width=16, dims=32, heads=4, head="decoder", score_refinement=True))
-    decoder = create_model(ModelConfig(vision_width=16, text_width=16, dims=32, heads=4, head="decoder", decoder_layers=1, decoder_ffn_dims=32))
+    decoder = create_model(
+        ModelConfig(vision_width=16, text_width=16, dims=32, heads=4, head="decoder", decoder_layers=1, decoder_ffn_dims=32)
+    )
     mask = torch.ones(1, 8, dtype=torch.bool)
     out = decoder(torch.randn(1, 8, 4, 5, 16), mask, torch.randn(1, 5, 4, 16), torch.ones(1, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="clip_aware needs the pyramid"):
-        grounding_losses(out, [torch.tensor([[2.0, 6.0]])], torch.tensor([0.5]), torch.ones(1, 8), mask, torch.tensor([2]),
-                         LossConfig(clip_aware=4.0))
+        grounding_losses(
+            out, [torch.tensor([[2.0, 6.0]])], torch.tensor([0.5]), torch.ones(1, 8), mask, torch.tensor([2]), LossConfig(clip_aware=4.0)
+        )
 
 
 def test_saliency_hinge_and_rank_contrastive_losses():
@@ -124,4 +136,6 @@ def test_saliency_hinge_and_rank_contrastive_losses():
     assert rank_contrastive_loss(out["saliency"], torch.zeros(1, 4), mask).item() == 0.0  # no salient clip: nothing to rank
     from vtg_pipeline.losses import intra_window_loss
 
-    assert intra_window_loss(out["saliency"], saliency > 0, mask, 0.2).item() == pytest.approx(0.2 - 0.3 + 0.2)  # clip 2 is the only non-salient one
+    assert intra_window_loss(out["saliency"], saliency > 0, mask, 0.2).item() == pytest.approx(
+        0.2 - 0.3 + 0.2
+    )  # clip 2 is the only non-salient one

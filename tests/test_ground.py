@@ -9,7 +9,7 @@ import pytest
 
 from vtg_pipeline.cli import main
 from vtg_pipeline.config import load_config
-from vtg_pipeline.grounder import GroundError, Grounder, Request, hms, read_requests
+from vtg_pipeline.grounder import Grounder, GroundError, Request, hms, read_requests
 from vtg_pipeline.inference import window_starts
 from vtg_pipeline.training import train
 
@@ -19,9 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def trained(synth_root):
     """The shared synthetic dataset, with a checkpoint trained for one epoch in ``run/``."""
-    cfg = load_config(ROOT / "configs" / "synthetic.yaml", [
-        f"data.root={synth_root}", f"output_dir={synth_root / 'run'}", "optim.epochs=1", "optim.batch_size=4", "model.dims=32",
-        "model.heads=4"])
+    cfg = load_config(
+        ROOT / "configs" / "synthetic.yaml",
+        [
+            f"data.root={synth_root}",
+            f"output_dir={synth_root / 'run'}",
+            "optim.epochs=1",
+            "optim.batch_size=4",
+            "model.dims=32",
+            "model.heads=4",
+        ],
+    )
     train(cfg)
     return synth_root
 
@@ -73,10 +81,17 @@ def test_bad_items_get_error_records_and_the_rest_complete(trained, tmp_path):
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
     long_query = " ".join(["red"] * 100)
-    results = grounder.ground_many([
-        Request(good, "a red disc rises", "a"), Request(str(tmp_path / "missing.mp4"), "x", "b"), Request(str(corrupt), "x", "c"),
-        Request(str(text), "x", "d"), Request(good, "   ", "e"), Request(good, long_query, "f"),
-    ], tmp_path / "store")
+    results = grounder.ground_many(
+        [
+            Request(good, "a red disc rises", "a"),
+            Request(str(tmp_path / "missing.mp4"), "x", "b"),
+            Request(str(corrupt), "x", "c"),
+            Request(str(text), "x", "d"),
+            Request(good, "   ", "e"),
+            Request(good, long_query, "f"),
+        ],
+        tmp_path / "store",
+    )
     by_qid = {r["qid"]: r for r in results}
     assert [r["qid"] for r in results] == list("abcdef")
     assert "error" not in by_qid["a"] and by_qid["a"]["pred_relevant_windows"]
@@ -127,17 +142,32 @@ def test_queries_file_jsonl_and_csv(tmp_path):
 
 def test_vtg_ground_cli_writes_predictions_and_a_report(trained, tmp_path, capsys):
     out = tmp_path / "preds.jsonl"
-    code = main(["ground", "--checkpoint", str(trained / "run" / "best"), str(trained / "videos"), str(tmp_path / "gone.mp4"),
-                 "--query", "a red disc rises", "--query", "a blue ring grows", "--out", str(out), "--report", str(tmp_path / "report"),
-                 "--no-progress"])
+    code = main(
+        [
+            "ground",
+            "--checkpoint",
+            str(trained / "run" / "best"),
+            str(trained / "videos"),
+            str(tmp_path / "gone.mp4"),
+            "--query",
+            "a red disc rises",
+            "--query",
+            "a blue ring grows",
+            "--out",
+            str(out),
+            "--report",
+            str(tmp_path / "report"),
+            "--no-progress",
+        ]
+    )
     assert code == 1, "one missing video: exit 1 after the summary"
-    records = [json.loads(l) for l in out.read_text().splitlines()]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 2 * (len(videos(trained)) + 1)
     assert sum("error" in r for r in records) == 2
     assert "2 failed" in capsys.readouterr().err
     page = (tmp_path / "report" / "index.html").read_text()
     assert page.count("<video") == len(videos(trained)) + 1 and "<svg" in page and "data:image/png;base64," in page
-    assert "onclick=\"seek(" in page and "no such video file" in page
+    assert 'onclick="seek(' in page and "no such video file" in page
 
 
 def test_grounding_raw_videos_reproduces_the_training_evaluation(trained, tmp_path):
@@ -145,7 +175,7 @@ def test_grounding_raw_videos_reproduces_the_training_evaluation(trained, tmp_pa
     less the windows hard NMS suppressed (score 0), which only the official evaluation's input keeps."""
     grounder = Grounder.from_pretrained(trained / "run" / "best")
     results = grounder.ground_many(read_requests(trained / "val_queries.jsonl"), trained / "features")
-    expected = {json.loads(l)["qid"]: json.loads(l) for l in (trained / "run" / "val_predictions.jsonl").read_text().splitlines()}
+    expected = {json.loads(line)["qid"]: json.loads(line) for line in (trained / "run" / "val_predictions.jsonl").read_text().splitlines()}
     assert {r["qid"] for r in results} == set(expected)
     for r in results:
         assert r["vid"] == expected[r["qid"]]["vid"]

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import vtg_pipeline.grounder as grounder_module
 from vtg_pipeline.cli import main
 from vtg_pipeline.config import load_config
-from vtg_pipeline.grounder import GroundError, Grounder
+from vtg_pipeline.grounder import Grounder, GroundError
 from vtg_pipeline.training import CARD_KEYS, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +26,12 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 def best(synth_root, tmp_path_factory):
     """The best/ folder of a one-epoch training run on the shared synthetic dataset."""
     out = tmp_path_factory.mktemp("hub") / "run"
-    train(load_config(ROOT / "configs" / "synthetic.yaml", [f"data.root={synth_root}", f"output_dir={out}", "optim.batch_size=4",
-                                                          "model.dims=32", "model.heads=4", "optim.epochs=1"]))
+    train(
+        load_config(
+            ROOT / "configs" / "synthetic.yaml",
+            [f"data.root={synth_root}", f"output_dir={out}", "optim.batch_size=4", "model.dims=32", "model.heads=4", "optim.epochs=1"],
+        )
+    )
     return out / "best"
 
 
@@ -108,8 +112,10 @@ def test_an_uncached_repo_id_without_the_hub_is_one_line(best, synth_root, offli
     cache = huggingface_hub.constants.HF_HUB_CACHE
     with pytest.raises(GroundError) as offline:
         Grounder.from_pretrained("org/missing")
-    assert str(offline.value) == (f"org/missing: no such folder, and Hugging Face Hub model org/missing is not in the cache ({cache}) "
-                                  "and the Hub cannot be reached (HF_HUB_OFFLINE is set)")
+    assert str(offline.value) == (
+        f"org/missing: no such folder, and Hugging Face Hub model org/missing is not in the cache ({cache}) "
+        "and the Hub cannot be reached (HF_HUB_OFFLINE is set)"
+    )
     cache_repo(offline_hub, "org/name", best)
     with pytest.raises(GroundError, match=r"^org/name@v2: no such folder, and Hugging Face Hub model org/name is not in the cache"):
         Grounder.from_pretrained("org/name@v2")  # cached at main only
@@ -120,8 +126,21 @@ def test_an_uncached_repo_id_without_the_hub_is_one_line(best, synth_root, offli
         Grounder.from_pretrained("org/missing")
     assert time.perf_counter() - started < 10
     assert Grounder.from_pretrained("org/name").trained["epoch"] == 1  # unreachable: the cache serves
-    assert_one_line_error(["ground", "--checkpoint", "org/missing", str(first_video(synth_root)), "--query", "x",
-                           "--out", str(offline_hub.parent / "p.jsonl")], capsys, "org/missing", "cannot be reached")
+    assert_one_line_error(
+        [
+            "ground",
+            "--checkpoint",
+            "org/missing",
+            str(first_video(synth_root)),
+            "--query",
+            "x",
+            "--out",
+            str(offline_hub.parent / "p.jsonl"),
+        ],
+        capsys,
+        "org/missing",
+        "cannot be reached",
+    )
 
 
 def test_push_to_hub_creates_the_repo_and_uploads_the_checkpoint_in_one_commit(best, monkeypatch):
@@ -144,8 +163,11 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_checkpoint_in_one_commit(b
     url = Grounder.from_pretrained(best).push_to_hub("me/grounder", private=True)
     assert url == f"https://huggingface.co/me/grounder/commit/{SHA}"
     assert calls["create_repo"] == ("me/grounder", {"private": True, "exist_ok": True})
-    assert calls["upload_folder"] == ("me/grounder", ["README.md", "config.json", "model.safetensors"],
-                                      {"commit_message": "Upload vtg_pipeline checkpoint"})
+    assert calls["upload_folder"] == (
+        "me/grounder",
+        ["README.md", "config.json", "model.safetensors"],
+        {"commit_message": "Upload vtg_pipeline checkpoint"},
+    )
     assert calls["card"] == "vtg_pipeline" and calls["config"] == json.loads((best / "config.json").read_text())
 
 
@@ -161,5 +183,6 @@ def test_a_reachable_hub_is_asked_for_the_revision(best, offline_hub, monkeypatc
     monkeypatch.setattr(grounder_module, "hub_reachable", lambda *args, **kwargs: True)
     monkeypatch.setattr(grounder_module, "snapshot_download", snapshot_download)
     assert Grounder.from_pretrained("org/name@v2").trained["epoch"] == 1
-    assert calls == [("org/name", {"revision": "v2", "allow_patterns": ["config.json", "model.safetensors", "README.md"],
-                                   "local_files_only": False})]
+    assert calls == [
+        ("org/name", {"revision": "v2", "allow_patterns": ["config.json", "model.safetensors", "README.md"], "local_files_only": False})
+    ]

@@ -100,8 +100,16 @@ def test_library_loss_trains_the_retrieval_head_only(name, synth_root, tmp_path)
     """The loss term is in every batch (whole-video items, RGNet's window items, with their own negative windows too);
     its gradient reaches the head and nothing else, and steps on the head lower it."""
     own = name.endswith("+own")
-    cfg = load_config(ROOT / "configs" / "synthetic.yaml", [f"data.root={synth_root}", f"output_dir={tmp_path / 'run'}", *SMALL,
-                                                             f"model.name={name.removesuffix('+own')}", f"loss.library_own_negatives={own}"])
+    cfg = load_config(
+        ROOT / "configs" / "synthetic.yaml",
+        [
+            f"data.root={synth_root}",
+            f"output_dir={tmp_path / 'run'}",
+            *SMALL,
+            f"model.name={name.removesuffix('+own')}",
+            f"loss.library_own_negatives={own}",
+        ],
+    )
     run = build_run(cfg)
     batch = next(iter(run.train_loader))
     model = run.accelerator.unwrap_model(run.model)
@@ -172,7 +180,9 @@ def test_batched_searches_give_each_query_its_results_alone(library, grounder, s
     together = index.search_many(texts, k=5, candidates=3)
     assert len({(h["vid"], h["start"]) for text in texts for h in index.windows(text, n=3)}) > 3, "queries hit different windows"
     for mine, expected in zip(together, alone):
-        assert [(r["rank"], r["vid"], r["query"], r["window"]) for r in mine] == [(r["rank"], r["vid"], r["query"], r["window"]) for r in expected]
+        assert [(r["rank"], r["vid"], r["query"], r["window"]) for r in mine] == [
+            (r["rank"], r["vid"], r["query"], r["window"]) for r in expected
+        ]
         for got, want in zip(mine, expected):
             assert [got["start"], got["end"], got["score"]] == pytest.approx([want["start"], want["end"], want["score"]], abs=2e-4)
     assert [len(r) for r in index.search_many(texts[:2], k=[1, 4], candidates=3)] == [1, 4]
@@ -189,7 +199,7 @@ def test_a_video_whose_states_went_missing_gets_an_error_record_and_the_others_s
     results = index.search(QUERY, k=10_000, candidates=library[1]["windows"])
     moments, errors = [r for r in results if "error" not in r], [r for r in results if "error" in r]
     assert moments == [{**r, "rank": i} for i, r in enumerate((r for r in everything if r["vid"] != lost), 1)]
-    assert results[-len(errors):] == errors and len(errors) == 1
+    assert results[-len(errors) :] == errors and len(errors) == 1
     assert errors[0]["vid"] == lost and errors[0]["query"] == QUERY and "vtg index again" in errors[0]["error"]
     capsys.readouterr()
     assert main(["search", "--index", str(folder), QUERY, "-k", "3", "--candidates", str(library[1]["windows"])]) == 1
@@ -257,8 +267,9 @@ def test_an_index_refuses_another_checkpoint_until_rebuilt(synth_root, checkpoin
     other = other_checkpoint(checkpoint, tmp_path / "other")
     with pytest.raises(LibraryError, match="built with checkpoint .*--rebuild"):
         LibraryIndex.open(folder, Grounder.from_pretrained(other))
-    assert_one_line_error(["index", str(video_dir), "--checkpoint", str(other), "--index", str(folder), "--no-progress"], capsys,
-                          str(folder), "--rebuild")
+    assert_one_line_error(
+        ["index", str(video_dir), "--checkpoint", str(other), "--index", str(folder), "--no-progress"], capsys, str(folder), "--rebuild"
+    )
     shutil.rmtree(mine)
     shutil.copytree(other, mine)  # the checkpoint the index names has been retrained
     assert_one_line_error(["search", "--index", str(folder), QUERY], capsys, "library.json", "built with checkpoint", "--rebuild")
@@ -276,8 +287,11 @@ SPOILED = {
     "index.json missing": (lambda f: (f / "index.json").unlink(), "index.json", "vtg index"),
     "index.json not JSON": (lambda f: (f / "index.json").write_text("{"), "index.json", "--rebuild"),
     "library.json cut short": (lambda f: (current(f) / "library.json").write_text('{"videos": ['), "library.json", "--rebuild"),
-    "vectors truncated": (lambda f: (current(f) / "vectors.safetensors").write_bytes(b"\x08" + b"\x00" * 20), "vectors.safetensors",
-                          "--rebuild"),
+    "vectors truncated": (
+        lambda f: (current(f) / "vectors.safetensors").write_bytes(b"\x08" + b"\x00" * 20),
+        "vectors.safetensors",
+        "--rebuild",
+    ),
     "faiss index missing": (lambda f: (current(f) / "windows.faiss").unlink(), "windows.faiss", "--rebuild"),
     "faiss index garbage": (lambda f: (current(f) / "windows.faiss").write_bytes(b"garbage" * 50), "windows.faiss", "--rebuild"),
 }
@@ -348,8 +362,9 @@ def test_a_compressed_index_finds_what_the_exact_one_finds_and_records_its_layou
     library this small the shortlist covers it, so the result is exact)."""
     folder = tmp_path / "index"
     shutil.copytree(library[0] / "features", folder / "features")
-    counts = build_index(find_videos([str(synth_root / "videos")]), grounder, folder, str(checkpoint), progress=False,
-                         approximate_above=0, compress_above=0)
+    counts = build_index(
+        find_videos([str(synth_root / "videos")]), grounder, folder, str(checkpoint), progress=False, approximate_above=0, compress_above=0
+    )
     assert counts["kind"] == "ivfpq" and counts["layout"]["trained_on"] == counts["windows"]
     recorded = json.loads((folder / json.loads((folder / "index.json").read_text())["folder"] / "library.json").read_text())["faiss"]
     assert recorded == counts["layout"]
@@ -358,8 +373,9 @@ def test_a_compressed_index_finds_what_the_exact_one_finds_and_records_its_layou
     assert [(h["vid"], h["start"]) for h in found] == [(h["vid"], h["start"]) for h in expected]
     assert [h["similarity"] for h in found] == pytest.approx([h["similarity"] for h in expected], abs=1e-6), "re-ranked exactly"
     assert compressed.search(QUERY, k=3) == exact.search(QUERY, k=3)
-    again = build_index(find_videos([str(synth_root / "videos")]), grounder, folder, str(checkpoint), progress=False,
-                        approximate_above=0, compress_above=0)
+    again = build_index(
+        find_videos([str(synth_root / "videos")]), grounder, folder, str(checkpoint), progress=False, approximate_above=0, compress_above=0
+    )
     assert again["unchanged"] == 4 and again["layout"] == counts["layout"], "a rebuild reuses the training"
 
 

@@ -6,11 +6,11 @@ from vtg_pipeline.models import ModelConfig, create_model, r2_block
 from vtg_pipeline.models.official import load_official_r2, official_to_ours
 
 
-def batch(b=2, t=20, k=4, p=5, dv=16, l=6, dt=12, lengths=(20, 13), query_lengths=(6, 3)):
+def batch(b=2, t=20, k=4, p=5, dv=16, words=6, dt=12, lengths=(20, 13), query_lengths=(6, 3)):
     video = torch.randn(b, t, k, p, dv)
-    query = torch.randn(b, l, k, dt)
+    query = torch.randn(b, words, k, dt)
     video_mask = torch.arange(t)[None] < torch.tensor(lengths)[:, None]
-    query_mask = torch.arange(l)[None] < torch.tensor(query_lengths)[:, None]
+    query_mask = torch.arange(words)[None] < torch.tensor(query_lengths)[:, None]
     return video, video_mask, query, query_mask
 
 
@@ -60,7 +60,7 @@ def test_videos_shared_by_some_queries_of_a_batch_give_the_loss_and_gradients_of
     video, _, query, query_mask = batch(b=5, lengths=(20,) * 5, query_lengths=(6, 2, 4, 5, 1))
     video = video[:2]
     video_index = torch.tensor([1, 0, 1, 1, 0])
-    video_mask = (torch.arange(20)[None] < torch.tensor([13, 20])[video_index][:, None])
+    video_mask = torch.arange(20)[None] < torch.tensor([13, 20])[video_index][:, None]
     negative, negative_mask = batch(b=5, query_lengths=(3, 6, 2, 2, 4))[2:]
     results = []
     for inputs in ((video, video_index), (video[video_index], None)):
@@ -89,9 +89,16 @@ def official_state_dict():
     """Every name and shape of the official R2-Tuning ViT-B/32 checkpoint, with distinct values."""
     shapes = {"coef": (4,), "adapter.gate": (3,), "adapter.scale": (4,), "pooling.att.weight": (1, 256), "loss._loss_sal.scale": ()}
     for name, width in (("video_map", 770), ("query_map", 512)):
-        shapes |= {f"adapter.{name}.0.weight": (width,), f"adapter.{name}.0.bias": (width,), f"adapter.{name}.2.weight": (256, width),
-                   f"adapter.{name}.2.bias": (256,), f"adapter.{name}.4.weight": (256,), f"adapter.{name}.4.bias": (256,),
-                   f"adapter.{name}.6.weight": (256, 256), f"adapter.{name}.6.bias": (256,)}
+        shapes |= {
+            f"adapter.{name}.0.weight": (width,),
+            f"adapter.{name}.0.bias": (width,),
+            f"adapter.{name}.2.weight": (256, width),
+            f"adapter.{name}.2.bias": (256,),
+            f"adapter.{name}.4.weight": (256,),
+            f"adapter.{name}.4.bias": (256,),
+            f"adapter.{name}.6.weight": (256, 256),
+            f"adapter.{name}.6.bias": (256,),
+        }
     for name in ("v_map", "q_map"):
         shapes |= {f"adapter.{name}.weight": (256, 256), f"adapter.{name}.bias": (256,)}
     for att in ("cross_att", "self_att"):
@@ -99,15 +106,27 @@ def official_state_dict():
             shapes |= {f"adapter.tem.{att}.{proj}.weight": (256, 256), f"adapter.tem.{att}.{proj}.bias": (256,)}
     for norm in ("cross_att_norm", "self_att_norm", "ffn_norm"):
         shapes |= {f"adapter.tem.{norm}.weight": (256,), f"adapter.tem.{norm}.bias": (256,)}
-    shapes |= {"adapter.tem.ffn.mapping.0.weight": (1024, 256), "adapter.tem.ffn.mapping.0.bias": (1024,),
-               "adapter.tem.ffn.mapping.2.weight": (256, 1024), "adapter.tem.ffn.mapping.2.bias": (256,)}
+    shapes |= {
+        "adapter.tem.ffn.mapping.0.weight": (1024, 256),
+        "adapter.tem.ffn.mapping.0.bias": (1024,),
+        "adapter.tem.ffn.mapping.2.weight": (256, 1024),
+        "adapter.tem.ffn.mapping.2.bias": (256,),
+    }
     for level in (1, 2, 3):
         for unit in range(level):
-            shapes |= {f"pyramid.blocks.{level}.{5 * unit + 1}.weight": (256, 256, 2), f"pyramid.blocks.{level}.{5 * unit + 1}.bias": (256,),
-                       f"pyramid.blocks.{level}.{5 * unit + 3}.weight": (256,), f"pyramid.blocks.{level}.{5 * unit + 3}.bias": (256,)}
+            shapes |= {
+                f"pyramid.blocks.{level}.{5 * unit + 1}.weight": (256, 256, 2),
+                f"pyramid.blocks.{level}.{5 * unit + 1}.bias": (256,),
+                f"pyramid.blocks.{level}.{5 * unit + 3}.weight": (256,),
+                f"pyramid.blocks.{level}.{5 * unit + 3}.bias": (256,),
+            }
     for head, out in (("class_head", 1), ("coord_head", 2)):
-        shapes |= {f"{head}.module.1.weight": (256, 256, 3), f"{head}.module.1.bias": (256,),
-                   f"{head}.module.3.weight": (out, 256, 3), f"{head}.module.3.bias": (out,)}
+        shapes |= {
+            f"{head}.module.1.weight": (256, 256, 3),
+            f"{head}.module.1.bias": (256,),
+            f"{head}.module.3.weight": (out, 256, 3),
+            f"{head}.module.3.bias": (out,),
+        }
     return {name: torch.full(shape, float(i)) for i, (name, shape) in enumerate(sorted(shapes.items()))}
 
 
@@ -162,8 +181,9 @@ def test_spatial_pooling_equals_the_papers_formula():
         hidden = block.hidden_tokens(video[:, :, step], tef)
         videos = r2_block.QueryVideos(None, 2, 2, video.device)
         ours = block.pool_frames(hidden, block.video_map[-1](hidden[:, :, 0]), block.query_map(query[:, :, step]), query_mask, step, videos)
-        torch.testing.assert_close(ours, papers_pooling(block, video[:, :, step], tef, query[:, :, step], query_mask, step),
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            ours, papers_pooling(block, video[:, :, step], tef, query[:, :, step], query_mask, step), rtol=1e-5, atol=1e-6
+        )
 
 
 def saving_step(video, video_mask, query, query_mask, saving: bool, dropout: float):

@@ -25,8 +25,9 @@ EXIT_CPU_SECONDS = 0.6  # CPU used meanwhile; it was 1.2-1.6 s before the exit f
 
 def watch(argv: list[str]) -> tuple[int, str, float, float]:
     """Run ``vtg argv``; returns its status, output, and the wall and CPU seconds between its last line and its exit."""
-    proc = subprocess.Popen([sys.executable, "-m", "vtg_pipeline", *argv], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vtg_pipeline", *argv], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     watched, lines, last, cpu = psutil.Process(proc.pid), [], time.monotonic(), 0.0
     for line in proc.stdout:
         last, lines = time.monotonic(), [*lines, line]
@@ -50,14 +51,23 @@ def assert_prompt_exit(argv: list[str], status: int = 0) -> str:
 def test_extract_exits_promptly_after_its_summary(tmp_path):
     tiny_video(tmp_path / "videos" / "a.mp4"), tiny_video(tmp_path / "videos" / "b.mp4", 20)
     (tmp_path / "videos" / "bad.mp4").write_bytes(b"not a video" * 10)
-    output = assert_prompt_exit(["extract", str(tmp_path / "videos"), "--out", str(tmp_path / "out"), "--model", "vtg-tiny",
-                                 "--fps", "2", "--no-progress"], status=1)
+    output = assert_prompt_exit(
+        ["extract", str(tmp_path / "videos"), "--out", str(tmp_path / "out"), "--model", "vtg-tiny", "--fps", "2", "--no-progress"],
+        status=1,
+    )
     assert output.splitlines()[-1].startswith("extract: 2 done, 0 skipped, 1 failed")
 
 
 def test_eval_exits_promptly(tmp_path):
-    gt = {"qid": 1, "query": "q", "vid": "v", "duration": 10, "relevant_windows": [[2, 4]], "relevant_clip_ids": [1],
-          "saliency_scores": [[4, 4, 4]]}
+    gt = {
+        "qid": 1,
+        "query": "q",
+        "vid": "v",
+        "duration": 10,
+        "relevant_windows": [[2, 4]],
+        "relevant_clip_ids": [1],
+        "saliency_scores": [[4, 4, 4]],
+    }
     pred = {"qid": 1, "query": "q", "vid": "v", "pred_relevant_windows": [[2, 4, 0.9]], "pred_saliency_scores": [0.1, 0.9, 0.2, 0.1, 0.1]}
     (tmp_path / "gt.jsonl").write_text(json.dumps(gt) + "\n")
     (tmp_path / "pred.jsonl").write_text(json.dumps(pred) + "\n")
@@ -74,15 +84,28 @@ def test_inspect_exits_promptly(tmp_path):
 
 def test_ground_exits_promptly_after_its_summary(checkpoint, tmp_path):  # noqa: F811
     video = tiny_video(tmp_path / "v.mp4", 40)
-    output = assert_prompt_exit(["ground", "--checkpoint", str(checkpoint), str(video), "--query", "a red disc",
-                                 "--out", str(tmp_path / "p.jsonl"), "--no-progress"])
+    output = assert_prompt_exit(
+        [
+            "ground",
+            "--checkpoint",
+            str(checkpoint),
+            str(video),
+            "--query",
+            "a red disc",
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "--no-progress",
+        ]
+    )
     assert output.splitlines()[-1].startswith("ground: 1 queries grounded, 0 failed")
 
 
 def openmp_settings(env: dict) -> dict:
     """The OpenMP wait settings a process has once it imported vtg_pipeline and torch, started with ``env``."""
-    code = ("import os, vtg_pipeline, torch; torch.ones(4).sum(); "
-            "print(repr(os.environ.get('GOMP_SPINCOUNT')), repr(os.environ.get('OMP_WAIT_POLICY')))")
+    code = (
+        "import os, vtg_pipeline, torch; torch.ones(4).sum(); "
+        "print(repr(os.environ.get('GOMP_SPINCOUNT')), repr(os.environ.get('OMP_WAIT_POLICY')))"
+    )
     clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True).stdout
     spin, policy = (eval(value) for value in out.split())

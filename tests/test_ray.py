@@ -35,8 +35,9 @@ TENSORS = ["timestamps", "frames", "vision"]
 
 
 def config(videos: Path, out: Path, **overrides) -> ExtractConfig:
-    settings = dict(video_dirs=[str(videos)], out=str(out), fps=2.0, model="vtg-tiny", pretrained="random:0", store="both",
-                    progress=False, batch_size=8)
+    settings = dict(
+        video_dirs=[str(videos)], out=str(out), fps=2.0, model="vtg-tiny", pretrained="random:0", store="both", progress=False, batch_size=8
+    )
     return ExtractConfig(**{**settings, **overrides})
 
 
@@ -131,8 +132,17 @@ def test_ground_and_index_on_ray_give_the_local_predictions_and_vectors(cluster,
     `vtg index --ray` holds the same videos and the same window vectors."""
     videos = write_videos(tmp_path / "videos", {"a": 120, "b": 60, "c": 200})
     (videos / "broken.mp4").write_bytes(b"not a video" * 50)
-    ground = ["ground", str(videos), "--checkpoint", str(checkpoint), "--query", "a red disc rises", "--query", "the scene changes",
-              "--no-progress"]
+    ground = [
+        "ground",
+        str(videos),
+        "--checkpoint",
+        str(checkpoint),
+        "--query",
+        "a red disc rises",
+        "--query",
+        "the scene changes",
+        "--no-progress",
+    ]
     assert main([*ground, "--out", str(tmp_path / "local.jsonl"), "--features", str(tmp_path / "local-store")]) == 1  # broken.mp4
     assert main([*ground, "--out", str(tmp_path / "ray.jsonl"), "--features", str(tmp_path / "ray-store"), "--ray", cluster.address]) == 1
     local, on_ray = (tmp_path / "local.jsonl").read_text(), (tmp_path / "ray.jsonl").read_text()
@@ -241,8 +251,7 @@ def test_a_removed_node_still_leaves_a_complete_store(tmp_path, small_ranges, co
 
 def vtg(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "vtg_pipeline", *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
-                            **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "vtg_pipeline", *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def test_ctrl_c_leaves_a_consistent_store_and_a_rerun_continues(tmp_path):
@@ -274,18 +283,23 @@ def test_an_unreachable_address_is_one_line_and_status_2_within_30_s(tmp_path):
     err = run.communicate(timeout=60)[1]
     assert time.monotonic() - start < 30
     lines = [line for line in err.splitlines() if line.strip()]
-    assert run.returncode == 2 and lines == ["vtg extract: error: --ray 127.0.0.1:9: no Ray cluster answers there (Connection refused)"], err
+    assert run.returncode == 2 and lines == ["vtg extract: error: --ray 127.0.0.1:9: no Ray cluster answers there (Connection refused)"], (
+        err
+    )
 
 
 def test_without_the_extra_ray_is_one_line_saying_how_to_install_it(tmp_path):
     """Ray made unimportable (as without `pip install 'vtg_pipeline[ray]'`); the local path never imports it."""
     write_videos(tmp_path / "videos", {"a": 10})
-    code = ("import sys; sys.modules['ray'] = None; from vtg_pipeline.cli import main; "
-            "local = main(['extract', sys.argv[1], '--out', sys.argv[2], '--model', 'vtg-tiny', '--no-progress']); "
-            "assert local == 0 and 'ray' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]; "
-            "sys.exit(main(['extract', sys.argv[1], '--out', sys.argv[2], '--model', 'vtg-tiny', '--ray']))")
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "videos"), str(tmp_path / "out")], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; sys.modules['ray'] = None; from vtg_pipeline.cli import main; "
+        "local = main(['extract', sys.argv[1], '--out', sys.argv[2], '--model', 'vtg-tiny', '--no-progress']); "
+        "assert local == 0 and 'ray' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]; "
+        "sys.exit(main(['extract', sys.argv[1], '--out', sys.argv[2], '--model', 'vtg-tiny', '--ray']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "videos"), str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.splitlines()[-1] == "vtg extract: error: --ray needs Ray Data: pip install 'vtg_pipeline[ray]'"
 
@@ -299,9 +313,19 @@ def test_a_store_that_a_node_cannot_see_is_refused_before_any_work(tmp_path):
     store_parent.mkdir()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    node = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                             f'mount -t tmpfs none "{store_parent}" && exec "{ray_bin}" start --address {cluster.address} '
-                             f"--num-cpus 1 --block"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node = subprocess.Popen(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f'mount -t tmpfs none "{store_parent}" && exec "{ray_bin}" start --address {cluster.address} --num-cpus 1 --block',
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         ray.init(address=cluster.address)
         wait_until(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, timeout=60)

@@ -31,7 +31,7 @@ LINKED = ("Makefile", "pyproject.toml", "configs", "extract", "train", ".venv")
 
 def readme_blocks() -> list:
     blocks = []
-    for number, match in enumerate(BLOCK.finditer((ROOT / "README.md").read_text()), 1):
+    for match in BLOCK.finditer((ROOT / "README.md").read_text()):
         line = (ROOT / "README.md").read_text()[: match.start("body")].count("\n") + 1
         marks = [pytest.mark.skip(reason=match["skip"])] if match["skip"] else []
         blocks.append(pytest.param(match["lang"], match["body"], id=f"README.md:{line}", marks=marks))
@@ -48,8 +48,12 @@ def demo_project(synth_root, tmp_path_factory):
     data = project / "demo" / "data"
     shutil.copytree(synth_root, data, ignore=shutil.ignore_patterns("run"))
     run = project / "demo" / "run"
-    train(load_config(ROOT / "configs" / "synthetic.yaml", [f"data.root={data}", f"output_dir={run}", "optim.epochs=1",
-                                                              "optim.batch_size=4", "model.dims=32", "model.heads=4"]))
+    train(
+        load_config(
+            ROOT / "configs" / "synthetic.yaml",
+            [f"data.root={data}", f"output_dir={run}", "optim.epochs=1", "optim.batch_size=4", "model.dims=32", "model.heads=4"],
+        )
+    )
     results = Grounder.from_pretrained(run / "best").ground_many(read_requests(data / "val_queries.jsonl"), data / "features")
     (project / "demo" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     return project

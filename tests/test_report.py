@@ -35,9 +35,19 @@ def results_for(videos: list[Path], store: Path, queries: int = 1) -> list[dict]
         duration = float(read_metadata(feature_path(store, video.stem))["duration"])
         for q in range(queries):
             windows = [[START, START + 6.0 + q, 0.91], [20.0, 24.0, 0.37]]
-            results.append({"qid": f"{video.stem}-{q}", "query": f"query {q}", "vid": video.stem, "video": str(video), "duration": duration,
-                            "pred_relevant_windows": windows, "pred_relevant_windows_hms": [[hms(s), hms(e)] for s, e, _ in windows],
-                            "pred_saliency_scores": np.sin(times / 5).round(4).tolist(), "clip_times": times.tolist()})
+            results.append(
+                {
+                    "qid": f"{video.stem}-{q}",
+                    "query": f"query {q}",
+                    "vid": video.stem,
+                    "video": str(video),
+                    "duration": duration,
+                    "pred_relevant_windows": windows,
+                    "pred_relevant_windows_hms": [[hms(s), hms(e)] for s, e, _ in windows],
+                    "pred_saliency_scores": np.sin(times / 5).round(4).tolist(),
+                    "clip_times": times.tolist(),
+                }
+            )
     return results
 
 
@@ -50,7 +60,8 @@ def test_axis_ticks_are_round_and_cover_the_video():
 def test_report_has_a_legend_a_time_axis_and_absolute_file_urls(synth_root, tmp_path):
     [video] = copied_videos(synth_root, tmp_path / "my videos #1", count=1)
     results = results_for([video], synth_root / "features") + [
-        {"qid": 9, "query": "x", "video": str(tmp_path / "gone.mp4"), "error": "no such video file"}]
+        {"qid": 9, "query": "x", "video": str(tmp_path / "gone.mp4"), "error": "no such video file"}
+    ]
     page = write_report(results, tmp_path / "report", synth_root / "features").read_text()
     url = video.resolve().as_uri()
     assert url.startswith("file:///") and "%20" in url and "%23" in url
@@ -61,7 +72,7 @@ def test_report_has_a_legend_a_time_axis_and_absolute_file_urls(synth_root, tmp_
     duration = results[0]["duration"]
     labels = [hms(t).removesuffix(".0") for t in axis_ticks(duration)]
     assert all(f">{label}</text>" in page for label in labels) and ">0:00:30</text>" in page
-    assert page.count("onerror=\"unplayable(this)\"") == 2 and "cannot load" in page and " hidden>" in page
+    assert page.count('onerror="unplayable(this)"') == 2 and "cannot load" in page and " hidden>" in page
     assert f"onclick=\"seek('v0', {START})\"" in page and "position:sticky" in page
 
 
@@ -69,9 +80,11 @@ def test_ground_truth_is_matched_by_qid_then_by_video_and_query(synth_root, tmp_
     videos = copied_videos(synth_root, tmp_path / "videos")
     a, b = videos[0].stem, videos[1].stem
     results = results_for(videos, synth_root / "features")
-    records = [{"qid": f"{a}-0", "vid": a, "query": "renamed", "relevant_windows": [[2.0, 8.0], [30.0, 34.0]]},
-               {"qid": f"{b}-0", "vid": "another video", "query": "query 0", "relevant_windows": [[1.0, 2.0]]},  # qid of another video
-               {"qid": 77, "vid": b, "query": "query 0", "relevant_windows": [[10.0, 12.0]]}]
+    records = [
+        {"qid": f"{a}-0", "vid": a, "query": "renamed", "relevant_windows": [[2.0, 8.0], [30.0, 34.0]]},
+        {"qid": f"{b}-0", "vid": "another video", "query": "query 0", "relevant_windows": [[1.0, 2.0]]},  # qid of another video
+        {"qid": 77, "vid": b, "query": "query 0", "relevant_windows": [[10.0, 12.0]]},
+    ]
     assert true_windows(results, records) == [[[2.0, 8.0], [30.0, 34.0]], [[10.0, 12.0]]]
     assert true_windows(results, records[1:2]) == [None, None]
     page = write_report(results, tmp_path / "report", None, ground_truth=records[:1]).read_text()
@@ -97,9 +110,24 @@ def test_report_media_copy_and_link_put_the_videos_in_the_report_folder(mode, sy
 
 def test_vtg_ground_draws_the_ground_truth_and_copies_the_media(checkpoint, synth_root, tmp_path):  # noqa: F811
     report = tmp_path / "report"
-    code = main(["ground", "--checkpoint", str(checkpoint), "--queries", str(synth_root / "val_queries.jsonl"), "--out",
-                 str(tmp_path / "p.jsonl"), "--report", str(report), "--gt", str(synth_root / "val.jsonl"), "--report-media", "copy",
-                 "--no-progress"])
+    code = main(
+        [
+            "ground",
+            "--checkpoint",
+            str(checkpoint),
+            "--queries",
+            str(synth_root / "val_queries.jsonl"),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "--report",
+            str(report),
+            "--gt",
+            str(synth_root / "val.jsonl"),
+            "--report-media",
+            "copy",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     truth = [json.loads(line) for line in (synth_root / "val.jsonl").read_text().splitlines()]
     page = (report / "index.html").read_text()
@@ -141,8 +169,14 @@ def browser():
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--mute-audio", "--autoplay-policy=no-user-gesture-required",
-                 "--window-size=1100,700"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--mute-audio",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1100,700",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     session = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
@@ -155,15 +189,20 @@ def open_page(browser, page: Path) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(page.as_uri())
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script(
-        "return document.body.dataset.rendered === 'ok' && [...document.querySelectorAll('video')].every(v => v.readyState >= 1 || v.error)"))
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script(
+            "return document.body.dataset.rendered === 'ok' && [...document.querySelectorAll('video')].every(v => v.readyState >= 1 || v.error)"
+        )
+    )
     assert browser.execute_script("return document.body.dataset.errors || ''") == "", "JavaScript errors on the page"
 
 
 def players(browser) -> list[dict]:
     """Per player: readyState, whether it failed, and whether its message shows."""
-    return browser.execute_script("return [...document.querySelectorAll('video')].map(v => ({ready: v.readyState, "
-                                  "failed: v.error !== null, message: !v.parentElement.querySelector('.error').hidden}))")
+    return browser.execute_script(
+        "return [...document.querySelectorAll('video')].map(v => ({ready: v.readyState, "
+        "failed: v.error !== null, message: !v.parentElement.querySelector('.error').hidden}))"
+    )
 
 
 def test_moved_report_in_chromium_seeks_a_loaded_player_that_stays_in_view(browser, synth_root, tmp_path):
@@ -172,8 +211,9 @@ def test_moved_report_in_chromium_seeks_a_loaded_player_that_stays_in_view(brows
 
     videos = copied_videos(synth_root, tmp_path / "videos")
     truth = [{"qid": f"{videos[0].stem}-{q}", "vid": videos[0].stem, "query": "", "relevant_windows": [[5.0, 12.0]]} for q in range(8)]
-    written = write_report(results_for(videos, synth_root / "features", queries=8), tmp_path / "report", synth_root / "features",
-                           ground_truth=truth)
+    written = write_report(
+        results_for(videos, synth_root / "features", queries=8), tmp_path / "report", synth_root / "features", ground_truth=truth
+    )
     moved = Path(shutil.move(written.parent, tmp_path / "elsewhere")) / "index.html"  # the old relative links broke here
     open_page(browser, moved)
     shown = players(browser)
@@ -182,15 +222,19 @@ def test_moved_report_in_chromium_seeks_a_loaded_player_that_stays_in_view(brows
     saved = ROOT / "bench" / "out"
     saved.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(saved / "report_screenshot.png"))  # the page as it opens, for docs
-    browser.execute_script("const v = document.getElementById('v0'); window.seekedTo = null;"  # clicked: just after the button's handler
-                           "document.addEventListener('click', () => { window.clickedTo = v.currentTime; }, {once: true});"
-                           "v.addEventListener('seeked', () => { window.seekedTo = v.currentTime; }, {once: true});")
+    browser.execute_script(
+        "const v = document.getElementById('v0'); window.seekedTo = null;"  # clicked: just after the button's handler
+        "document.addEventListener('click', () => { window.clickedTo = v.currentTime; }, {once: true});"
+        "v.addEventListener('seeked', () => { window.seekedTo = v.currentTime; }, {once: true});"
+    )
     browser.find_element(By.CSS_SELECTOR, f'div.query[data-qid="{videos[0].stem}-7"] button').click()  # the lowest query
     seeked_to = WebDriverWait(browser, 20).until(lambda d: d.execute_script("return window.seekedTo"))
     assert browser.execute_script("return window.clickedTo") == START
     assert seeked_to == pytest.approx(START, abs=0.1), "the seek completed (playback then moves on)"
-    view = browser.execute_script("const r = document.getElementById('v0').getBoundingClientRect();"
-                                  "return {top: r.top, bottom: r.bottom, height: innerHeight, scrolled: scrollY}")
+    view = browser.execute_script(
+        "const r = document.getElementById('v0').getBoundingClientRect();"
+        "return {top: r.top, bottom: r.bottom, height: innerHeight, scrolled: scrollY}"
+    )
     assert view["scrolled"] > 0, "the lowest query is below the first screen: the page had to scroll"
     assert 0 <= view["top"] and view["bottom"] <= view["height"], f"the player left the view: {view}"
 

@@ -5,14 +5,16 @@ import re
 import pytest
 
 from vtg_pipeline.config import TrainConfig
-from vtg_pipeline.grounder import GroundError, Grounder, Request, read_requests
+from vtg_pipeline.grounder import Grounder, GroundError, Request, read_requests
 from vtg_pipeline.models import create_model
 
 
 def test_rows_without_qid_are_numbered_skipping_explicit_qids(tmp_path):
     path = tmp_path / "q.jsonl"
-    path.write_text('{"video": "a.mp4", "query": "x"}\n{"video": "a.mp4", "query": "y", "qid": 0}\n'
-                    '{"video": "a.mp4", "query": "z", "qid": ""}\n{"video": "a.mp4", "query": "w", "qid": "1"}\n')
+    path.write_text(
+        '{"video": "a.mp4", "query": "x"}\n{"video": "a.mp4", "query": "y", "qid": 0}\n'
+        '{"video": "a.mp4", "query": "z", "qid": ""}\n{"video": "a.mp4", "query": "w", "qid": "1"}\n'
+    )
     # the old default (the row index) gave row 1 the qid 0 twice; "1" (a string) is not the int 1
     assert [r.qid for r in read_requests(path)] == [1, 0, 2, "1"]
 
@@ -20,18 +22,22 @@ def test_rows_without_qid_are_numbered_skipping_explicit_qids(tmp_path):
 def test_csv_qids_written_as_integers_are_ints(tmp_path):
     path = tmp_path / "q.csv"
     path.write_text("video,query,qid\na.mp4,x,7\na.mp4,y, 8 \na.mp4,z,007\na.mp4,w,clip-3\na.mp4,v,\n")
-    assert read_requests(path) == [Request(str(tmp_path / "a.mp4"), q, qid) for q, qid in
-                                   [("x", 7), ("y", 8), ("z", "007"), ("w", "clip-3"), ("v", 0)]]
+    assert read_requests(path) == [
+        Request(str(tmp_path / "a.mp4"), q, qid) for q, qid in [("x", 7), ("y", 8), ("z", "007"), ("w", "clip-3"), ("v", 0)]
+    ]
 
 
 @pytest.mark.parametrize(
     "name, text, problem",
     [
-        ("q.jsonl", '{"video": "a.mp4", "query": "x", "qid": 5}\n\n{"video": "b.mp4", "query": "y", "qid": 5}\n',
-         r":3: duplicate qid 5 \(first at .*q\.jsonl:1\)$"),
+        (
+            "q.jsonl",
+            '{"video": "a.mp4", "query": "x", "qid": 5}\n\n{"video": "b.mp4", "query": "y", "qid": 5}\n',
+            r":3: duplicate qid 5 \(first at .*q\.jsonl:1\)$",
+        ),
         ("q.csv", "video,query,qid\na.mp4,x,5\nb.mp4,y,5\n", r":3: duplicate qid 5 \(first at .*q\.csv:2\)$"),
         ("q.jsonl", '{"video": "a.mp4", "query": "x", "qid": 1.5}\n', r":1: qid must be an int or a non-empty string, got 1\.5$"),
-        ("q.jsonl", '[1, 2]\n', r":1: expected a JSON object"),
+        ("q.jsonl", "[1, 2]\n", r":1: expected a JSON object"),
         ("q.jsonl", '{"video": "a.mp4"\n', r":1: not valid JSON"),
     ],
 )

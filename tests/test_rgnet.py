@@ -26,8 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_rgnet(**overrides) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = ModelConfig(**{"name": "rgnet", "vision_width": 16, "text_width": 16, "dims": 32, "heads": 4, "rg_ffn_dims": 64,
-                         "dropout": 0.0, "droppath": 0.0, **overrides})
+    cfg = ModelConfig(
+        **{
+            "name": "rgnet",
+            "vision_width": 16,
+            "text_width": 16,
+            "dims": 32,
+            "heads": 4,
+            "rg_ffn_dims": 64,
+            "dropout": 0.0,
+            "droppath": 0.0,
+            **overrides,
+        }
+    )
     return create_model(cfg).eval()
 
 
@@ -98,7 +109,9 @@ def test_window_losses_on_hand_made_inputs():
     assert intra_window_loss(scores, in_moment, valid, 0.2).item() == pytest.approx(0.2 - 0.5 + 0.45)
     assert intra_window_loss(scores, in_moment.new_ones(2, 3), valid, 0.2).item() == 0.0
     gate_logits = torch.tensor([[0.0, 0.0, 9.0]])
-    assert gate_loss(gate_logits, torch.tensor([[True, False, True]]), torch.tensor([[True, True, False]])).item() == pytest.approx(math.log(2))
+    assert gate_loss(gate_logits, torch.tensor([[True, False, True]]), torch.tensor([[True, True, False]])).item() == pytest.approx(
+        math.log(2)
+    )
 
 
 def test_window_items_hold_the_moment_and_negatives_from_the_same_video(synth_root, tiny_backbone):
@@ -172,13 +185,18 @@ def test_window_prior_adds_the_dual_encoders_cosine_to_each_window_logit():
     model = tiny_rgnet()
     video = torch.randn(40, 4, 5, 16)
     query, query_mask = torch.randn(2, 6, 4, 16), torch.ones(2, 6, dtype=torch.bool)
-    read = lambda start, stop: video[start:stop]
+
+    def read(start, stop):
+        return video[start:stop]
+
     starts = [0, 10, 20, 30]
     with torch.no_grad():
         plain = window_logits(model, read, starts, 10, 40, query, query_mask, 0.0)
         primed = window_logits(model, read, starts, 10, 40, query, query_mask, 5.0)
         embedded = model.retrieval.embed_queries(query, query_mask)
-        windows = torch.stack([model.retrieval.embed_windows(video[s : s + 10, -1, 0][None], torch.ones(1, 10, dtype=torch.bool))[0] for s in starts])
+        windows = torch.stack(
+            [model.retrieval.embed_windows(video[s : s + 10, -1, 0][None], torch.ones(1, 10, dtype=torch.bool))[0] for s in starts]
+        )
     assert plain.shape == (2, 4)
     torch.testing.assert_close(primed, plain + 5.0 * embedded @ windows.T)
 
@@ -211,7 +229,10 @@ def test_a_single_window_is_scored_like_one_of_many():
     video = torch.randn(40, 4, 5, 16)
     query, query_mask = torch.randn(1, 6, 4, 16), torch.ones(1, 6, dtype=torch.bool)
     cfg = DecodeConfig(window=20.0, window_stride=10.0, retrieval_topk=2, max_moments=100, nms="none")
-    read = lambda start, stop: video[start:stop]
+
+    def read(start, stop):
+        return video[start:stop]
+
     [alone] = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=[10])
     [together] = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=[10, 20])
     assert len(alone["windows"]) == 1 and 0 < alone["windows"][0, 2] < 1
@@ -229,7 +250,11 @@ def test_queries_with_their_own_windows_get_what_each_gets_alone(name):
     cfg = DecodeConfig(window=20.0, window_stride=10.0, retrieval_topk=2, max_moments=100, nms="hard", nms_threshold=0.5)
     own = [[0, 10, 20], [20, 30], [5]]
     reads = []
-    read = lambda start, stop: reads.append(start) or video[start:stop]
+
+    def read(start, stop):
+        reads.append(start)
+        return video[start:stop]
+
     together = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=own)
     union = [0, 5, 10, 20, 30]
     if name == "rgnet":  # pass 1 scores each window once, pass 2 grounds each chosen window once
@@ -237,8 +262,9 @@ def test_queries_with_their_own_windows_get_what_each_gets_alone(name):
     else:
         assert reads == union
     for i, starts in enumerate(own):
-        [alone] = ground_in_windows(model, lambda a, b: video[a:b], 40, 80.0, query[i : i + 1], query_mask[i : i + 1], 0.5,
-                                    (1, 2, 4, 8), cfg, starts=starts)
+        [alone] = ground_in_windows(
+            model, lambda a, b: video[a:b], 40, 80.0, query[i : i + 1], query_mask[i : i + 1], 0.5, (1, 2, 4, 8), cfg, starts=starts
+        )
         assert np.allclose(together[i]["moments"], alone["moments"], atol=1e-5)
         assert np.allclose(together[i]["saliency"], alone["saliency"], atol=1e-5)
         if name == "rgnet":
@@ -249,10 +275,21 @@ def test_rgnet_training_logs_kept_fraction_and_window_retrieval(synth_root, tmp_
     from vtg_pipeline.config import load_config
     from vtg_pipeline.training import train
 
-    cfg = load_config(ROOT / "configs" / "synthetic_long.yaml", [
-        f"data.root={synth_root}", f"output_dir={tmp_path}", "optim.epochs=1", "optim.batch_size=4", "model.dims=32", "model.heads=4",
-        "model.rg_ffn_dims=64", "decode.window=20", "decode.window_stride=10", "optim.warmup_steps=2",
-    ])
+    cfg = load_config(
+        ROOT / "configs" / "synthetic_long.yaml",
+        [
+            f"data.root={synth_root}",
+            f"output_dir={tmp_path}",
+            "optim.epochs=1",
+            "optim.batch_size=4",
+            "model.dims=32",
+            "model.heads=4",
+            "model.rg_ffn_dims=64",
+            "decode.window=20",
+            "decode.window_stride=10",
+            "optim.warmup_steps=2",
+        ],
+    )
     train(cfg)
     metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"R1@0.3", "R5@0.3", "WR-overlap-R1", "WR-contain-R5"} <= set(metrics)

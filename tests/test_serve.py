@@ -13,11 +13,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import uvicorn
 from bad_input import assert_one_line_error
 from fastapi.testclient import TestClient
+from fuzzing import fuzzed
+from hypothesis import given
+from hypothesis import strategies as st
 from test_library import checkpoint, copy_videos  # noqa: F401  (checkpoint: a fixture, 1 epoch with 40 s windows)
 from test_report import browser  # noqa: F401  (a fixture: headless Chromium, skipped where it is absent)
 
@@ -102,8 +106,9 @@ def test_a_video_whose_states_went_missing_is_an_error_record_beside_the_results
     lost = before["results"][0]["vid"]
     (folder / "features" / f"{lost}.safetensors").unlink()
     body = client.get("/api/search", params={"q": query, "k": 100}).json()
-    assert body["errors"] == [{"query": query, "vid": lost, "error": body["errors"][0]["error"], "name": lost + ".mp4",
-                               "media": f"/media/{lost}"}]
+    assert body["errors"] == [
+        {"query": query, "vid": lost, "error": body["errors"][0]["error"], "name": lost + ".mp4", "media": f"/media/{lost}"}
+    ]
     assert body["results"] and lost not in {r["vid"] for r in body["results"]}, "the other videos' moments stand"
     assert len(body["views"]) == len(body["results"]) and before["errors"] == []
 
@@ -115,8 +120,14 @@ def test_media_comes_only_from_the_recorded_folders(checkpoint, synth_root, tmp_
     moved = Path(shutil.move(outside, tmp_path / outside.name))
     outside.symlink_to(moved)  # videos/<name>.mp4 -> ../<name>.mp4: same name, same id
     folder = tmp_path / "index"
-    build_index(find_videos([str(tmp_path / "videos")]), Grounder.from_pretrained(checkpoint), folder, str(checkpoint), progress=False,
-                folders=[str(tmp_path / "videos")])
+    build_index(
+        find_videos([str(tmp_path / "videos")]),
+        Grounder.from_pretrained(checkpoint),
+        folder,
+        str(checkpoint),
+        progress=False,
+        folders=[str(tmp_path / "videos")],
+    )
     client = TestClient(create_app(LibraryIndex.open(folder)))
     assert client.get(f"/media/{inside.stem}", headers={"Range": "bytes=0-9"}).status_code == 206
     refused = client.get(f"/media/{outside.stem}")
@@ -137,7 +148,11 @@ def test_media_answers_range_requests(client, library):
     whole = client.get(url)
     assert whole.status_code == 200 and whole.content == data and whole.headers["accept-ranges"] == "bytes"
     assert whole.headers["content-type"] == "video/mp4"
-    for header, first, last in (("bytes=100-1099", 100, 1099), ("bytes=-500", size - 500, size - 1), (f"bytes={size - 10}-", size - 10, size - 1)):
+    for header, first, last in (
+        ("bytes=100-1099", 100, 1099),
+        ("bytes=-500", size - 500, size - 1),
+        (f"bytes={size - 10}-", size - 10, size - 1),
+    ):
         part = client.get(url, headers={"Range": header})
         assert part.status_code == 206, header
         assert part.content == data[first : last + 1]
@@ -174,9 +189,17 @@ def test_paths_outside_the_indexed_folder_are_refused(live, library, tmp_path):
     secret = tmp_path / "secret.mp4"
     secret.write_bytes(b"SECRET" * 100)
     video = library[1][0]
-    targets = ["/media/../../../../../../etc/passwd", "/media/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/media/..%2f..%2f..%2fetc%2fpasswd",
-               "/media//etc/passwd", "/media/%2Fetc%2Fpasswd", f"/media/{secret}", f"/media/{video.with_suffix('')}",
-               f"/media/{video.stem}/../{video.stem}", "/thumbs/%2e%2e/%2e%2e/etc/passwd?t=0"]
+    targets = [
+        "/media/../../../../../../etc/passwd",
+        "/media/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/media/..%2f..%2f..%2fetc%2fpasswd",
+        "/media//etc/passwd",
+        "/media/%2Fetc%2Fpasswd",
+        f"/media/{secret}",
+        f"/media/{video.with_suffix('')}",
+        f"/media/{video.stem}/../{video.stem}",
+        "/thumbs/%2e%2e/%2e%2e/etc/passwd?t=0",
+    ]
     for target in targets:
         status, body = raw_get(live, target)
         assert status in (403, 404), (target, status)
@@ -213,11 +236,19 @@ def test_a_token_is_required_when_set(index, library):
         assert client.get(path).status_code == 200, path
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"q": ""}, "empty query"), ({"q": "   "}, "empty query"), ({}, "empty query"),
-    ({"q": "a red disc rises " * 30}, "more than 77 tokens"), ({"q": "x" * (MAX_QUERY_CHARS + 1)}, f"at most {MAX_QUERY_CHARS} characters"),
-    ({"q": "a red disc", "k": 0}, "k: "), ({"q": "a red disc", "k": 101}, "k: "), ({"q": "a red disc", "k": "ten"}, "k: "),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"q": ""}, "empty query"),
+        ({"q": "   "}, "empty query"),
+        ({}, "empty query"),
+        ({"q": "a red disc rises " * 30}, "more than 77 tokens"),
+        ({"q": "x" * (MAX_QUERY_CHARS + 1)}, f"at most {MAX_QUERY_CHARS} characters"),
+        ({"q": "a red disc", "k": 0}, "k: "),
+        ({"q": "a red disc", "k": 101}, "k: "),
+        ({"q": "a red disc", "k": "ten"}, "k: "),
+    ],
+)
 def test_bad_queries_get_a_4xx_with_a_message(client, params, message):
     response = client.get("/api/search", params=params)
     assert response.status_code == 422 and message in response.json()["error"], response.text
@@ -289,8 +320,22 @@ def test_a_new_index_version_is_picked_up_while_serving(synth_root, checkpoint, 
     client = TestClient(create_app(LibraryIndex.open(folder)))
     assert len(client.get("/api/videos").json()["videos"]) == 2
     shutil.move(hidden, videos[2])
-    build = subprocess.Popen([sys.executable, "-m", "vtg_pipeline", "index", str(tmp_path / "videos"), "--checkpoint", str(checkpoint),
-                              "--index", str(folder), "--no-progress"], stderr=subprocess.PIPE, text=True)
+    build = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vtg_pipeline",
+            "index",
+            str(tmp_path / "videos"),
+            "--checkpoint",
+            str(checkpoint),
+            "--index",
+            str(folder),
+            "--no-progress",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     query, seen, answered = queries(synth_root)[0], set(), 0
     while build.poll() is None or answered == 0:
         response = client.get("/api/search", params={"q": query, "k": 20})
@@ -321,8 +366,12 @@ def test_vtg_serve_answers_on_its_port_with_the_token_from_the_environment(libra
     with socket.socket() as probe:  # a port free a moment ago
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "vtg_pipeline", "serve", "--index", str(library[0]), "--port", str(port)],
-                              env={**os.environ, "VTG_TOKEN": TOKEN}, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vtg_pipeline", "serve", "--index", str(library[0]), "--port", str(port)],
+        env={**os.environ, "VTG_TOKEN": TOKEN},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = server.stderr.readline()
         assert line.startswith(f"serve: 4 videos from {library[0]} at http://127.0.0.1:{port}/"), line
@@ -369,9 +418,66 @@ def test_the_page_plays_the_first_result_from_its_start_in_chromium(browser, liv
     assert first["vid"] in item.text and hms(first["start"]) in item.text
     item.click()
     player = "document.getElementById('player')"
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script(f"const v = {player}; return v.readyState >= 1 && !v.seeking && v.currentTime > 0"))
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script(f"const v = {player}; return v.readyState >= 1 && !v.seeking && v.currentTime > 0")
+    )
     now = browser.execute_script(f"return {player}.currentTime")
     assert abs(now - first["start"]) < 1, f"the player is at {now} s, the moment starts at {first['start']} s"
-    assert browser.execute_script("return document.querySelector('#curve svg') !== null && document.querySelector('button.result img').naturalWidth > 0")
+    assert browser.execute_script(
+        "return document.querySelector('#curve svg') !== null && document.querySelector('button.result img').naturalWidth > 0"
+    )
     assert browser.execute_script("return document.body.dataset.errors || ''") == "", "JavaScript errors on the page"
     assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+HOSTILE_TEXT = st.one_of(st.text(max_size=30), st.sampled_from(["", " ", "\x00", "%00", "../../etc/passwd", "a" * 5000, "1e999", "-1", "NaN",
+                                                               "0x10", "🎞️", "\u202e", "Bearer", "bytes=", "%", "%%", "%zz"]))  # fmt: skip
+HEADER_TEXT = HOSTILE_TEXT.map(lambda text: "".join(c for c in text if " " <= c <= "~"))  # what an HTTP client can send
+RANGES = st.one_of(
+    st.sampled_from(
+        [
+            "bytes=0-9",
+            "bytes=5-2",
+            "bytes=-0",
+            "bytes=0-",
+            "bytes=99999999999999999999-",
+            "bytes=a-b",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=0-1,,",
+            "bytes=--1",
+            "bytes= 1 - 2 ",
+            "bytes=-99999999999999999999",
+        ]
+    ),  # fmt: skip
+    HEADER_TEXT,
+)
+
+
+@fuzzed
+@given(
+    q=HOSTILE_TEXT,
+    k=HOSTILE_TEXT | st.integers(-(2**70), 2**70).map(str),
+    t=HOSTILE_TEXT,
+    vid=HOSTILE_TEXT,
+    span=RANGES,
+    token=HEADER_TEXT,
+)
+def test_hostile_parameters_ranges_and_tokens_get_a_4xx_with_a_message_and_the_server_answers_on(client, index, q, k, t, vid, span, token):
+    """Fuzzed: query parameters, Range headers, paths and tokens. Nothing is a 5xx; a 4xx
+    says why in JSON (a 416 is Starlette's range refusal); the server answers the next request."""
+    real = sorted(v["vid"] for v in client.get("/api/videos").json()["videos"])[0]
+    secured = TestClient(create_app(index, token=TOKEN))
+    answers = [
+        client.get("/api/search", params={"q": q[:50] if q.strip() else q, "k": k}),
+        client.get(f"/media/{real}", headers={"Range": span}),
+        client.get(f"/media/{quote(vid, safe='/')}", headers={"Range": span}),  # the server gets it decoded
+        client.get(f"/thumbs/{real}", params={"t": t}),
+        secured.get("/api/videos", headers={"Authorization": f"Bearer {token}"}),
+        secured.get("/", params={"token": token}, follow_redirects=False),
+    ]
+    for answer in answers:
+        assert answer.status_code < 500, (answer.request.url, answer.status_code, answer.text[:200])
+        if 400 <= answer.status_code < 500 and answer.status_code != 416:
+            assert answer.json()["error"], answer.text
+    assert client.get("/api/videos").status_code == 200

@@ -28,8 +28,9 @@ def tiny_video(path: Path, frames: int = 10) -> Path:
 
 
 def extract_config(videos: Path, out: Path) -> ExtractConfig:
-    return ExtractConfig(video_dirs=[str(videos)], out=str(out), fps=2.0, model="vtg-tiny", pretrained="random:0", store="both",
-                         progress=False, batch_size=8)
+    return ExtractConfig(
+        video_dirs=[str(videos)], out=str(out), fps=2.0, model="vtg-tiny", pretrained="random:0", store="both", progress=False, batch_size=8
+    )
 
 
 def dead_pid() -> int:
@@ -54,11 +55,21 @@ def checkpoint(tmp_path_factory, backbone_cache):
     return folder
 
 
-@pytest.mark.parametrize("video_id,problem", [
-    ("../x", "contains '..'"), ("a/../../x", "contains '..'"), ("/etc/x", "is absolute"), ("C:x", "is absolute"),
-    ("a\nb", "control character"), ("a\\b", "backslash"), ("a//b", "empty or '.'"), ("./a", "empty or '.'"), ("", "non-empty"),
-    (3, "non-empty string"),
-])
+@pytest.mark.parametrize(
+    "video_id,problem",
+    [
+        ("../x", "contains '..'"),
+        ("a/../../x", "contains '..'"),
+        ("/etc/x", "is absolute"),
+        ("C:x", "is absolute"),
+        ("a\nb", "control character"),
+        ("a\\b", "backslash"),
+        ("a//b", "empty or '.'"),
+        ("./a", "empty or '.'"),
+        ("", "non-empty"),
+        (3, "non-empty string"),
+    ],
+)
 def test_check_video_id_refuses_names_that_leave_or_confuse(video_id, problem):
     with pytest.raises(UnsafeNameError, match=problem) as e:
         check_video_id(video_id, "manifest.jsonl:7")
@@ -127,8 +138,12 @@ def test_ground_refuses_a_feature_file_linked_out_of_the_store(checkpoint, tmp_p
     store.mkdir(), outside.mkdir()
     (outside / "v.safetensors").write_bytes(b"someone else's file")
     (store / "v.safetensors").symlink_to(outside / "v.safetensors")
+    grounder = Grounder.from_pretrained(checkpoint)
+    files, _ = grounder.encode_videos([str(video.resolve())], store)  # not in the manifest: the link is another video's
+    assert Path(files[str(video.resolve())]).name == "v-2.safetensors"
+    (store / "manifest.jsonl").write_text(json.dumps({"id": "v", "path": str(video.resolve())}) + "\n")  # the manifest names it
     with pytest.raises(UnsafeNameError, match="lies outside"):
-        Grounder.from_pretrained(checkpoint).encode_videos([str(video.resolve())], store)
+        grounder.encode_videos([str(video.resolve())], store)
     assert (outside / "v.safetensors").read_bytes() == b"someone else's file"
 
 
@@ -151,9 +166,17 @@ def test_report_reads_no_feature_file_outside_the_store(tmp_path):
     writer = StreamingSafetensorsWriter(outside / "secret.safetensors", {"frames": (np.uint8, (1, 3, 4, 4))}, {})
     writer.write("frames", 0, np.full((1, 3, 4, 4), 7, np.uint8))
     writer.commit()
-    result = {"qid": 0, "query": "q", "video": str(tmp_path / "v.mp4"), "vid": "../outside/secret", "duration": 2.0,
-              "pred_relevant_windows": [[0.0, 1.0, 0.9]], "pred_relevant_windows_hms": [["0:00:00.0", "0:00:01.0"]],
-              "pred_saliency_scores": [0.9], "clip_times": [0.0]}
+    result = {
+        "qid": 0,
+        "query": "q",
+        "video": str(tmp_path / "v.mp4"),
+        "vid": "../outside/secret",
+        "duration": 2.0,
+        "pred_relevant_windows": [[0.0, 1.0, 0.9]],
+        "pred_relevant_windows_hms": [["0:00:00.0", "0:00:01.0"]],
+        "pred_saliency_scores": [0.9],
+        "clip_times": [0.0],
+    }
     with pytest.raises(UnsafeNameError, match="lies outside"):
         write_report([result], tmp_path / "report", store)
 
@@ -174,12 +197,27 @@ def test_a_file_name_with_a_newline_cannot_forge_the_extract_summary(tmp_path, c
 def test_a_video_name_with_a_newline_cannot_forge_a_ground_line(checkpoint, tmp_path, capsys):
     queries = tmp_path / "queries.jsonl"
     queries.write_text(json.dumps({"video": "gone\nground: 9 queries grounded.mp4", "query": "a red disc"}) + "\n")
-    status = main(["ground", "--checkpoint", str(checkpoint), "--queries", str(queries), "--out", str(tmp_path / "p.jsonl"),
-                   "--no-progress"])
+    status = main(
+        ["ground", "--checkpoint", str(checkpoint), "--queries", str(queries), "--out", str(tmp_path / "p.jsonl"), "--no-progress"]
+    )
     lines = capsys.readouterr().err.splitlines()
     assert status == 1
     assert not any(line.startswith("ground: 9") for line in lines)
     assert any(line.endswith("gone\\nground: 9 queries grounded.mp4: no such video file (qid 0)") for line in lines)
+
+
+def test_a_new_video_never_takes_the_name_of_a_feature_file_missing_from_the_manifest(checkpoint, tmp_path):
+    """A store's feature file that its manifest does not list (copied in, or the manifest lost) still holds a
+    video: a new video with the same stem gets another id, and the file is left as it was."""
+    tiny_video(tmp_path / "first" / "a.mp4")
+    store = tmp_path / "store"
+    run_extract(extract_config(tmp_path / "first", store))
+    (store / "manifest.jsonl").unlink()
+    kept = (store / "a.safetensors").read_bytes()
+    other = tiny_video(tmp_path / "second" / "a.mp4", 14)
+    files, failures = Grounder.from_pretrained(checkpoint).encode_videos([str(other.resolve())], store)
+    assert failures == {} and Path(files[str(other.resolve())]).name == "a-2.safetensors"
+    assert (store / "a.safetensors").read_bytes() == kept, "the unlisted video's states are not overwritten"
 
 
 def test_ground_reuses_a_store_extracted_from_another_working_directory(checkpoint, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ def test_synthetic_dataset_is_reproducible_and_well_formed(tmp_path):
     a = make_dataset(tmp_path / "a", videos=3, seed=5, progress=False)
     make_dataset(tmp_path / "b", videos=3, seed=5, progress=False)
     assert (tmp_path / "a" / "train.jsonl").read_text() == (tmp_path / "b" / "train.jsonl").read_text()
-    records = [json.loads(l) for split in ("train", "val") for l in (tmp_path / "a" / f"{split}.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for split in ("train", "val") for line in (tmp_path / "a" / f"{split}.jsonl").read_text().splitlines()]
     assert len(records) == a["train_queries"] + a["val_queries"]
     by_video = {}
     for r in records:
@@ -96,7 +96,7 @@ def test_long_video_plans_hide_unique_targets_among_distractors():
         assert len({r["qid"] for r in records}) == len(records)
         for r in records:
             assert r["duration"] == plan.duration and len(r["relevant_windows"]) == 1
-            (start, end), = r["relevant_windows"]
+            ((start, end),) = r["relevant_windows"]
             assert 0 <= start < end <= plan.duration
             assert r["relevant_clip_ids"] == list(range(int(start) // CLIP_SECONDS, int(end) // CLIP_SECONDS))
             assert len(r["saliency_scores"]) == len(r["relevant_clip_ids"])
@@ -132,9 +132,13 @@ def test_long_dataset_end_to_end(tmp_path):
     args = build_parser().parse_args(["synth", "--out", str(tmp_path), "--long"])
     assert args.long and args.videos is None
     counts = make_dataset(tmp_path, videos=2, seed=4, progress=False, long=True)
-    records = [json.loads(l) for split in ("train", "val") for l in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
-    assert counts == {"videos": 2, "train_queries": len(records) - counts["val_queries"], "val_queries": counts["val_queries"],
-                      "queries_sharing_words": counts["queries_sharing_words"]}
+    records = [json.loads(line) for split in ("train", "val") for line in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
+    assert counts == {
+        "videos": 2,
+        "train_queries": len(records) - counts["val_queries"],
+        "val_queries": counts["val_queries"],
+        "queries_sharing_words": counts["queries_sharing_words"],
+    }
     assert sum(counts["queries_sharing_words"].values()) == len(records) and counts["queries_sharing_words"]["0"] == 0
     assert {r["vid"] for r in records} == {"long_0000", "long_0001"}
     assert len((tmp_path / "val_queries.jsonl").read_text().splitlines()) == counts["val_queries"] >= 5
@@ -153,8 +157,20 @@ def test_shared_words_counts_the_closest_other_event_of_each_query():
     def event(color, shape, action, target=True):
         return Event(color, shape, action, 0.0, 4.0, 0.5, 0.5, target)
 
-    plan = VideoPlan(60, 64, 64, 1, (event("red", "disc", "rises"), event("red", "disc", "falls", target=False),
-                                     event("blue", "ring", "grows"), event("red", "disc", "rises")), np.zeros(0), np.zeros((1, 2, 3)))
+    plan = VideoPlan(
+        60,
+        64,
+        64,
+        1,
+        (
+            event("red", "disc", "rises"),
+            event("red", "disc", "falls", target=False),
+            event("blue", "ring", "grows"),
+            event("red", "disc", "rises"),
+        ),
+        np.zeros(0),
+        np.zeros((1, 2, 3)),
+    )
     assert shared_words(plan) == {"a red disc rises": 2, "a blue ring grows": 0}  # the repeat of a query is not another event
     for seed in range(3):  # long videos: every target has a distractor sharing one or two of its words
         assert set(shared_words(plan_video(np.random.default_rng([seed, 0]), long=True)).values()) <= {1, 2}

@@ -19,10 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(root: Path, out: Path, *overrides: str):
-    return load_config(ROOT / "configs" / "synthetic.yaml", [
-        f"data.root={root}", f"output_dir={out}", "optim.epochs=2", "optim.batch_size=4", "model.dims=32", "model.heads=4",
-        "optim.warmup_steps=2", *overrides,
-    ])
+    return load_config(
+        ROOT / "configs" / "synthetic.yaml",
+        [
+            f"data.root={root}",
+            f"output_dir={out}",
+            "optim.epochs=2",
+            "optim.batch_size=4",
+            "model.dims=32",
+            "model.heads=4",
+            "optim.warmup_steps=2",
+            *overrides,
+        ],
+    )
 
 
 def test_config_rejects_unknown_keys_and_coerces_types(tmp_path):
@@ -47,10 +56,10 @@ def test_training_writes_the_run_layout(synth_root, tmp_path):
     assert "MR-full-mAP" in best and "HL-min-VeryGood-Hit1" in best
     assert sorted(p.name for p in (out / "best").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert (out / "last" / "progress.json").exists()
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [1, 2] and "MR-full-R1@0.5" in lines[0]
-    predictions = [json.loads(l) for l in (out / "val_predictions.jsonl").read_text().splitlines()]
-    val_qids = {json.loads(l)["qid"] for l in (synth_root / "val.jsonl").read_text().splitlines()}
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2] and "MR-full-R1@0.5" in lines[0]
+    predictions = [json.loads(line) for line in (out / "val_predictions.jsonl").read_text().splitlines()]
+    val_qids = {json.loads(line)["qid"] for line in (synth_root / "val.jsonl").read_text().splitlines()}
     assert {p["qid"] for p in predictions} == val_qids
     for p in predictions:
         scores = [w[2] for w in p["pred_relevant_windows"]]
@@ -88,7 +97,10 @@ def test_resume_continues_exactly(synth_root, tmp_path):
     split = tmp_path / "split"
     train(tiny_config(synth_root, split, "optim.epochs=1"))
     train(tiny_config(synth_root, split, "optim.epochs=2"), resume=True)
-    assert json.loads((split / "last" / "progress.json").read_text())["step"] == json.loads((straight / "last" / "progress.json").read_text())["step"]
+    assert (
+        json.loads((split / "last" / "progress.json").read_text())["step"]
+        == json.loads((straight / "last" / "progress.json").read_text())["step"]
+    )
     a = load_file(str(straight / "last" / "model.safetensors"))
     b = load_file(str(split / "last" / "model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), "resumed weights differ from an uninterrupted run"
@@ -112,10 +124,29 @@ def test_non_finite_loss_stops_naming_step_and_term(synth_root, tmp_path, monkey
 
 def test_two_process_cpu_launch_steps_on_both_ranks(synth_root, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "train", "--config", "configs/synthetic.yaml",
-           f"data.root={synth_root}", f"output_dir={tmp_path / 'ddp'}", "optim.epochs=1", "optim.batch_size=2",
-           "model.dims=32", "model.heads=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "train",
+        "--config",
+        "configs/synthetic.yaml",
+        f"data.root={synth_root}",
+        f"output_dir={tmp_path / 'ddp'}",
+        "optim.epochs=1",
+        "optim.batch_size=2",
+        "model.dims=32",
+        "model.heads=4",
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     steps = dict(re.findall(r"\[process (\d)\] trained (\d+) steps", result.stderr))
@@ -191,8 +222,15 @@ def test_collate_stacks_each_video_once_and_indexes_it_per_query():
     from vtg_pipeline.data import collate
 
     def item(key, frames, value):
-        return {"record": {"query": f"q{value}"}, "video": torch.full((frames, 2), float(value)), "video_scale": None, "video_key": key,
-                "windows": torch.zeros(1, 2), "saliency": torch.ones(frames), "positive": 0}
+        return {
+            "record": {"query": f"q{value}"},
+            "video": torch.full((frames, 2), float(value)),
+            "video_scale": None,
+            "video_key": key,
+            "windows": torch.zeros(1, 2),
+            "saliency": torch.ones(frames),
+            "positive": 0,
+        }
 
     a = item("a", 3, 1)
     batch = collate([a, item("b", 5, 2), {**a, "record": {"query": "q3"}}, item(None, 3, 4), item(None, 4, 5)], fps=0.5)
@@ -235,8 +273,10 @@ def test_training_reads_only_the_layers_and_tokens_the_model_uses(synth_root, tm
     assert items[0]["video"].shape[1:3] == (2, 1) and whole[0]["video"].shape[1:3] == (4, 17)
     assert torch.equal(items[0]["video"], whole[0]["video"][:, -2:, :1])
     run.model.eval()  # no random numbers: the two passes compare
-    read, full = (batch_losses(run.model, collate(batch, 0.5), run.backbone, run.text_cache, run.cfg, run.accelerator)[0]
-                  for batch in (items, [whole[i] for i in range(4)]))
+    read, full = (
+        batch_losses(run.model, collate(batch, 0.5), run.backbone, run.text_cache, run.cfg, run.accelerator)[0]
+        for batch in (items, [whole[i] for i in range(4)])
+    )
     for name in read:
         torch.testing.assert_close(read[name], full[name], rtol=0, atol=0, msg=name)
 
@@ -253,10 +293,19 @@ def test_float8_states_cross_to_the_device_as_stored_and_are_dequantised_there(s
     from vtg_pipeline.training import video_states
 
     features = tmp_path / "fp8"
-    run_extract(ExtractConfig(video_dirs=[str(synth_root / "videos")], out=str(features), model="vtg-tiny", pretrained="random:0",
-                              states="fp8", progress=False))
-    run = build_run(tiny_config(synth_root, tmp_path / "run", f"data.features={features}", "data.group_by_video=true",
-                                "data.num_workers=1"))  # the float8 bytes also cross from a worker process
+    run_extract(
+        ExtractConfig(
+            video_dirs=[str(synth_root / "videos")],
+            out=str(features),
+            model="vtg-tiny",
+            pretrained="random:0",
+            states="fp8",
+            progress=False,
+        )
+    )
+    run = build_run(
+        tiny_config(synth_root, tmp_path / "run", f"data.features={features}", "data.group_by_video=true", "data.num_workers=1")
+    )  # the float8 bytes also cross from a worker process
 
     def read(vid):
         with safe_open(str(features / f"{vid}.safetensors"), framework="pt") as f:
@@ -330,15 +379,21 @@ ROW_OPTIONS = {  # ablation row -> the settings it adds to the R² row (docs/BEN
     "r2_asr": {"model.score_refinement": True},
     "r2_asr_cas": {"model.score_refinement": True, "loss.clip_aware": 0.8},
     "r2_aca": {"model.fusion": "dummy"},
-    "r2_bm": {"model.background_matching": True, "data.negative_queries": True, "loss.frame_margin": 1.0, "loss.frame_prob": 1.0,
-              "loss.semantic": 1.0},
+    "r2_bm": {
+        "model.background_matching": True,
+        "data.negative_queries": True,
+        "loss.frame_margin": 1.0,
+        "loss.frame_prob": 1.0,
+        "loss.semantic": 1.0,
+    },
 }
 ROW_OPTIONS["all"] = {**ROW_OPTIONS["r2_asr_cas"], **ROW_OPTIONS["r2_bm"]}
 
 
 def flat(cfg) -> dict:
-    return {f"{section}.{key}": value for section, values in cfg.to_dict().items() if isinstance(values, dict)
-            for key, value in values.items()}
+    return {
+        f"{section}.{key}": value for section, values in cfg.to_dict().items() if isinstance(values, dict) for key, value in values.items()
+    }
 
 
 def changes(cfg, base) -> dict:
@@ -346,10 +401,19 @@ def changes(cfg, base) -> dict:
     return {k: v for k, v in flat(cfg).items() if v != base[k]}
 
 
-@pytest.mark.parametrize("folder, recipe, winner, budget, extra", [
-    ("ablation", "synthetic.yaml", "r2", {"optim.epochs": 10, "optim.decay_epochs": (8,)}, {"data.temporal_shift_below": 60.0}),
-    ("ablation/long", "synthetic_long.yaml", "r2_bm", {"optim.epochs": 16, "optim.decay_epochs": (13,), "decode.window_prior": 0.0}, {}),
-])
+@pytest.mark.parametrize(
+    "folder, recipe, winner, budget, extra",
+    [
+        ("ablation", "synthetic.yaml", "r2", {"optim.epochs": 10, "optim.decay_epochs": (8,)}, {"data.temporal_shift_below": 60.0}),
+        (
+            "ablation/long",
+            "synthetic_long.yaml",
+            "r2_bm",
+            {"optim.epochs": 16, "optim.decay_epochs": (13,), "decode.window_prior": 0.0},
+            {},
+        ),
+    ],
+)
 def test_ablation_rows_share_one_budget_and_the_default_config_is_the_winner(folder, recipe, winner, budget, extra):
     """Each row is the R² row plus its options; the default config is the winning row on its own (longer) budget (the
     long one also with issue 21's window prior, which the issue-6 rows predate)."""

@@ -45,8 +45,14 @@ def videos(tmp_path_factory):
         rotation = opts.get("rotation", 0)
         frames = [stored_frame(index_image(i, w, h), rotation) for i in range(len(times))]
         paths[name] = write_video(
-            root / name, frames, fps=10, times=list(times), rotation=rotation,
-            pix_fmt=opts.get("pix_fmt", "yuv420p"), options=opts.get("options"), gop=opts.get("gop"),
+            root / name,
+            frames,
+            fps=10,
+            times=list(times),
+            rotation=rotation,
+            pix_fmt=opts.get("pix_fmt", "yuv420p"),
+            options=opts.get("options"),
+            gop=opts.get("gop"),
         )
     return paths
 

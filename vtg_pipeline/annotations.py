@@ -69,12 +69,14 @@ wrong nesting, an unreadable durations CSV) always raise.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Mapping
+from typing import IO, Any
 
 import numpy as np
 
@@ -188,7 +190,9 @@ def _window(value: Any, duration: float, rules: _Rules) -> tuple[list[float], bo
     if inside[1] < inside[0]:
         raise _Malformed(f"window {shown} starts after the video end ({_fmt(duration)} s)")
     if inside[1] == inside[0] and not rules.zero_length_ok:
-        raise _Malformed(f"window {shown} has zero length" if end == start else f"window {shown} has no length inside the {_fmt(duration)} s video")
+        raise _Malformed(
+            f"window {shown} has zero length" if end == start else f"window {shown} has no length inside the {_fmt(duration)} s video"
+        )
     return inside, end > duration
 
 
@@ -273,11 +277,18 @@ def _gather(candidates: Iterable[_Candidate], rules: _Rules, skip_bad: bool) -> 
 
 
 def open_text(path: str | Path, newline: str | None = None) -> IO[str]:
-    """``path`` opened as UTF-8 text (a BOM skipped); a missing file or a folder is an AnnotationError naming it."""
+    """``path``'s text as UTF-8 (a BOM skipped), read whole, ``newline`` as ``open``'s; a missing file, a folder or
+    bytes that are not UTF-8 are an AnnotationError naming it (and the line)."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
-    return open(path, encoding="utf-8-sig", newline=newline)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise AnnotationError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    return io.StringIO(text, newline=newline)
 
 
 def text_lines(path: str | Path) -> Iterable[tuple[int, str]]:
@@ -295,6 +306,8 @@ def _load_json(path: Path) -> Any:
             return json.load(f)
         except json.JSONDecodeError as exc:
             raise AnnotationError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        except RecursionError:
+            raise AnnotationError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def _shown(text: str, limit: int = 60) -> str:
@@ -311,13 +324,16 @@ def json_object(line: str) -> dict:
         raw = json.loads(line)
     except json.JSONDecodeError as exc:
         raise _Malformed(f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+    except RecursionError:
+        raise _Malformed("not valid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise _Malformed(f"expected a JSON object, got {_shown(line)}")
     return raw
 
 
-def read_qvhighlights(path: str | Path, skip_bad: bool = False, require_windows: bool = True,
-                      dataset: str = "qvhighlights") -> tuple[list[dict], ReadReport]:
+def read_qvhighlights(
+    path: str | Path, skip_bad: bool = False, require_windows: bool = True, dataset: str = "qvhighlights"
+) -> tuple[list[dict], ReadReport]:
     """QVHighlights jsonl; ``require_windows=False`` accepts records without windows (the test split).
 
     ``dataset`` (one of DATASETS) picks the window rules, for another dataset's records in this format.

@@ -177,7 +177,6 @@ class FrozenBackbone:
         states = torch.stack(out["text_intermediates"], dim=2)[:, :length].float()
         return states, mask[:, :length]
 
-
     @torch.inference_mode()
     def embed_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Texts -> CLIP sentence embeddings (N, E), L2-normalised (for text-to-text similarity)."""
@@ -213,7 +212,7 @@ def load_backbone(
     source = pretrained
     if pretrained and pretrained.startswith(RANDOM_PREFIX):
         try:
-            seed = int(pretrained[len(RANDOM_PREFIX):])
+            seed = int(pretrained[len(RANDOM_PREFIX) :])
         except ValueError:
             raise BackboneError(f"pretrained {pretrained!r}: expected random:SEED with an integer seed") from None
         source = str(random_checkpoint(name, seed))
@@ -275,9 +274,11 @@ def check_weights_reachable(name: str, tag: str) -> None:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     if weights_cached(cfg) or (not offline and hub_reachable()):
         return
-    raise BackboneError(f"{name} {tag} weights are not in the local cache and the Hugging Face Hub "
-                        f"{'is off (HF_HUB_OFFLINE)' if offline else 'cannot be reached'}: download them once on a connected machine, "
-                        f"give a local checkpoint file (--pretrained PATH), or try the offline model (--model vtg-tiny)")
+    raise BackboneError(
+        f"{name} {tag} weights are not in the local cache and the Hugging Face Hub "
+        f"{'is off (HF_HUB_OFFLINE)' if offline else 'cannot be reached'}: download them once on a connected machine, "
+        f"give a local checkpoint file (--pretrained PATH), or try the offline model (--model vtg-tiny)"
+    )
 
 
 def spec_metadata(spec: BackboneSpec) -> dict[str, str]:

@@ -49,29 +49,53 @@ def _positive_int(text: str) -> int:
 
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("video_dirs", nargs="+", metavar="VIDEO_DIR", help="folders searched recursively for mp4/mkv/webm/mov/avi/m4v (or video files)")
+    parser.add_argument(
+        "video_dirs", nargs="+", metavar="VIDEO_DIR", help="folders searched recursively for mp4/mkv/webm/mov/avi/m4v (or video files)"
+    )
     parser.add_argument("--out", required=True, help="output folder: OUT/<video id>.safetensors and OUT/manifest.jsonl")
-    parser.add_argument("--fps", type=_positive_float, default=0.5, help="samples per second; sample k is the frame shown at k/fps s (default 0.5)")
+    parser.add_argument(
+        "--fps", type=_positive_float, default=0.5, help="samples per second; sample k is the frame shown at k/fps s (default 0.5)"
+    )
     parser.add_argument("--model", default="ViT-B-32-quickgelu", help="open_clip model name, e.g. ViT-B-32-quickgelu or vtg-tiny")
-    parser.add_argument("--pretrained", default=None, help="open_clip tag (openai), a checkpoint file, or random:SEED (default: openai, or random:0 for vtg-tiny)")
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="open_clip tag (openai), a checkpoint file, or random:SEED (default: openai, or random:0 for vtg-tiny)",
+    )
     parser.add_argument("--layers", type=int, default=4, help="tap the last K transformer blocks (default 4)")
-    parser.add_argument("--store", choices=("features", "frames", "both"), default="features", help="what to keep: per-layer states, resized uint8 frames, or both")
+    parser.add_argument(
+        "--store",
+        choices=("features", "frames", "both"),
+        default="features",
+        help="what to keep: per-layer states, resized uint8 frames, or both",
+    )
     parser.add_argument("--decoder", default="auto", help="auto, pyav, decord or torchcodec (auto: CUDA decoder on GPU, else PyAV)")
     parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone forward pass")
     parser.add_argument("--workers", type=int, default=2, help="videos decoded in parallel threads")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="backbone autocast precision")
-    parser.add_argument("--states", choices=("fp16", "fp8"), default="fp16", help="how the per-layer states are stored: fp16, or "
-                        "fp8 (e4m3 with a scale per token: half the disk and reading; docs/BENCHMARKS.md)")
+    parser.add_argument(
+        "--states",
+        choices=("fp16", "fp8"),
+        default="fp16",
+        help="how the per-layer states are stored: fp16, or "
+        "fp8 (e4m3 with a scale per token: half the disk and reading; docs/BENCHMARKS.md)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu; per process under accelerate)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_ray_argument(parser)
 
 
 def add_ray_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                        help="run on a Ray cluster (pip install 'vtg_pipeline[ray]'): ADDRESS as ray.init takes it, 'auto' joins the "
-                             "cluster started on this machine with `ray start`; without ADDRESS a local cluster is started and "
-                             "stopped. The store must be on a filesystem every node mounts (README: On a cluster)")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster (pip install 'vtg_pipeline[ray]'): ADDRESS as ray.init takes it, 'auto' joins the "
+        "cluster started on this machine with `ray start`; without ADDRESS a local cluster is started and "
+        "stopped. The store must be on a filesystem every node mounts (README: On a cluster)",
+    )
 
 
 def extract_main(args: argparse.Namespace) -> int:
@@ -223,16 +247,23 @@ def ground_main(args: argparse.Namespace) -> int:
         store = args.features or tmp
         results = grounder.ground_many(requests, store, progress=not args.no_progress, engine=engine)
         atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in results))
-        report = write_report(results, args.report, store, media=args.report_media or "absolute",
-                              ground_truth=ground_truth) if args.report else None
+        report = (
+            write_report(results, args.report, store, media=args.report_media or "absolute", ground_truth=ground_truth)
+            if args.report
+            else None
+        )
     seconds = time.perf_counter() - started
     errors = [r for r in results if "error" in r]
     for r in errors:
         print(printable(f"{r['video']}: {r['error']} (qid {r['qid']})"), file=sys.stderr)  # a file name cannot forge a line
     done = len(results) - len(errors)
-    print(printable(f"ground: {done} queries grounded, {len(errors)} failed, {len({r['video'] for r in results})} videos, "
-                    f"{seconds:.1f} s ({done / max(seconds, 1e-9):.1f} queries/s) -> {args.out}" + (f", report {report}" if report else "")),
-          file=sys.stderr)
+    print(
+        printable(
+            f"ground: {done} queries grounded, {len(errors)} failed, {len({r['video'] for r in results})} videos, "
+            f"{seconds:.1f} s ({done / max(seconds, 1e-9):.1f} queries/s) -> {args.out}" + (f", report {report}" if report else "")
+        ),
+        file=sys.stderr,
+    )
     return 1 if errors else 0
 
 
@@ -246,11 +277,25 @@ def index_main(args: argparse.Namespace) -> int:
     ensure_writable(args.index, is_folder=True)
     grounder = Grounder.from_pretrained(args.checkpoint, device=args.device or "cpu")
     with engine_for(args) as engine:
-        counts = build_index(items, grounder, args.index, args.checkpoint, rebuild=args.rebuild, progress=not args.no_progress,
-                             engine=engine, folders=args.video_dirs, states=args.states)
-    print(printable(f"index: {counts['videos']} videos ({counts['new']} new, {counts['changed']} changed, {counts['unchanged']} unchanged, "
-                    f"{counts['removed']} removed, {counts['failed']} failed), {counts['windows']} windows, "
-                    f"version {counts['version']} -> {counts['index']}"), file=sys.stderr)
+        counts = build_index(
+            items,
+            grounder,
+            args.index,
+            args.checkpoint,
+            rebuild=args.rebuild,
+            progress=not args.no_progress,
+            engine=engine,
+            folders=args.video_dirs,
+            states=args.states,
+        )
+    print(
+        printable(
+            f"index: {counts['videos']} videos ({counts['new']} new, {counts['changed']} changed, {counts['unchanged']} unchanged, "
+            f"{counts['removed']} removed, {counts['failed']} failed), {counts['windows']} windows, "
+            f"version {counts['version']} -> {counts['index']}"
+        ),
+        file=sys.stderr,
+    )
     print(f"index layout: {describe_layout(counts['layout'])}", file=sys.stderr)
     return 1 if counts["failed"] else 0
 
@@ -276,8 +321,15 @@ def serve_main(args: argparse.Namespace) -> int:
 
     from .serve import serve
 
-    return serve(args.index, host=args.host, port=args.port, token=args.token or os.environ.get("VTG_TOKEN"), no_token=args.no_token,
-                 device=args.device or "cpu", show_paths=args.show_paths)
+    return serve(
+        args.index,
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get("VTG_TOKEN"),
+        no_token=args.no_token,
+        device=args.device or "cpu",
+        show_paths=args.show_paths,
+    )
 
 
 def ensure_writable(path: str, is_folder: bool) -> None:
@@ -310,19 +362,31 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_ground_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="*", metavar="VIDEO_OR_DIR", help="video files, or folders searched recursively")
-    parser.add_argument("--checkpoint", required=True, help="a trained checkpoint: a folder (a run's best/) or a Hugging Face Hub "
-                        "repo id org/name[@revision], read through the Hub cache")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a trained checkpoint: a folder (a run's best/) or a Hugging Face Hub repo id org/name[@revision], read through the Hub cache",
+    )
     parser.add_argument("--query", action="append", default=[], help="a query to ground in every video (repeatable)")
-    parser.add_argument("--queries", help='jsonl of {"video", "query"[, "qid"]} or a CSV with those columns; relative paths from its folder')
+    parser.add_argument(
+        "--queries", help='jsonl of {"video", "query"[, "qid"]} or a CSV with those columns; relative paths from its folder'
+    )
     parser.add_argument("--out", required=True, help="predictions jsonl (QVHighlights submission records plus video, clip times, h:mm:ss)")
     parser.add_argument("--features", help="feature store to reuse and fill (default: a temporary folder)")
     parser.add_argument("--report", help="write a static HTML report into this folder")
-    parser.add_argument("--report-media", choices=("absolute", "copy", "link"), default=None,
-                        help="how the report's players reach the videos: absolute (default): file:// URLs, the report works from "
-                             "anywhere on this machine; copy: copies in REPORT/media/, the folder travels to other machines; "
-                             "link: symlinks there, for a web server or an archiver that follows links (tar -h)")
-    parser.add_argument("--gt", help="ground truth, QVHighlights annotations jsonl: the report draws each query's true moments "
-                                     "(matched by qid, else by video and query)")
+    parser.add_argument(
+        "--report-media",
+        choices=("absolute", "copy", "link"),
+        default=None,
+        help="how the report's players reach the videos: absolute (default): file:// URLs, the report works from "
+        "anywhere on this machine; copy: copies in REPORT/media/, the folder travels to other machines; "
+        "link: symlinks there, for a web server or an archiver that follows links (tar -h)",
+    )
+    parser.add_argument(
+        "--gt",
+        help="ground truth, QVHighlights annotations jsonl: the report draws each query's true moments "
+        "(matched by qid, else by video and query)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_ray_argument(parser)
@@ -369,17 +433,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=train_main)
 
     evaluation = sub.add_parser("eval", help="score predictions with the official metrics (JSON)")
-    evaluation.add_argument("--pred", required=True, help="predictions, QVHighlights submission jsonl; records with pred_windows "
-                            "(retrieved long-video windows [start, end, score], best first) add window-retrieval WR-overlap/contain-R1/5/10")
-    evaluation.add_argument("--gt", required=True, help="ground truth: annotations jsonl (QVHighlights records), or for other datasets "
-                            "their own file (Ego4D NLQ json, TACoS json, MAD json, Charades-STA txt)")
-    evaluation.add_argument("--dataset", default="qvhighlights", choices=("qvhighlights", "charades", "tacos", "ego4d", "mad"),
-                            help="which metrics: qvhighlights mAP/R1/HD; charades, tacos R1/R5@0.3/0.5/0.7; "
-                                 "ego4d R1..R100@0.3/0.5/0.7; mad R1..R100@0.1/0.3/0.5; all with mIoU")
-    evaluation.add_argument("--iou-compare", choices=("gt", "ge"), default=None,
-                            help="when a window passes an IoU threshold in R@k: gt is IoU > θ (official RGNet and Ego4D NLQ code), "
-                                 "ge is IoU >= θ (official MAD and moment_detr code); default gt for ego4d, ge for mad, charades, tacos; "
-                                 "qvhighlights is always ge")
+    evaluation.add_argument(
+        "--pred",
+        required=True,
+        help="predictions, QVHighlights submission jsonl; records with pred_windows "
+        "(retrieved long-video windows [start, end, score], best first) add window-retrieval WR-overlap/contain-R1/5/10",
+    )
+    evaluation.add_argument(
+        "--gt",
+        required=True,
+        help="ground truth: annotations jsonl (QVHighlights records), or for other datasets "
+        "their own file (Ego4D NLQ json, TACoS json, MAD json, Charades-STA txt)",
+    )
+    evaluation.add_argument(
+        "--dataset",
+        default="qvhighlights",
+        choices=("qvhighlights", "charades", "tacos", "ego4d", "mad"),
+        help="which metrics: qvhighlights mAP/R1/HD; charades, tacos R1/R5@0.3/0.5/0.7; "
+        "ego4d R1..R100@0.3/0.5/0.7; mad R1..R100@0.1/0.3/0.5; all with mIoU",
+    )
+    evaluation.add_argument(
+        "--iou-compare",
+        choices=("gt", "ge"),
+        default=None,
+        help="when a window passes an IoU threshold in R@k: gt is IoU > θ (official RGNet and Ego4D NLQ code), "
+        "ge is IoU >= θ (official MAD and moment_detr code); default gt for ego4d, ge for mad, charades, tacos; "
+        "qvhighlights is always ge",
+    )
     evaluation.add_argument("--allow-missing", action="store_true", help="score only the query ids present in both files")
     evaluation.add_argument("--full", action="store_true", help="print every block, not only 'brief'")
     evaluation.set_defaults(func=eval_main)
@@ -388,53 +468,81 @@ def build_parser() -> argparse.ArgumentParser:
     add_ground_arguments(ground)
     ground.set_defaults(func=ground_main)
 
-    index = sub.add_parser("index", help="index a video library for text search (vtg search)",
-                           description="Decode and encode every video under the VIDEO_DIRs once (as extract: resumable, a bad video "
-                           "is listed in the index with its error and skipped), embed each window with the checkpoint's retrieval head "
-                           "and write a faiss index into DIR. A rerun adds new and changed videos and drops deleted ones; the rest is "
-                           "kept. Exit status 1 when some video failed.")
+    index = sub.add_parser(
+        "index",
+        help="index a video library for text search (vtg search)",
+        description="Decode and encode every video under the VIDEO_DIRs once (as extract: resumable, a bad video "
+        "is listed in the index with its error and skipped), embed each window with the checkpoint's retrieval head "
+        "and write a faiss index into DIR. A rerun adds new and changed videos and drops deleted ones; the rest is "
+        "kept. Exit status 1 when some video failed.",
+    )
     index.add_argument("video_dirs", nargs="+", metavar="VIDEO_DIR", help="folders searched recursively for videos (or video files)")
     index.add_argument("--checkpoint", required=True, help="a trained checkpoint folder (a run's best/); the index only answers with it")
     index.add_argument("--index", required=True, metavar="DIR", help="index folder (created; its feature store is DIR/features)")
-    index.add_argument("--rebuild", action="store_true", help="start afresh: another checkpoint, or a damaged index (stored features are reused)")
-    index.add_argument("--states", choices=("fp16", "fp8"), default="fp16",
-                       help="how the feature store keeps the states search grounds in: fp16 (default), or fp8 for half the disk "
-                            "(docs/BENCHMARKS.md: within the seed spread in the learning check); a change re-extracts")
+    index.add_argument(
+        "--rebuild", action="store_true", help="start afresh: another checkpoint, or a damaged index (stored features are reused)"
+    )
+    index.add_argument(
+        "--states",
+        choices=("fp16", "fp8"),
+        default="fp16",
+        help="how the feature store keeps the states search grounds in: fp16 (default), or fp8 for half the disk "
+        "(docs/BENCHMARKS.md: within the seed spread in the learning check); a change re-extracts",
+    )
     index.add_argument("--device", default=None, help="torch device (default cpu)")
     index.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_ray_argument(index)
     index.set_defaults(func=index_main)
 
-    search = sub.add_parser("search", help="find moments in an indexed video library by text",
-                            description="Stage 1 finds the --candidates windows of the library nearest the query (faiss); stage 2 "
-                            "grounds the query in those windows with the index's checkpoint and ranks the moments. Prints rank, video, "
-                            "start-end (h:mm:ss.s) and score, best first; --json: one JSON object per moment. A chosen video whose stored states "
-                            "cannot be read (removed or changed since vtg index) gets an error line after the moments, and the exit "
-                            "status is 1.")
-    search.add_argument("query", help="what to look for, e.g. \"the chef cuts the pizza\"")
+    search = sub.add_parser(
+        "search",
+        help="find moments in an indexed video library by text",
+        description="Stage 1 finds the --candidates windows of the library nearest the query (faiss); stage 2 "
+        "grounds the query in those windows with the index's checkpoint and ranks the moments. Prints rank, video, "
+        "start-end (h:mm:ss.s) and score, best first; --json: one JSON object per moment. A chosen video whose stored states "
+        "cannot be read (removed or changed since vtg index) gets an error line after the moments, and the exit "
+        "status is 1.",
+    )
+    search.add_argument("query", help='what to look for, e.g. "the chef cuts the pizza"')
     search.add_argument("--index", required=True, metavar="DIR", help="an index folder written by vtg index")
     search.add_argument("-k", type=_positive_int, default=10, help="moments to print (default 10)")
     search.add_argument("--candidates", type=_positive_int, default=None, help="windows stage 1 passes to the grounding model (default 20)")
-    search.add_argument("--json", action="store_true", help='one JSON object per moment: {"rank", "query", "video", "vid", "start", "end", '
-                        '"score", ...} (seconds)')
+    search.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per moment: {"rank", "query", "video", "vid", "start", "end", "score", ...} (seconds)',
+    )
     search.add_argument("--device", default=None, help="torch device (default cpu)")
     search.set_defaults(func=search_main)
 
-    serve = sub.add_parser("serve", help="a web page and JSON API to search an indexed library (vtg index)",
-                           description="Serve the index in DIR: the search page at /, GET /api/search?q=...&k=... (the records of "
-                           "vtg search --json), GET /api/videos, the videos at /media/<vid> (with range requests, for seeking) and "
-                           "thumbnails from the stored frames. A vtg index run on DIR meanwhile is picked up without a restart. "
-                           "Binds to 127.0.0.1; another address needs --token (or --no-token).")
+    serve = sub.add_parser(
+        "serve",
+        help="a web page and JSON API to search an indexed library (vtg index)",
+        description="Serve the index in DIR: the search page at /, GET /api/search?q=...&k=... (the records of "
+        "vtg search --json), GET /api/videos, the videos at /media/<vid> (with range requests, for seeking) and "
+        "thumbnails from the stored frames. A vtg index run on DIR meanwhile is picked up without a restart. "
+        "Binds to 127.0.0.1; another address needs --token (or --no-token).",
+    )
     serve.add_argument("--index", required=True, metavar="DIR", help="an index folder written by vtg index")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--token", default=None, help="require Authorization: Bearer TOKEN on every request (default: $VTG_TOKEN, which "
-                       "ps does not show); in a browser open /?token=TOKEN once, a cookie keeps it")
-    serve.add_argument("--no-token", action="store_true", help="allow a non-local --host without a token: anyone who reaches it "
-                       "can search and watch the library")
+    serve.add_argument(
+        "--token",
+        default=None,
+        help="require Authorization: Bearer TOKEN on every request (default: $VTG_TOKEN, which "
+        "ps does not show); in a browser open /?token=TOKEN once, a cookie keeps it",
+    )
+    serve.add_argument(
+        "--no-token",
+        action="store_true",
+        help="allow a non-local --host without a token: anyone who reaches it can search and watch the library",
+    )
     serve.add_argument("--device", default=None, help="torch device (default cpu)")
-    serve.add_argument("--show-paths", action="store_true", help="include the videos' absolute paths on this machine in API "
-                       "records (default: their id, file name and media URL only)")
+    serve.add_argument(
+        "--show-paths",
+        action="store_true",
+        help="include the videos' absolute paths on this machine in API records (default: their id, file name and media URL only)",
+    )
     serve.set_defaults(func=serve_main)
 
     inspect = sub.add_parser("inspect", help="summarise a feature folder written by extract (JSON)")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -20,6 +21,7 @@ from .data import DataConfig
 from .inference import DecodeConfig
 from .losses import LossConfig
 from .models import ModelConfig
+from .names import first_line
 
 
 class ConfigError(ValueError):
@@ -125,41 +127,80 @@ def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
 POSITIVE, AT_LEAST_1, NON_NEGATIVE, FRACTION = _between(0, low_open=True), _between(1), _between(0), _between(0, 1)
 # Every numeric and choice key a run depends on: (dotted key, rule). Tuples are checked element by element.
 RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
-    ("optim.lr", POSITIVE), ("optim.weight_decay", NON_NEGATIVE), ("optim.warmup_steps", NON_NEGATIVE),
-    ("optim.warmup_ratio", FRACTION), ("optim.epochs", AT_LEAST_1), ("optim.decay_epochs", AT_LEAST_1),
-    ("optim.decay", _between(0, 1, low_open=True)), ("optim.grad_clip", POSITIVE), ("optim.batch_size", AT_LEAST_1),
-    ("optim.grad_accum", AT_LEAST_1), ("optim.repeat", AT_LEAST_1), ("eval_every", AT_LEAST_1),
-    ("mixed_precision", _one_of("no", "fp16", "bf16")), ("backbone.layers", AT_LEAST_1),
+    ("optim.lr", POSITIVE),
+    ("optim.weight_decay", NON_NEGATIVE),
+    ("optim.warmup_steps", NON_NEGATIVE),
+    ("optim.warmup_ratio", FRACTION),
+    ("optim.epochs", AT_LEAST_1),
+    ("optim.decay_epochs", AT_LEAST_1),
+    ("optim.decay", _between(0, 1, low_open=True)),
+    ("optim.grad_clip", POSITIVE),
+    ("optim.batch_size", AT_LEAST_1),
+    ("optim.grad_accum", AT_LEAST_1),
+    ("optim.repeat", AT_LEAST_1),
+    ("eval_every", AT_LEAST_1),
+    ("mixed_precision", _one_of("no", "fp16", "bf16")),
+    ("backbone.layers", AT_LEAST_1),
     ("backbone.precision", _one_of("fp32", "fp16", "bf16")),
-    ("data.fps", POSITIVE), ("data.mode", _one_of("features", "frames")), ("data.num_workers", NON_NEGATIVE),
-    ("data.sampling", _one_of("auto", "video", "windows")), ("data.negatives", NON_NEGATIVE),
-    ("data.cross_video_negatives", NON_NEGATIVE), ("data.hard_negatives", NON_NEGATIVE), ("data.hard_pool", AT_LEAST_1), ("data.negative_similarity", _between(-1, 1)),
+    ("data.fps", POSITIVE),
+    ("data.mode", _one_of("features", "frames")),
+    ("data.num_workers", NON_NEGATIVE),
+    ("data.sampling", _one_of("auto", "video", "windows")),
+    ("data.negatives", NON_NEGATIVE),
+    ("data.cross_video_negatives", NON_NEGATIVE),
+    ("data.hard_negatives", NON_NEGATIVE),
+    ("data.hard_pool", AT_LEAST_1),
+    ("data.negative_similarity", _between(-1, 1)),
     ("data.temporal_shift_below", NON_NEGATIVE),
-    ("model.layers", AT_LEAST_1), ("model.dims", AT_LEAST_1), ("model.heads", AT_LEAST_1), ("model.strides", AT_LEAST_1),
-    ("model.dropout", _between(0, 1)), ("model.droppath", _between(0, 1)), ("model.ffn_ratio", AT_LEAST_1),
-    ("model.max_moments", AT_LEAST_1), ("model.fusion", _one_of("standard", "dummy")), ("model.dummies", AT_LEAST_1),
-    ("model.refinement_kernel", AT_LEAST_1), ("model.head", _one_of("pyramid", "decoder")),
-    ("model.decoder_layers", AT_LEAST_1), ("model.decoder_queries", AT_LEAST_1), ("model.decoder_ffn_dims", AT_LEAST_1),
-    ("model.rg_cross_layers", AT_LEAST_1), ("model.rg_self_layers", AT_LEAST_1), ("model.rg_ffn_dims", AT_LEAST_1),
-    ("model.rg_dropout", _between(0, 1)), ("model.gumbel_temperature", POSITIVE), ("model.retrieval_dims", AT_LEAST_1),
-    ("decode.max_moments", AT_LEAST_1), ("decode.unit", NON_NEGATIVE), ("decode.nms", _one_of("hard", "linear", "none")),
-    ("decode.nms_threshold", FRACTION), ("decode.window", POSITIVE), ("decode.window_stride", POSITIVE),
-    ("decode.retrieval_topk", AT_LEAST_1), ("decode.window_score", _one_of("product", "moment")),
-    ("decode.window_evidence", FRACTION), ("decode.window_prior", NON_NEGATIVE),
-    ("loss.sample_radius", POSITIVE), ("loss.temperature", POSITIVE), ("loss.library_temperature", POSITIVE),
+    ("model.layers", AT_LEAST_1),
+    ("model.dims", AT_LEAST_1),
+    ("model.heads", AT_LEAST_1),
+    ("model.strides", AT_LEAST_1),
+    ("model.dropout", _between(0, 1)),
+    ("model.droppath", _between(0, 1)),
+    ("model.ffn_ratio", AT_LEAST_1),
+    ("model.max_moments", AT_LEAST_1),
+    ("model.fusion", _one_of("standard", "dummy")),
+    ("model.dummies", AT_LEAST_1),
+    ("model.refinement_kernel", AT_LEAST_1),
+    ("model.head", _one_of("pyramid", "decoder")),
+    ("model.decoder_layers", AT_LEAST_1),
+    ("model.decoder_queries", AT_LEAST_1),
+    ("model.decoder_ffn_dims", AT_LEAST_1),
+    ("model.rg_cross_layers", AT_LEAST_1),
+    ("model.rg_self_layers", AT_LEAST_1),
+    ("model.rg_ffn_dims", AT_LEAST_1),
+    ("model.rg_dropout", _between(0, 1)),
+    ("model.gumbel_temperature", POSITIVE),
+    ("model.retrieval_dims", AT_LEAST_1),
+    ("decode.max_moments", AT_LEAST_1),
+    ("decode.unit", NON_NEGATIVE),
+    ("decode.nms", _one_of("hard", "linear", "none")),
+    ("decode.nms_threshold", FRACTION),
+    ("decode.window", POSITIVE),
+    ("decode.window_stride", POSITIVE),
+    ("decode.retrieval_topk", AT_LEAST_1),
+    ("decode.window_score", _one_of("product", "moment")),
+    ("decode.window_evidence", FRACTION),
+    ("decode.window_prior", NON_NEGATIVE),
+    ("loss.sample_radius", POSITIVE),
+    ("loss.temperature", POSITIVE),
+    ("loss.library_temperature", POSITIVE),
 ]
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
     """Range-check every key of ``RANGES``, loss weights (>= 0) and the keys that must agree; ConfigError names the key."""
+
     def get(dotted: str) -> Any:
         value = cfg
         for part in dotted.split("."):
             value = getattr(value, part)
         return value
 
-    rules = RANGES + [(f"loss.{f.name}", NON_NEGATIVE) for f in dataclasses.fields(cfg.loss)
-                      if isinstance(getattr(cfg.loss, f.name), float)]
+    rules = RANGES + [
+        (f"loss.{f.name}", NON_NEGATIVE) for f in dataclasses.fields(cfg.loss) if isinstance(getattr(cfg.loss, f.name), float)
+    ]
     for key, (test, wanted) in rules:
         value = get(key)
         for item in value if isinstance(value, tuple) else (value,):
@@ -168,11 +209,15 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.model.dims % cfg.model.heads:
         raise ConfigError(f"model.dims={cfg.model.dims} must be divisible by model.heads={cfg.model.heads}")
     if cfg.data.hard_negatives > cfg.data.negatives:
-        raise ConfigError(f"data.hard_negatives={cfg.data.hard_negatives} must be <= data.negatives={cfg.data.negatives} "
-                          f"(the hard ones are drawn among them)")
+        raise ConfigError(
+            f"data.hard_negatives={cfg.data.hard_negatives} must be <= data.negatives={cfg.data.negatives} "
+            f"(the hard ones are drawn among them)"
+        )
     if cfg.decode.window_stride > cfg.decode.window:
-        raise ConfigError(f"decode.window_stride={cfg.decode.window_stride:g} s must be <= decode.window={cfg.decode.window:g} s: "
-                          f"a larger stride leaves parts of every long video in no window")
+        raise ConfigError(
+            f"decode.window_stride={cfg.decode.window_stride:g} s must be <= decode.window={cfg.decode.window:g} s: "
+            f"a larger stride leaves parts of every long video in no window"
+        )
     if cfg.model.layers > cfg.backbone.layers:
         raise ConfigError(f"model.layers={cfg.model.layers} uses more CLIP layers than backbone.layers={cfg.backbone.layers} taps")
     return cfg
@@ -189,22 +234,34 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """A TrainConfig from a YAML file (optional) and ``key=value`` overrides, applied in order."""
+    """A TrainConfig from a YAML file (optional) and ``key=value`` overrides, applied in order. ConfigError names
+    the file or the override at fault."""
     cfg = TrainConfig()
     if path is not None:
         try:
-            content = yaml.safe_load(Path(path).read_text()) or {}
+            content = yaml.safe_load(Path(path).read_bytes().decode("utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte at offset {e.start})") from None
+        except (yaml.YAMLError, RecursionError) as e:
+            raise ConfigError(f"{path}: invalid YAML ({first_line(e) if isinstance(e, yaml.YAMLError) else 'nested too deeply'})") from None
         if not isinstance(content, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys")
         for key, value in content.items():
-            _set(cfg, key, value)
+            try:
+                _set(cfg, key, value)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} is not key=value")
         key, text = override.split("=", 1)
-        _set(cfg, key.strip(), yaml.safe_load(text) if text.strip() else "")
-    return check_config(cfg)
+        try:
+            _set(cfg, key.strip(), yaml.safe_load(text) if text.strip() else "")
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {override!r}: invalid YAML value ({first_line(e)})") from None
+    try:
+        return check_config(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None

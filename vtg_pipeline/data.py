@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset, Sampler
 
-from .annotations import window_saliency, read_annotations, read_charades_durations, saliency_targets
+from .annotations import read_annotations, read_charades_durations, saliency_targets, window_saliency
 from .backbone import FrozenBackbone
 from .features import load_features, read_metadata
-from .names import path_in
+from .names import first_line, path_in
 
 
 class DataError(ValueError):
@@ -108,8 +108,9 @@ class VisionRows:
         self.values = f.get_slice("vision")
         self.scale = f.get_slice("vision_scale") if "vision_scale" in f.keys() else None
         if self.scale is not None and list(self.scale.get_shape()) != list(self.values.get_shape())[:-1]:
-            raise DataError(f"{path}: vision_scale has shape {self.scale.get_shape()}, not one scale per token of vision "
-                            f"{self.values.get_shape()}")
+            raise DataError(
+                f"{path}: vision_scale has shape {self.scale.get_shape()}, not one scale per token of vision {self.values.get_shape()}"
+            )
 
     def get_shape(self) -> list[int]:
         return self.values.get_shape()
@@ -141,8 +142,10 @@ def check_shapes(path: Path, row_shapes: dict[str, tuple[int, ...]]) -> int:
         for name in sorted(names & set(row_shapes)):
             shape = tuple(f.get_slice(name).get_shape())
             if len(frames) != 1 or shape != (frames[0], *row_shapes[name]):
-                raise DataError(f"{path}: {name} has shape {list(shape)}, expected {[*frames[:1], *row_shapes[name]]} "
-                                f"({frames[0] if frames else '?'} timestamps)")
+                raise DataError(
+                    f"{path}: {name} has shape {list(shape)}, expected {[*frames[:1], *row_shapes[name]]} "
+                    f"({frames[0] if frames else '?'} timestamps)"
+                )
     return frames[0]
 
 
@@ -159,7 +162,9 @@ def check_finite(states: torch.Tensor, path: Path, scale: torch.Tensor | None = 
     if scale is not None:
         bad |= ~torch.isfinite(scale).flatten(1).all(1)
     if bad.any():
-        raise DataError(f"{path}: non-finite values (NaN or inf) in the stored states, first at row {bad.nonzero()[0, 0].item()} of this read")
+        raise DataError(
+            f"{path}: non-finite values (NaN or inf) in the stored states, first at row {bad.nonzero()[0, 0].item()} of this read"
+        )
     return states
 
 
@@ -182,10 +187,15 @@ class StoredVideo:
         """The video stored in ``path``, readable inside the ``with``. ``vision_shape``: the row shape (K, P, D) its
         vision states must have, with as many rows as timestamps (None: not checked, as when a dataset checked it).
         DataError naming the file for a wrong shape or a ``vision_scale`` that does not fit ``vision``."""
-        if vision_shape is not None:
-            check_shapes(path, {"vision": vision_shape})
-        with safe_open(str(path), framework="pt") as f:
-            yield cls(path, f.metadata() or {}, f.get_tensor("timestamps").numpy(), VisionRows(f, path))
+        try:
+            if vision_shape is not None:
+                check_shapes(path, {"vision": vision_shape})
+            f = safe_open(str(path), framework="pt")
+            video = cls(path, f.metadata() or {}, f.get_tensor("timestamps").numpy(), VisionRows(f, path))
+        except SafetensorError as e:  # cut short, or not a safetensors file at all
+            raise DataError(f"{path}: not a readable feature file ({first_line(e)})") from None
+        with f:
+            yield video
 
     @property
     def frames(self) -> int:
@@ -210,8 +220,9 @@ class StoredVideo:
         return self.rows(0, self.frames, (slice(-1, None), slice(0, 1)))[:, 0, 0].float()
 
 
-def negative_query_candidates(records: list[dict], embeddings: dict[str, torch.Tensor], max_similarity: float,
-                              max_iou: float = 0.5) -> tuple[list[list[str]], int]:
+def negative_query_candidates(
+    records: list[dict], embeddings: dict[str, torch.Tensor], max_similarity: float, max_iou: float = 0.5
+) -> tuple[list[list[str]], int]:
     """BM-DETR's negative queries: per record, the queries of the same video whose moments all have
     IoU < ``max_iou`` with the record's and whose text embedding cosine is below ``max_similarity``.
 
@@ -226,9 +237,13 @@ def negative_query_candidates(records: list[dict], embeddings: dict[str, torch.T
     candidates, fallbacks = [], 0
     for r in records:
         mine = np.asarray(r["relevant_windows"], dtype=float).reshape(-1, 2)
-        same = [o["query"] for o in by_video[r["vid"]] if o["query"] != r["query"]
-                and temporal_iou(mine, np.asarray(o["relevant_windows"], dtype=float).reshape(-1, 2)).max() < max_iou
-                and float(embeddings[r["query"]] @ embeddings[o["query"]]) < max_similarity]
+        same = [
+            o["query"]
+            for o in by_video[r["vid"]]
+            if o["query"] != r["query"]
+            and temporal_iou(mine, np.asarray(o["relevant_windows"], dtype=float).reshape(-1, 2)).max() < max_iou
+            and float(embeddings[r["query"]] @ embeddings[o["query"]]) < max_similarity
+        ]
         if not same:
             fallbacks += 1
             same = sorted({o["query"] for o in records if o["vid"] != r["vid"]})
@@ -255,8 +270,18 @@ class GroundingDataset(Dataset):
     """Queries with their video's features, windows (seconds) and saliency targets. ``needed``: the (layers, tokens)
     slices of the stored states that the model uses; only those bytes are read."""
 
-    def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, mode: str = "features", seed: int = 0,
-                 negative_similarity: float | None = None, shift_below: float = 0.0, needed: tuple[slice, slice] = ALL_STATES):
+    def __init__(
+        self,
+        records: list[dict],
+        feature_dir: Path,
+        backbone: FrozenBackbone,
+        fps: float,
+        mode: str = "features",
+        seed: int = 0,
+        negative_similarity: float | None = None,
+        shift_below: float = 0.0,
+        needed: tuple[slice, slice] = ALL_STATES,
+    ):
         if mode not in ("features", "frames"):
             raise DataError(f"data.mode must be features or frames, got {mode!r}")
         self.records, self.feature_dir, self.fps, self.mode, self.seed = records, Path(feature_dir), fps, mode, seed
@@ -283,8 +308,10 @@ class GroundingDataset(Dataset):
             covered = self._frames[r["vid"]] / self.fps  # seconds: the end of the last stored clip
             late = [w for w in r["relevant_windows"] if w[0] >= covered]
             if late:
-                raise DataError(f"{self.path(r['vid'])}: query {r['qid']!r} has window {late[0]} starting after the "
-                                f"{self._frames[r['vid']]} stored frames ({covered:g} s at {self.fps:g} fps)")
+                raise DataError(
+                    f"{self.path(r['vid'])}: query {r['qid']!r} has window {late[0]} starting after the "
+                    f"{self._frames[r['vid']]} stored frames ({covered:g} s at {self.fps:g} fps)"
+                )
             past_end += max(r["duration"], *(w[1] for w in r["relevant_windows"])) > covered + 1 / self.fps
         return past_end
 
@@ -372,9 +399,21 @@ class WindowDataset(GroundingDataset):
     ``negative_query``.
     """
 
-    def __init__(self, records: list[dict], feature_dir: Path, backbone: FrozenBackbone, fps: float, window: int, stride: int,
-                 negatives: int = 0, seed: int = 0, cross_video: int = 0, negative_queries: list[list[str]] | None = None,
-                 needed: tuple[slice, slice] = ALL_STATES, hard_negatives: int = 0):
+    def __init__(
+        self,
+        records: list[dict],
+        feature_dir: Path,
+        backbone: FrozenBackbone,
+        fps: float,
+        window: int,
+        stride: int,
+        negatives: int = 0,
+        seed: int = 0,
+        cross_video: int = 0,
+        negative_queries: list[list[str]] | None = None,
+        needed: tuple[slice, slice] = ALL_STATES,
+        hard_negatives: int = 0,
+    ):
         super().__init__(records, feature_dir, backbone, fps, "features", seed, needed=needed)
         self.negatives = negative_queries
         self.window, self.stride, self.same_video, self.cross_video = window, stride, negatives, cross_video
@@ -392,8 +431,11 @@ class WindowDataset(GroundingDataset):
         record = self.records[index]
         moments = np.asarray(record["relevant_windows"], dtype=np.float64).reshape(-1, 2) * self.fps  # frames
         w = self.window
-        return [s for s in window_starts(self._frames[record["vid"]], w, self.stride)
-                if not ((moments[:, 0] < s + w) & (moments[:, 1] > s)).any()]
+        return [
+            s
+            for s in window_starts(self._frames[record["vid"]], w, self.stride)
+            if not ((moments[:, 0] < s + w) & (moments[:, 1] > s)).any()
+        ]
 
     def draw_negatives(self, index: int, generator: torch.Generator) -> list[int]:
         """``negatives`` distinct same-video negative windows (first frames): up to ``hard_negatives`` at random from
@@ -401,7 +443,11 @@ class WindowDataset(GroundingDataset):
         grid = self.negative_starts(index)
         allowed = set(grid)
         pool = [s for s in self.hard.get(index, []) if s in allowed] if self.hard_negatives else []
-        hard = [pool[i] for i in torch.randperm(len(pool), generator=generator)[: min(self.hard_negatives, self.same_video)].tolist()] if pool else []
+        hard = (
+            [pool[i] for i in torch.randperm(len(pool), generator=generator)[: min(self.hard_negatives, self.same_video)].tolist()]
+            if pool
+            else []
+        )
         rest = [s for s in grid if s not in hard]
         return hard + [rest[i] for i in torch.randperm(len(rest), generator=generator)[: self.same_video - len(hard)].tolist()]
 
@@ -472,9 +518,18 @@ class WindowDataset(GroundingDataset):
         relative = torch.tensor(record["relevant_windows"], dtype=torch.float32).reshape(-1, 2) - offset
         relative = relative.clamp(0, length / fps)
         relative = relative[relative[:, 1] > relative[:, 0]]
-        item = {"record": record, "video": video, "video_scale": scale, "window_mask": window_mask, "frame_mask": torch.ones(rows, length, dtype=torch.bool),
-                "in_moment": in_moment, "windows": relative, "saliency": saliency, "positive": positive,
-                "starts": torch.tensor(starts + [-1] * (rows - len(starts)))}
+        item = {
+            "record": record,
+            "video": video,
+            "video_scale": scale,
+            "window_mask": window_mask,
+            "frame_mask": torch.ones(rows, length, dtype=torch.bool),
+            "in_moment": in_moment,
+            "windows": relative,
+            "saliency": saliency,
+            "positive": positive,
+            "starts": torch.tensor(starts + [-1] * (rows - len(starts))),
+        }
         if self.negatives is not None:
             item["negative_query"] = self.negative_query(index, generator)
         return item
@@ -519,8 +574,9 @@ class LengthGroupedBatches(Sampler[list[int]]):
     they share batches (a block cut by a pool or batch end is split).
     """
 
-    def __init__(self, lengths: list[float], batch_size: int, drop_last: bool = False, seed: int = 0, pool: int = 16,
-                 groups: list | None = None):
+    def __init__(
+        self, lengths: list[float], batch_size: int, drop_last: bool = False, seed: int = 0, pool: int = 16, groups: list | None = None
+    ):
         self.lengths, self.batch_size, self.drop_last, self.seed, self.pool = torch.tensor(lengths), batch_size, drop_last, seed, pool
         self.groups = None
         if groups is not None:
@@ -635,7 +691,9 @@ class TextCache:
         return states.to(device), mask.to(device)
 
 
-def load_split(cfg: DataConfig, split: str, backbone: FrozenBackbone, seed: int = 0, needed: tuple[slice, slice] = ALL_STATES) -> GroundingDataset:
+def load_split(
+    cfg: DataConfig, split: str, backbone: FrozenBackbone, seed: int = 0, needed: tuple[slice, slice] = ALL_STATES
+) -> GroundingDataset:
     """The train or val split of ``cfg`` as a dataset (annotation errors name file and line), reading the ``needed``
     layers and tokens of the stored states."""
     root = Path(cfg.root)
@@ -651,13 +709,26 @@ def load_split(cfg: DataConfig, split: str, backbone: FrozenBackbone, seed: int 
     if not records:
         raise DataError(f"{path}: no usable records")
     train = split == "train"
-    dataset = GroundingDataset(records, root / cfg.features, backbone, cfg.fps, cfg.mode, seed,
-                               cfg.negative_similarity if train and cfg.negative_queries else None,
-                               cfg.temporal_shift_below if train else 0.0, needed)
+    dataset = GroundingDataset(
+        records,
+        root / cfg.features,
+        backbone,
+        cfg.fps,
+        cfg.mode,
+        seed,
+        cfg.negative_similarity if train and cfg.negative_queries else None,
+        cfg.temporal_shift_below if train else 0.0,
+        needed,
+    )
     if dataset.negatives is not None and dataset.negative_fallbacks:
-        print(f"{path}: {dataset.negative_fallbacks} of {len(records)} queries have no same-video negative query; "
-              "they take one from another video")
+        print(
+            f"{path}: {dataset.negative_fallbacks} of {len(records)} queries have no same-video negative query; "
+            "they take one from another video"
+        )
     if dataset.past_end:
-        print(f"{path}: warning: {dataset.past_end} of {len(records)} queries have a window or duration past their video's "
-              f"stored frames; their targets stop at the last frame", file=sys.stderr)
+        print(
+            f"{path}: warning: {dataset.past_end} of {len(records)} queries have a window or duration past their video's "
+            f"stored frames; their targets stop at the last frame",
+            file=sys.stderr,
+        )
     return dataset

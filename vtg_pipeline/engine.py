@@ -34,6 +34,7 @@ class LocalEngine:
     def extract(self, cfg: ExtractConfig, items: list[VideoItem], backbone) -> ExtractSummary:
         return extract_videos(cfg, items, backbone)
 
-    def map_stored(self, grounder, task: Callable[[object, Job], Result], jobs: list[Job], progress: bool = False,
-                   desc: str = "") -> list[Result]:
+    def map_stored(
+        self, grounder, task: Callable[[object, Job], Result], jobs: list[Job], progress: bool = False, desc: str = ""
+    ) -> list[Result]:
         return [task(grounder, job) for job in tqdm(jobs, desc=desc, unit="video", disable=not progress, file=sys.stderr)]

@@ -224,12 +224,16 @@ def check_predictions(predictions: list[dict], ground_truth: list[dict], match_n
             raise PredictionError(f"qid {lacking} has no {key}, which qid {carrying} has")
     pred_ids = [p["qid"] for p in predictions]
     if len(set(pred_ids)) != len(pred_ids):
-        raise PredictionError("predictions repeat query ids: " + ", ".join(map(str, sorted({q for q in pred_ids if pred_ids.count(q) > 1})[:5])))
+        raise PredictionError(
+            "predictions repeat query ids: " + ", ".join(map(str, sorted({q for q in pred_ids if pred_ids.count(q) > 1})[:5]))
+        )
     gt_ids = {g["qid"] for g in ground_truth}
     missing, extra = gt_ids - set(pred_ids), set(pred_ids) - gt_ids
     if match_number and (missing or extra):
-        raise PredictionError(f"query ids differ from the ground truth: {len(missing)} missing (e.g. {sorted(missing, key=str)[:3]}), "
-                              f"{len(extra)} extra (e.g. {sorted(extra, key=str)[:3]}); --allow-missing scores the shared ones")
+        raise PredictionError(
+            f"query ids differ from the ground truth: {len(missing)} missing (e.g. {sorted(missing, key=str)[:3]}), "
+            f"{len(extra)} extra (e.g. {sorted(extra, key=str)[:3]}); --allow-missing scores the shared ones"
+        )
     shared = gt_ids & set(pred_ids)
     predictions = [p for p in predictions if p["qid"] in shared]
     ground_truth = [g for g in ground_truth if g["qid"] in shared]
@@ -257,8 +261,12 @@ def moment_map(predictions: list[dict], ground_truth: list[dict]) -> dict[str, f
     if not predictions:
         return {**{str(t): None for t in MR_THRESHOLDS}, "average": None}
     gt_by_qid = {g["qid"]: np.asarray(g["relevant_windows"], dtype=float) for g in ground_truth}
-    aps = np.array([detection_ap(gt_by_qid[p["qid"]], np.asarray(p["pred_relevant_windows"][:10], dtype=float)[:, :3], MR_THRESHOLDS)
-                    for p in predictions])
+    aps = np.array(
+        [
+            detection_ap(gt_by_qid[p["qid"]], np.asarray(p["pred_relevant_windows"][:10], dtype=float)[:, :3], MR_THRESHOLDS)
+            for p in predictions
+        ]
+    )
     per_threshold = aps.mean(0)
     result = {str(t): percent(v) for t, v in zip(MR_THRESHOLDS, per_threshold)}
     result["average"] = percent(np.mean(per_threshold))
@@ -294,10 +302,12 @@ def moment_r1(predictions: list[dict], ground_truth: list[dict], thresholds) -> 
 
 
 def highlight_labels(record: dict, clip_seconds: float = 2.0) -> np.ndarray:
-    """Annotator scores (int(duration / 2), 3), 0 outside the relevant clips."""
-    labels = np.zeros((int(record["duration"] / clip_seconds), 3))
-    if record.get("relevant_clip_ids"):
-        labels[np.asarray(record["relevant_clip_ids"])] = np.asarray(record["saliency_scores"])
+    """Annotator scores (clips, 3), 0 outside the relevant clips. clips = int(duration / 2) as the official
+    evaluator, one more when the last half-clip of an odd duration is annotated (where the official one crashes)."""
+    clip_ids = np.asarray(record.get("relevant_clip_ids") or [], dtype=int)
+    labels = np.zeros((max(int(record["duration"] / clip_seconds), int(clip_ids.max(initial=-1)) + 1), 3))
+    if len(clip_ids):
+        labels[clip_ids] = np.asarray(record["saliency_scores"])
     return labels
 
 
@@ -339,10 +349,16 @@ def eval_qvhighlights(predictions: list[dict], ground_truth: list[dict], match_n
             preds, gts = in_bucket(predictions, ground_truth, bucket)
             result[name] = {"MR-mAP": moment_map(preds, gts), "MR-R1": moment_r1(preds, gts, MR_THRESHOLDS)}
         full = result["full"]
-        brief |= {"MR-full-R1@0.5": full["MR-R1"]["0.5"], "MR-full-R1@0.7": full["MR-R1"]["0.7"], "MR-full-mAP": full["MR-mAP"]["average"],
-                  "MR-full-mAP@0.5": full["MR-mAP"]["0.5"], "MR-full-mAP@0.75": full["MR-mAP"]["0.75"],
-                  "MR-long-mAP": result["long"]["MR-mAP"]["average"], "MR-middle-mAP": result["middle"]["MR-mAP"]["average"],
-                  "MR-short-mAP": result["short"]["MR-mAP"]["average"]}
+        brief |= {
+            "MR-full-R1@0.5": full["MR-R1"]["0.5"],
+            "MR-full-R1@0.7": full["MR-R1"]["0.7"],
+            "MR-full-mAP": full["MR-mAP"]["average"],
+            "MR-full-mAP@0.5": full["MR-mAP"]["0.5"],
+            "MR-full-mAP@0.75": full["MR-mAP"]["0.75"],
+            "MR-long-mAP": result["long"]["MR-mAP"]["average"],
+            "MR-middle-mAP": result["middle"]["MR-mAP"]["average"],
+            "MR-short-mAP": result["short"]["MR-mAP"]["average"],
+        }
         ious = top1_ious(predictions, ground_truth)
         brief |= {"MR-full-R1@0.3": percent(np.mean(ious >= 0.3)), "MR-full-mIoU": percent(np.mean(ious))}
     if "pred_saliency_scores" in predictions[0]:
@@ -372,8 +388,9 @@ def recall_at_k(predictions: list[dict], ground_truth: list[dict], ks, threshold
     return {f"R{k}@{t}": percent(rates[i, j]) for i, k in enumerate(ks) for j, t in enumerate(thresholds)}
 
 
-def eval_recall(predictions: list[dict], ground_truth: list[dict], spec: RecallSpec, match_number: bool = True,
-                iou_compare: str | None = None) -> dict:
+def eval_recall(
+    predictions: list[dict], ground_truth: list[dict], spec: RecallSpec, match_number: bool = True, iou_compare: str | None = None
+) -> dict:
     """``brief``: R@k at the spec's IoU thresholds and ``mIoU`` of the first window (percent).
 
     ``iou_compare`` (``gt`` | ``ge``) overrides the spec's default.
@@ -421,8 +438,13 @@ def window_retrieval_metrics(predictions: list[dict], ground_truth: list[dict]) 
     return window_retrieval_recall([p["pred_windows"] for p in carrying], moments), len(carrying)
 
 
-def evaluate(predictions: list[dict], ground_truth: list[dict], dataset: str = "qvhighlights", match_number: bool = True,
-             iou_compare: str | None = None) -> dict:
+def evaluate(
+    predictions: list[dict],
+    ground_truth: list[dict],
+    dataset: str = "qvhighlights",
+    match_number: bool = True,
+    iou_compare: str | None = None,
+) -> dict:
     """Metrics for ``dataset`` (one of DATASETS); window retrieval too when records carry ``pred_windows``.
 
     ``iou_compare``: ``gt`` (IoU > θ) or ``ge`` (IoU >= θ) for the R@k
@@ -433,7 +455,9 @@ def evaluate(predictions: list[dict], ground_truth: list[dict], dataset: str = "
         raise ValueError(f"unknown IoU comparison {iou_compare!r}; choose gt (IoU > θ) or ge (IoU >= θ)")
     if dataset == "qvhighlights":
         if iou_compare == "gt":
-            raise ValueError("qvhighlights metrics are the official evaluator's (IoU >= θ); iou_compare gt is for " + ", ".join(RECALL_SPECS))
+            raise ValueError(
+                "qvhighlights metrics are the official evaluator's (IoU >= θ); iou_compare gt is for " + ", ".join(RECALL_SPECS)
+            )
         result = eval_qvhighlights(predictions, ground_truth, match_number)
     elif dataset in RECALL_SPECS:
         result = eval_recall(predictions, ground_truth, RECALL_SPECS[dataset], match_number, iou_compare)

@@ -121,7 +121,9 @@ class ExtractSummary:
             return printable(f"extract: nothing to do: 0 done, {self.skipped} skipped (up to date in {self.out}), 0 failed")
         rate = self.frames / self.seconds if self.seconds else 0.0
         others = f", {self.by_others} done by another run" if self.by_others else ""
-        return f"extract: {self.done} done, {self.skipped} skipped, {self.failed} failed{others} ({self.frames} frames, {rate:.1f} frames/s)"
+        return (
+            f"extract: {self.done} done, {self.skipped} skipped, {self.failed} failed{others} ({self.frames} frames, {rate:.1f} frames/s)"
+        )
 
 
 def find_videos(paths: list[str]) -> list[VideoItem]:
@@ -255,8 +257,16 @@ def _unexpected(error: Exception) -> str:
     return f"unexpected {type(error).__name__}: {first_line(error)}"
 
 
-def decode_video(video_id: str, info: VideoInfo, times: np.ndarray, first_row: int, decoder: Decoder, preprocess: Preprocess,
-                 device: torch.device, chunk: int) -> Iterator[DecodeMessage]:
+def decode_video(
+    video_id: str,
+    info: VideoInfo,
+    times: np.ndarray,
+    first_row: int,
+    decoder: Decoder,
+    preprocess: Preprocess,
+    device: torch.device,
+    chunk: int,
+) -> Iterator[DecodeMessage]:
     """Stage 1: the frames shown at ``times`` (s; the video's rows ``first_row`` on), ``chunk`` at a time, resized and
     cropped on ``device``: ``Opened``, then ``Frames`` messages, then ``Decoded``, or ``DecodeFailed`` at the first
     error (after any rows already sent)."""
@@ -493,8 +503,15 @@ class LocalRunner:
         decoding, show = 0, self.cfg.progress
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
             try:
-                infos = tqdm(pool.map(probe_or_reason, [item.path for item, _ in videos]), total=len(videos), desc=f"{desc} probe",
-                             unit="video", leave=False, disable=not show, file=sys.stderr)
+                infos = tqdm(
+                    pool.map(probe_or_reason, [item.path for item, _ in videos]),
+                    total=len(videos),
+                    desc=f"{desc} probe",
+                    unit="video",
+                    leave=False,
+                    disable=not show,
+                    file=sys.stderr,
+                )
                 todo = deque((item, target, info) for (item, target), info in zip(videos, infos))
                 frames = sum(sample_count(info, self.cfg.fps) for *_, info in todo)
                 self.progress = Progress(frames, len(todo), desc, show)
@@ -644,8 +661,10 @@ def warn_if_one_process_launched(state, command: str = "extract") -> None:
     Without ``--multi_gpu`` (or a GPU) the launcher runs the script once, with MASTER_ADDR set but no WORLD_SIZE.
     """
     if launched() and state.num_processes == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
-        log.warning(f"accelerate launch started 1 process, which does all the work, not --num_processes of them: add "
-                    f"--multi_gpu (without a GPU: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N {command} ...)")
+        log.warning(
+            f"accelerate launch started 1 process, which does all the work, not --num_processes of them: add "
+            f"--multi_gpu (without a GPU: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N {command} ...)"
+        )
 
 
 def run_extract(cfg: ExtractConfig) -> ExtractSummary:

@@ -24,8 +24,8 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from safetensors import safe_open
@@ -46,6 +46,12 @@ def partial_path(path: Path) -> Path:
 def feature_path(out_dir: str | Path, video_id: str) -> Path:
     """``OUT/<video id>.safetensors``; UnsafeNameError when it lies outside ``out_dir`` (``..``, a symlink out)."""
     return path_in(out_dir, video_id, ".safetensors")
+
+
+def stored_ids(out_dir: str | Path) -> set[str]:
+    """The video ids that have a feature file in ``out_dir`` (``<id>.safetensors``, ids may hold folders)."""
+    out_dir = Path(out_dir)
+    return {path.relative_to(out_dir).with_suffix("").as_posix() for path in out_dir.rglob("*.safetensors")}
 
 
 def _remove_quietly(path: Path) -> None:
@@ -146,7 +152,7 @@ class FileLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> "FileLock":
+    def __enter__(self) -> FileLock:
         self.acquire()
         return self
 
@@ -254,12 +260,12 @@ class Manifest:
         latest: dict[str, dict] = {}
         if not self.path.exists():
             return latest
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, encoding="utf-8", errors="replace") as f:  # our lines are ASCII; other bytes match nothing
             for number, line in enumerate(f, 1):
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a killed run
+                except (json.JSONDecodeError, RecursionError):
+                    continue  # a line cut short by a killed run, or not ours
                 where = printable(f"{self.path}:{number}")
                 if not isinstance(record, dict) or not isinstance(record.get("path"), str):
                     raise ValueError(f"{where}: not a manifest record (an object with 'id' and 'path')")
@@ -293,15 +299,21 @@ def summarize_store(out_dir: str | Path) -> dict:
                 tensors = {name: _tensor_summary(f.get_slice(name)) for name in sorted(f.keys())}
                 count = f.get_slice("timestamps").get_shape()[0]
             seconds += float(meta.get("duration", 0.0))
-            settings = {"backbone": meta.get("backbone"), "pretrained": meta.get("pretrained"),
-                        "layers": json.loads(meta["layers"]) if "layers" in meta else None,
-                        "fps": float(meta["fps"]) if "fps" in meta else None, "store": meta.get("store")}
+            settings = {
+                "backbone": meta.get("backbone"),
+                "pretrained": meta.get("pretrained"),
+                "layers": json.loads(meta["layers"]) if "layers" in meta else None,
+                "fps": float(meta["fps"]) if "fps" in meta else None,
+                "store": meta.get("store"),
+            }
         except Exception as e:  # SafetensorError for a garbage file, a missing tensor, a bad duration, fps or layers
             reason = first_line(e) or type(e).__name__
             raise ValueError(printable(f"{path}: not a readable feature file ({reason})")) from None
         frames += count
-        group = groups.setdefault(json.dumps([settings, tensors], sort_keys=True),
-                                  {**settings, "videos": 0, "frames_per_video": {"min": count, "max": count}, "tensors": tensors})
+        group = groups.setdefault(
+            json.dumps([settings, tensors], sort_keys=True),
+            {**settings, "videos": 0, "frames_per_video": {"min": count, "max": count}, "tensors": tensors},
+        )
         group["videos"] += 1
         span = group["frames_per_video"]
         span["min"], span["max"] = min(span["min"], count), max(span["max"], count)

@@ -60,7 +60,7 @@ from .extract import (
     output_folder,
     run_settings,
 )
-from .features import Manifest, feature_path, read_metadata
+from .features import Manifest, feature_path, read_metadata, stored_ids
 from .inference import ground, rounded
 from .models import create_model
 from .names import UnsafeNameError, check_video_id, first_line
@@ -106,7 +106,7 @@ class Grounder:
         self.text_cache = TextCache(backbone, QUERIES_CACHED)  # a query asked of many videos is encoded once, as in training
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str | Path, device: str | torch.device = "cpu") -> "Grounder":
+    def from_pretrained(cls, checkpoint: str | Path, device: str | torch.device = "cpu") -> Grounder:
         """Load ``checkpoint``: a checkpoint folder (``best/`` of a run, or one ``save_pretrained`` wrote), or a Hugging
         Face Hub model repo id ``org/name[@revision]`` that is not a local folder (see ``checkpoint_folder``).
 
@@ -131,15 +131,19 @@ class Grounder:
         trained_on, now = values["backbone_spec"], backbone.spec.to_dict()
         for field in STATE_FIELDS:
             if json.dumps(trained_on.get(field)) != json.dumps(now[field]):
-                raise GroundError(f"{config_file}: the weights were trained on backbone {field} {trained_on.get(field)}, but its "
-                                  f"backbone settings ({cfg.backbone.name}, {cfg.backbone.pretrained}, {cfg.backbone.layers} layers) give {now[field]}")
+                raise GroundError(
+                    f"{config_file}: the weights were trained on backbone {field} {trained_on.get(field)}, but its "
+                    f"backbone settings ({cfg.backbone.name}, {cfg.backbone.pretrained}, {cfg.backbone.layers} layers) give {now[field]}"
+                )
         model = create_model(cfg.model)
         try:
             missing, unexpected = model.load_state_dict(load_file(str(weights_file)), strict=False)
         except Exception as e:  # safetensors' own error type for a cut or garbage file; RuntimeError for the wrong model
             raise GroundError(f"{weights_file}: not the weights of this config's model ({type(e).__name__}: {first_line(e)})") from None
         if unexpected or any(not key.startswith("retrieval.") for key in missing):  # a checkpoint older than the head still grounds
-            raise GroundError(f"{weights_file}: not the weights of this config's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise GroundError(
+                f"{weights_file}: not the weights of this config's model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         grounder = cls(model.to(device), cfg, backbone, indexable=not missing)
         grounder.trained = {key: values[key] for key in ("epoch", "metrics") if key in values}
         grounder.folder = checkpoint_dir
@@ -153,8 +157,9 @@ class Grounder:
         write_checkpoint(folder, self.model, self.cfg, self.backbone, self.trained)
         return folder
 
-    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
-                    commit_message: str = "Upload vtg_pipeline checkpoint") -> str:
+    def push_to_hub(
+        self, repo_id: str, private: bool | None = None, token: str | None = None, commit_message: str = "Upload vtg_pipeline checkpoint"
+    ) -> str:
         """Create Hugging Face Hub model repo ``repo_id`` if missing and upload ``save_pretrained``'s files to it in
         one commit; returns the commit's URL. ``token``: default, the logged-in user's (``hf auth login``)."""
         api = HfApi(token=token)
@@ -171,8 +176,13 @@ class Grounder:
             raise TypeError(f"queries must be a string or a list of strings, got {type(queries).__name__} {str(queries)[:60]}")
         return self.ground_many([Request(str(video), q) for q in queries], features_dir)
 
-    def ground_many(self, requests: list[Request | tuple[str, str]], features_dir: str | Path | None = None,
-                    progress: bool = False, engine: Engine | None = None) -> list[dict]:
+    def ground_many(
+        self,
+        requests: list[Request | tuple[str, str]],
+        features_dir: str | Path | None = None,
+        progress: bool = False,
+        engine: Engine | None = None,
+    ) -> list[dict]:
         """Ground many (video, query) pairs; results in the order of ``requests``.
 
         A result is a QVHighlights submission record (``qid``, ``query``, ``vid``,
@@ -198,8 +208,18 @@ class Grounder:
             store = Path(features_dir) if features_dir else Path(tmp)
             files, failures = self.encode_videos(sorted(by_video), store, progress, engine)
             grounded = [path for path in by_video if path not in failures]
-            outputs = dict(zip(grounded, engine.map_stored(self, ground_stored_video, [(files[p], [requests[i].query for i in by_video[p]])
-                                                                                        for p in grounded], progress, desc="ground")))
+            outputs = dict(
+                zip(
+                    grounded,
+                    engine.map_stored(
+                        self,
+                        ground_stored_video,
+                        [(files[p], [requests[i].query for i in by_video[p]]) for p in grounded],
+                        progress,
+                        desc="ground",
+                    ),
+                )
+            )
             for path, indices in by_video.items():
                 for i, out in zip(indices, outputs.get(path) or [{"error": failures.get(path)}] * len(indices)):
                     r = requests[i]
@@ -212,11 +232,22 @@ class Grounder:
         """The extraction settings of this checkpoint's backbone, layers, fps and precision, keeping frames and states
         (``states``: fp16, or fp8 for half the bytes)."""
         backbone = self.cfg.backbone
-        return ExtractConfig(video_dirs=[], out=str(store), fps=self.fps, model=backbone.name, pretrained=backbone.pretrained,
-                             layers=backbone.layers, store="both", precision=backbone.precision, states=states, progress=progress)
+        return ExtractConfig(
+            video_dirs=[],
+            out=str(store),
+            fps=self.fps,
+            model=backbone.name,
+            pretrained=backbone.pretrained,
+            layers=backbone.layers,
+            store="both",
+            precision=backbone.precision,
+            states=states,
+            progress=progress,
+        )
 
-    def encode_videos(self, paths: list[str], store: Path, progress: bool = False,
-                      engine: Engine | None = None) -> tuple[dict[str, Path], dict[str, str]]:
+    def encode_videos(
+        self, paths: list[str], store: Path, progress: bool = False, engine: Engine | None = None
+    ) -> tuple[dict[str, Path], dict[str, str]]:
         """Feature files for ``paths`` (absolute), extracting those not already in ``store``.
 
         A stored video is found by its source's real path in the store's manifest (wherever `vtg extract` ran)
@@ -230,7 +261,7 @@ class Grounder:
         settings = {k: v for k, v in run_settings(extract_cfg, self.backbone).items() if k != "store"}
         records = Manifest(store).records()
         known = {os.path.realpath(r["path"]): vid for vid, r in records.items()}  # old relative paths may not match
-        taken = set(records)
+        taken = set(records) | stored_ids(store)  # a file the manifest lost still holds a video: never overwrite it
         files, todo = {}, []
         for path in paths:
             vid = known.get(os.path.realpath(path))
@@ -250,8 +281,9 @@ class Grounder:
         """``StoredVideo.open(feature_file)``, its vision states checked to have this backbone's row shape."""
         return StoredVideo.open(feature_file, self.backbone.row_shapes()["vision"])
 
-    def ground_opened(self, video: StoredVideo, queries: list[str], starts: list[int] | list[list[int]] | None = None,
-                      duration: float | None = None) -> list[dict]:
+    def ground_opened(
+        self, video: StoredVideo, queries: list[str], starts: list[int] | list[list[int]] | None = None, duration: float | None = None
+    ) -> list[dict]:
         """``inference.ground`` of ``queries`` in an open stored video with this checkpoint, as users get the moments
         (suppressed duplicates dropped); ``starts`` (shared, or per query), ``duration`` (s) as there."""
         query, query_mask = self.text_cache(queries, self.backbone.device)
@@ -314,13 +346,17 @@ def checkpoint_folder(checkpoint: str | Path) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES, local_files_only=not online))
     except LocalEntryNotFoundError:
-        raise GroundError(f"{checkpoint}: no such folder, and Hugging Face Hub model {repo_id} is not in the cache "
-                          f"({constants.HF_HUB_CACHE}) and the Hub cannot be reached{' (HF_HUB_OFFLINE is set)' if offline else ''}") from None
+        raise GroundError(
+            f"{checkpoint}: no such folder, and Hugging Face Hub model {repo_id} is not in the cache "
+            f"({constants.HF_HUB_CACHE}) and the Hub cannot be reached{' (HF_HUB_OFFLINE is set)' if offline else ''}"
+        ) from None
     except RevisionNotFoundError:
         raise GroundError(f"{checkpoint}: Hugging Face Hub model {repo_id} has no revision {revision!r}") from None
     except RepositoryNotFoundError:
-        raise GroundError(f"{checkpoint}: no such folder, and no Hugging Face Hub model {repo_id} that you can read "
-                          "(a private or gated one needs `hf auth login` or HF_TOKEN)") from None
+        raise GroundError(
+            f"{checkpoint}: no such folder, and no Hugging Face Hub model {repo_id} that you can read "
+            "(a private or gated one needs `hf auth login` or HF_TOKEN)"
+        ) from None
     except HfHubHTTPError as e:
         raise GroundError(f"{checkpoint}: downloading Hugging Face Hub model {repo_id} failed ({first_line(e)})") from None
 
@@ -387,6 +423,9 @@ def read_requests(path: str | Path) -> list[Request]:
         where = f"{path}:{number}"
         if not row.get("video") or "query" not in row:
             raise GroundError(f"{where}: needs 'video' and 'query'")
+        for key in ("video", "query"):
+            if not isinstance(row[key], str | None):
+                raise GroundError(f"{where}: '{key}' must be text, got {json.dumps(row[key])[:40]}")
         qid = row.get("qid")
         if is_csv and qid is not None:
             qid = int(qid) if re.fullmatch(r"0|-?[1-9][0-9]*", qid.strip()) else qid.strip()

@@ -19,14 +19,13 @@ merged and NMS'd. ``ground`` does this for a video in the feature store
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from .data import ALL_STATES, StoredVideo
-from .evaluation import temporal_iou
 from .models.detr import span_to_window
 
 
@@ -130,15 +129,16 @@ def predictions_for_batch(out: dict, batch: dict, strides: tuple[int, ...], cfg:
         num_frames = int(batch["video_mask"][i].sum())
         fps = float(batch["fps"][i])
         moments = decode_windows(out, i, fps, float(record["duration"]), cfg)
-        records.append({
-            "qid": record["qid"],
-            "query": record["query"],
-            "vid": record["vid"],
-            "pred_relevant_windows": rounded(moments),
-            "pred_saliency_scores": rounded(saliency_curve(out, i, num_frames, strides)),
-        })
+        records.append(
+            {
+                "qid": record["qid"],
+                "query": record["query"],
+                "vid": record["vid"],
+                "pred_relevant_windows": rounded(moments),
+                "pred_saliency_scores": rounded(saliency_curve(out, i, num_frames, strides)),
+            }
+        )
     return records
-
 
 
 def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
@@ -169,9 +169,18 @@ class WindowResults:
 
 
 @torch.no_grad()
-def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], num_frames: int, duration: float,
-                      query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...], cfg: DecodeConfig,
-                      starts: list[int] | list[list[int]] | None = None) -> list[dict]:
+def ground_in_windows(
+    model,
+    read_frames: Callable[[int, int], torch.Tensor],
+    num_frames: int,
+    duration: float,
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    fps: float,
+    strides: tuple[int, ...],
+    cfg: DecodeConfig,
+    starts: list[int] | list[list[int]] | None = None,
+) -> list[dict]:
     """Ground Q queries in one video, one window at a time (memory does not grow with duration).
 
     ``read_frames(start, stop)`` returns the video's states (stop - start, K, P, D) for
@@ -189,8 +198,9 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
         if results.logits is not None:
             own = results.own[i]
             position = {w: j for j, w in enumerate(own)}  # this query's windows, numbered as if it were alone
-            result = merge_windows({position[w]: moments for w, moments in found.items()}, results.logits[i, own],
-                                   results.spans[own], duration, cfg)
+            result = merge_windows(
+                {position[w]: moments for w, moments in found.items()}, results.logits[i, own], results.spans[own], duration, cfg
+            )
         else:
             result = {"moments": postprocess(np.concatenate(list(found.values())), duration, cfg)[: cfg.max_moments]}
         merged.append({**result, "saliency": results.saliency[i]})
@@ -198,9 +208,18 @@ def ground_in_windows(model, read_frames: Callable[[int, int], torch.Tensor], nu
 
 
 @torch.no_grad()
-def windows_of(model, read_frames: Callable[[int, int], torch.Tensor], num_frames: int, duration: float,
-               query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...], cfg: DecodeConfig,
-               starts: list[int] | list[list[int]] | None = None) -> WindowResults:
+def windows_of(
+    model,
+    read_frames: Callable[[int, int], torch.Tensor],
+    num_frames: int,
+    duration: float,
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    fps: float,
+    strides: tuple[int, ...],
+    cfg: DecodeConfig,
+    starts: list[int] | list[list[int]] | None = None,
+) -> WindowResults:
     """The per-window part of ``ground_in_windows`` (same arguments). A window's states are shared by the Q queries; a
     retrieval model reads every window once to score it (pass 1) and its top ``retrieval_topk`` windows per query
     (among its own, with per-query ``starts``) again for the heads (pass 2); a model without retrieval runs its heads
@@ -217,8 +236,9 @@ def windows_of(model, read_frames: Callable[[int, int], torch.Tensor], num_frame
     logits = None
     if hasattr(model, "retrieve"):  # also for one window: its score scales the moments, as in every other video
         logits = window_logits(model, read_frames, starts, window, num_frames, query, query_mask, cfg.window_prior).cpu().numpy()
-        chosen = [set(np.asarray(mine)[np.argsort(-row[mine], kind="stable")][: cfg.retrieval_topk].tolist())
-                  for row, mine in zip(logits, own)]
+        chosen = [
+            set(np.asarray(mine)[np.argsort(-row[mine], kind="stable")][: cfg.retrieval_topk].tolist()) for row, mine in zip(logits, own)
+        ]
     else:
         chosen = [set(mine) for mine in own]
     found: list[dict[int, np.ndarray]] = [{} for _ in range(queries)]
@@ -240,8 +260,16 @@ def windows_of(model, read_frames: Callable[[int, int], torch.Tensor], num_frame
     return WindowResults(spans, logits, found, saliency_sum / np.maximum(covered, 1), own)
 
 
-def window_logits(model, read_frames: Callable[[int, int], torch.Tensor], starts: list[int], window: int, num_frames: int,
-                  query: torch.Tensor, query_mask: torch.Tensor, prior: float) -> torch.Tensor:
+def window_logits(
+    model,
+    read_frames: Callable[[int, int], torch.Tensor],
+    starts: list[int],
+    window: int,
+    num_frames: int,
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    prior: float,
+) -> torch.Tensor:
     """Pass 1: (Q, W) each window's retrieval logit for each query, plus ``prior`` x the cosine of the library dual
     encoder (``model.retrieval``: the window's last-layer CLS states against the query) when ``prior`` > 0."""
     queries, device = len(query), query.device
@@ -257,8 +285,7 @@ def window_logits(model, read_frames: Callable[[int, int], torch.Tensor], starts
     return torch.stack(columns, dim=1)
 
 
-def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.ndarray, duration: float,
-                  cfg: DecodeConfig) -> dict:
+def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.ndarray, duration: float, cfg: DecodeConfig) -> dict:
     """One query's moments and ranked windows from a retrieval model's per-window results.
 
     ``found``: window index -> moments (M, 3) [start s, end s, moment score] of the windows the heads ran on;
@@ -281,20 +308,41 @@ def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.nd
             moments[:, 2] *= score[w]
         merged.append(moments)
     order = np.lexsort((-logits, -np.where(grounded, score, 0.0), ~grounded))  # last key first: grounded, then s, then logit
-    return {"moments": postprocess(np.concatenate(merged), duration, cfg)[: cfg.max_moments],
-            "windows": np.concatenate((spans[order], score[order, None]), axis=1)}
+    return {
+        "moments": postprocess(np.concatenate(merged), duration, cfg)[: cfg.max_moments],
+        "windows": np.concatenate((spans[order], score[order, None]), axis=1),
+    }
 
 
 @torch.no_grad()
-def ground(model, video: StoredVideo, query: torch.Tensor, query_mask: torch.Tensor, fps: float, strides: tuple[int, ...],
-           cfg: DecodeConfig, starts: list[int] | list[list[int]] | None = None, duration: float | None = None,
-           states: tuple[slice, slice] = ALL_STATES) -> list[dict]:
+def ground(
+    model,
+    video: StoredVideo,
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    fps: float,
+    strides: tuple[int, ...],
+    cfg: DecodeConfig,
+    starts: list[int] | list[list[int]] | None = None,
+    duration: float | None = None,
+    states: tuple[slice, slice] = ALL_STATES,
+) -> list[dict]:
     """``ground_in_windows`` over a stored video: Q queries (Q, L, K, Dt) with their mask (Q, L), one window's states
     at a time, read checked finite; ``starts`` as there (shared, or one list per query). ``duration``: seconds
     (default the file's metadata); ``states``: the (layers, tokens) slices of the stored states the model reads
     (default all). Results as ``ground_in_windows``'s."""
-    return ground_in_windows(model, lambda start, stop: video.rows(start, stop, states), video.frames,
-                             video.duration if duration is None else duration, query, query_mask, fps, strides, cfg, starts)
+    return ground_in_windows(
+        model,
+        lambda start, stop: video.rows(start, stop, states),
+        video.frames,
+        video.duration if duration is None else duration,
+        query,
+        query_mask,
+        fps,
+        strides,
+        cfg,
+        starts,
+    )
 
 
 def window_inputs(read_frames, start: int, window: int, num_frames: int, queries: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -92,8 +92,13 @@ def rebuild_hint(folder: Path) -> str:
 def checkpoint_sha256(grounder: Grounder) -> str:
     """What an index depends on, hashed: the side network's weights, model config, backbone spec, fps and window grid."""
     cfg = grounder.cfg
-    identity = {"weights": weights_sha256(grounder.model), "model": cfg.model.to_dict(), "backbone": grounder.backbone.spec.to_dict(),
-                "fps": cfg.data.fps, "window": cfg.decode.window_frames(cfg.data.fps)}
+    identity = {
+        "weights": weights_sha256(grounder.model),
+        "model": cfg.model.to_dict(),
+        "backbone": grounder.backbone.spec.to_dict(),
+        "fps": cfg.data.fps,
+        "window": cfg.decode.window_frames(cfg.data.fps),
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -185,7 +190,7 @@ class LibraryIndex:
         self.searcher = self._checked(version, grounder, checkpoint_sha256(grounder))
 
     @classmethod
-    def open(cls, folder: str | Path, grounder: Grounder | None = None, device: str | torch.device = "cpu") -> "LibraryIndex":
+    def open(cls, folder: str | Path, grounder: Grounder | None = None, device: str | torch.device = "cpu") -> LibraryIndex:
         """Open the index in ``folder`` with ``grounder``, or (None) the checkpoint it was built with, loaded on ``device``."""
         version = read_version(Path(folder))
         pinned = grounder is not None
@@ -194,8 +199,10 @@ class LibraryIndex:
     def _checked(self, version: Version, grounder: Grounder, sha256: str) -> Searcher:
         built = version.info["checkpoint"]
         if built["sha256"] != sha256:
-            raise LibraryError(f"{version.folder / 'library.json'}: built with checkpoint {built['path']} (sha256 {built['sha256'][:12]}), "
-                               f"not the one searching it (sha256 {sha256[:12]}); {rebuild_hint(self.folder)}")
+            raise LibraryError(
+                f"{version.folder / 'library.json'}: built with checkpoint {built['path']} (sha256 {built['sha256'][:12]}), "
+                f"not the one searching it (sha256 {sha256[:12]}); {rebuild_hint(self.folder)}"
+            )
         return Searcher(version, grounder, sha256)
 
     @property
@@ -229,8 +236,17 @@ class LibraryIndex:
     def videos(self) -> list[dict]:
         """The indexed videos: vid, path (absolute), duration (s), frames, windows and feature file."""
         store = self.folder / "features"
-        return [{"vid": v["vid"], "path": v["path"], "duration": v["duration"], "frames": v["frames"], "windows": v["rows"][1],
-                 "feature_file": str(feature_path(store, v["vid"]))} for v in self.searcher.version.info["videos"]]
+        return [
+            {
+                "vid": v["vid"],
+                "path": v["path"],
+                "duration": v["duration"],
+                "frames": v["frames"],
+                "windows": v["rows"][1],
+                "feature_file": str(feature_path(store, v["vid"])),
+            }
+            for v in self.searcher.version.info["videos"]
+        ]
 
     def windows(self, query: str, n: int | None = None) -> list[dict]:
         """Stage 1 alone: the ``n`` (default ``CANDIDATES``) windows most similar to ``query``, best first (``row``: the
@@ -263,8 +279,9 @@ class LibraryIndex:
         for video, asked in by_video.items():
             entry = version.info["videos"][video]
             try:
-                found = stage_two(searcher, entry, [queries[q] for q in asked], [sorted(starts) for starts in asked.values()],
-                                  self.folder / "features")
+                found = stage_two(
+                    searcher, entry, [queries[q] for q in asked], [sorted(starts) for starts in asked.values()], self.folder / "features"
+                )
             except (DataError, OSError, SafetensorError) as e:  # removed or rewritten since this version was written
                 reason = f"its stored states cannot be read ({first_line(e)}); run vtg index again"
                 log.warning(printable(f"{entry['path']}: left out of this search: {reason}"))
@@ -276,8 +293,13 @@ class LibraryIndex:
         ranked = []
         for found, failed, n in zip(moments, errors, ks):
             found.sort(key=lambda m: -m["score"])
-            ranked.append([{"rank": rank, **m, "clip_times": rounded(m["clip_times"]), "saliency": rounded(m["saliency"])}
-                           for rank, m in enumerate(found[:n], 1)] + failed)
+            ranked.append(
+                [
+                    {"rank": rank, **m, "clip_times": rounded(m["clip_times"]), "saliency": rounded(m["saliency"])}
+                    for rank, m in enumerate(found[:n], 1)
+                ]
+                + failed
+            )
         return ranked
 
 
@@ -292,10 +314,21 @@ def stage_one(searcher: Searcher, queries: list[str], n: int) -> list[list[dict]
     embedded = grounder.model.retrieval.embed_queries(states, mask).float().cpu().numpy()
     similarities, rows = version.index.search(embedded, n)
     table, videos = version.table, version.info["videos"]
-    return [[{"vid": videos[table["video"][row]]["vid"], "video": videos[table["video"][row]]["path"], "start": float(table["start"][row]),
-              "end": float(table["end"][row]), "similarity": float(score), "row": int(row)}
-             for score, row in zip(found_similarities, found_rows) if row >= 0]
-            for found_similarities, found_rows in zip(similarities, rows)]
+    return [
+        [
+            {
+                "vid": videos[table["video"][row]]["vid"],
+                "video": videos[table["video"][row]]["path"],
+                "start": float(table["start"][row]),
+                "end": float(table["end"][row]),
+                "similarity": float(score),
+                "row": int(row),
+            }
+            for score, row in zip(found_similarities, found_rows)
+            if row >= 0
+        ]
+        for found_similarities, found_rows in zip(similarities, rows)
+    ]
 
 
 @torch.no_grad()
@@ -320,9 +353,20 @@ def stage_two(searcher: Searcher, video: dict, queries: list[str], starts: list[
         for start, end, score in rounded(result["moments"]):
             best = int(np.argmax(np.minimum(spans[:, 1], end) - np.maximum(spans[:, 0], start)))
             clips = slice(own[best], own[best] + length)
-            answers[-1].append({"query": query, "video": video["path"], "vid": video["vid"], "start": start, "end": end, "score": score,
-                                "duration": video["duration"], "window": rounded(spans[best]), "clip_times": times[clips],
-                                "saliency": result["saliency"][clips]})
+            answers[-1].append(
+                {
+                    "query": query,
+                    "video": video["path"],
+                    "vid": video["vid"],
+                    "start": start,
+                    "end": end,
+                    "score": score,
+                    "duration": video["duration"],
+                    "window": rounded(spans[best]),
+                    "clip_times": times[clips],
+                    "saliency": result["saliency"][clips],
+                }
+            )
     return answers
 
 
@@ -339,9 +383,19 @@ def embed_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor
     return starts, grounder.model.retrieval.embed_grid(cls.to(grounder.backbone.device), starts, window).float().cpu(), frames, duration
 
 
-def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, checkpoint: str, rebuild: bool = False,
-                progress: bool = True, approximate_above: int = FLAT_UP_TO, compress_above: int = COMPRESS_ABOVE,
-                engine: Engine | None = None, folders: list[str] | None = None, states: str = "fp16") -> dict:
+def build_index(
+    items: list[VideoItem],
+    grounder: Grounder,
+    folder: str | Path,
+    checkpoint: str,
+    rebuild: bool = False,
+    progress: bool = True,
+    approximate_above: int = FLAT_UP_TO,
+    compress_above: int = COMPRESS_ABOVE,
+    engine: Engine | None = None,
+    folders: list[str] | None = None,
+    states: str = "fp16",
+) -> dict:
     """Index ``items`` (``extract.find_videos``) in ``folder`` with ``grounder``, loaded from ``checkpoint`` (recorded for
     search); a new version replaces the current one. Returns counts: videos, new, changed, unchanged, removed, failed,
     windows, kind (flat | ivf | ivfpq), layout (``window_index.choose_layout``), version, index. The layout changes
@@ -361,8 +415,10 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
     with FileLock(folder / "index.json"):
         old = None if rebuild or _stamp(folder / "index.json") is None else read_version(folder)
         if old is not None and old.info["checkpoint"]["sha256"] != sha256:
-            raise LibraryError(f"{folder}: indexed with checkpoint {old.info['checkpoint']['path']}, not {checkpoint}; "
-                               f"give --rebuild to index it with {checkpoint} instead")
+            raise LibraryError(
+                f"{folder}: indexed with checkpoint {old.info['checkpoint']['path']}, not {checkpoint}; "
+                f"give --rebuild to index it with {checkpoint} instead"
+            )
         store = folder / "features"
         failures = dict(engine.extract(grounder.extract_config(store, progress, states), items, grounder.backbone).failures)
         known = {v["vid"]: v for v in old.info["videos"]} if old else {}
@@ -376,9 +432,14 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
                 if previous is None or any(previous[key] != entry[key] for key in ("path", "size", "mtime")):
                     to_embed.append(item)
             entries[item.video_id] = entry
-        embedded = dict(zip((item.video_id for item in to_embed),
-                            engine.map_stored(grounder, embed_stored_video, [feature_path(store, item.video_id) for item in to_embed],
-                                              progress, desc="index")))
+        embedded = dict(
+            zip(
+                (item.video_id for item in to_embed),
+                engine.map_stored(
+                    grounder, embed_stored_video, [feature_path(store, item.video_id) for item in to_embed], progress, desc="index"
+                ),
+            )
+        )
         videos, failed, vectors, columns = [], [], [], {name: [] for name in TABLE}
         counts = {"new": 0, "changed": 0, "unchanged": 0}
         for item in items:
@@ -409,11 +470,19 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
         if layout["kind"] == "ivfpq":
             layout["trained_on"] = len(all_vectors) if trained is None else old.info["faiss"]["trained_on"]
         index = build_faiss(all_vectors.numpy(), layout, trained)
-        info = {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "checkpoint": {"path": checkpoint, "sha256": sha256}, "backbone_spec": grounder.backbone.spec.to_dict(),
-                "fps": fps, "window": cfg.decode.window, "window_stride": cfg.decode.window_stride,
-                "faiss": layout, "folders": sorted({os.path.realpath(f) for f in folders or [os.path.dirname(i.path) for i in items]}),
-                "videos": videos, "failed": failed}
+        info = {
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "checkpoint": {"path": checkpoint, "sha256": sha256},
+            "backbone_spec": grounder.backbone.spec.to_dict(),
+            "fps": fps,
+            "window": cfg.decode.window,
+            "window_stride": cfg.decode.window_stride,
+            "faiss": layout,
+            "folders": sorted({os.path.realpath(f) for f in folders or [os.path.dirname(i.path) for i in items]}),
+            "videos": videos,
+            "failed": failed,
+        }
         tensors = {"vectors": all_vectors.contiguous(), **{name: torch.tensor(columns[name], dtype=dtype) for name, dtype in TABLE.items()}}
         number = write_version(folder, info, tensors, index)
         current = {item.video_id for item in items}
@@ -422,8 +491,17 @@ def build_index(items: list[VideoItem], grounder: Grounder, folder: str | Path, 
             path = feature_path(store, vid)
             with FileLock(path):
                 path.unlink(missing_ok=True)
-    return {"videos": len(videos), **counts, "removed": len(removed), "failed": len(failed), "windows": index.ntotal,
-            "kind": layout["kind"], "layout": layout, "version": number, "index": str(folder)}
+    return {
+        "videos": len(videos),
+        **counts,
+        "removed": len(removed),
+        "failed": len(failed),
+        "windows": index.ntotal,
+        "kind": layout["kind"],
+        "layout": layout,
+        "version": number,
+        "index": str(folder),
+    }
 
 
 def embed_stored_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor, int, float] | str:

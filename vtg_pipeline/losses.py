@@ -66,7 +66,9 @@ def point_targets(points: torch.Tensor, windows: torch.Tensor, sample_radius: fl
     start, end = windows[None, :, 0], windows[None, :, 1]
     to_start, to_end = t - start, end - t  # (N, G)
     centre = (start + end) / 2
-    inside_centre = (t >= torch.maximum(centre - stride * sample_radius, start)) & (t <= torch.minimum(centre + stride * sample_radius, end))
+    inside_centre = (t >= torch.maximum(centre - stride * sample_radius, start)) & (
+        t <= torch.minimum(centre + stride * sample_radius, end)
+    )
     farthest = torch.maximum(to_start, to_end)
     in_range = (farthest >= low) & (farthest <= high)
     lengths = (end - start).expand_as(to_start).masked_fill(~(inside_centre & in_range), float("inf"))
@@ -102,8 +104,14 @@ def regression_loss(reg: torch.Tensor, targets: torch.Tensor, positive: torch.Te
     return (F.l1_loss(reg, targets, reduction="none") * weight).sum() / weight.sum().clamp(min=1)
 
 
-def sampled_nce_loss(frames: torch.Tensor, query: torch.Tensor, frame_mask: torch.Tensor, saliency: torch.Tensor,
-                     positive: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+def sampled_nce_loss(
+    frames: torch.Tensor,
+    query: torch.Tensor,
+    frame_mask: torch.Tensor,
+    saliency: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: float = 0.07,
+) -> torch.Tensor:
     """SampledNCE on cosine(frame, query) / temperature.
 
     frames (B, T, C), query (B, C), frame_mask (B, T), saliency (B, T) targets, positive (B,) one
@@ -124,7 +132,10 @@ def info_nce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) -
     """Symmetric InfoNCE between L2-normalised a and b (..., M, C): item i of a matches item i of b."""
     logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2) / temperature
     target = torch.arange(a.size(-2), device=a.device).expand(logits.shape[:-1])
-    return (F.cross_entropy(logits.flatten(0, -2), target.flatten()) + F.cross_entropy(logits.transpose(-1, -2).flatten(0, -2), target.flatten())) / 2
+    return (
+        F.cross_entropy(logits.flatten(0, -2), target.flatten())
+        + F.cross_entropy(logits.transpose(-1, -2).flatten(0, -2), target.flatten())
+    ) / 2
 
 
 def pyramid_losses(out: dict, windows: list[torch.Tensor], cfg: LossConfig) -> dict[str, torch.Tensor]:
@@ -133,8 +144,10 @@ def pyramid_losses(out: dict, windows: list[torch.Tensor], cfg: LossConfig) -> d
     cls_target = torch.stack([c for c, _ in targets])
     reg_target = torch.stack([r for _, r in targets])
     valid = torch.cat(out["level_masks"], dim=1).float()
-    return {"cls": cfg.cls * focal_loss(out["cls"], cls_target, valid),
-            "reg": cfg.reg * regression_loss(out["reg"], reg_target, cls_target * valid)}
+    return {
+        "cls": cfg.cls * focal_loss(out["cls"], cls_target, valid),
+        "reg": cfg.reg * regression_loss(out["reg"], reg_target, cls_target * valid),
+    }
 
 
 def decoder_losses(out: dict, windows: list[torch.Tensor], cfg: LossConfig) -> dict[str, torch.Tensor]:
@@ -162,7 +175,9 @@ def decoder_losses(out: dict, windows: list[torch.Tensor], cfg: LossConfig) -> d
     return {"span_l1": cfg.span_l1 * l1 / total_gt, "span_giou": cfg.span_giou * giou / total_gt, "span_cls": cfg.span_cls * cls}
 
 
-def clip_aware_score_loss(stride1_logits: torch.Tensor, saliency: torch.Tensor, frame_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def clip_aware_score_loss(
+    stride1_logits: torch.Tensor, saliency: torch.Tensor, frame_mask: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
     """FlashVTG's clip-aware score loss: MSE between the min-max-normalised stride-1 confidences
     and the min-max-normalised saliency labels, per sample over its valid clips, averaged over samples.
 
@@ -178,8 +193,9 @@ def clip_aware_score_loss(stride1_logits: torch.Tensor, saliency: torch.Tensor, 
     return (error.sum(1) / frame_mask.sum(1).clamp(min=1)).mean()
 
 
-def rank_contrastive_loss(scores: torch.Tensor, saliency: torch.Tensor, frame_mask: torch.Tensor, temperature: float = 0.07,
-                          max_levels: int = 12) -> torch.Tensor:
+def rank_contrastive_loss(
+    scores: torch.Tensor, saliency: torch.Tensor, frame_mask: torch.Tensor, temperature: float = 0.07, max_levels: int = 12
+) -> torch.Tensor:
     """Rank-contrastive saliency loss: for each saliency level r of the batch, clips with label >= r
     should outrank all others: mean over them of -log softmax(scores / temperature) over the
     valid clips, averaged over the samples that have such clips and over the levels.
@@ -197,8 +213,15 @@ def rank_contrastive_loss(scores: torch.Tensor, saliency: torch.Tensor, frame_ma
     return torch.stack(terms).mean() if terms else scores.sum() * 0.0
 
 
-def grounding_losses(out: dict, windows: list[torch.Tensor], fps: torch.Tensor, saliency: torch.Tensor,
-                     frame_mask: torch.Tensor, positive: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+def grounding_losses(
+    out: dict,
+    windows: list[torch.Tensor],
+    fps: torch.Tensor,
+    saliency: torch.Tensor,
+    frame_mask: torch.Tensor,
+    positive: torch.Tensor,
+    cfg: LossConfig,
+) -> dict[str, torch.Tensor]:
     """Every weighted loss term of a batch, by name (sum them for the total).
 
     out: the model's outputs; windows: per sample (G, 2) seconds; fps (B,); saliency (B, T)
@@ -257,7 +280,9 @@ def gate_loss(gate_logits: torch.Tensor, in_moment: torch.Tensor, frame_mask: to
     return (loss * frame_mask).sum() / frame_mask.sum().clamp(min=1)
 
 
-def window_losses(out: dict, window_mask: torch.Tensor, in_moment: torch.Tensor, frame_mask: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+def window_losses(
+    out: dict, window_mask: torch.Tensor, in_moment: torch.Tensor, frame_mask: torch.Tensor, cfg: LossConfig
+) -> dict[str, torch.Tensor]:
     """RGNet's terms for B queries x W windows (positive first), flattened to B * W rows in ``out``.
 
     window_mask (B, W); in_moment, frame_mask (B * W, T). The intra-window hinge uses the
@@ -305,8 +330,9 @@ def background_losses(out: dict, in_moment: torch.Tensor, frame_mask: torch.Tens
     }
 
 
-def moment_window(cls: torch.Tensor, frame_mask: torch.Tensor, windows: list[torch.Tensor], fps: float,
-                  window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def moment_window(
+    cls: torch.Tensor, frame_mask: torch.Tensor, windows: list[torch.Tensor], fps: float, window: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each sample's library-search window: ``window`` frames centred on its first moment, kept inside its video.
 
     cls (B, T, Dv) per-frame states, frame_mask (B, T), windows per sample (G, 2) seconds. Returns the window's
@@ -320,9 +346,17 @@ def moment_window(cls: torch.Tensor, frame_mask: torch.Tensor, windows: list[tor
     return cls.gather(1, frames[..., None].expand(-1, -1, cls.size(2))), frame_mask.gather(1, frames), starts
 
 
-def library_loss(window: torch.Tensor, query: torch.Tensor, vids: list[str], queries: list[str], starts: torch.Tensor,
-                 lengths: torch.Tensor, temperature: float = 0.05, own_negatives: torch.Tensor | None = None,
-                 own_mask: torch.Tensor | None = None) -> torch.Tensor:
+def library_loss(
+    window: torch.Tensor,
+    query: torch.Tensor,
+    vids: list[str],
+    queries: list[str],
+    starts: torch.Tensor,
+    lengths: torch.Tensor,
+    temperature: float = 0.05,
+    own_negatives: torch.Tensor | None = None,
+    own_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Symmetric InfoNCE of unit query and window embeddings (B, E), query i matching window i, the other windows of
     the batch its negatives. A pair that may be a true match is left out: the same query text, or windows of the same
     video that overlap. starts, lengths (B,): each window's first frame and length (frames). ``own_negatives``

@@ -28,11 +28,16 @@ def check_video_id(video_id: object, where: str) -> str:
         raise UnsafeNameError(f"{where}: video id {video_id!r} is not a non-empty string")
     parts = video_id.split("/")
     problem = (
-        "is absolute" if video_id.startswith("/") or re.match(r"^[A-Za-z]:", video_id)
-        else "contains '..'" if ".." in parts
-        else "contains a control character" if any(ord(c) < 32 or ord(c) == 127 for c in video_id)
-        else "contains a backslash" if "\\" in video_id
-        else "has an empty or '.' component" if "" in parts or "." in parts
+        "is absolute"
+        if video_id.startswith("/") or re.match(r"^[A-Za-z]:", video_id)
+        else "contains '..'"
+        if ".." in parts
+        else "contains a control character"
+        if any(ord(c) < 32 or ord(c) == 127 for c in video_id)
+        else "contains a backslash"
+        if "\\" in video_id
+        else "has an empty or '.' component"
+        if "" in parts or "." in parts
         else None
     )
     if problem:

@@ -107,7 +107,9 @@ def ray_cluster(address: str | None) -> Iterator[object]:
         try:
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            hint = "; a cluster with token authentication also needs RAY_AUTH_MODE=token and its token (ray get-auth-token)" if address else ""
+            hint = (
+                "; a cluster with token authentication also needs RAY_AUTH_MODE=token and its token (ray get-auth-token)" if address else ""
+            )
             raise ExtractError(printable(f"--ray {address or 'local'}: cannot join the cluster ({str(e).splitlines()[0]}){hint}")) from None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver's one bar counts the job
@@ -173,14 +175,17 @@ def check_visible(ray, path: Path, named: Path) -> None:
 
     sees = ray.remote(num_cpus=0)(path_exists)
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(path))
-                    for n in nodes])
+    seen = ray.get(
+        [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(path)) for n in nodes]
+    )
     blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
     if blind:
-        raise ExtractError(printable(f"{named}: not visible from {len(blind)} of {len(nodes)} nodes ({', '.join(sorted(set(blind)))}); "
-                                     f"put it on a filesystem every node mounts at the same path"))
-
-
+        raise ExtractError(
+            printable(
+                f"{named}: not visible from {len(blind)} of {len(nodes)} nodes ({', '.join(sorted(set(blind)))}); "
+                f"put it on a filesystem every node mounts at the same path"
+            )
+        )
 
 
 # ---- Extraction -----------------------------------------------------------------------------------------------------
@@ -223,8 +228,13 @@ def _decode_range(row: dict, decoder_name: str, preprocess: Preprocess, chunk: i
             for k, frame in enumerate(message.frames.numpy()):
                 yield {"video_id": part.video_id, "row": message.row + k, "decoder": name, "error": "", "frames": frame}
         elif isinstance(message, DecodeFailed):
-            yield {"video_id": part.video_id, "row": -1, "decoder": name, "error": message.reason,
-                   "frames": np.zeros((3, size, size), np.uint8)}
+            yield {
+                "video_id": part.video_id,
+                "row": -1,
+                "decoder": name,
+                "error": message.reason,
+                "frames": np.zeros((3, size, size), np.uint8),
+            }
 
 
 class EncodeActor:
@@ -278,8 +288,16 @@ class RayWriter:
     run lets go.
     """
 
-    def __init__(self, cfg: ExtractConfig, settings: dict[str, str], row_shapes: dict, manifest: Manifest, summary: ExtractSummary,
-                 videos: dict[str, tuple[VideoItem, Path, VideoInfo]], progress: Progress):
+    def __init__(
+        self,
+        cfg: ExtractConfig,
+        settings: dict[str, str],
+        row_shapes: dict,
+        manifest: Manifest,
+        summary: ExtractSummary,
+        videos: dict[str, tuple[VideoItem, Path, VideoInfo]],
+        progress: Progress,
+    ):
         self.cfg, self.settings, self.row_shapes, self.manifest, self.summary = cfg, settings, row_shapes, manifest, summary
         self.videos, self.progress = videos, progress
         self.open: dict[str, _Open] = {}
@@ -318,8 +336,9 @@ class RayWriter:
         remove_stale_partials(target)  # under the lock: only a killed run's files are left
         if decoder:
             times = sample_times(info.duration, self.cfg.fps)
-            video.file = VideoFile(target, file_layout(self.cfg, self.row_shapes, len(times)),
-                                   video_metadata(self.settings, item, info, decoder), times)
+            video.file = VideoFile(
+                target, file_layout(self.cfg, self.row_shapes, len(times)), video_metadata(self.settings, item, info, decoder), times
+            )
         return video
 
     def _write(self, video: _Open, rows: np.ndarray, tensors: dict[str, np.ndarray]) -> None:
@@ -406,8 +425,9 @@ def extract_on_ray(cfg: ExtractConfig, items: list[VideoItem], address: str | No
             if (summary.done or summary.failed) and manifest.path.exists():
                 manifest.compact()
         except OSError as e:  # the output folder's disk: full, read-only, gone
-            raise ExtractError(printable(f"{out_dir}: cannot write ({e.strerror or e}); finished videos are kept, "
-                                         f"unfinished ones removed")) from None
+            raise ExtractError(
+                printable(f"{out_dir}: cannot write ({e.strerror or e}); finished videos are kept, unfinished ones removed")
+            ) from None
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -415,8 +435,16 @@ def extract_on_ray(cfg: ExtractConfig, items: list[VideoItem], address: str | No
 class _RayExtraction:
     """One ``extract_on_ray`` job: probe, then stream ranges through decode tasks and backbone actors into files."""
 
-    def __init__(self, ray, cfg: ExtractConfig, preprocess: Preprocess, row_shapes: dict, settings: dict[str, str],
-                 manifest: Manifest, summary: ExtractSummary):
+    def __init__(
+        self,
+        ray,
+        cfg: ExtractConfig,
+        preprocess: Preprocess,
+        row_shapes: dict,
+        settings: dict[str, str],
+        manifest: Manifest,
+        summary: ExtractSummary,
+    ):
         self.ray, self.cfg, self.preprocess, self.row_shapes = ray, cfg, preprocess, row_shapes
         self.settings, self.manifest, self.summary = settings, manifest, summary
 
@@ -442,7 +470,7 @@ class _RayExtraction:
         """Stream ``videos`` through the pipeline once; returns the ids another run was writing."""
         readable = {v: entry for v, entry in videos.items() if isinstance(entry[2], VideoInfo)}
         writer = RayWriter(self.cfg, self.settings, self.row_shapes, self.manifest, self.summary, readable, progress)
-        for video_id, (item, target, reason) in videos.items():
+        for item, target, reason in videos.values():
             if not isinstance(reason, VideoInfo):
                 self._fail_unprobed(item, target, reason, writer, progress)
         ranges = [part for v, (_, _, info) in readable.items() for part in split_ranges(v, info, self.cfg.fps, RANGE_FRAMES)]
@@ -469,12 +497,21 @@ class _RayExtraction:
         ray = self.ray
         size = self.row_shapes["frames"][-1]
         resources = encoder_resources(ray)
-        decode = functools.partial(_decode_range, decoder_name=self.cfg.decoder, preprocess=self.preprocess, chunk=self.cfg.chunk, size=size)
-        return (ray.data.from_items([{"range": r} for r in ranges], override_num_blocks=len(ranges))
-                .flat_map(decode, num_cpus=resources["decode_cpus"], compute=ray.data.TaskPoolStrategy(size=resources["decoders"]))
-                .map_batches(encoder_class(self.cfg), batch_size=self.cfg.batch_size, batch_format="numpy",
-                             compute=ray.data.ActorPoolStrategy(size=resources["actors"]),
-                             num_cpus=resources["num_cpus"], num_gpus=resources["num_gpus"]))
+        decode = functools.partial(
+            _decode_range, decoder_name=self.cfg.decoder, preprocess=self.preprocess, chunk=self.cfg.chunk, size=size
+        )
+        return (
+            ray.data.from_items([{"range": r} for r in ranges], override_num_blocks=len(ranges))
+            .flat_map(decode, num_cpus=resources["decode_cpus"], compute=ray.data.TaskPoolStrategy(size=resources["decoders"]))
+            .map_batches(
+                encoder_class(self.cfg),
+                batch_size=self.cfg.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=resources["actors"]),
+                num_cpus=resources["num_cpus"],
+                num_gpus=resources["num_gpus"],
+            )
+        )
 
     def _fail_unprobed(self, item: VideoItem, target: Path, reason: str, writer: RayWriter, progress: Progress) -> None:
         """A video that could not be probed gets its failure record, under its lock as locally."""
@@ -501,7 +538,6 @@ class _RayExtraction:
                 else:
                     again.append(video_id)
         return again
-
 
 
 # ---- Grounding and embedding stored videos ----------------------------------------------------------------------------
@@ -531,8 +567,10 @@ class GrounderActor:
         self.grounder, self.task = Grounder.from_pretrained(folder, device=device), task
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"index": batch["index"], "result": np.array([pickle.dumps(self.task(self.grounder, pickle.loads(job))) for job in batch["job"]],
-                                                           dtype=object)}
+        return {
+            "index": batch["index"],
+            "result": np.array([pickle.dumps(self.task(self.grounder, pickle.loads(job))) for job in batch["job"]], dtype=object),
+        }
 
 
 def grounder_class(folder: str, task) -> type:
@@ -573,10 +611,14 @@ class RayEngine:
         check_visible(self.ray, grounder.folder / "config.json", grounder.folder)
         resources = actor_resources(self.ray)
         rows = [{"index": i, "job": pickle.dumps(job)} for i, job in enumerate(jobs)]
-        dataset = (self.ray.data.from_items(rows, override_num_blocks=min(len(rows), 8 * resources["actors"]))
-                   .map_batches(grounder_class(str(grounder.folder), task), batch_size=1, batch_format="numpy",
-                                compute=self.ray.data.ActorPoolStrategy(size=resources["actors"]),
-                                num_cpus=resources["num_cpus"], num_gpus=resources["num_gpus"]))
+        dataset = self.ray.data.from_items(rows, override_num_blocks=min(len(rows), 8 * resources["actors"])).map_batches(
+            grounder_class(str(grounder.folder), task),
+            batch_size=1,
+            batch_format="numpy",
+            compute=self.ray.data.ActorPoolStrategy(size=resources["actors"]),
+            num_cpus=resources["num_cpus"],
+            num_gpus=resources["num_gpus"],
+        )
         results: list = [None] * len(jobs)
         with tqdm(total=len(jobs), desc=f"{desc}[ray]", unit="video", disable=not progress, file=sys.stderr) as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

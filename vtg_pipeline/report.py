@@ -66,8 +66,14 @@ def axis_ticks(duration: float, most: int = 8) -> list[float]:
     return [k * step for k in range(int(duration // step) + 1)]
 
 
-def saliency_svg(times: list[float], scores: list[float], moments: list[list[float]], duration: float,
-                 truth: list[list[float]] | None = None, width: int = 560) -> str:
+def saliency_svg(
+    times: list[float],
+    scores: list[float],
+    moments: list[list[float]],
+    duration: float,
+    truth: list[list[float]] | None = None,
+    width: int = 560,
+) -> str:
     """An inline SVG over [0, duration] s: the saliency curve (min-max scaled) with the moments shaded, a row of
     true moments when ``truth`` is given, and a time axis in h:mm:ss."""
     if not times:
@@ -75,36 +81,50 @@ def saliency_svg(times: list[float], scores: list[float], moments: list[list[flo
     left, right, top, plot, row = 28, width - 28, 4, 60, 10  # plot: curve height; row: true-moment row height
     low, span = min(scores), max(max(scores) - min(scores), 1e-6)
     x = lambda t: left + (right - left) * min(max(t, 0.0), duration) / max(duration, 1e-6)  # noqa: E731
-    shades = "".join(f'<rect class="moment" x="{x(s):.1f}" y="{top}" width="{max(x(e) - x(s), 1):.1f}" height="{plot}" fill="{MOMENT}" '
-                     f'opacity="0.35"><title>moment {i + 1}: {hms(s)}–{hms(e)} · {p:.2f}</title></rect>'
-                     for i, (s, e, p) in enumerate(moments))
+    shades = "".join(
+        f'<rect class="moment" x="{x(s):.1f}" y="{top}" width="{max(x(e) - x(s), 1):.1f}" height="{plot}" fill="{MOMENT}" '
+        f'opacity="0.35"><title>moment {i + 1}: {hms(s)}–{hms(e)} · {p:.2f}</title></rect>'
+        for i, (s, e, p) in enumerate(moments)
+    )
     points = " ".join(f"{x(t):.1f},{top + plot - plot * (v - low) / span:.1f}" for t, v in zip(times, scores))
     axis = top + plot + 2
     if truth is not None:
-        shades += "".join(f'<rect class="truth" x="{x(s):.1f}" y="{axis + 2}" width="{max(x(e) - x(s), 1):.1f}" height="{row}" '
-                          f'fill="{TRUTH}" opacity="0.6"><title>true moment {hms(s)}–{hms(e)}</title></rect>' for s, e in truth)
+        shades += "".join(
+            f'<rect class="truth" x="{x(s):.1f}" y="{axis + 2}" width="{max(x(e) - x(s), 1):.1f}" height="{row}" '
+            f'fill="{TRUTH}" opacity="0.6"><title>true moment {hms(s)}–{hms(e)}</title></rect>'
+            for s, e in truth
+        )
         axis += row + 4
-    ticks = "".join(f'<line x1="{x(t):.1f}" y1="{axis}" x2="{x(t):.1f}" y2="{axis + 4}" stroke="#555"/>'
-                    f'<text x="{x(t):.1f}" y="{axis + 15}" font-size="10" text-anchor="middle">{hms(t).removesuffix(".0")}</text>'
-                    for t in axis_ticks(duration))
+    ticks = "".join(
+        f'<line x1="{x(t):.1f}" y1="{axis}" x2="{x(t):.1f}" y2="{axis + 4}" stroke="#555"/>'
+        f'<text x="{x(t):.1f}" y="{axis + 15}" font-size="10" text-anchor="middle">{hms(t).removesuffix(".0")}</text>'
+        for t in axis_ticks(duration)
+    )
     height = axis + 19
-    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="saliency over time, moments shaded">{shades}'
-            f'<polyline points="{points}" fill="none" stroke="{CURVE}" stroke-width="1.5"/>'
-            f'<line x1="{left}" y1="{axis}" x2="{right}" y2="{axis}" stroke="#555"/>{ticks}</svg>')
+    return (
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="saliency over time, moments shaded">{shades}'
+        f'<polyline points="{points}" fill="none" stroke="{CURVE}" stroke-width="1.5"/>'
+        f'<line x1="{left}" y1="{axis}" x2="{right}" y2="{axis}" stroke="#555"/>{ticks}</svg>'
+    )
 
 
 def legend(top: int, truth: tuple[int, int] | None) -> str:
     """What the marks mean; ``truth``: (queries with true moments, queries) when ground truth was given."""
-    items = ['<span class="swatch line"></span>saliency: how well each clip matches the query, min-max scaled per query '
-             '(the top of the plot is its best clip)',
-             f'<span class="swatch moment"></span>shaded bands: the top {top} predicted moments',
-             "<b>0:00:12.0–0:00:20.0 · 0.87</b> on a button: a moment's start–end (h:mm:ss.s) and its score, higher is more "
-             "confident; click to play from its start",
-             "axis: time in h:mm:ss from the start of the video"]
+    items = [
+        '<span class="swatch line"></span>saliency: how well each clip matches the query, min-max scaled per query '
+        "(the top of the plot is its best clip)",
+        f'<span class="swatch moment"></span>shaded bands: the top {top} predicted moments',
+        "<b>0:00:12.0–0:00:20.0 · 0.87</b> on a button: a moment's start–end (h:mm:ss.s) and its score, higher is more "
+        "confident; click to play from its start",
+        "axis: time in h:mm:ss from the start of the video",
+    ]
     if truth is not None:
-        items.insert(2, f'<span class="swatch truth"></span>the row under the curve: the true moments (ground truth, found for '
-                        f'{truth[0]} of {truth[1]} queries by qid, else by video and query)')
+        items.insert(
+            2,
+            f'<span class="swatch truth"></span>the row under the curve: the true moments (ground truth, found for '
+            f"{truth[0]} of {truth[1]} queries by qid, else by video and query)",
+        )
     return f'<div class="legend"><b>Legend</b><ul>{"".join(f"<li>{item}</li>" for item in items)}</ul></div>'
 
 
@@ -207,8 +227,14 @@ def media_sources(videos: list[str], out_dir: Path, mode: str) -> dict[str, str]
     return sources
 
 
-def write_report(results: list[dict], out_dir: str | Path, store: str | Path | None, top: int = 5, media: str = "absolute",
-                 ground_truth: list[dict] | None = None) -> Path:
+def write_report(
+    results: list[dict],
+    out_dir: str | Path,
+    store: str | Path | None,
+    top: int = 5,
+    media: str = "absolute",
+    ground_truth: list[dict] | None = None,
+) -> Path:
     """Write ``out_dir/index.html`` for ``results`` (from ``Grounder.ground_many``); returns its path.
 
     ``media``: how players reach the videos (one of MEDIA_CHOICES); ``ground_truth``: annotation records
@@ -226,30 +252,38 @@ def write_report(results: list[dict], out_dir: str | Path, store: str | Path | N
         player = f"v{n}"
         queries = []
         for r, windows in items:
-            title = f'<b>{html.escape(r["query"] or "(empty query)")}</b> <small>qid {html.escape(str(r["qid"]))}</small>'
+            title = f"<b>{html.escape(r['query'] or '(empty query)')}</b> <small>qid {html.escape(str(r['qid']))}</small>"
             head = f'<div class="query" data-qid="{html.escape(str(r["qid"]))}">{title}'
             if "error" in r:
                 queries.append(f'{head}<div class="error">{html.escape(r["error"])}</div></div>')
                 continue
             moments = r["pred_relevant_windows"][:top]
-            buttons = "".join(f'<button onclick="seek(\'{player}\', {s})" title="play from {html.escape(hs)} (score {p:.2f})">'
-                              f'{html.escape(hs)}–{html.escape(he)} · {p:.2f}</button>'
-                              for (s, e, p), (hs, he) in zip(moments, r["pred_relevant_windows_hms"]))
+            buttons = "".join(
+                f'<button onclick="seek(\'{player}\', {s})" title="play from {html.escape(hs)} (score {p:.2f})">'
+                f"{html.escape(hs)}–{html.escape(he)} · {p:.2f}</button>"
+                for (s, e, p), (hs, he) in zip(moments, r["pred_relevant_windows_hms"])
+            )
             thumbs = thumbnails(feature_path(store, r["vid"]), best_frames(r, moments)) if store else []
             images = "".join(f'<img src="{uri}" alt="best frame of moment {i + 1}" title="moment {i + 1}">' for i, uri in enumerate(thumbs))
             warning = f'<div class="error">{html.escape(r["warning"])}</div>' if r.get("warning") else ""
-            queries.append(f'{head}{warning}<div>{buttons}</div>'
-                           f'{saliency_svg(r["clip_times"], r["pred_saliency_scores"], moments, r["duration"], windows)}'
-                           f'<div class="thumbs">{images}</div></div>')
+            queries.append(
+                f"{head}{warning}<div>{buttons}</div>"
+                f"{saliency_svg(r['clip_times'], r['pred_saliency_scores'], moments, r['duration'], windows)}"
+                f'<div class="thumbs">{images}</div></div>'
+            )
         name = html.escape(video)
-        sections.append(f'<h2>{name}</h2><div class="video"><div class="player"><video id="{player}" controls preload="metadata" '
-                        f'src="{html.escape(sources[video])}" onerror="unplayable(this)"></video><p class="error" hidden>cannot load '
-                        f'{name}: it was moved or deleted (or this browser cannot play it); write the report again, or with '
-                        f'--report-media copy to take the videos along</p></div><div>{"".join(queries)}</div></div>')
+        sections.append(
+            f'<h2>{name}</h2><div class="video"><div class="player"><video id="{player}" controls preload="metadata" '
+            f'src="{html.escape(sources[video])}" onerror="unplayable(this)"></video><p class="error" hidden>cannot load '
+            f"{name}: it was moved or deleted (or this browser cannot play it); write the report again, or with "
+            f"--report-media copy to take the videos along</p></div><div>{''.join(queries)}</div></div>"
+        )
     matched = (sum(w is not None for w in truth), len(results)) if ground_truth is not None else None
-    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vtg ground report</title>'
-            f'<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>Grounding report: {len(results)} queries on '
-            f'{len(by_video)} videos</h1>{legend(top, matched)}{"".join(sections)}</body></html>')
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vtg ground report</title>'
+        f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>Grounding report: {len(results)} queries on "
+        f"{len(by_video)} videos</h1>{legend(top, matched)}{''.join(sections)}</body></html>"
+    )
     path = out_dir / "index.html"
     atomic_write_text(path, page)
     return path

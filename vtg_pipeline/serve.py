@@ -137,16 +137,18 @@ document.addEventListener('DOMContentLoaded', start);
 
 def page() -> str:
     """The search page."""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vtg search</title><link rel="icon" href="data:,">'
-            f'<style>{STYLE}{PAGE_STYLE}</style><script>{PAGE_SCRIPT.replace("PAGE_K", str(PAGE_K))}</script></head><body>'
-            f'<h1>Search the video library</h1><form id="search" role="search"><input id="q" type="search" autofocus '
-            f'maxlength="{MAX_QUERY_CHARS}" placeholder="describe a moment, e.g. a red disc rises" aria-label="query">'
-            f'<button type="submit">Search</button></form><p id="status" role="status"></p><div class="layout">'
-            f'<ol id="results"></ol><div class="player"><video id="player" controls preload="metadata" '
-            f'onerror="this.parentElement.querySelector(\'.error\').hidden = false"></video>'
-            f'<p class="error" hidden>this video cannot be played: it was moved or deleted since it was indexed, or this '
-            f'browser cannot decode it</p><div id="now"></div><div id="curve"></div>{legend(PAGE_K, None)}</div></div>'
-            f'</body></html>')
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vtg search</title><link rel="icon" href="data:,">'
+        f"<style>{STYLE}{PAGE_STYLE}</style><script>{PAGE_SCRIPT.replace('PAGE_K', str(PAGE_K))}</script></head><body>"
+        f'<h1>Search the video library</h1><form id="search" role="search"><input id="q" type="search" autofocus '
+        f'maxlength="{MAX_QUERY_CHARS}" placeholder="describe a moment, e.g. a red disc rises" aria-label="query">'
+        f'<button type="submit">Search</button></form><p id="status" role="status"></p><div class="layout">'
+        f'<ol id="results"></ol><div class="player"><video id="player" controls preload="metadata" '
+        f"onerror=\"this.parentElement.querySelector('.error').hidden = false\"></video>"
+        f'<p class="error" hidden>this video cannot be played: it was moved or deleted since it was indexed, or this '
+        f'browser cannot decode it</p><div id="now"></div><div id="curve"></div>{legend(PAGE_K, None)}</div></div>'
+        f"</body></html>"
+    )
 
 
 class LiveIndex:
@@ -203,8 +205,9 @@ class SearchBatches:
         job = SearchJob(index, query, k)
         with self.changed:
             if len(self.waiting) >= self.queued:
-                raise HTTPException(503, f"busy: {len(self.waiting)} searches are waiting; try again in a moment",
-                                    headers={"Retry-After": "1"})
+                raise HTTPException(
+                    503, f"busy: {len(self.waiting)} searches are waiting; try again in a moment", headers={"Retry-After": "1"}
+                )
             self.waiting.append(job)
             if self.worker is None:  # started with the first search: an app that never searches has no thread
                 self.worker = threading.Thread(target=self.serve, name="vtg-search", daemon=True)
@@ -265,9 +268,15 @@ def views(results: list[dict]) -> list[dict]:
         moments = [[m["start"], m["end"], m["score"]] for m in results if m["vid"] == r["vid"]]
         [best] = best_frames({"clip_times": r["clip_times"], "pred_saliency_scores": r["saliency"]}, [[r["start"], r["end"], r["score"]]])
         thumb = f"/thumbs/{quote(r['vid'])}?t={r['clip_times'][best]}" if r["clip_times"] else None
-        shown.append({"name": shown_name(r["vid"], r["video"]), "media": media_url(r["vid"]), "thumbnail": thumb,
-                      "span": f"{hms(r['start'])}–{hms(r['end'])}",
-                      "saliency": saliency_svg(r["clip_times"], r["saliency"], moments, r["duration"])})
+        shown.append(
+            {
+                "name": shown_name(r["vid"], r["video"]),
+                "media": media_url(r["vid"]),
+                "thumbnail": thumb,
+                "span": f"{hms(r['start'])}–{hms(r['end'])}",
+                "saliency": saliency_svg(r["clip_times"], r["saliency"], moments, r["duration"]),
+            }
+        )
     return shown
 
 
@@ -282,13 +291,21 @@ def servable(video: dict, folders: list[str] | None) -> Path:
     (``.../<vid>.<ext>``, not a link's target)."""
     path = Path(video["path"])
     if folders is None:
-        raise HTTPException(403, f"{video['vid']}: not served, this index does not record the folders it was built from: "
-                                 f"run vtg index again")
+        raise HTTPException(
+            403, f"{video['vid']}: not served, this index does not record the folders it was built from: run vtg index again"
+        )
     real = os.path.realpath(path)
-    if (real != str(path) or not inside(real, folders) or not path.with_suffix("").as_posix().endswith("/" + video["vid"])
-            or not path.is_file()):
-        raise HTTPException(403, f"{video['vid']}: not served, its file is not where the index found it inside the indexed folders "
-                                 f"(a symlink, or changed since): run vtg index again")
+    if (
+        real != str(path)
+        or not inside(real, folders)
+        or not path.with_suffix("").as_posix().endswith("/" + video["vid"])
+        or not path.is_file()
+    ):
+        raise HTTPException(
+            403,
+            f"{video['vid']}: not served, its file is not where the index found it inside the indexed folders "
+            f"(a symlink, or changed since): run vtg index again",
+        )
     return path
 
 
@@ -330,8 +347,11 @@ def create_app(index: LibraryIndex, token: str | None = None, show_paths: bool =
             response = RedirectResponse("/", status_code=303)
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
             return response
-        return JSONResponse({"error": "this server needs its token: send Authorization: Bearer TOKEN, or open /?token=TOKEN "
-                                      "once in the browser"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return JSONResponse(
+            {"error": "this server needs its token: send Authorization: Bearer TOKEN, or open /?token=TOKEN once in the browser"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     @app.exception_handler(StarletteHTTPException)  # ours and the router's (404 for an unknown path, 405)
     async def client_error(request: Request, e: StarletteHTTPException):
@@ -359,8 +379,12 @@ def create_app(index: LibraryIndex, token: str | None = None, show_paths: bool =
             raise HTTPException(422, str(e)) from None
         found = batches.search(current, q, k)
         results, errors = [r for r in found if "error" not in r], [r for r in found if "error" in r]
-        return {"query": q, "results": [public(r, "video", show_paths) for r in results], "views": views(results),
-                "errors": [public(r, "video", show_paths) for r in errors]}
+        return {
+            "query": q,
+            "results": [public(r, "video", show_paths) for r in results],
+            "views": views(results),
+            "errors": [public(r, "video", show_paths) for r in errors],
+        }
 
     @app.get("/api/videos")
     def videos():
@@ -394,8 +418,15 @@ def is_local(host: str) -> bool:
         return False
 
 
-def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, no_token: bool = False,
-          device: str = "cpu", show_paths: bool = False) -> int:
+def serve(
+    index_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    no_token: bool = False,
+    device: str = "cpu",
+    show_paths: bool = False,
+) -> int:
     """Check the address and the index, then serve until interrupted. ValueError (one line): a port out of range, a
     non-local host without a token (unless ``no_token``), an index that cannot be read (LibraryError: the file, the
     rebuild)."""
@@ -405,12 +436,16 @@ def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8000, token: str 
         raise ValueError(f"--port {port}: expected 0 to 65535")
     if not is_local(host) and not token:
         if not no_token:
-            raise ValueError(f"--host {host} is not a loopback address: anyone who reaches it could search and watch the library; "
-                             f"give --token TOKEN (or set VTG_TOKEN), or --no-token to serve it to everyone")
+            raise ValueError(
+                f"--host {host} is not a loopback address: anyone who reaches it could search and watch the library; "
+                f"give --token TOKEN (or set VTG_TOKEN), or --no-token to serve it to everyone"
+            )
         log.warning("serving %s without a token: anyone who reaches it can search and watch the library", host)
     index = LibraryIndex.open(index_dir, device=device)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
-    print(printable(f"serve: {len(index.videos())} videos from {index_dir} at {url}" + (f" (open {url}?token=TOKEN once)" if token else "")),
-          file=sys.stderr)
+    print(
+        printable(f"serve: {len(index.videos())} videos from {index_dir} at {url}" + (f" (open {url}?token=TOKEN once)" if token else "")),
+        file=sys.stderr,
+    )
     uvicorn.run(create_app(index, token, show_paths), host=host, port=port, log_level="info")
     return 0

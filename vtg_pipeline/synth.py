@@ -32,11 +32,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -232,7 +232,9 @@ def _vary(combo: tuple[str, str, str], which: Iterable[int], rng: np.random.Gene
     return tuple(out)  # type: ignore[return-value]
 
 
-def _place(kinds: Sequence[tuple[tuple[str, str, str], bool]], lengths: np.ndarray, gaps: np.ndarray, rng: np.random.Generator) -> list[Event]:
+def _place(
+    kinds: Sequence[tuple[tuple[str, str, str], bool]], lengths: np.ndarray, gaps: np.ndarray, rng: np.random.Generator
+) -> list[Event]:
     """Events one after another: gap, event, gap, event, ... (lengths and gaps in clips)."""
     events, start = [], 0
     for ((color, shape, action), target), length, gap in zip(kinds, lengths, gaps):
@@ -386,8 +388,10 @@ def shared_words(plan: VideoPlan) -> dict[str, int]:
     """Per distinct query of ``plan``: the most attributes (words) it shares with another event of the
     video, 0 to 2 (another event is any event with a different combination, target or distractor)."""
     targets = {event.query: event.combo for event in plan.events if event.target}
-    return {query: max((sum(a == b for a, b in zip(combo, other.combo)) for other in plan.events if other.combo != combo), default=0)
-            for query, combo in sorted(targets.items())}
+    return {
+        query: max((sum(a == b for a, b in zip(combo, other.combo)) for other in plan.events if other.combo != combo), default=0)
+        for query, combo in sorted(targets.items())
+    }
 
 
 def make_video_record(index: int, out_dir: Path, seed: int, long: bool = False) -> tuple[list[dict], dict[str, int]]:
@@ -425,6 +429,10 @@ def make_dataset(
     # The validation queries as a `vtg ground --queries` file (video paths relative to `out`).
     queries = [{"video": f"videos/{r['vid']}.mp4", "query": r["query"], "qid": r["qid"]} for r in splits["val"]]
     atomic_write_text(out / "val_queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
-    return {"videos": videos, "train_queries": len(splits["train"]), "val_queries": len(splits["val"]),
-            # the weak-alignment difficulty: how many queries have another event in their video sharing 2, 1 or 0 words
-            "queries_sharing_words": {str(k): shared.count(k) for k in (2, 1, 0)}}
+    return {
+        "videos": videos,
+        "train_queries": len(splits["train"]),
+        "val_queries": len(splits["val"]),
+        # the weak-alignment difficulty: how many queries have another event in their video sharing 2, 1 or 0 words
+        "queries_sharing_words": {str(k): shared.count(k) for k in (2, 1, 0)},
+    }

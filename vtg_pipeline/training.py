@@ -36,7 +36,17 @@ from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
 from .config import TrainConfig
-from .data import GroundingDataset, LengthGroupedBatches, StoredVideo, TextCache, WindowDataset, collate, collate_windows, dequantize, load_split
+from .data import (
+    GroundingDataset,
+    LengthGroupedBatches,
+    StoredVideo,
+    TextCache,
+    WindowDataset,
+    collate,
+    collate_windows,
+    dequantize,
+    load_split,
+)
 from .evaluation import MAIN_METRIC, evaluate
 from .extract import warn_if_one_process_launched
 from .features import atomic_write_text, save_tensors
@@ -131,9 +141,24 @@ def write_checkpoint(folder: Path, model: torch.nn.Module, cfg: TrainConfig, bac
 
 
 # The config keys a model card lists; config.json next to it has them all.
-CARD_KEYS = ("model.name", "model.head", "model.dims", "model.layers", "model.heads", "model.fusion", "model.score_refinement",
-             "model.background_matching", "data.fps", "data.mode", "decode.window", "optim.epochs", "optim.lr",
-             "optim.batch_size", "seed", "mixed_precision")
+CARD_KEYS = (
+    "model.name",
+    "model.head",
+    "model.dims",
+    "model.layers",
+    "model.heads",
+    "model.fusion",
+    "model.score_refinement",
+    "model.background_matching",
+    "data.fps",
+    "data.mode",
+    "decode.window",
+    "optim.epochs",
+    "optim.lr",
+    "optim.batch_size",
+    "seed",
+    "mixed_precision",
+)
 
 
 def model_card(config: dict) -> ModelCard:
@@ -232,8 +257,11 @@ def trim_logs(out_dir: Path, state: dict) -> None:
     if log_file.exists():
         with open(log_file, newline="") as f:
             reader = csv.DictReader(f)
-            rows = [r for r in reader if None not in r and None not in r.values() and r.get("step", "").isdigit()
-                    and int(r["step"]) <= state["step"]]
+            rows = [
+                r
+                for r in reader
+                if None not in r and None not in r.values() and r.get("step", "").isdigit() and int(r["step"]) <= state["step"]
+            ]
         if not rows:  # a fresh run: append_csv starts the file with its header
             log_file.unlink()
             return
@@ -272,13 +300,28 @@ def predict_in_windows(model, dataset: GroundingDataset, text_cache, cfg: TrainC
     for vid, group in by_video.items():
         query, query_mask = text_cache(queries_of({"queries": [r["query"] for r in group]}, cfg), device)
         with StoredVideo.open(dataset.path(vid)) as video:  # its shapes were checked when the dataset opened
-            grounded = ground(model, video, query, query_mask, cfg.data.fps, cfg.model.strides, cfg.decode,
-                              duration=float(group[0]["duration"]), states=dataset.needed)  # only the layers and tokens the model uses
+            grounded = ground(
+                model,
+                video,
+                query,
+                query_mask,
+                cfg.data.fps,
+                cfg.model.strides,
+                cfg.decode,
+                duration=float(group[0]["duration"]),
+                states=dataset.needed,
+            )  # only the layers and tokens the model uses
         for record, g in zip(group, grounded):
-            records.append({"qid": record["qid"], "query": record["query"], "vid": vid,
-                            "pred_relevant_windows": rounded(g["moments"]),
-                            "pred_saliency_scores": rounded(g["saliency"]),
-                            **({"pred_windows": rounded(g["windows"])} if "windows" in g else {})})
+            records.append(
+                {
+                    "qid": record["qid"],
+                    "query": record["query"],
+                    "vid": vid,
+                    "pred_relevant_windows": rounded(g["moments"]),
+                    "pred_saliency_scores": rounded(g["saliency"]),
+                    **({"pred_windows": rounded(g["windows"])} if "windows" in g else {}),
+                }
+            )
     model.train()
     return records
 
@@ -313,9 +356,11 @@ def warn_if_windows_too_short(records: list[dict], cfg: TrainConfig) -> None:
     lengths = [end - start for r in records for start, end in r["relevant_windows"]]
     longer = [length for length in lengths if length > cfg.decode.window]
     if longer:
-        log.warning(f"decode.window={cfg.decode.window:g} s is shorter than {len(longer)} of the {len(lengths)} training "
-                    f"moments (longest {max(longer):.1f} s): each is cut to its window and cannot be found whole; "
-                    f"raise decode.window above {max(longer):.0f} s")
+        log.warning(
+            f"decode.window={cfg.decode.window:g} s is shorter than {len(longer)} of the {len(lengths)} training "
+            f"moments (longest {max(longer):.1f} s): each is cut to its window and cannot be found whole; "
+            f"raise decode.window above {max(longer):.0f} s"
+        )
 
 
 def uses_windows(cfg: TrainConfig) -> bool:
@@ -352,8 +397,9 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
         heads_mask = frame_mask[positive_rows]
     out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
     saliency = batch["saliency"].to(device)
-    losses = grounding_losses(out, [x.to(device) for x in batch["windows"]], batch["fps"].to(device), saliency, heads_mask,
-                              batch["positive"].to(device), cfg.loss)
+    losses = grounding_losses(
+        out, [x.to(device) for x in batch["windows"]], batch["fps"].to(device), saliency, heads_mask, batch["positive"].to(device), cfg.loss
+    )
     if "frame_prob" in out:  # BM-DETR
         losses.update(background_losses(out, saliency > 0, heads_mask, cfg.loss))
     # Stage 1 of library search: the retrieval head on each query's window (its own window item's positive window,
@@ -361,8 +407,9 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
     if windowed:
         cls, library_mask, starts = video[positive_rows, :, -1, 0].float(), heads_mask, batch["starts"][:, 0].to(device)
     else:
-        cls, library_mask, starts = moment_window(video[video_index, :, -1, 0].float(), heads_mask, batch["windows"], cfg.data.fps,
-                                                  cfg.decode.window_frames(cfg.data.fps)[0])
+        cls, library_mask, starts = moment_window(
+            video[video_index, :, -1, 0].float(), heads_mask, batch["windows"], cfg.data.fps, cfg.decode.window_frames(cfg.data.fps)[0]
+        )
     head = accelerator.unwrap_model(model).retrieval
     own = {}
     with accelerator.autocast():
@@ -371,8 +418,15 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
             rows = negative_rows.flatten()
             negatives = head.embed_windows(video[rows, :, -1, 0].float(), frame_mask[rows]).float()
             own = {"own_negatives": negatives.view(b, w - 1, -1), "own_mask": negative_real}
-    losses["library"] = cfg.loss.library * library_loss(*embedded, [r["vid"] for r in batch["records"]], queries_of(batch, cfg), starts,
-                                                        library_mask.sum(1), cfg.loss.library_temperature, **own)
+    losses["library"] = cfg.loss.library * library_loss(
+        *embedded,
+        [r["vid"] for r in batch["records"]],
+        queries_of(batch, cfg),
+        starts,
+        library_mask.sum(1),
+        cfg.loss.library_temperature,
+        **own,
+    )
     if not windowed or cfg.model.name != "rgnet":  # no retrieval (a window-trained R² grounder: the two-stage baseline's second stage)
         return losses, {}
     losses.update(window_losses(out, batch["window_mask"].to(device), batch["in_moment"].to(device).flatten(0, 1), frame_mask, cfg.loss))
@@ -409,8 +463,10 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     if cfg.data.temporal_shift_below and uses_windows(cfg):
         raise ValueError("data.temporal_shift_below (BM-DETR temporal shifting) applies to whole-video training, not to window sampling")
     if cfg.loss.background_windows and (cfg.model.name != "rgnet" or cfg.model.head != "pyramid"):
-        raise ValueError("loss.background_windows trains an RGNet model's pyramid heads on negative windows: "
-                         "it needs model.name=rgnet and model.head=pyramid")
+        raise ValueError(
+            "loss.background_windows trains an RGNet model's pyramid heads on negative windows: "
+            "it needs model.name=rgnet and model.head=pyramid"
+        )
     if cfg.data.group_by_video and uses_windows(cfg):
         raise ValueError("data.group_by_video applies to whole-video training: window items hold each query's own windows")
     out_dir = Path(cfg.output_dir)
@@ -438,22 +494,39 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         fps = cfg.data.fps
         retrieval = cfg.model.name == "rgnet"
         warn_if_windows_too_short(train_set.records, cfg)
-        train_set = WindowDataset(train_set.records, train_set.feature_dir, backbone, fps, *cfg.decode.window_frames(fps),
-                                  cfg.data.negatives if retrieval else 0, cfg.seed, cfg.data.cross_video_negatives if retrieval else 0,
-                                  train_set.negatives, needed, cfg.data.hard_negatives if retrieval else 0)
+        train_set = WindowDataset(
+            train_set.records,
+            train_set.feature_dir,
+            backbone,
+            fps,
+            *cfg.decode.window_frames(fps),
+            cfg.data.negatives if retrieval else 0,
+            cfg.seed,
+            cfg.data.cross_video_negatives if retrieval else 0,
+            train_set.negatives,
+            needed,
+            cfg.data.hard_negatives if retrieval else 0,
+        )
         train_collate = partial(collate_windows, fps=fps)
     else:
         train_collate = batch_collate
     repeated = len(train_set) * cfg.optim.repeat  # batches group videos of similar length: less padding
     groups = [(copy, r["vid"]) for copy in range(cfg.optim.repeat) for r in train_set.records] if cfg.data.group_by_video else None
-    sampler = LengthGroupedBatches(train_set.frame_counts() * cfg.optim.repeat, cfg.optim.batch_size, repeated > cfg.optim.batch_size,
-                                   cfg.seed, groups=groups)
+    sampler = LengthGroupedBatches(
+        train_set.frame_counts() * cfg.optim.repeat, cfg.optim.batch_size, repeated > cfg.optim.batch_size, cfg.seed, groups=groups
+    )
     pinned = device.type == "cuda"  # page-locked batches: the copy to the GPU runs beside the step
-    train_loader = DataLoader(ConcatDataset([train_set] * cfg.optim.repeat), batch_sampler=sampler, collate_fn=train_collate,
-                              num_workers=cfg.data.num_workers, pin_memory=pinned)
+    train_loader = DataLoader(
+        ConcatDataset([train_set] * cfg.optim.repeat),
+        batch_sampler=sampler,
+        collate_fn=train_collate,
+        num_workers=cfg.data.num_workers,
+        pin_memory=pinned,
+    )
     val_batches = LengthGroupedBatches(val_set.frame_counts(), cfg.optim.batch_size, pool=len(val_set))
-    val_loader = DataLoader(val_set, batch_sampler=val_batches, collate_fn=batch_collate, num_workers=cfg.data.num_workers,
-                            pin_memory=pinned)
+    val_loader = DataLoader(
+        val_set, batch_sampler=val_batches, collate_fn=batch_collate, num_workers=cfg.data.num_workers, pin_memory=pinned
+    )
 
     model = create_model(cfg.model)
     model.r2.memory_saving = cfg.optim.memory_saving
@@ -489,7 +562,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if cfg.data.hard_negatives and epoch > 0 and uses_windows(cfg):  # the dual encoder has trained for an epoch
             train_set.set_hard(mine_hard_windows(accelerator.unwrap_model(model), train_set, text_cache, cfg.data.hard_pool, device))
         train_loader.set_epoch(epoch)  # Accelerate's loader passes it to the length-grouped batches (also after --resume)
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not accelerator.is_local_main_process, file=sys.stderr)
+        bar = tqdm(
+            train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not accelerator.is_local_main_process, file=sys.stderr
+        )
         started, samples = time.perf_counter(), 0
         for batch in bar:
             lr = cfg.optim.lr * lr_factor(state["step"], steps_per_epoch, cfg.optim)
@@ -509,7 +584,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             if accelerator.sync_gradients:
                 state["step"] += 1
                 samples += len(batch["queries"]) * accelerator.num_processes
-                row = {"step": state["step"], "epoch": epoch + 1, "lr": lr, "loss": total.item(), **{k: v.item() for k, v in losses.items()}, **stats}
+                row = {
+                    "step": state["step"],
+                    "epoch": epoch + 1,
+                    "lr": lr,
+                    "loss": total.item(),
+                    **{k: v.item() for k, v in losses.items()},
+                    **stats,
+                }
                 accelerator.log(row, step=state["step"])
                 bar.set_postfix(loss=f"{total.item():.3f}", samples_per_s=f"{samples / (time.perf_counter() - started):.0f}")
                 if accelerator.is_main_process:
@@ -530,7 +612,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 accelerator.print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
                 if metrics[main_metric] > state["best"]:
                     state["best"], state["best_metrics"] = metrics[main_metric], metrics
-                    save_checkpoint(out_dir / "best", accelerator.unwrap_model(model), cfg, backbone, {"epoch": epoch + 1, "metrics": metrics})
+                    save_checkpoint(
+                        out_dir / "best", accelerator.unwrap_model(model), cfg, backbone, {"epoch": epoch + 1, "metrics": metrics}
+                    )
                     atomic_write_text(out_dir / "val_predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
             state = broadcast_state(accelerator, state)
         save_resume_state(accelerator, out_dir / "last", state)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import av
 import numpy as np
@@ -197,7 +198,7 @@ def _already_upright(frames: torch.Tensor, info: VideoInfo, backend: str) -> tor
 class Decoder(Protocol):
     name: str
 
-    def for_video(self, info: VideoInfo) -> "Decoder":
+    def for_video(self, info: VideoInfo) -> Decoder:
         """The decoder to use for this file: itself, or an exact fallback."""
 
     def chunks(self, info: VideoInfo, times: np.ndarray, chunk: int) -> Iterator[torch.Tensor]:
@@ -212,7 +213,7 @@ class PyAVDecoder:
     def __init__(self, threads: int = 0):
         self.threads = threads
 
-    def for_video(self, info: VideoInfo) -> "PyAVDecoder":
+    def for_video(self, info: VideoInfo) -> PyAVDecoder:
         return self
 
     def chunks(self, info: VideoInfo, times: np.ndarray, chunk: int) -> Iterator[torch.Tensor]:
@@ -288,9 +289,7 @@ def _check_not_truncated(info: VideoInfo, last_frame_time: float, remaining: np.
         return
     slack = 1.0 + (2.0 / info.average_fps if info.average_fps else 0.0)
     if remaining[-1] - last_frame_time > slack:
-        raise VideoError(
-            f"truncated: frames end at {last_frame_time:.2f} s but the header says {info.duration:.2f} s"
-        )
+        raise VideoError(f"truncated: frames end at {last_frame_time:.2f} s but the header says {info.duration:.2f} s")
 
 
 class DecordDecoder:
@@ -340,7 +339,7 @@ class _DecordVideo:
     def __init__(self, reader, frame_times: np.ndarray, on_gpu: bool):
         self.reader, self.frame_times, self.on_gpu = reader, frame_times, on_gpu
 
-    def for_video(self, info: VideoInfo) -> "_DecordVideo":
+    def for_video(self, info: VideoInfo) -> _DecordVideo:
         return self
 
     def chunks(self, info: VideoInfo, times: np.ndarray, chunk: int) -> Iterator[torch.Tensor]:
@@ -371,7 +370,7 @@ class TorchCodecDecoder:
         self._decoder_class = VideoDecoder
         self.device = device
 
-    def for_video(self, info: VideoInfo) -> "TorchCodecDecoder":
+    def for_video(self, info: VideoInfo) -> TorchCodecDecoder:
         return self
 
     def chunks(self, info: VideoInfo, times: np.ndarray, chunk: int) -> Iterator[torch.Tensor]:

@@ -50,8 +50,13 @@ def choose_layout(windows: int, dims: int, flat_up_to: int = FLAT_UP_TO, compres
     # (only tests compress so few windows)
     bits = min(8, max(2, int(math.log2(windows / 39))))
     # 1/32 of the lists: at 10M windows the same recall as 1/16 (the shortlist limits it), at half the time
-    return {"kind": "ivfpq", "factory": f"IVF{lists},PQ{m}x{bits}", "lists": lists, "nprobe": min(lists, max(8, lists // 32)),
-            "rerank": RERANK}
+    return {
+        "kind": "ivfpq",
+        "factory": f"IVF{lists},PQ{m}x{bits}",
+        "lists": lists,
+        "nprobe": min(lists, max(8, lists // 32)),
+        "rerank": RERANK,
+    }
 
 
 def describe_layout(layout: dict) -> str:
@@ -87,8 +92,13 @@ def build_faiss(vectors: np.ndarray, layout: dict, trained: faiss.Index | None =
 def reusable_training(old_layout: dict | None, old_index: faiss.Index | None, layout: dict, windows: int) -> faiss.Index | None:
     """The previous version's compressed index when its training can serve ``windows`` windows in ``layout``: the
     same factory and at most twice the windows it was trained on; else None (train afresh)."""
-    if (old_index is None or not isinstance(old_layout, dict) or layout["kind"] != "ivfpq" or old_layout.get("factory") != layout["factory"]
-            or windows > 2 * old_layout.get("trained_on", 0)):
+    if (
+        old_index is None
+        or not isinstance(old_layout, dict)
+        or layout["kind"] != "ivfpq"
+        or old_layout.get("factory") != layout["factory"]
+        or windows > 2 * old_layout.get("trained_on", 0)
+    ):
         return None
     return old_index
 

@@ -40,8 +40,18 @@ OUT = Path(__file__).resolve().parent / "eval_parity"
 THRESHOLDS = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
 SUBJECTS = ["A man", "A woman", "A girl", "A boy", "Two friends", "A chef", "A dog", "A vlogger", "A couple", "An old man"]
 ACTIONS = ["walks along", "talks about", "cooks in", "dances near", "shows off", "drives past", "paints", "cleans", "films", "sings at"]
-PLACES = ["the beach", "a kitchen", "the city at night", "a small shop", "the mountains", "a crowded market", "the garden",
-          "a car", "the living room", "a stage"]
+PLACES = [
+    "the beach",
+    "a kitchen",
+    "the city at night",
+    "a small shop",
+    "the mountains",
+    "a crowded market",
+    "the garden",
+    "a car",
+    "the living room",
+    "a stage",
+]
 
 
 def grid(rng: random.Random, low: int, high: int) -> int:
@@ -190,11 +200,11 @@ def scores(rng: random.Random, count: int) -> list[float]:
 def windows_for(rng: random.Random, gt: dict) -> list[list[float]]:
     """10-15 scored windows for ``gt``, sorted by score; hits at rank 1, lower, or past 10."""
     count = 10 if rng.random() < 0.6 else rng.randint(11, 15)
-    kinds = rng.choices(["exact", "threshold", "below", "jitter", "span", "zero", "full", "random"],
-                        weights=[1, 3, 3, 3, 1, 1, 1, 4], k=count)
+    kinds = rng.choices(
+        ["exact", "threshold", "below", "jitter", "span", "zero", "full", "random"], weights=[1, 3, 3, 3, 1, 1, 1, 4], k=count
+    )
     on_grid = rng.random() < 0.5
-    windows = [style_window(candidate(rng, kind, gt), gt["duration"], on_grid and kind not in ("threshold", "below"))
-               for kind in kinds]
+    windows = [style_window(candidate(rng, kind, gt), gt["duration"], on_grid and kind not in ("threshold", "below")) for kind in kinds]
     if rng.random() < 0.15:  # a duplicate of an earlier window
         i = rng.randrange(count - 1)
         windows[rng.randrange(i + 1, count)] = list(windows[i])
@@ -227,8 +237,16 @@ def make(seed: int = SEED, queries: int = QUERIES) -> tuple[list[dict], list[dic
     rng = random.Random(seed)
     qids = rng.sample(range(1, 10000), queries)
     truth = [ground_truth(rng, qid, i) for i, qid in enumerate(qids)]
-    predictions = [{"qid": g["qid"], "query": g["query"], "vid": g["vid"], "pred_relevant_windows": windows_for(rng, g),
-                    "pred_saliency_scores": saliency_prediction(rng, g)} for g in truth]
+    predictions = [
+        {
+            "qid": g["qid"],
+            "query": g["query"],
+            "vid": g["vid"],
+            "pred_relevant_windows": windows_for(rng, g),
+            "pred_saliency_scores": saliency_prediction(rng, g),
+        }
+        for g in truth
+    ]
     rng.shuffle(predictions)
     return truth, predictions
 

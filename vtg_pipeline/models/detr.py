@@ -93,8 +93,9 @@ class AnchorDecoder(nn.Module):
         spans, logits = [], []
         for layer in self.layers:
             anchor = anchor_logits.sigmoid()
-            query_pos = self.position_mlp(torch.cat((sine_embedding(anchor[..., 0], self.dims // 2),
-                                                     sine_embedding(anchor[..., 1], self.dims // 2)), dim=-1))
+            query_pos = self.position_mlp(
+                torch.cat((sine_embedding(anchor[..., 0], self.dims // 2), sine_embedding(anchor[..., 1], self.dims // 2)), dim=-1)
+            )
             x = layer(x, query_pos, frames, positions, frame_mask)
             refined = anchor_logits + self.offset_mlp(x)
             spans.append(refined.sigmoid())
@@ -104,14 +105,18 @@ class AnchorDecoder(nn.Module):
 
 
 @torch.no_grad()
-def hungarian_match(spans: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, l1: float = 10.0, giou: float = 1.0,
-                    cls: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+def hungarian_match(
+    spans: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, l1: float = 10.0, giou: float = 1.0, cls: float = 4.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Match Q predictions of one sample to its G ground-truth spans with scipy's linear_sum_assignment.
 
     spans (Q, 2) and targets (G, 2) (centre, width); cost = l1 * L1 - giou * gIoU - cls * p(foreground).
     Returns prediction and target indices (min(Q, G),).
     """
-    cost = (l1 * torch.cdist(spans, targets, p=1) - giou * generalized_iou(span_to_window(spans), span_to_window(targets))
-            - cls * logits.softmax(-1)[:, :1])
+    cost = (
+        l1 * torch.cdist(spans, targets, p=1)
+        - giou * generalized_iou(span_to_window(spans), span_to_window(targets))
+        - cls * logits.softmax(-1)[:, :1]
+    )
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)

@@ -10,8 +10,8 @@ N anchor points over all pyramid levels. Units: frames unless stated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -86,8 +86,17 @@ class R2Grounder(nn.Module):
         self.cfg = cfg
         if cfg.fusion not in ("standard", "dummy"):
             raise ValueError(f"model.fusion must be standard or dummy, got {cfg.fusion!r}")
-        self.r2 = R2Block(cfg.vision_width, cfg.text_width, cfg.dims, cfg.layers, cfg.dropout, cfg.heads, cfg.ffn_ratio, cfg.droppath,
-                          cfg.dummies if cfg.fusion == "dummy" else 0)
+        self.r2 = R2Block(
+            cfg.vision_width,
+            cfg.text_width,
+            cfg.dims,
+            cfg.layers,
+            cfg.dropout,
+            cfg.heads,
+            cfg.ffn_ratio,
+            cfg.droppath,
+            cfg.dummies if cfg.fusion == "dummy" else 0,
+        )
         if cfg.head not in ("pyramid", "decoder"):
             raise ValueError(f"model.head must be pyramid or decoder, got {cfg.head!r}")
         if cfg.score_refinement and cfg.head != "pyramid":
@@ -111,9 +120,16 @@ class R2Grounder(nn.Module):
         # Built last: the grounding modules above get the weights a seed gave them before the head existed.
         self.retrieval = RetrievalHead(cfg.vision_width, cfg.text_width, cfg.retrieval_dims, cfg.dropout)
 
-    def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
-                negative_query: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None,
-                video_index: torch.Tensor | None = None) -> dict:
+    def forward(
+        self,
+        video: torch.Tensor,
+        video_mask: torch.Tensor,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        negative_query: torch.Tensor | None = None,
+        negative_mask: torch.Tensor | None = None,
+        video_index: torch.Tensor | None = None,
+    ) -> dict:
         """video (Bv, T, K', P, Dv) with K' >= K (the last K are used), video_mask (B, T) bool,
         query (B, L, K', Dt), query_mask (B, L) bool; ``video_index`` (B,) each query's video row (None: Bv = B,
         or Bv = 1 for one video shared by all queries; see ``QueryVideos``); with ``background_matching``,
@@ -134,8 +150,14 @@ class R2Grounder(nn.Module):
             negative = self.refine(video, video_mask, negative_query, negative_mask, r2["hidden"], video_index)["frames"]
         return self.heads(r2["frames"], video_mask, query_mask, r2, negative)
 
-    def heads(self, frames: torch.Tensor, video_mask: torch.Tensor, query_mask: torch.Tensor, r2: dict,
-              negative_frames: torch.Tensor | None = None) -> dict:
+    def heads(
+        self,
+        frames: torch.Tensor,
+        video_mask: torch.Tensor,
+        query_mask: torch.Tensor,
+        r2: dict,
+        negative_frames: torch.Tensor | None = None,
+    ) -> dict:
         """``predict`` on frames (B, T, C); with ``background_matching`` first re-weighted by the
         frame-query matcher (p+ (1 - p-) with ``negative_frames`` (B, T, C), the negative query's
         frames, in training; p+ alone without), adding ``frame_prob``, ``frame_score`` and ``video_embedding``."""
@@ -143,11 +165,22 @@ class R2Grounder(nn.Module):
             return self.predict(frames, video_mask, query_mask, r2)
         matched = self.frame_matcher(frames, video_mask, negative_frames)
         out = self.predict(matched["frames"], video_mask, query_mask, r2)
-        return {**out, "frame_prob": matched["prob"], "frame_score": self.frame_score(matched["frames"])[..., 0],
-                "video_embedding": self.video_pool(matched["frames"], video_mask)}
+        return {
+            **out,
+            "frame_prob": matched["prob"],
+            "frame_score": self.frame_score(matched["frames"])[..., 0],
+            "video_embedding": self.video_pool(matched["frames"], video_mask),
+        }
 
-    def refine(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
-               hidden: list[torch.Tensor] | None = None, video_index: torch.Tensor | None = None) -> dict:
+    def refine(
+        self,
+        video: torch.Tensor,
+        video_mask: torch.Tensor,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        hidden: list[torch.Tensor] | None = None,
+        video_index: torch.Tensor | None = None,
+    ) -> dict:
         """The R² block's outputs (see ``R2Block.forward``; ``hidden`` from an earlier call on the same videos), ``frames``
         (B, T, C) after the stride-1 ReLU."""
         k = self.cfg.layers

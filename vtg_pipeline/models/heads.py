@@ -80,10 +80,18 @@ class ScoreRefinement(nn.Module):
 
     def __init__(self, dims: int, kernel_size: int = 5):
         super().__init__()
-        self.within = nn.ModuleList((nn.Conv1d(dims, dims, kernel_size, padding=kernel_size // 2),
-                                     nn.Sequential(nn.ReLU(), nn.Linear(dims, dims), nn.ReLU(), nn.Linear(dims, 1))))
-        self.cross = nn.ModuleList((nn.Conv1d(dims, dims, kernel_size, padding=kernel_size // 2),
-                                    nn.Sequential(nn.ReLU(), nn.Linear(dims, dims), nn.ReLU(), nn.Linear(dims, 1))))
+        self.within = nn.ModuleList(
+            (
+                nn.Conv1d(dims, dims, kernel_size, padding=kernel_size // 2),
+                nn.Sequential(nn.ReLU(), nn.Linear(dims, dims), nn.ReLU(), nn.Linear(dims, 1)),
+            )
+        )
+        self.cross = nn.ModuleList(
+            (
+                nn.Conv1d(dims, dims, kernel_size, padding=kernel_size // 2),
+                nn.Sequential(nn.ReLU(), nn.Linear(dims, dims), nn.ReLU(), nn.Linear(dims, 1)),
+            )
+        )
         self.mix = nn.Parameter(torch.zeros(()))
 
     @staticmethod

@@ -169,8 +169,13 @@ def mapper(in_dims: int, dims: int, dropout: float) -> nn.Sequential:
     """LN -> Dropout -> Linear -> ReLU -> LN -> Dropout -> Linear: (..., in_dims) -> (..., dims), its dropout a
     ``TokenDropout`` (it runs on every token of every frame)."""
     return nn.Sequential(
-        nn.LayerNorm(in_dims), TokenDropout(dropout), nn.Linear(in_dims, dims), nn.ReLU(),
-        nn.LayerNorm(dims), TokenDropout(dropout), nn.Linear(dims, dims),
+        nn.LayerNorm(in_dims),
+        TokenDropout(dropout),
+        nn.Linear(in_dims, dims),
+        nn.ReLU(),
+        nn.LayerNorm(dims),
+        TokenDropout(dropout),
+        nn.Linear(dims, dims),
     )
 
 

@@ -120,8 +120,9 @@ class R2Block(nn.Module):
     def map_hidden(self, layer: torch.Tensor, tef: torch.Tensor) -> torch.Tensor:
         return self.video_map[:-1](torch.cat((layer.to(tef.dtype), tef), dim=-1))
 
-    def pool_frames(self, hidden: torch.Tensor, cls: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor, step: int,
-                    videos: QueryVideos) -> torch.Tensor:
+    def pool_frames(
+        self, hidden: torch.Tensor, cls: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor, step: int, videos: QueryVideos
+    ) -> torch.Tensor:
         """Query-modulated spatial pooling.
 
         hidden (Bv, T, P, C) hidden video tokens (``hidden_tokens``), cls (B, T, C) the mapped CLS tokens, query
@@ -140,8 +141,15 @@ class R2Block(nn.Module):
         pooled = masked_max(last(attended) + query[:, None], query_mask[:, None, :, None], dim=2)
         return cls + pooled * self.scale[step].tanh()
 
-    def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
-                hidden: list[torch.Tensor] | None = None, video_index: torch.Tensor | None = None) -> dict:
+    def forward(
+        self,
+        video: torch.Tensor,
+        video_mask: torch.Tensor,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        hidden: list[torch.Tensor] | None = None,
+        video_index: torch.Tensor | None = None,
+    ) -> dict:
         """video (Bv, T, K, P, Dv), video_mask (B, T), query (B, L, K, Dt), query_mask (B, L), ``video_index`` (B,)
         the video row of each query (None: Bv = B, a video per query, or Bv = 1, one video shared by all queries; see
         ``QueryVideos``). Each video is mapped once, however many queries it has. ``hidden``: the ``hidden`` of an

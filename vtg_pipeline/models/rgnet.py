@@ -58,8 +58,17 @@ class RGEncoder(nn.Module):
     <Linear(P_j), Linear(R)> / sqrt(C).
     """
 
-    def __init__(self, dims: int = 256, heads: int = 8, ffn_dims: int = 2048, cross_layers: int = 2, self_layers: int = 2,
-                 dropout: float = 0.1, temperature: float = 0.3, sparsifier: bool = True):
+    def __init__(
+        self,
+        dims: int = 256,
+        heads: int = 8,
+        ffn_dims: int = 2048,
+        cross_layers: int = 2,
+        self_layers: int = 2,
+        dropout: float = 0.1,
+        temperature: float = 0.3,
+        sparsifier: bool = True,
+    ):
         super().__init__()
         self.temperature, self.use_sparsifier, self.dims = temperature, sparsifier, dims
         self.token = nn.Parameter(torch.randn(1, 1, dims) * 0.02)
@@ -93,8 +102,14 @@ class RGEncoder(nn.Module):
         token = sequence[:, 0]
         fused = (fc + gate[..., None] * token[:, None]) * frame_mask[..., None]
         attention = torch.einsum("btc,bc->bt", self.frame_key(fused), self.token_key(token)) / self.dims**0.5
-        return {"window_logit": self.window_head(token)[:, 0], "fused": fused, "gate": gate, "gate_logits": gate_logits,
-                "token": token, "attention": attention}
+        return {
+            "window_logit": self.window_head(token)[:, 0],
+            "fused": fused,
+            "gate": gate,
+            "gate_logits": gate_logits,
+            "token": token,
+            "attention": attention,
+        }
 
 
 class RGNetGrounder(R2Grounder):
@@ -108,18 +123,40 @@ class RGNetGrounder(R2Grounder):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.rg = RGEncoder(cfg.dims, cfg.heads, cfg.rg_ffn_dims, cfg.rg_cross_layers, cfg.rg_self_layers, cfg.rg_dropout,
-                            cfg.gumbel_temperature, cfg.sparsifier)
+        self.rg = RGEncoder(
+            cfg.dims,
+            cfg.heads,
+            cfg.rg_ffn_dims,
+            cfg.rg_cross_layers,
+            cfg.rg_self_layers,
+            cfg.rg_dropout,
+            cfg.gumbel_temperature,
+            cfg.sparsifier,
+        )
 
-    def retrieve(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
-                 hidden: list[torch.Tensor] | None = None) -> tuple[dict, dict]:
+    def retrieve(
+        self,
+        video: torch.Tensor,
+        video_mask: torch.Tensor,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        hidden: list[torch.Tensor] | None = None,
+    ) -> tuple[dict, dict]:
         """The R² outputs and the RG-Encoder outputs of (query, window) pairs (no heads; ``hidden``: see ``refine``)."""
         r2 = self.refine(video, video_mask, query, query_mask, hidden)
         return r2, self.rg(r2["frames"], video_mask, r2["query"], query_mask)
 
-    def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor,
-                negative_query: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None,
-                heads_rows: torch.Tensor | None = None, background_rows: torch.Tensor | None = None) -> dict:
+    def forward(
+        self,
+        video: torch.Tensor,
+        video_mask: torch.Tensor,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        negative_query: torch.Tensor | None = None,
+        negative_mask: torch.Tensor | None = None,
+        heads_rows: torch.Tensor | None = None,
+        background_rows: torch.Tensor | None = None,
+    ) -> dict:
         """As ``R2Grounder.forward``, plus ``window_logit`` (B,), ``gate``, ``gate_logits`` and ``attention`` (B, T).
 
         ``heads_rows`` (R,) restricts the heads to those pairs (training: the positive
@@ -138,8 +175,9 @@ class RGNetGrounder(R2Grounder):
         out = self.heads(rg["fused"][rows], video_mask[rows], query_mask[rows], select_rows(r2, rows), negative)
         out.update({k: rg[k] for k in ("window_logit", "gate", "gate_logits", "attention")})
         if background_rows is not None:
-            background = self.heads(rg["fused"][background_rows], video_mask[background_rows], query_mask[background_rows],
-                                    select_rows(r2, background_rows))
+            background = self.heads(
+                rg["fused"][background_rows], video_mask[background_rows], query_mask[background_rows], select_rows(r2, background_rows)
+            )
             out.update(background_cls=background["cls"], background_valid=torch.cat(background["level_masks"], dim=1))
         return out
 
