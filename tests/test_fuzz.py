@@ -106,7 +106,9 @@ def test_yaml_configs_and_overrides_accept_or_refuse_in_one_line(case):
         try:
             load_config(path, overrides)
         except ValueError as e:  # ConfigError: names the file, or the override it could not apply
-            assert str(path) in str(e) or any(o.split("=", 1)[0].split(".")[0].strip() in str(e) or repr(o) in str(e) for o in overrides), str(e)
+            assert str(path) in str(e) or any(o.split("=", 1)[0].split(".")[0].strip() in str(e) or repr(o) in str(e) for o in overrides), (
+                str(e)
+            )
 
 
 @fuzzed
