@@ -24,10 +24,10 @@ import torch
 from train_bench import peak_rss
 
 from vtg_pipeline.backbone import load_backbone
+from vtg_pipeline.checkpoint import save_checkpoint
 from vtg_pipeline.config import load_config
 from vtg_pipeline.grounder import Grounder
 from vtg_pipeline.models import create_model
-from vtg_pipeline.training import save_checkpoint
 
 OUT = Path(__file__).parent / "out"
 VIDEOS = {"ten_min.mp4": 600, "one_hour.mp4": 3600, "two_hours.mp4": 7200}

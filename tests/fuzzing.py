@@ -4,7 +4,7 @@ bounded, derandomised number of examples in `make test`; bench/fuzz.py runs each
 A case is one file a user or another tool could hand us: a valid record whose fields are swapped for hostile
 values (wrong types, NaN and inf, huge and negative numbers, empty, duplicated and traversing ids, unicode and
 control characters, deep nesting), then maybe truncated or given bytes that are not UTF-8. The reader must accept
-it or refuse it with a user error (``cli.user_errors()``: one line on the terminal and exit status 2) whose
+it or refuse it with a user error (``cli.USER_ERRORS``: one line on the terminal and exit status 2) whose
 message names the file; nothing else may escape.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from vtg_pipeline.cli import user_errors
+from vtg_pipeline.cli import USER_ERRORS
 
 # ---------------------------------------------------------------- how many
 
@@ -229,7 +229,7 @@ def read_or_refuse(read: Callable[[], object], named: Path) -> object:
     """Run a reader: its result, or ``Refused`` when it raised a user error naming ``named``. Anything else fails."""
     try:
         return read()
-    except user_errors() as e:
+    except USER_ERRORS as e:
         message = str(e)
         assert str(named) in message or named.name in message, f"the error does not name {named}: {message!r}"
         return Refused(message)

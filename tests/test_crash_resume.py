@@ -18,8 +18,10 @@ import torch
 from safetensors.torch import load_file
 from test_training import tiny_config
 
+import vtg_pipeline.checkpoint as checkpoint
 import vtg_pipeline.training as training
-from vtg_pipeline.training import ResumeError, recover_folder, swap_in, train
+from vtg_pipeline.checkpoint import recover_folder, swap_in
+from vtg_pipeline.training import ResumeError, train
 
 SCHEDULE = ("optim.epochs=2", "optim.decay_epochs=[1]")  # the lr decays from the first step of the second epoch
 
@@ -33,7 +35,7 @@ OPERATIONS = {
     "rename": (os, "replace", 1),
     "torch.save": (torch, "save", 1),
     "accelerate save": (accelerate.checkpointing, "save", 1),
-    "best weights": (training, "save_tensors", 1),
+    "best weights": (checkpoint, "save_tensors", 1),
 }
 # Per run of SCHEDULE: 8 renames, 4 torch.save calls (2 optimizer, 2 RNG), 4 Accelerate saves (2 weights, 2 optimizer),
 # 1 best/ weights file (best/ is written at epoch 1 on this data; test_swap_is_recoverable_at_every_point covers a swap
@@ -130,11 +132,11 @@ def test_lr_is_a_function_of_the_step(synth_root, tmp_path):
 @pytest.mark.parametrize("rename, when", [(1, "before"), (2, "before"), (2, "after")])
 def test_swap_is_recoverable_at_every_point(tmp_path, monkeypatch, folder, rename, when):
     """A kill before, between or after the two renames of a swap over an existing folder loses neither version."""
-    marker = training.MARKERS[folder]
+    marker = checkpoint.MARKERS[folder]
     target = tmp_path / folder
     target.mkdir()
     (target / marker).write_text("old")
-    new = training.staging_folder(target)
+    new = checkpoint.staging_folder(target)
     (new / marker).write_text("new")
     inject_kill(monkeypatch, "rename", rename, when)
     with pytest.raises(Killed):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vtg_pipeline.checkpoint import CheckpointError
 from vtg_pipeline.cli import main
 from vtg_pipeline.config import load_config
 from vtg_pipeline.grounder import Grounder, GroundError, Request, hms, read_requests
@@ -123,9 +124,9 @@ def test_checkpoint_with_other_backbone_weights_is_refused(trained, tmp_path):
     config = json.loads((checkpoint / "config.json").read_text())
     config["backbone_spec"]["backbone_sha256"] = "0" * 64
     (checkpoint / "config.json").write_text(json.dumps(config))
-    with pytest.raises(GroundError, match="config.json: the weights were trained on backbone backbone_sha256 0000"):
+    with pytest.raises(CheckpointError, match="config.json: the weights were trained on backbone backbone_sha256 0000"):
         Grounder.from_pretrained(checkpoint)
-    with pytest.raises(GroundError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         Grounder.from_pretrained(tmp_path / "nothing")
 
 

@@ -12,11 +12,13 @@ from bad_input import assert_one_line_error
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+import vtg_pipeline.checkpoint as checkpoint_module
 import vtg_pipeline.grounder as grounder_module
+from vtg_pipeline.checkpoint import CARD_KEYS, CheckpointError
 from vtg_pipeline.cli import main
 from vtg_pipeline.config import load_config
-from vtg_pipeline.grounder import Grounder, GroundError
-from vtg_pipeline.training import CARD_KEYS, train
+from vtg_pipeline.grounder import Grounder
+from vtg_pipeline.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -102,27 +104,27 @@ def test_a_repo_id_loads_from_the_offline_hub_cache_and_grounds(best, synth_root
 def test_a_local_folder_wins_over_a_repo_id_of_the_same_name(best, offline_hub):
     shutil.copytree(best, offline_hub.parent / "org" / "name")  # relative to the working directory; the cache is empty
     assert Grounder.from_pretrained("org/name").trained["epoch"] == 1
-    with pytest.raises(GroundError, match=r"^other/name/config\.json: not found"):
+    with pytest.raises(CheckpointError, match=r"^other/name/config\.json: not found"):
         Grounder.from_pretrained(Path("other/name"))  # a Path is always a folder, never a repo id
-    with pytest.raises(GroundError, match=r"^org/missing/config\.json: not found"):
+    with pytest.raises(CheckpointError, match=r"^org/missing/config\.json: not found"):
         Grounder.from_pretrained("./org/missing")  # not a repo id: two slashes
 
 
 def test_an_uncached_repo_id_without_the_hub_is_one_line(best, synth_root, offline_hub, monkeypatch, capsys):
     cache = huggingface_hub.constants.HF_HUB_CACHE
-    with pytest.raises(GroundError) as offline:
+    with pytest.raises(CheckpointError) as offline:
         Grounder.from_pretrained("org/missing")
     assert str(offline.value) == (
         f"org/missing: no such folder, and Hugging Face Hub model org/missing is not in the cache ({cache}) "
         "and the Hub cannot be reached (HF_HUB_OFFLINE is set)"
     )
     cache_repo(offline_hub, "org/name", best)
-    with pytest.raises(GroundError, match=r"^org/name@v2: no such folder, and Hugging Face Hub model org/name is not in the cache"):
+    with pytest.raises(CheckpointError, match=r"^org/name@v2: no such folder, and Hugging Face Hub model org/name is not in the cache"):
         Grounder.from_pretrained("org/name@v2")  # cached at main only
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(grounder_module, "hub_reachable", lambda *args, **kwargs: False)
+    monkeypatch.setattr(checkpoint_module, "hub_reachable", lambda *args, **kwargs: False)
     started = time.perf_counter()
-    with pytest.raises(GroundError, match=r"^org/missing: .* not in the cache \(.*\) and the Hub cannot be reached$"):
+    with pytest.raises(CheckpointError, match=r"^org/missing: .* not in the cache \(.*\) and the Hub cannot be reached$"):
         Grounder.from_pretrained("org/missing")
     assert time.perf_counter() - started < 10
     assert Grounder.from_pretrained("org/name").trained["epoch"] == 1  # unreachable: the cache serves
@@ -180,8 +182,8 @@ def test_a_reachable_hub_is_asked_for_the_revision(best, offline_hub, monkeypatc
         return str(best)
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(grounder_module, "hub_reachable", lambda *args, **kwargs: True)
-    monkeypatch.setattr(grounder_module, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(checkpoint_module, "hub_reachable", lambda *args, **kwargs: True)
+    monkeypatch.setattr(checkpoint_module, "snapshot_download", snapshot_download)
     assert Grounder.from_pretrained("org/name@v2").trained["epoch"] == 1
     assert calls == [
         ("org/name", {"revision": "v2", "allow_patterns": ["config.json", "model.safetensors", "README.md"], "local_files_only": False})

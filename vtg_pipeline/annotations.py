@@ -80,6 +80,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from .errors import UserError
 from .names import UnsafeNameError, check_video_id
 
 DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "mad")
@@ -90,7 +91,7 @@ _TOLERANCE = 1e-3  # seconds: rounding allowed below 0 (clamped) and in the QVHi
 _OVERLAP_EPS = 1e-6  # seconds: frame / fps rounding that does not count as overlapping a clip
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
     """A malformed annotation: one line, ``file:line: problem`` or ``file:record: problem``."""
 
 

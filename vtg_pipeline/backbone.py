@@ -27,6 +27,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from . import MODEL_CONFIGS
+from .errors import UserError
 from .features import partial_path, save_tensors
 from .names import first_line
 
@@ -37,7 +38,7 @@ RANDOM_PREFIX = "random:"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class BackboneError(Exception):
+class BackboneError(UserError):
     """A backbone that cannot be built or loaded; the message is one line."""
 
 

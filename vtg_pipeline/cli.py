@@ -25,13 +25,9 @@ from .names import printable
 atexit.register(gc.freeze)
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """The exception types that mean bad input: one line and status 2; a module not yet imported cannot have raised its own."""
-    errors: list[type[Exception]] = [ValueError, FileNotFoundError]
-    for module, name in (("vtg_pipeline.extract", "ExtractError"), ("vtg_pipeline.backbone", "BackboneError")):
-        if module in sys.modules:
-            errors.append(getattr(sys.modules[module], name))
-    return tuple(errors)
+# Bad input: one line and status 2. Every error of ours that means bad input is an ``errors.UserError`` (a
+# ValueError), and so are the ValueErrors of argument checks; a missing file is a FileNotFoundError.
+USER_ERRORS = (ValueError, FileNotFoundError)
 
 
 def _positive_float(text: str) -> float:
@@ -557,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except user_errors() as e:
+    except USER_ERRORS as e:
         print(f"vtg {args.command}: error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

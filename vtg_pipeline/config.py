@@ -18,13 +18,14 @@ from typing import Any
 import yaml
 
 from .data import DataConfig
+from .errors import UserError
 from .inference import DecodeConfig
 from .losses import LossConfig
 from .models import ModelConfig
 from .names import first_line
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad config file, key or value; one line."""
 
 

@@ -32,11 +32,12 @@ from torch.utils.data import Dataset, Sampler
 
 from .annotations import read_annotations, read_charades_durations, saliency_targets, window_saliency
 from .backbone import FrozenBackbone
+from .errors import UserError
 from .features import load_features, read_metadata
 from .names import first_line, path_in
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Data that cannot be used as configured; one line naming the file."""
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .annotations import check_qid, json_object, read_annotations, read_qvhighlights, repeated_qid, text_lines
+from .errors import UserError
 
 MR_THRESHOLDS = [round(float(x), 2) for x in np.linspace(0.5, 0.95, 10)]
 LENGTH_BUCKETS = {"short": (0, 10), "middle": (10, 30), "long": (30, 150), "full": (0, 150)}
@@ -71,7 +72,7 @@ DATASETS = ("qvhighlights", *RECALL_SPECS)
 MAIN_METRIC = {"qvhighlights": "MR-full-mAP", "charades": "R1@0.5", "tacos": "R1@0.5", "ego4d": "R1@0.3", "mad": "R1@0.3"}
 
 
-class PredictionError(ValueError):
+class PredictionError(UserError):
     """Predictions that cannot be scored: a malformed record, repeated qids, qids that differ from the ground truth."""
 
 

@@ -44,6 +44,7 @@ import torch
 from tqdm import tqdm
 
 from .backbone import FrozenBackbone, Preprocess, load_backbone, spec_metadata
+from .errors import UserError
 from .features import (
     FORMAT_VERSION,
     FP8,
@@ -70,7 +71,7 @@ log = logging.getLogger(__name__)
 STORE_CHOICES = ("features", "frames", "both")
 
 
-class ExtractError(Exception):
+class ExtractError(UserError):
     """A problem with the whole run (bad arguments, duplicate ids); one line for the user."""
 
 

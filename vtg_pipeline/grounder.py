@@ -34,25 +34,17 @@ from collections import Counter
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
-from huggingface_hub import HfApi, constants, snapshot_download
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.utils import validate_repo_id
-from safetensors.torch import load_file
+from huggingface_hub import HfApi
 
 from .annotations import check_qid, json_object, open_text, repeated_qid, text_lines
-from .backbone import FrozenBackbone, hub_reachable, load_backbone
-from .config import TrainConfig, config_from_dict
+from .backbone import FrozenBackbone
+from .checkpoint import read_checkpoint, write_checkpoint
+from .config import TrainConfig
 from .data import DataError, StoredVideo, TextCache
 from .engine import Engine, LocalEngine
+from .errors import UserError
 from .extract import (
     ExtractConfig,
     VideoItem,
@@ -62,19 +54,12 @@ from .extract import (
 )
 from .features import Manifest, feature_path, read_metadata, stored_ids
 from .inference import ground, rounded
-from .models import create_model
-from .names import UnsafeNameError, check_video_id, first_line
-from .training import write_checkpoint
+from .names import UnsafeNameError, check_video_id
 
-# The fields of a checkpoint's backbone_spec that change the states its weights were trained on.
-STATE_FIELDS = ("backbone", "backbone_sha256", "layers", "text_layers", "image_size", "vision_width", "text_width")
-# A Hugging Face Hub model repo id with an optional revision (branch, tag or commit): ``org/name[@revision]``.
-REPO_ID = re.compile(r"(?P<repo_id>[^/@\s]+/[^/@\s]+)(?:@(?P<revision>\S+))?")
-CHECKPOINT_FILES = ["config.json", "model.safetensors", "README.md"]  # what a checkpoint folder (and a Hub repo of one) holds
 QUERIES_CACHED = 1024  # distinct query texts whose states a Grounder keeps (about 64 MB with ViT-B/32's text tower, K = 4)
 
 
-class GroundError(ValueError):
+class GroundError(UserError):
     """A checkpoint or input that cannot be used; one line naming the file."""
 
 
@@ -108,45 +93,12 @@ class Grounder:
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path, device: str | torch.device = "cpu") -> Grounder:
         """Load ``checkpoint``: a checkpoint folder (``best/`` of a run, or one ``save_pretrained`` wrote), or a Hugging
-        Face Hub model repo id ``org/name[@revision]`` that is not a local folder (see ``checkpoint_folder``).
-
-        Refuses (GroundError, one line naming the file) an unreadable config or weights file, config values out of
-        range, weights that do not fit the configured model, and a backbone whose states would differ from the
-        ones the weights were trained on (``STATE_FIELDS`` of ``backbone_spec``); and a repo id that is neither in
-        the Hub cache nor downloadable.
+        Face Hub model repo id ``org/name[@revision]`` that is not a local folder (see ``checkpoint.checkpoint_folder``).
+        ``checkpoint.read_checkpoint`` reads and validates it (CheckpointError, one line naming the file).
         """
-        checkpoint_dir = checkpoint_folder(checkpoint)
-        config_file, weights_file = checkpoint_dir / "config.json", checkpoint_dir / "model.safetensors"
-        for path in (config_file, weights_file):
-            if not path.is_file():
-                raise GroundError(f"{path}: not found (a checkpoint is the best/ folder of a training run)")
-        try:
-            values = json.loads(config_file.read_text())
-            if not isinstance(values, dict) or not isinstance(values.get("backbone_spec"), dict):
-                raise ValueError("expected a JSON object with a backbone_spec")
-            cfg = config_from_dict(values)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise GroundError(f"{config_file}: not a checkpoint config ({e})") from None
-        backbone = load_backbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.layers, device, cfg.backbone.precision)
-        trained_on, now = values["backbone_spec"], backbone.spec.to_dict()
-        for field in STATE_FIELDS:
-            if json.dumps(trained_on.get(field)) != json.dumps(now[field]):
-                raise GroundError(
-                    f"{config_file}: the weights were trained on backbone {field} {trained_on.get(field)}, but its "
-                    f"backbone settings ({cfg.backbone.name}, {cfg.backbone.pretrained}, {cfg.backbone.layers} layers) give {now[field]}"
-                )
-        model = create_model(cfg.model)
-        try:
-            missing, unexpected = model.load_state_dict(load_file(str(weights_file)), strict=False)
-        except Exception as e:  # safetensors' own error type for a cut or garbage file; RuntimeError for the wrong model
-            raise GroundError(f"{weights_file}: not the weights of this config's model ({type(e).__name__}: {first_line(e)})") from None
-        if unexpected or any(not key.startswith("retrieval.") for key in missing):  # a checkpoint older than the head still grounds
-            raise GroundError(
-                f"{weights_file}: not the weights of this config's model (missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
-        grounder = cls(model.to(device), cfg, backbone, indexable=not missing)
-        grounder.trained = {key: values[key] for key in ("epoch", "metrics") if key in values}
-        grounder.folder = checkpoint_dir
+        loaded = read_checkpoint(checkpoint, device)
+        grounder = cls(loaded.model, loaded.cfg, loaded.backbone, indexable=loaded.indexable)
+        grounder.trained, grounder.folder = loaded.trained, loaded.folder
         return grounder
 
     def save_pretrained(self, save_directory: str | Path) -> Path:
@@ -327,38 +279,6 @@ def ground_stored_video(grounder: Grounder, job: tuple[Path, list[str]]) -> list
         return grounder.ground_features(file, queries)
     except DataError as e:  # this video's states are unusable: its items get the reason, the others go on
         return [{"error": str(e)}] * len(queries)
-
-
-def checkpoint_folder(checkpoint: str | Path) -> Path:
-    """The local folder of ``checkpoint``: as given when it is an existing folder, a Path, or a string that is not
-    a Hub repo id; else Hub repo ``org/name[@revision]``'s snapshot in the Hub cache, updated first when the Hub
-    can be reached. GroundError when the repo is neither cached nor downloadable."""
-    match = REPO_ID.fullmatch(checkpoint) if isinstance(checkpoint, str) else None
-    if match is None or os.path.isdir(checkpoint):
-        return Path(checkpoint)
-    repo_id, revision = match["repo_id"], match["revision"]
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        return Path(checkpoint)
-    offline = constants.HF_HUB_OFFLINE
-    online = not offline and hub_reachable(urlparse(constants.ENDPOINT).hostname)  # fail in seconds, not after retries
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES, local_files_only=not online))
-    except LocalEntryNotFoundError:
-        raise GroundError(
-            f"{checkpoint}: no such folder, and Hugging Face Hub model {repo_id} is not in the cache "
-            f"({constants.HF_HUB_CACHE}) and the Hub cannot be reached{' (HF_HUB_OFFLINE is set)' if offline else ''}"
-        ) from None
-    except RevisionNotFoundError:
-        raise GroundError(f"{checkpoint}: Hugging Face Hub model {repo_id} has no revision {revision!r}") from None
-    except RepositoryNotFoundError:
-        raise GroundError(
-            f"{checkpoint}: no such folder, and no Hugging Face Hub model {repo_id} that you can read "
-            "(a private or gated one needs `hf auth login` or HF_TOKEN)"
-        ) from None
-    except HfHubHTTPError as e:
-        raise GroundError(f"{checkpoint}: downloading Hugging Face Hub model {repo_id} failed ({first_line(e)})") from None
 
 
 def with_qids(requests: list[Request]) -> list[Request]:

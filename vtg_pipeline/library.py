@@ -66,6 +66,7 @@ from safetensors import SafetensorError, safe_open
 from .backbone import weights_sha256
 from .data import DataError
 from .engine import Engine, LocalEngine
+from .errors import UserError
 from .extract import VideoItem, output_folder
 from .features import FileLock, atomic_write_text, feature_path, save_tensors
 from .grounder import Grounder, is_truncated
@@ -81,7 +82,7 @@ VIDEO_KEYS = ("vid", "path", "size", "mtime", "duration", "frames", "rows")  # a
 TABLE = {"video": torch.int64, "first_frame": torch.int64, "start": torch.float64, "end": torch.float64}  # per window
 
 
-class LibraryError(ValueError):
+class LibraryError(UserError):
     """An index that cannot be used (missing, corrupt, another checkpoint); one line naming the file and the way out."""
 
 

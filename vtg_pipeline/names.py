@@ -14,8 +14,10 @@ import os
 import re
 from pathlib import Path
 
+from .errors import UserError
 
-class UnsafeNameError(ValueError):
+
+class UnsafeNameError(UserError):
     """An id or path that would leave its folder; one line naming where it was read."""
 
 

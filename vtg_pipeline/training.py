@@ -18,23 +18,21 @@ import io
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial, reduce
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from huggingface_hub import ModelCard, ModelCardData
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
+from .checkpoint import MARKERS, recover_folder, save_checkpoint, staging_folder, swap_in
 from .config import TrainConfig
 from .data import (
     GroundingDataset,
@@ -47,9 +45,10 @@ from .data import (
     dequantize,
     load_split,
 )
+from .errors import UserError
 from .evaluation import MAIN_METRIC, evaluate
 from .extract import warn_if_one_process_launched
-from .features import atomic_write_text, save_tensors
+from .features import atomic_write_text
 from .inference import ground, predictions_for_batch, rounded, window_starts
 from .losses import background_losses, grounding_losses, library_loss, moment_window, window_losses
 from .models import create_model
@@ -62,7 +61,7 @@ class TrainingError(RuntimeError):
     """Training cannot go on (for example a non-finite loss); one line."""
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     """``--resume`` cannot use the saved state; one line naming the folder."""
 
 
@@ -86,130 +85,6 @@ def video_states(batch: dict, backbone: FrozenBackbone, mode: str, device: torch
     b, t = video.shape[:2]
     states = backbone.encode_frames(video.flatten(0, 1))  # inference mode: no graph, no gradient
     return states.view(b, t, *states.shape[1:]).clone()
-
-
-# Run folders written whole or not at all: each is written into ``.NAME.partial`` with its marker file last, then
-# swapped in by ``swap_in``; ``recover_folder`` finishes a swap that a kill interrupted.
-MARKERS = {"best": "config.json", "last": "progress.json"}
-
-
-def staging_folder(folder: Path) -> Path:
-    """The empty ``.NAME.partial`` sibling that a new version of ``folder`` is written into."""
-    tmp = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def swap_in(tmp: Path, folder: Path) -> None:
-    """Replace ``folder`` by the complete folder ``tmp``; a kill at any point leaves what ``recover_folder`` repairs."""
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_folder(folder: Path) -> None:
-    """Resolve leftovers of an interrupted ``swap_in``: keep ``folder`` if complete, else the newest complete one
-    of ``.NAME.partial`` and ``.NAME.old``; remove the rest. Complete: holds its marker file (written last)."""
-    marker = MARKERS[folder.name]
-    tmp, old = folder.with_name(f".{folder.name}.partial"), folder.with_name(f".{folder.name}.old")
-    for candidate in (tmp, old):
-        if not (folder / marker).is_file() and (candidate / marker).is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(candidate, folder)
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
-def save_checkpoint(directory: Path, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone, extra: dict) -> None:
-    """Write ``directory`` atomically with ``write_checkpoint``."""
-    tmp = staging_folder(directory)
-    write_checkpoint(tmp, model, cfg, backbone, extra)
-    swap_in(tmp, directory)
-
-
-def write_checkpoint(folder: Path, model: torch.nn.Module, cfg: TrainConfig, backbone: FrozenBackbone, extra: dict) -> None:
-    """Write into ``folder``: model.safetensors (side network only), README.md (model card), then config.json (the
-    marker: ``cfg``, ``backbone_spec`` and ``extra``, e.g. epoch and metrics)."""
-    config = {**cfg.to_dict(), "backbone_spec": backbone.spec.to_dict(), **extra}
-    save_tensors({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, folder / "model.safetensors")
-    atomic_write_text(folder / "README.md", str(model_card(config)))
-    atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
-
-
-# The config keys a model card lists; config.json next to it has them all.
-CARD_KEYS = (
-    "model.name",
-    "model.head",
-    "model.dims",
-    "model.layers",
-    "model.heads",
-    "model.fusion",
-    "model.score_refinement",
-    "model.background_matching",
-    "data.fps",
-    "data.mode",
-    "decode.window",
-    "optim.epochs",
-    "optim.lr",
-    "optim.batch_size",
-    "seed",
-    "mixed_precision",
-)
-
-
-def model_card(config: dict) -> ModelCard:
-    """The README.md of a checkpoint with config.json content ``config``: Hub front matter, then backbone, data,
-    config summary, epoch and metrics."""
-    backbone, data, spec = config["backbone"], config["data"], config["backbone_spec"]
-    tags = ["video-temporal-grounding", "moment-retrieval", "highlight-detection", "open_clip", data["dataset"], config["model"]["name"]]
-    front = ModelCardData(library_name="vtg_pipeline", tags=tags).to_yaml()
-    rows = "\n".join(f"| `{key}` | {json.dumps(reduce(lambda node, part: node[part], key.split('.'), config))} |" for key in CARD_KEYS)
-    metrics = config.get("metrics") or {}
-    scores = "\n".join(f"| {name} | {score} |" for name, score in metrics.items()) or "| (not recorded) | |"
-    files = ", ".join(f"{name} `{data[name]}`" for name in ("train", "val", "features"))
-    return ModelCard(f"""---
-{front}
----
-
-# vtg_pipeline checkpoint ({config["model"]["name"]})
-
-A video temporal grounding side network (moment retrieval and highlight detection) trained with
-vtg_pipeline on the per-layer states of a frozen open_clip backbone; the backbone is not in this folder.
-
-```python
-from vtg_pipeline.grounder import Grounder
-
-grounder = Grounder.from_pretrained("PATH_OR_ORG/NAME")  # refuses a backbone whose states differ from these
-results = grounder.ground("video.mp4", ["a person opens the door"])
-```
-
-## Backbone
-
-{backbone["name"]}, weights `{backbone["pretrained"]}` (sha256 `{spec["backbone_sha256"]}`), {backbone["precision"]};
-vision blocks {", ".join(map(str, spec["layers"]))} tapped, image size {spec["image_size"]}.
-
-## Training data
-
-{data["dataset"]} annotations in `{data["root"] or "."}`: {files}.
-
-## Config
-
-| key | value |
-|---|---|
-{rows}
-
-## Results
-
-Epoch {config.get("epoch", "(not recorded)")} of {config["optim"]["epochs"]}, on the validation annotations (`{data["val"]}`):
-
-| metric | value |
-|---|---|
-{scores}
-""")
 
 
 def save_resume_state(accelerator: Accelerator, folder: Path, state: dict) -> None:
