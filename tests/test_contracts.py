@@ -34,3 +34,21 @@ def test_every_error_of_ours_that_means_bad_input_is_a_user_error_that_vtg_print
         if name not in NOT_USER_ERRORS and error is not UserError:
             assert issubclass(error, UserError), f"{error.__module__}.{name} is not a UserError"
             assert issubclass(error, USER_ERRORS)
+
+
+def test_vtg_extract_flags_are_the_fields_of_extract_config():
+    from dataclasses import fields
+
+    from vtg_pipeline.cli import build_parser
+    from vtg_pipeline.extract_config import ExtractConfig
+
+    def parsed(*flags: str) -> ExtractConfig:
+        args = build_parser().parse_args(["extract", "videos", "--out", "o", *flags])
+        return ExtractConfig(**{spec.name: getattr(args, spec.name) for spec in fields(ExtractConfig) if hasattr(args, spec.name)})
+
+    assert parsed() == ExtractConfig(["videos"], "o"), "every flag's default is the field's"
+    assert parsed("--batch-size", "8", "--no-progress", "--states", "fp8", "--model", "vtg-tiny") == ExtractConfig(
+        ["videos"], "o", batch_size=8, progress=False, states="fp8", model="vtg-tiny", pretrained="random:0"
+    )
+    flags = {action.dest for action in build_parser()._subparsers._group_actions[0].choices["extract"]._actions}
+    assert {spec.name for spec in fields(ExtractConfig) if "help" in spec.metadata} <= flags

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import gc
 import json
 import logging
 import sys
 import tempfile
 
+from .extract_config import ExtractConfig, positive_int
 from .names import printable
 
 # At exit CPython garbage-collects every object left, ~0.5 M after importing torch and open_clip: 1-2 s of CPU
@@ -30,54 +32,27 @@ atexit.register(gc.freeze)
 USER_ERRORS = (ValueError, FileNotFoundError)
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One argument per field of the dataclass ``config_class`` that has help in its metadata: ``--name-with-dashes``
+    with the field's default, or a positional list (``positional``), or a switch that turns a true default off
+    (``flag``); ``choices`` and ``type`` (a parse function) from the metadata too."""
+    for spec in dataclasses.fields(config_class):
+        meta = spec.metadata
+        if "help" not in meta:
+            continue  # set by code, not a flag
+        if meta.get("positional"):
+            parser.add_argument(spec.name, nargs="+", metavar=meta.get("metavar"), help=meta["help"])
+        elif "flag" in meta:
+            parser.add_argument(meta["flag"], dest=spec.name, action="store_false", help=meta["help"])
+        else:
+            required = spec.default is dataclasses.MISSING
+            shown = "" if required or spec.default is None or "(default" in meta["help"] else f" (default {spec.default})"
+            parser.add_argument("--" + spec.name.replace("_", "-"), dest=spec.name, required=required, default=None if required else spec.default,
+                                type=meta.get("type"), choices=meta.get("choices"), help=meta["help"] + shown)  # fmt: skip
 
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "video_dirs", nargs="+", metavar="VIDEO_DIR", help="folders searched recursively for mp4/mkv/webm/mov/avi/m4v (or video files)"
-    )
-    parser.add_argument("--out", required=True, help="output folder: OUT/<video id>.safetensors and OUT/manifest.jsonl")
-    parser.add_argument(
-        "--fps", type=_positive_float, default=0.5, help="samples per second; sample k is the frame shown at k/fps s (default 0.5)"
-    )
-    parser.add_argument("--model", default="ViT-B-32-quickgelu", help="open_clip model name, e.g. ViT-B-32-quickgelu or vtg-tiny")
-    parser.add_argument(
-        "--pretrained",
-        default=None,
-        help="open_clip tag (openai), a checkpoint file, or random:SEED (default: openai, or random:0 for vtg-tiny)",
-    )
-    parser.add_argument("--layers", type=int, default=4, help="tap the last K transformer blocks (default 4)")
-    parser.add_argument(
-        "--store",
-        choices=("features", "frames", "both"),
-        default="features",
-        help="what to keep: per-layer states, resized uint8 frames, or both",
-    )
-    parser.add_argument("--decoder", default="auto", help="auto, pyav, decord or torchcodec (auto: CUDA decoder on GPU, else PyAV)")
-    parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone forward pass")
-    parser.add_argument("--workers", type=int, default=2, help="videos decoded in parallel threads")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="backbone autocast precision")
-    parser.add_argument(
-        "--states",
-        choices=("fp16", "fp8"),
-        default="fp16",
-        help="how the per-layer states are stored: fp16, or "
-        "fp8 (e4m3 with a scale per token: half the disk and reading; docs/BENCHMARKS.md)",
-    )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu; per process under accelerate)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_arguments(parser, ExtractConfig)
     add_ray_argument(parser)
 
 
@@ -95,25 +70,9 @@ def add_ray_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def extract_main(args: argparse.Namespace) -> int:
-    from .extract import ExtractConfig, launched, process_state, run_extract
+    from .extract import launched, process_state, run_extract
 
-    pretrained = args.pretrained or ("random:0" if args.model == "vtg-tiny" else "openai")
-    cfg = ExtractConfig(
-        video_dirs=args.video_dirs,
-        out=args.out,
-        fps=args.fps,
-        model=args.model,
-        pretrained=pretrained,
-        layers=args.layers,
-        store=args.store,
-        decoder=args.decoder,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        precision=args.precision,
-        states=args.states,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    cfg = ExtractConfig(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(ExtractConfig) if hasattr(args, spec.name)})
     if args.ray is not None:
         return extract_on_ray_main(cfg, args.ray)
     state = process_state()
@@ -501,8 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("query", help='what to look for, e.g. "the chef cuts the pizza"')
     search.add_argument("--index", required=True, metavar="DIR", help="an index folder written by vtg index")
-    search.add_argument("-k", type=_positive_int, default=10, help="moments to print (default 10)")
-    search.add_argument("--candidates", type=_positive_int, default=None, help="windows stage 1 passes to the grounding model (default 20)")
+    search.add_argument("-k", type=positive_int, default=10, help="moments to print (default 10)")
+    search.add_argument("--candidates", type=positive_int, default=None, help="windows stage 1 passes to the grounding model (default 20)")
     search.add_argument(
         "--json",
         action="store_true",

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from .backbone import FrozenBackbone, Preprocess, load_backbone, spec_metadata
 from .errors import UserError
+from .extract_config import STORE_CHOICES, ExtractConfig
 from .features import (
     FORMAT_VERSION,
     FP8,
@@ -68,32 +69,9 @@ from .video import (
 
 log = logging.getLogger(__name__)
 
-STORE_CHOICES = ("features", "frames", "both")
-
 
 class ExtractError(UserError):
     """A problem with the whole run (bad arguments, duplicate ids); one line for the user."""
-
-
-@dataclass
-class ExtractConfig:
-    """Settings of one ``extract`` run; the CLI flags map 1:1 onto these fields."""
-
-    video_dirs: list[str]
-    out: str
-    fps: float = 0.5
-    model: str = "ViT-B-32-quickgelu"
-    pretrained: str | None = "openai"
-    layers: int = 4
-    store: str = "features"
-    decoder: str = "auto"
-    batch_size: int = 32  # frames per backbone forward
-    workers: int = 2  # videos decoded at once
-    chunk: int = 16  # frames per decoded chunk
-    precision: str = "fp32"
-    states: str = "fp16"  # how vision states are stored: fp16 | fp8 (e4m3 with a per-token scale: half the bytes)
-    device: str | None = None  # default: this process's accelerate device
-    progress: bool = True
 
 
 @dataclass(frozen=True)
