@@ -10,8 +10,9 @@ import pytest
 from vtg_pipeline.checkpoint import CheckpointError
 from vtg_pipeline.cli import main
 from vtg_pipeline.config import load_config
-from vtg_pipeline.grounder import Grounder, GroundError, Request, hms, read_requests
+from vtg_pipeline.grounder import Grounder, GroundError, Request, read_requests
 from vtg_pipeline.inference import window_starts
+from vtg_pipeline.names import hms
 from vtg_pipeline.training import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,10 +15,11 @@ from safetensors.torch import load_file, save_file
 from vtg_pipeline.cli import main
 from vtg_pipeline.config import load_config
 from vtg_pipeline.extract import VISION_FP8, find_videos
-from vtg_pipeline.grounder import Grounder, hms
+from vtg_pipeline.grounder import Grounder
 from vtg_pipeline.inference import window_starts
 from vtg_pipeline.library import LibraryError, LibraryIndex, build_index
 from vtg_pipeline.losses import library_loss, moment_window
+from vtg_pipeline.names import hms
 from vtg_pipeline.training import batch_losses, build_run, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from test_bad_inputs_train_ground import checkpoint  # noqa: F401  (a fixture: a
 
 from vtg_pipeline.cli import main
 from vtg_pipeline.features import feature_path, load_features, read_metadata
-from vtg_pipeline.grounder import hms
+from vtg_pipeline.names import hms
 from vtg_pipeline.report import axis_ticks, true_windows, write_report
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,8 +28,9 @@ from test_report import browser  # noqa: F401  (a fixture: headless Chromium, sk
 from vtg_pipeline import serve
 from vtg_pipeline.cli import main
 from vtg_pipeline.extract import find_videos
-from vtg_pipeline.grounder import Grounder, hms
+from vtg_pipeline.grounder import Grounder
 from vtg_pipeline.library import LibraryIndex, build_index
+from vtg_pipeline.names import hms
 from vtg_pipeline.serve import MAX_QUERY_CHARS, create_app
 
 TOKEN = "s3cret-token"

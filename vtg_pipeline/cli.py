@@ -256,8 +256,8 @@ def index_main(args: argparse.Namespace) -> int:
 
 
 def search_main(args: argparse.Namespace) -> int:
-    from .grounder import hms
     from .library import LibraryIndex
+    from .names import hms
 
     index = LibraryIndex.open(args.index, device=args.device or "cpu")
     results = index.search(args.query, k=args.k, candidates=args.candidates)  # candidates None: the library's default

@@ -221,7 +221,31 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         )
     if cfg.model.layers > cfg.backbone.layers:
         raise ConfigError(f"model.layers={cfg.model.layers} uses more CLIP layers than backbone.layers={cfg.backbone.layers} taps")
+    check_combinations(cfg)
     return cfg
+
+
+def check_combinations(cfg: TrainConfig) -> None:
+    """The options that only work together, or only with one model or sampling; ConfigError names the keys."""
+    if cfg.data.sampling not in ("auto", "video", "windows"):
+        raise ConfigError(f"data.sampling must be auto, video or windows, got {cfg.data.sampling!r}")
+    if cfg.model.name == "rgnet" and cfg.data.sampling == "video":
+        raise ConfigError("model.name=rgnet trains on windows: data.sampling must be windows or auto")
+    if cfg.data.negative_queries != cfg.model.background_matching:
+        raise ConfigError("data.negative_queries and model.background_matching go together (BM-DETR)")
+    if cfg.data.temporal_shift_below and uses_windows(cfg):
+        raise ConfigError("data.temporal_shift_below (BM-DETR temporal shifting) applies to whole-video training, not to window sampling")
+    if cfg.loss.background_windows and (cfg.model.name != "rgnet" or cfg.model.head != "pyramid"):
+        raise ConfigError(
+            "loss.background_windows trains an RGNet model's pyramid heads on negative windows: it needs model.name=rgnet and model.head=pyramid"
+        )
+    if cfg.data.group_by_video and uses_windows(cfg):
+        raise ConfigError("data.group_by_video applies to whole-video training: window items hold each query's own windows")
+
+
+def uses_windows(cfg: TrainConfig) -> bool:
+    """Whether training draws window items and evaluation grounds whole videos window by window."""
+    return cfg.data.sampling == "windows" or (cfg.data.sampling == "auto" and cfg.model.name == "rgnet")
 
 
 def config_from_dict(values: dict) -> TrainConfig:

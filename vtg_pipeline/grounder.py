@@ -54,7 +54,7 @@ from .extract import (
 )
 from .features import Manifest, feature_path, read_metadata, stored_ids
 from .inference import ground, rounded
-from .names import UnsafeNameError, check_video_id
+from .names import UnsafeNameError, check_video_id, hms
 
 QUERIES_CACHED = 1024  # distinct query texts whose states a Grounder keeps (about 64 MB with ViT-B/32's text tower, K = 4)
 
@@ -70,12 +70,6 @@ class Request:
     video: str
     query: str
     qid: int | str | None = None
-
-
-def hms(seconds: float) -> str:
-    """Seconds as h:mm:ss.s (``3725.25`` -> ``1:02:05.2``)."""
-    tenths = int(round(seconds * 10))
-    return f"{tenths // 36000}:{tenths // 600 % 60:02d}:{tenths % 600 / 10:04.1f}"
 
 
 class Grounder:
@@ -176,7 +170,7 @@ class Grounder:
                 for i, out in zip(indices, outputs.get(path) or [{"error": failures.get(path)}] * len(indices)):
                     r = requests[i]
                     results[i] = {"qid": r.qid, "query": r.query, "video": r.video, **out}
-                    if "error" not in out and is_truncated(self.backbone, r.query):
+                    if "error" not in out and self.backbone.truncates(r.query):
                         results[i]["warning"] = f"query longer than {self.backbone.tokenizer.context_length} tokens: truncated"
         return results
 
@@ -305,14 +299,6 @@ def unique_id(stem: str, taken: set[str]) -> str:
         n += 1
         candidate = f"{base}-{n}"
     return candidate
-
-
-def is_truncated(backbone: FrozenBackbone, query: str) -> bool:
-    """Whether the query has more tokens than the text tower's context (the tokenizer cuts it)."""
-    tokenizer = backbone.tokenizer
-    if hasattr(tokenizer, "encode"):  # open_clip's BPE tokenizer: + start and end tokens
-        return len(tokenizer.encode(query)) + 2 > tokenizer.context_length
-    return bool(backbone.tokenize([query])[0, -1] != 0)
 
 
 def read_requests(path: str | Path) -> list[Request]:

@@ -69,7 +69,7 @@ from .engine import Engine, LocalEngine
 from .errors import UserError
 from .extract import VideoItem, output_folder
 from .features import FileLock, atomic_write_text, feature_path, save_tensors
-from .grounder import Grounder, is_truncated
+from .grounder import Grounder
 from .inference import rounded, window_starts
 from .names import check_video_id, first_line, printable
 from .window_index import COMPRESS_ABOVE, FLAT_UP_TO, WindowIndex, build_faiss, choose_layout, mapped_tensor, reusable_training
@@ -107,7 +107,7 @@ def check_query(query: object, grounder: Grounder) -> str:
     """``query`` if it is a non-empty text within the text tower's context, else ValueError saying which."""
     if not isinstance(query, str) or not query.strip():
         raise ValueError("empty query: give the words to search for")
-    if is_truncated(grounder.backbone, query):
+    if grounder.backbone.truncates(query):
         raise ValueError(f"query too long: more than {grounder.backbone.tokenizer.context_length} tokens ({len(query)} characters)")
     return query
 

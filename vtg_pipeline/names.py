@@ -1,4 +1,4 @@
-"""Video ids, the paths built from them, and names shown on a terminal.
+"""Video ids, the paths built from them, and names and times shown to users.
 
 A video id (DESIGN.md: the video's path relative to the folder given to
 ``extract``, without its extension) comes from files a user may not have
@@ -76,3 +76,9 @@ def printable(text: object) -> str:
 def path_exists(path: str) -> bool:
     """Whether ``path`` exists here; the Ray runner asks each node (this module imports no torch, so a worker starts fast)."""
     return os.path.exists(path)
+
+
+def hms(seconds: float) -> str:
+    """Seconds as h:mm:ss.s (``3725.25`` -> ``1:02:05.2``)."""
+    tenths = int(round(seconds * 10))
+    return f"{tenths // 36000}:{tenths // 600 % 60:02d}:{tenths % 600 / 10:04.1f}"

@@ -29,8 +29,8 @@ from PIL import Image
 from safetensors import safe_open
 
 from .features import atomic_write_text, feature_path, partial_path
-from .grounder import hms, unique_id
-from .names import path_in
+from .grounder import unique_id
+from .names import hms, path_in
 
 MEDIA_CHOICES = ("absolute", "copy", "link")
 MOMENT, TRUTH, CURVE = "#ffb74d", "#2e7d32", "#1565c0"  # colours of the predicted and true moments, the saliency curve

@@ -52,9 +52,8 @@ from safetensors import SafetensorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .features import load_features
-from .grounder import hms
 from .library import LibraryError, LibraryIndex, check_query
-from .names import printable
+from .names import hms, printable
 from .report import STYLE, best_frames, legend, saliency_svg, thumbnails
 
 log = logging.getLogger(__name__)

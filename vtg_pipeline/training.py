@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
 from .checkpoint import MARKERS, recover_folder, save_checkpoint, staging_folder, swap_in
-from .config import TrainConfig
+from .config import TrainConfig, uses_windows
 from .data import (
     GroundingDataset,
     LengthGroupedBatches,
@@ -238,15 +238,6 @@ def warn_if_windows_too_short(records: list[dict], cfg: TrainConfig) -> None:
         )
 
 
-def uses_windows(cfg: TrainConfig) -> bool:
-    """Whether training draws window items and evaluation grounds whole videos window by window."""
-    if cfg.data.sampling not in ("auto", "video", "windows"):
-        raise ValueError(f"data.sampling must be auto, video or windows, got {cfg.data.sampling!r}")
-    if cfg.model.name == "rgnet" and cfg.data.sampling == "video":
-        raise ValueError("model.name=rgnet trains on windows: data.sampling must be windows or auto")
-    return cfg.data.sampling == "windows" or (cfg.data.sampling == "auto" and cfg.model.name == "rgnet")
-
-
 def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, accelerator) -> tuple[dict, dict]:
     """The weighted loss terms of one training batch, and statistics to log (the sparsifier's kept fraction)."""
     device = accelerator.device
@@ -333,17 +324,6 @@ class Run:
 
 def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     """Backbone, data, side network and optimizer, prepared by Accelerate; resumed from ``last/`` if asked."""
-    if cfg.data.negative_queries != cfg.model.background_matching:
-        raise ValueError("data.negative_queries and model.background_matching go together (BM-DETR)")
-    if cfg.data.temporal_shift_below and uses_windows(cfg):
-        raise ValueError("data.temporal_shift_below (BM-DETR temporal shifting) applies to whole-video training, not to window sampling")
-    if cfg.loss.background_windows and (cfg.model.name != "rgnet" or cfg.model.head != "pyramid"):
-        raise ValueError(
-            "loss.background_windows trains an RGNet model's pyramid heads on negative windows: "
-            "it needs model.name=rgnet and model.head=pyramid"
-        )
-    if cfg.data.group_by_video and uses_windows(cfg):
-        raise ValueError("data.group_by_video applies to whole-video training: window items hold each query's own windows")
     out_dir = Path(cfg.output_dir)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
