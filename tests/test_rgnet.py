@@ -318,6 +318,25 @@ def test_window_sampling_choice():
         load_config(None, ["model.name=rgnet", "data.sampling=video"])
     with pytest.raises(ValueError, match="data.sampling"):
         load_config(None, ["data.sampling=clips"])
+    with pytest.raises(ValueError, match="model.name='rgnett': must be one of r2, rgnet"):
+        load_config(None, ["model.name=rgnett"])
+
+
+def test_a_registered_model_says_what_training_gives_it(monkeypatch):
+    """Window sampling, negative windows and the heads' rows follow the model class, not its name."""
+    from vtg_pipeline.config import load_config, retrieves_windows, uses_windows
+    from vtg_pipeline.models import MODELS, R2Grounder, RGNetGrounder
+
+    class Retriever(RGNetGrounder):
+        pass
+
+    monkeypatch.setitem(MODELS, "my_retriever", Retriever)
+    cfg = load_config(None, ["model.name=my_retriever"])
+    assert retrieves_windows(cfg) and uses_windows(cfg)
+    rows, background = torch.tensor([0, 4]), torch.tensor([1, 2])
+    assert Retriever.window_arguments(rows, background) == {"heads_rows": rows, "background_rows": background}
+    assert R2Grounder.window_arguments(rows, background) == {}  # R² runs its heads on every (query, window) pair
+    assert not retrieves_windows(load_config(None, ["model.name=r2"]))
 
 
 def test_cross_video_negatives_come_from_other_videos(synth_root, tiny_backbone):

@@ -21,7 +21,7 @@ from .data import DataConfig
 from .errors import UserError
 from .inference import DecodeConfig
 from .losses import LossConfig
-from .models import ModelConfig
+from .models import MODELS, ModelConfig, model_class
 from .names import first_line
 
 
@@ -227,25 +227,33 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
 
 def check_combinations(cfg: TrainConfig) -> None:
     """The options that only work together, or only with one model or sampling; ConfigError names the keys."""
+    if cfg.model.name not in MODELS:
+        raise ConfigError(f"model.name={cfg.model.name!r}: must be one of {', '.join(sorted(MODELS))}")
     if cfg.data.sampling not in ("auto", "video", "windows"):
         raise ConfigError(f"data.sampling must be auto, video or windows, got {cfg.data.sampling!r}")
-    if cfg.model.name == "rgnet" and cfg.data.sampling == "video":
-        raise ConfigError("model.name=rgnet trains on windows: data.sampling must be windows or auto")
+    if retrieves_windows(cfg) and cfg.data.sampling == "video":
+        raise ConfigError(f"model.name={cfg.model.name} trains on windows: data.sampling must be windows or auto")
     if cfg.data.negative_queries != cfg.model.background_matching:
         raise ConfigError("data.negative_queries and model.background_matching go together (BM-DETR)")
     if cfg.data.temporal_shift_below and uses_windows(cfg):
         raise ConfigError("data.temporal_shift_below (BM-DETR temporal shifting) applies to whole-video training, not to window sampling")
-    if cfg.loss.background_windows and (cfg.model.name != "rgnet" or cfg.model.head != "pyramid"):
+    if cfg.loss.background_windows and not (retrieves_windows(cfg) and cfg.model.head == "pyramid"):
         raise ConfigError(
-            "loss.background_windows trains an RGNet model's pyramid heads on negative windows: it needs model.name=rgnet and model.head=pyramid"
+            "loss.background_windows trains a window-retrieving model's pyramid heads on negative windows: "
+            "it needs model.name=rgnet and model.head=pyramid"
         )
     if cfg.data.group_by_video and uses_windows(cfg):
         raise ConfigError("data.group_by_video applies to whole-video training: window items hold each query's own windows")
 
 
+def retrieves_windows(cfg: TrainConfig) -> bool:
+    """Whether the configured model scores (query, window) pairs itself (RGNet): it trains on negative windows too."""
+    return model_class(cfg.model.name).retrieves_windows
+
+
 def uses_windows(cfg: TrainConfig) -> bool:
     """Whether training draws window items and evaluation grounds whole videos window by window."""
-    return cfg.data.sampling == "windows" or (cfg.data.sampling == "auto" and cfg.model.name == "rgnet")
+    return cfg.data.sampling == "windows" or (cfg.data.sampling == "auto" and retrieves_windows(cfg))
 
 
 def config_from_dict(values: dict) -> TrainConfig:

@@ -234,7 +234,7 @@ def windows_of(
     else:
         own = [list(range(len(starts)))] * queries
     logits = None
-    if hasattr(model, "retrieve"):  # also for one window: its score scales the moments, as in every other video
+    if model.retrieves_windows:  # also for one window: its score scales the moments, as in every other video
         logits = window_logits(model, read_frames, starts, window, num_frames, query, query_mask, cfg.window_prior).cpu().numpy()
         chosen = [
             set(np.asarray(mine)[np.argsort(-row[mine], kind="stable")][: cfg.retrieval_topk].tolist()) for row, mine in zip(logits, own)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
 from .checkpoint import MARKERS, recover_folder, save_checkpoint, staging_folder, swap_in
-from .config import TrainConfig, uses_windows
+from .config import TrainConfig, retrieves_windows, uses_windows
 from .data import (
     GroundingDataset,
     LengthGroupedBatches,
@@ -255,9 +255,8 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
         frame_mask = batch["frame_mask"].to(device).flatten(0, 1)
         positive_rows = torch.arange(b, device=device) * w
         negative_rows, negative_real = positive_rows[:, None] + torch.arange(1, w, device=device), batch["window_mask"].to(device)[:, 1:]
-        heads = {"heads_rows": positive_rows} if cfg.model.name == "rgnet" else {}
-        if cfg.loss.background_windows and cfg.model.name == "rgnet":  # the heads also on the real negative windows
-            heads["background_rows"] = negative_rows[negative_real]
+        background_rows = negative_rows[negative_real] if cfg.loss.background_windows else None  # heads on real negative windows
+        heads = accelerator.unwrap_model(model).window_arguments(positive_rows, background_rows)
         with accelerator.autocast():
             out = model(video, frame_mask, query.repeat_interleave(w, 0), query_mask.repeat_interleave(w, 0), *negative, **heads)
         heads_mask = frame_mask[positive_rows]
@@ -293,7 +292,7 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
         cfg.loss.library_temperature,
         **own,
     )
-    if not windowed or cfg.model.name != "rgnet":  # no retrieval (a window-trained R² grounder: the two-stage baseline's second stage)
+    if "window_logit" not in out:  # a model that does not score windows (R² trained on windows: the two-stage baseline's grounder)
         return losses, {}
     losses.update(window_losses(out, batch["window_mask"].to(device), batch["in_moment"].to(device).flatten(0, 1), frame_mask, cfg.loss))
     real = batch["window_mask"].to(device).flatten()
@@ -347,7 +346,7 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     batch_collate = partial(collate, fps=cfg.data.fps)
     if uses_windows(cfg):  # one positive window per query, plus same-video negatives for a retrieval model
         fps = cfg.data.fps
-        retrieval = cfg.model.name == "rgnet"
+        retrieval = retrieves_windows(cfg)
         warn_if_windows_too_short(train_set.records, cfg)
         train_set = WindowDataset(
             train_set.records,

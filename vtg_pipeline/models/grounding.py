@@ -2,7 +2,9 @@
 
 ``ModelConfig`` holds every hyper-parameter (defaults are the paper's);
 ``create_model(cfg)`` is the one factory, dispatching on ``cfg.name`` through
-the ``MODELS`` registry.
+the ``MODELS`` registry of model classes. A class says what training must give it
+(``retrieves_windows``, ``window_arguments``); the loss terms it adds follow from
+the outputs it returns (see ``training.batch_losses``).
 
 Shapes: B batch, T frames, K tapped layers, P tokens per frame, L query tokens,
 N anchor points over all pyramid levels. Units: frames unless stated.
@@ -10,8 +12,8 @@ N anchor points over all pyramid levels. Units: frames unless stated.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -60,26 +62,43 @@ class ModelConfig:
         return asdict(self)
 
 
-MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+MODELS: dict[str, type[nn.Module]] = {}
 
 
 def register_model(name: str):
-    def decorator(builder):
-        MODELS[name] = builder
-        return builder
+    """Class decorator: ``create_model`` builds ``cls(cfg)`` for ``cfg.name == name``."""
+
+    def decorator(cls):
+        MODELS[name] = cls
+        return cls
 
     return decorator
 
 
+def model_class(name: str) -> type[nn.Module]:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; registered: {sorted(MODELS)}")
+    return MODELS[name]
+
+
 def create_model(cfg: ModelConfig) -> nn.Module:
-    if cfg.name not in MODELS:
-        raise ValueError(f"unknown model {cfg.name!r}; registered: {sorted(MODELS)}")
-    return MODELS[cfg.name](cfg)
+    return model_class(cfg.name)(cfg)
 
 
+@register_model("r2")
 class R2Grounder(nn.Module):
     """R²-Tuning: frame features from the R² block, pyramid heads (or the anchor decoder) for moments, cosine saliency;
     plus ``retrieval``, the stage-1 library search head (``RetrievalHead``, trained by its own loss, not in ``forward``)."""
+
+    # Whether the model scores (query, window) pairs itself: training then gives it negative windows,
+    # and a video is grounded window by window (``data.sampling=auto``).
+    retrieves_windows: ClassVar[bool] = False
+
+    @staticmethod
+    def window_arguments(positive_rows: torch.Tensor, background_rows: torch.Tensor | None) -> dict:
+        """Keyword arguments of ``forward`` for a batch of (query, window) pairs: rows (R,) of the positive
+        windows and (R',) of negative windows to train the heads on (None: none). R² runs its heads on every pair."""
+        return {}
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -228,8 +247,3 @@ class R2Grounder(nn.Module):
             "complete_points": torch.cat(complete, dim=1),
             **common,
         }
-
-
-@register_model("r2")
-def _build_r2(cfg: ModelConfig) -> nn.Module:
-    return R2Grounder(cfg)

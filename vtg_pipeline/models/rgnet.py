@@ -112,6 +112,7 @@ class RGEncoder(nn.Module):
         }
 
 
+@register_model("rgnet")
 class RGNetGrounder(R2Grounder):
     """R² block -> RG-Encoder -> R² pyramid heads on the fused frames, per (query, window) pair.
 
@@ -120,6 +121,13 @@ class RGNetGrounder(R2Grounder):
     ``retrieve`` stops before the heads (window scoring at inference); ``predict``
     then runs the heads on the windows that were kept.
     """
+
+    retrieves_windows = True
+
+    @staticmethod
+    def window_arguments(positive_rows: torch.Tensor, background_rows: torch.Tensor | None) -> dict:
+        """The heads run on the positive windows, and on ``background_rows`` as all-background (``loss.background_windows``)."""
+        return {"heads_rows": positive_rows, "background_rows": background_rows}
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -185,8 +193,3 @@ class RGNetGrounder(R2Grounder):
 def select_rows(r2: dict, rows: torch.Tensor | slice) -> dict:
     """The R² outputs the heads read (``query``, per-layer ``cls`` and ``queries``) for some (query, window) pairs."""
     return {"query": r2["query"][rows], "cls": [c[rows] for c in r2["cls"]], "queries": [q[rows] for q in r2["queries"]]}
-
-
-@register_model("rgnet")
-def _build_rgnet(cfg: ModelConfig) -> nn.Module:
-    return RGNetGrounder(cfg)
