@@ -3,6 +3,7 @@
     python bench/extract_bench.py videos --out /tmp/bench              # make the test videos with the ffmpeg CLI
     python bench/extract_bench.py speed /tmp/bench/ten_min_720p.mp4    # decode / backbone / extract / two-step reference
     python bench/extract_bench.py memory /tmp/bench/long_30min_360p.mp4 /tmp/bench/long_120min_360p.mp4
+    python bench/extract_bench.py decode /tmp/bench/ten_min_720p.mp4 --repeats 3   # decode only, each backend (decord's version)
 
 Results are printed as JSON and written to bench/out/*.json; docs/BENCHMARKS.md
 quotes them with the command. ViT-B-32 with random weights (`random:0`): the
@@ -203,6 +204,22 @@ def speed(args) -> dict:
     return result
 
 
+def decode(args) -> dict:
+    """Decode-only seconds of every available backend, the median of ``--repeats`` runs, with the installed versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    runs = {b: [decode_only(args.video, b, args.fps) for _ in range(args.repeats)] for b in available_decoders()}
+    medians = {b: sorted(r, key=lambda x: x["seconds"])[len(r) // 2] for b, r in runs.items()}
+    packages = {name: installed(name) for name in ("decord", "decord2", "av", "torchcodec")}
+    return {"video": Path(args.video).name, "repeats": args.repeats, "packages": packages, "median": medians}
+
+
 def peak_rss_of(cmd: list[str]) -> tuple[float, float]:
     """Run a command; return (wall seconds, peak resident MiB of it and its children), sampled every 0.1 s."""
     start = time.perf_counter()
@@ -278,11 +295,15 @@ def main() -> None:
     sp.add_argument("--fps", type=float, default=0.5)
     mem = sub.add_parser("memory")
     mem.add_argument("videos", nargs="+")
+    dec = sub.add_parser("decode")
+    dec.add_argument("video")
+    dec.add_argument("--fps", type=float, default=0.5)
+    dec.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.command == "videos":
         make_videos(args.out)
         return
-    result = speed(args) if args.command == "speed" else memory(args)
+    result = {"speed": speed, "memory": memory, "decode": decode}[args.command](args)
     OUT.mkdir(exist_ok=True)
     (OUT / f"extract_{args.command}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

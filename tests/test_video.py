@@ -113,6 +113,20 @@ def test_decord_falls_back_to_pyav_when_its_index_disagrees(videos, monkeypatch)
     assert isinstance(DecordDecoder().for_video(info), PyAVDecoder)
 
 
+def test_a_frame_decord_cannot_decode_is_a_video_error(videos, monkeypatch):
+    """One line naming the time, so the batch skips this video (decord2 3.4.0 failed so on 96x64 frames)."""
+    decord = pytest.importorskip("decord")
+    info = probe(str(videos["cfr.mp4"]))
+    opened = DecordDecoder().for_video(info)
+
+    def fail(indices):
+        raise decord.DECORDError("[12:00:00] ndarray.cc:171: Check failed: from_size == to_size (24576 vs. 18432)\nStack trace")
+
+    monkeypatch.setattr(opened.reader, "get_batch", fail, raising=False)
+    with pytest.raises(VideoError, match=r"^decord cannot decode frames at 0.00 s \(.*from_size == to_size \(24576 vs. 18432\)\)$"):
+        next(opened.chunks(info, sample_times(info.duration, 1.0), 4))
+
+
 def test_streaming_never_yields_more_than_a_chunk(videos):
     info = probe(str(videos["cfr.mp4"]))
     sizes = [len(c) for c in PyAVDecoder().chunks(info, sample_times(info.duration, 3.0), chunk=4)]

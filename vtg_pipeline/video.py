@@ -325,7 +325,7 @@ class DecordDecoder:
         if len(reference) != len(frame_times) or not np.allclose(reference, frame_times, atol=2e-3):
             log.warning("decord: frame index of %s disagrees with its timestamps; decoding it with PyAV", info.path)
             return PyAVDecoder()
-        return _DecordVideo(reader, frame_times, on_gpu=self.context.device_type != 1)
+        return _DecordVideo(reader, frame_times, self.context.device_type != 1, self._decord.DECORDError)
 
     def chunks(self, info: VideoInfo, times: np.ndarray, chunk: int) -> Iterator[torch.Tensor]:
         return self.for_video(info).chunks(info, times, chunk)
@@ -336,8 +336,8 @@ class _DecordVideo:
 
     name = "decord"
 
-    def __init__(self, reader, frame_times: np.ndarray, on_gpu: bool):
-        self.reader, self.frame_times, self.on_gpu = reader, frame_times, on_gpu
+    def __init__(self, reader, frame_times: np.ndarray, on_gpu: bool, error: type[Exception]):
+        self.reader, self.frame_times, self.on_gpu, self.error = reader, frame_times, on_gpu, error
 
     def for_video(self, info: VideoInfo) -> _DecordVideo:
         return self
@@ -346,7 +346,10 @@ class _DecordVideo:
         _check_not_truncated(info, self.frame_times[-1], times[times > self.frame_times[-1]])
         indices = frame_indices_at(self.frame_times, times)
         for start in range(0, len(indices), chunk):
-            batch = self.reader.get_batch(indices[start : start + chunk].tolist())
+            try:
+                batch = self.reader.get_batch(indices[start : start + chunk].tolist())
+            except self.error as e:  # e.g. decord2 3.4 on 96x64 frames: a VideoError, so the batch goes on
+                raise VideoError(f"decord cannot decode frames at {times[start]:.2f} s ({_reason(e)})") from None
             frames = torch.from_dlpack(batch.to_dlpack()) if self.on_gpu else torch.from_numpy(batch.asnumpy())
             yield _already_upright(frames, info, self.name)
 
