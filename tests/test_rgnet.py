@@ -114,6 +114,22 @@ def test_window_losses_on_hand_made_inputs():
     )
 
 
+def test_the_window_term_has_its_own_temperature():
+    """loss.window_temperature divides the retrieval token's logits; loss.temperature (saliency, calibration) does not."""
+    from vtg_pipeline.losses import LossConfig, window_losses
+
+    logits, frames = torch.tensor([2.0, 1.0, 0.5, 0.0]), torch.ones(4, 3, dtype=torch.bool)  # 2 queries x 2 windows
+    out = {"window_logit": logits, "attention": torch.zeros(4, 3), "gate_logits": torch.zeros(4, 3)}
+    mask, in_moment = torch.ones(2, 2, dtype=torch.bool), torch.tensor([[True, False, False]] * 4)
+    for window_temperature in (1.0, 0.07):
+        terms = window_losses(out, mask, in_moment, frames, LossConfig(temperature=0.5, window_temperature=window_temperature))
+        expected = window_retrieval_loss(logits.view(2, 2), mask, window_temperature)
+        assert terms["retrieval"].item() == pytest.approx(expected.item())
+    assert window_losses(out, mask, in_moment, frames, LossConfig(window_temperature=1.0))["retrieval"].item() == pytest.approx(
+        (math.log(1 + math.exp(-1.0)) + math.log(1 + math.exp(-0.5))) / 2
+    )
+
+
 def test_window_items_hold_the_moment_and_negatives_from_the_same_video(synth_root, tiny_backbone):
     from vtg_pipeline.data import DataConfig
 

@@ -187,6 +187,7 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("loss.sample_radius", POSITIVE),
     ("loss.temperature", POSITIVE),
     ("loss.library_temperature", POSITIVE),
+    ("loss.window_temperature", POSITIVE),
 ]
 
 

@@ -26,6 +26,7 @@ class LossConfig:
     temperature: float = 0.07
     # RGNet (model.name=rgnet): inter-window contrastive, intra-window attention hinge, gate supervision
     retrieval: float = 1.0  # MAD: 10
+    window_temperature: float = 0.07  # of the inter-window InfoNCE over the retrieval token's logits (the paper's 0.07)
     intra: float = 1.0
     intra_margin: float = 0.2
     gate: float = 0.5  # BCE of the sparsifier's logits against in-moment frames: keeps the gate from collapsing
@@ -292,7 +293,7 @@ def window_losses(
     real = window_mask.flatten()
     positive = torch.arange(b, device=real.device) * w
     terms = {
-        "retrieval": cfg.retrieval * window_retrieval_loss(out["window_logit"].view(b, w), window_mask, cfg.temperature),
+        "retrieval": cfg.retrieval * window_retrieval_loss(out["window_logit"].view(b, w), window_mask, cfg.window_temperature),
         "intra": cfg.intra * intra_window_loss(out["attention"][positive], in_moment[positive], frame_mask[positive], cfg.intra_margin),
         "gate": cfg.gate * gate_loss(out["gate_logits"][real], in_moment[real], frame_mask[real]),
     }
