@@ -273,7 +273,8 @@ def test_accelerate_launch_shards_videos_over_two_processes(videos, tmp_path):
 
 def test_a_rank_whose_run_fails_neither_hangs_nor_cuts_short_the_others(tmp_path):
     """Rank 1's first video cannot be written (its file's place is taken by a folder). Rank 1 stops and meets rank 0 at
-    the gather; rank 0 finishes its own videos, then every rank ends with the one line naming the folder."""
+    the gather; rank 0 finishes its own videos, then every rank ends with the one line naming the folder. (Rank 1 decodes
+    several videos at once, so one of its others may be finished first: which depends on timing.)"""
     videos = tmp_path / "videos"
     for name in "abcdef":  # sorted ids: rank 0 takes a, c, e; rank 1 takes b, d, f
         write_video(videos / f"{name}.mp4", [index_image(i, 96, 64) for i in range(200)], fps=10)
@@ -281,7 +282,9 @@ def test_a_rank_whose_run_fails_neither_hangs_nor_cuts_short_the_others(tmp_path
     (out / "b.safetensors").mkdir(parents=True)
     result = launch([str(videos), "--out", str(out)], "--multi_gpu", "--num_processes", "2")
     assert result.returncode != 0 and f"{out}: cannot write" in result.stderr, result.stderr[-3000:]
-    assert sorted(p.name for p in out.glob("*.safetensors") if p.is_file()) == ["a.safetensors", "c.safetensors", "e.safetensors"]
+    written = {p.stem for p in out.glob("*.safetensors") if p.is_file()}
+    # rank 0 finishes all of its own; rank 1's decoder threads may finish d or f before b fails (kept: they are whole)
+    assert {"a", "c", "e"} <= written <= {"a", "c", "d", "e", "f"}, written
     assert not list(out.glob(".*.partial"))
 
 
