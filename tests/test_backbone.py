@@ -61,6 +61,8 @@ def test_backbone_is_frozen(tiny_backbone):
     frames = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
     out = tiny_backbone.encode_frames(frames)
     assert out.is_inference() and not out.requires_grad
+    states, mask = tiny_backbone.encode_text(["a red disc"])  # the text tower too
+    assert states.is_inference() and not states.requires_grad
 
 
 def test_random_backbone_is_saved_once_and_reloads_identically(tiny_backbone, backbone_cache):

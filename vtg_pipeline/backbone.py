@@ -164,13 +164,13 @@ class FrozenBackbone:
         """Token ids (N, context_length); 0 is padding."""
         return self.tokenizer(texts)
 
-    @torch.inference_mode()
     def truncates(self, query: str) -> bool:
         """Whether ``query`` has more tokens than the text tower's context (the tokenizer cuts it)."""
         if hasattr(self.tokenizer, "encode"):  # open_clip's BPE tokenizer: + start and end tokens
             return len(self.tokenizer.encode(query)) + 2 > self.tokenizer.context_length
         return bool(self.tokenize([query])[0, -1] != 0)
 
+    @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts -> token states (N, L, K, Dt) float32 and valid-token mask (N, L) bool.
 
