@@ -128,6 +128,19 @@ def test_training_with_negative_queries(synth_root, tmp_path):
         train(tiny_config(synth_root, tmp_path / "b", "model.background_matching=true"))
 
 
+def test_the_negative_query_window_term_needs_rgnet_with_negative_queries():
+    from vtg_pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="loss.negative_query_window .* needs model.name=rgnet and model.background_matching=true"):
+        load_config(None, ["loss.negative_query_window=true", "model.name=rgnet"])
+    with pytest.raises(ConfigError, match="loss.negative_query_window"):
+        load_config(None, ["loss.negative_query_window=true", "model.background_matching=true", "data.negative_queries=true"])
+    cfg = load_config(
+        None, ["loss.negative_query_window=true", "model.name=rgnet", "model.background_matching=true", "data.negative_queries=true"]
+    )
+    assert cfg.loss.negative_query_window
+
+
 def test_with_rgnet_the_negative_query_changes_the_spans_of_the_head_rows():
     from test_rgnet import tiny_rgnet
 

@@ -130,6 +130,31 @@ def test_the_window_term_has_its_own_temperature():
     )
 
 
+def test_the_negative_query_on_the_positive_window_is_one_more_negative_when_asked():
+    """loss.negative_query_window adds the negative query's logit on each positive window to that query's InfoNCE."""
+    from vtg_pipeline.losses import LossConfig, window_losses
+
+    logits, frames = torch.tensor([2.0, 1.0, 0.5, 0.0]), torch.ones(4, 3, dtype=torch.bool)  # 2 queries x 2 windows
+    out = {"window_logit": logits, "attention": torch.zeros(4, 3), "gate_logits": torch.zeros(4, 3)}
+    out["negative_window_logit"] = torch.tensor([3.0, -1.0])  # query 0's window under another query scores above it
+    mask, in_moment = torch.tensor([[True, True], [True, False]]), torch.tensor([[True, False, False]] * 4)
+    off = window_losses(out, mask, in_moment, frames, LossConfig(window_temperature=1.0))["retrieval"]
+    on = window_losses(out, mask, in_moment, frames, LossConfig(window_temperature=1.0, negative_query_window=True))["retrieval"]
+    assert off.item() == pytest.approx(math.log(1 + math.exp(-1.0)) / 2)  # query 1 has no real negative window: loss 0
+    assert on.item() == pytest.approx((math.log(1 + math.exp(-1.0) + math.exp(1.0)) + math.log(1 + math.exp(-1.5))) / 2)
+
+
+def test_the_model_scores_the_positive_windows_under_the_negative_query():
+    model = tiny_rgnet(background_matching=True).eval()
+    video, mask = torch.randn(4, 10, 4, 5, 16), torch.ones(4, 10, dtype=torch.bool)
+    query, query_mask = torch.randn(4, 6, 4, 16), torch.ones(4, 6, dtype=torch.bool)
+    negative, negative_mask = torch.randn(2, 5, 4, 16), torch.ones(2, 5, dtype=torch.bool)
+    rows = torch.tensor([0, 2])
+    out = model(video, mask, query, query_mask, negative, negative_mask, heads_rows=rows)
+    _, alone = model.retrieve(video[rows], mask[rows], negative, negative_mask)
+    torch.testing.assert_close(out["negative_window_logit"], alone["window_logit"])
+
+
 def test_window_items_hold_the_moment_and_negatives_from_the_same_video(synth_root, tiny_backbone):
     from vtg_pipeline.data import DataConfig
 

@@ -243,6 +243,11 @@ def check_combinations(cfg: TrainConfig) -> None:
             "loss.background_windows trains a window-retrieving model's pyramid heads on negative windows: "
             "it needs model.name=rgnet and model.head=pyramid"
         )
+    if cfg.loss.negative_query_window and not (retrieves_windows(cfg) and cfg.model.background_matching):
+        raise ConfigError(
+            "loss.negative_query_window scores each positive window under the BM-DETR negative query: "
+            "it needs model.name=rgnet and model.background_matching=true"
+        )
     if cfg.data.group_by_video and uses_windows(cfg):
         raise ConfigError("data.group_by_video applies to whole-video training: window items hold each query's own windows")
 

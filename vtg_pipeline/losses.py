@@ -27,6 +27,8 @@ class LossConfig:
     # RGNet (model.name=rgnet): inter-window contrastive, intra-window attention hinge, gate supervision
     retrieval: float = 1.0  # MAD: 10
     window_temperature: float = 0.07  # of the inter-window InfoNCE over the retrieval token's logits (the paper's 0.07)
+    negative_query_window: bool = False  # the positive window under the BM-DETR negative query (another query of the
+    # video, model.background_matching) joins that InfoNCE as one more negative: the token must read the query, not the window
     intra: float = 1.0
     intra_margin: float = 0.2
     gate: float = 0.5  # BCE of the sparsifier's logits against in-moment frames: keeps the gate from collapsing
@@ -287,13 +289,18 @@ def window_losses(
     """RGNet's terms for B queries x W windows (positive first), flattened to B * W rows in ``out``.
 
     window_mask (B, W); in_moment, frame_mask (B * W, T). The intra-window hinge uses the
-    positive windows; the gate loss every real window.
+    positive windows; the gate loss every real window. With ``cfg.negative_query_window`` the negative query's logit
+    on each positive window (``negative_window_logit``, (B,)) is one more negative of the retrieval InfoNCE.
     """
     b, w = window_mask.shape
     real = window_mask.flatten()
     positive = torch.arange(b, device=real.device) * w
+    logits = out["window_logit"].view(b, w)
+    if cfg.negative_query_window and "negative_window_logit" in out:
+        logits = torch.cat((logits, out["negative_window_logit"][:, None]), dim=1)
+        window_mask = torch.cat((window_mask, torch.ones_like(window_mask[:, :1])), dim=1)
     terms = {
-        "retrieval": cfg.retrieval * window_retrieval_loss(out["window_logit"].view(b, w), window_mask, cfg.window_temperature),
+        "retrieval": cfg.retrieval * window_retrieval_loss(logits, window_mask, cfg.window_temperature),
         "intra": cfg.intra * intra_window_loss(out["attention"][positive], in_moment[positive], frame_mask[positive], cfg.intra_margin),
         "gate": cfg.gate * gate_loss(out["gate_logits"][real], in_moment[real], frame_mask[real]),
     }

@@ -171,6 +171,7 @@ class RGNetGrounder(R2Grounder):
         windows); the head outputs then have R rows, the encoder outputs keep B. With
         ``background_matching`` a negative query (R, L', K', Dt) is encoded on the same
         R windows (R² block, reusing their video mapping, and RG-Encoder), and its fused frames give p-.
+        The negative query's retrieval-token logit on those windows is ``negative_window_logit`` (R,).
         ``background_rows`` (R',): pairs whose window holds no moment of the query (training: the negative windows);
         the heads also run on them and add ``background_cls`` (R', N) and ``background_valid`` (R', N) anchor points.
         """
@@ -179,9 +180,13 @@ class RGNetGrounder(R2Grounder):
         negative = None
         if self.cfg.background_matching and negative_query is not None:
             hidden = [h[rows] for h in r2["hidden"]]  # the windows mapped once, for both queries
-            negative = self.retrieve(video[rows], video_mask[rows], negative_query, negative_mask, hidden)[1]["fused"]
-        out = self.heads(rg["fused"][rows], video_mask[rows], query_mask[rows], select_rows(r2, rows), negative)
+            negative = self.retrieve(video[rows], video_mask[rows], negative_query, negative_mask, hidden)[1]
+        out = self.heads(
+            rg["fused"][rows], video_mask[rows], query_mask[rows], select_rows(r2, rows), None if negative is None else negative["fused"]
+        )
         out.update({k: rg[k] for k in ("window_logit", "gate", "gate_logits", "attention")})
+        if negative is not None:
+            out["negative_window_logit"] = negative["window_logit"]
         if background_rows is not None:
             background = self.heads(
                 rg["fused"][background_rows], video_mask[background_rows], query_mask[background_rows], select_rows(r2, background_rows)
