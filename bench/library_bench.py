@@ -91,6 +91,7 @@ from safetensors import safe_open
 from train_bench import peak_rss
 
 from vtg_pipeline import library
+from vtg_pipeline.config import load_config
 from vtg_pipeline.data import TextCache
 from vtg_pipeline.extract import find_videos
 from vtg_pipeline.grounder import Grounder
@@ -212,9 +213,7 @@ def prepare(args) -> None:
         config = CONFIGS / ("synthetic_long.yaml" if args.long else "synthetic.yaml")
         overrides = [f"data.root={data}", f"output_dir={out}"]
         if args.epochs:
-            import yaml
-
-            decay = [e for e in yaml.safe_load(config.read_text())["optim"].get("decay_epochs", []) if e < args.epochs]
+            decay = [e for e in load_config(config).optim.decay_epochs if e < args.epochs]
             overrides += [f"optim.epochs={args.epochs}", f"optim.decay_epochs={json.dumps(decay)}"]
         mark = time.perf_counter()
         run([*vtg, "train", "--config", str(config), *overrides])

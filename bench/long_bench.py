@@ -4,6 +4,7 @@
     python bench/long_bench.py compare --root runs/long/data --runs runs/long   # -> bench/out/long_compare.json
     python bench/long_bench.py compare ... --systems "unified (RGNet)"          # only that row (others in the file kept)
     python bench/long_bench.py calibrate --root runs/long/data --runs runs/long/unified --topk 5 10 20 --evidence 0 0.25 0.5 0.75 1
+    python bench/long_bench.py calibrate ... --window 48 64 --stride 16 32     # the inference grid too (s; stride <= window)
 
 ``scale``: the paper-sized RGNet side network (dims 256, K = 4, 180-s windows every
 90 s, top 30 windows per query; random weights: speed does not depend on them) on
@@ -21,10 +22,11 @@ top windows into the oracle-trained grounder), and the sparsifier's kept fractio
 
 ``calibrate``: the window score at inference (``decode.window_prior`` p,
 ``decode.retrieval_topk`` k and ``decode.window_evidence`` e; ``inference.window_logits``
-and ``merge_windows``) for a trained RGNet run (``--runs`` is the run folder), on the
-validation split of ``--root``. For each p, each video's windows are scored and
-grounded once with the largest k; every (k, e) is then a merge of those results.
-Prints one row per (p, k, e) and the best by R1@0.3.
+and ``merge_windows``) and the inference grid (``decode.window`` and ``window_stride``,
+``--window`` / ``--stride``, default the run's) for a trained RGNet run (``--runs`` is the
+run folder), on the validation split of ``--root``. For each grid and p, each video's
+windows are scored and grounded once with the largest k; every (k, e) is then a merge of
+those results. Prints one row per (window, stride, p, k, e) and the best by R1@0.3.
 """
 
 from __future__ import annotations
@@ -208,19 +210,28 @@ def compare(root: Path, runs: Path, only: list[str] | None = None) -> list[dict]
     return rows
 
 
-def calibrate(root: Path, run: Path, topks: list[int], evidence: list[float], priors: list[float]) -> list[dict]:
-    """Metrics of every (window_prior, retrieval_topk, window_evidence) on the validation split of ``root``; see the
-    module docstring."""
+def calibrate(
+    root: Path,
+    run: Path,
+    topks: list[int],
+    evidence: list[float],
+    priors: list[float],
+    windows: list[float] | None = None,
+    strides: list[float] | None = None,
+) -> list[dict]:
+    """Metrics of every (window, window_stride, window_prior, retrieval_topk, window_evidence) on the validation split
+    of ``root``; see the module docstring."""
     grounder = Grounder.from_pretrained(run / "best")
     cfg, model = grounder.cfg, grounder.model
+    grids = [(w, s) for w in windows or [cfg.decode.window] for s in strides or [cfg.decode.window_stride] if s <= w]
     records = [json.loads(line) for line in (root / cfg.data.val).read_text().splitlines() if line.strip()]
     dataset = GroundingDataset(records, root / cfg.data.features, grounder.backbone, cfg.data.fps)
     by_video: dict[str, list[dict]] = {}
     for record in records:
         by_video.setdefault(record["vid"], []).append(record)
     rows = []
-    for prior in priors:
-        deepest = replace(cfg.decode, retrieval_topk=max(topks), window_prior=prior)
+    for (window, stride), prior in [(grid, prior) for grid in grids for prior in priors]:
+        deepest = replace(cfg.decode, retrieval_topk=max(topks), window_prior=prior, window=window, window_stride=stride)
         videos = []
         for vid, group in by_video.items():
             query, query_mask = grounder.text_cache([r["query"] for r in group], "cpu")
@@ -259,7 +270,14 @@ def calibrate(root: Path, run: Path, topks: list[int], evidence: list[float], pr
                         )
                 metrics = evaluate(predictions, records, "mad")["brief"]
                 rows.append(
-                    {"window_prior": prior, "retrieval_topk": k, "window_evidence": e, **{m: metrics[m] for m in CALIBRATION_METRICS}}
+                    {
+                        "window": window,
+                        "window_stride": stride,
+                        "window_prior": prior,
+                        "retrieval_topk": k,
+                        "window_evidence": e,
+                        **{m: metrics[m] for m in CALIBRATION_METRICS},
+                    }
                 )
                 print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: (r["R1@0.3"], r["WR-overlap-R1"]))
@@ -281,13 +299,15 @@ def main() -> None:
     parser.add_argument("--topk", type=int, nargs="*", default=[5, 10, 20], help="calibrate: retrieval_topk values")
     parser.add_argument("--evidence", type=float, nargs="*", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="calibrate: window_evidence values")
     parser.add_argument("--prior", type=float, nargs="*", default=[0.0], help="calibrate: window_prior values")
+    parser.add_argument("--window", type=float, nargs="*", help="calibrate: decode.window values (s; default the run's)")
+    parser.add_argument("--stride", type=float, nargs="*", help="calibrate: decode.window_stride values (s; default the run's)")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     torch.set_grad_enabled(False)
     if args.what == "one-scale":
         print(json.dumps(one_scale(int(args.args[0]), Path(args.args[1]))))
     elif args.what == "calibrate":
-        rows = calibrate(args.root, args.runs, args.topk, args.evidence, args.prior)
+        rows = calibrate(args.root, args.runs, args.topk, args.evidence, args.prior, args.window, args.stride)
         (OUT / f"long_calibrate_{args.runs.name}.json").write_text(json.dumps(rows, indent=2))
     elif args.what == "scale":
         rows = scale(args.minutes)

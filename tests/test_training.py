@@ -50,6 +50,27 @@ def test_config_rejects_unknown_keys_and_coerces_types(tmp_path):
         load_config(bad)
 
 
+def test_a_config_applies_its_base_first_and_a_base_cycle_or_missing_base_is_one_line(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "long.yaml").write_text("model: {name: rgnet, dims: 128}\noptim: {lr: 3.0e-4}\n")
+    (tmp_path / "mine.yaml").write_text("base: shared/long.yaml\nmodel: {dims: 64}\n")  # relative to the file naming it
+    cfg = load_config(tmp_path / "mine.yaml", ["optim.lr=1e-3"])
+    assert (cfg.model.name, cfg.model.dims, cfg.optim.lr) == ("rgnet", 64, 1e-3)  # base, then the file, then overrides
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="a.yaml: its base chain comes back to it"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml: config file not found"):
+        load_config(tmp_path / "lost.yaml")
+    (tmp_path / "bad_base.yaml").write_text("base: [x]\n")
+    with pytest.raises(ConfigError, match="bad_base.yaml: base must be the path of another config file"):
+        load_config(tmp_path / "bad_base.yaml")
+    (tmp_path / "bad_key.yaml").write_text("base: shared/long.yaml\nmodel: {depth: 3}\n")
+    with pytest.raises(ConfigError, match="bad_key.yaml: unknown config key 'model.depth'"):
+        load_config(tmp_path / "bad_key.yaml")
+
+
 def test_training_writes_the_run_layout(synth_root, tmp_path):
     out = tmp_path / "run"
     best = train(tiny_config(synth_root, out))

@@ -272,26 +272,42 @@ def config_from_dict(values: dict) -> TrainConfig:
     return check_config(cfg)
 
 
+def config_layers(path: str | Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """A YAML config file's mappings in the order they apply: the file named by its ``base`` key (relative to it) and
+    that file's bases first, then its own keys. ConfigError names the file at fault."""
+    path = Path(path)
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: its base chain comes back to it ({' -> '.join(str(p) for p in (*seen, path.resolve()))})")
+    try:
+        content = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte at offset {e.start})") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ConfigError(f"{path}: invalid YAML ({first_line(e) if isinstance(e, yaml.YAMLError) else 'nested too deeply'})") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    base = content.pop("base", None)
+    if base is None:
+        return [(path, content)]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must be the path of another config file, got {base!r}")
+    return [*config_layers(path.parent / base, (*seen, path.resolve())), (path, content)]
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """A TrainConfig from a YAML file (optional) and ``key=value`` overrides, applied in order. ConfigError names
-    the file or the override at fault."""
+    """A TrainConfig from a YAML file (optional; ``base: other.yaml`` in it applies that file first) and
+    ``key=value`` overrides, applied in order. ConfigError names the file or the override at fault."""
     cfg = TrainConfig()
-    if path is not None:
-        try:
-            content = yaml.safe_load(Path(path).read_bytes().decode("utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text (byte at offset {e.start})") from None
-        except (yaml.YAMLError, RecursionError) as e:
-            raise ConfigError(f"{path}: invalid YAML ({first_line(e) if isinstance(e, yaml.YAMLError) else 'nested too deeply'})") from None
-        if not isinstance(content, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys")
+    for file, content in config_layers(path) if path is not None else []:
         for key, value in content.items():
             try:
                 _set(cfg, key, value)
             except ConfigError as e:
-                raise ConfigError(f"{path}: {e}") from None
+                raise ConfigError(f"{file}: {e}") from None
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} is not key=value")
