@@ -14,7 +14,7 @@ RSS. Decoding and encoding a video (linear in duration, docs/BENCHMARKS.md) come
 on top and are shared by all of its queries.
 
 ``compare``: reads the runs trained by the commands in docs/BENCHMARKS.md under
-``--runs`` (``unified``, ``retriever``, ``oracle_grounder``, ``no_sparsifier``)
+``--runs`` (``unified``: configs/synthetic_long.yaml, ``retriever``, ``oracle_grounder``, ``sparsifier``)
 and evaluates on the validation videos of ``--root``: window retrieval R@1/R@5,
 grounding R1@0.3 inside the oracle window (the grid window that holds the
 moment), end-to-end R1@0.3/R5@0.3 (the two-stage baseline chains the retriever's
@@ -169,14 +169,14 @@ def kept_fraction(run: Path) -> float | None:
 SYSTEMS = {
     "unified (RGNet)": ("unified", "unified"),
     "two-stage": ("retriever", "oracle_grounder"),
-    "unified, no sparsifier": ("no_sparsifier", "no_sparsifier"),
+    "unified, with the sparsifier": ("sparsifier", "sparsifier"),
 }
 
 
 def compare(root: Path, runs: Path, only: list[str] | None = None) -> list[dict]:
     grounders = {
         name: Grounder.from_pretrained(runs / name / "best")
-        for name in ("unified", "retriever", "oracle_grounder", "no_sparsifier")
+        for name in ("unified", "retriever", "oracle_grounder", "sparsifier")
         if (runs / name / "best").exists()
     }
     some = next(iter(grounders.values()))
@@ -203,7 +203,7 @@ def compare(root: Path, runs: Path, only: list[str] | None = None) -> list[dict]
                 "R5@0.3": metrics["R5@0.3"],
                 "R1@0.5": metrics["R1@0.5"],
                 "R5@0.5": metrics["R5@0.5"],
-                "kept_fraction": kept_fraction(runs / retriever) if retriever != "no_sparsifier" else 1.0,
+                "kept_fraction": kept_fraction(runs / retriever),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
