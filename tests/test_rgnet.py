@@ -259,6 +259,13 @@ def test_window_config_refusals_and_the_short_window_warning(caplog):
     caplog.clear()
     warn_if_windows_too_short([{"relevant_windows": [[0, 30]]}], cfg)
     assert not caplog.records
+    trained_longer = load_config(None, ["model.name=rgnet", "decode.window=48", "decode.window_stride=24", "data.window=100"])
+    warn_if_windows_too_short(records, trained_longer)  # the training windows are data.window's: 100 s holds every moment
+    assert not caplog.records
+    warn_if_windows_too_short(records, load_config(None, ["model.name=rgnet", "data.window=40"]))
+    assert "data.window=40 s is shorter than 2 of the 3 training moments" in caplog.records[0].getMessage()
+    with pytest.raises(ConfigError, match="data.window sets the length of training windows: it needs window sampling"):
+        load_config(None, ["data.window=64"])
 
 
 @pytest.mark.slow
@@ -312,9 +319,19 @@ def test_queries_with_their_own_windows_get_what_each_gets_alone(name):
             assert np.allclose(together[i]["windows"], alone["windows"], atol=1e-5)
 
 
-def test_rgnet_training_logs_kept_fraction_and_window_retrieval(synth_root, tmp_path):
+def test_rgnet_training_logs_kept_fraction_and_window_retrieval(synth_root, tmp_path, monkeypatch):
+    from vtg_pipeline import training
     from vtg_pipeline.config import load_config
     from vtg_pipeline.training import train
+
+    lengths = []  # the training windows (frames): data.window's, while evaluation grounds on decode.window's grid
+
+    class Recorded(WindowDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            lengths.append((self.window, self.stride))
+
+    monkeypatch.setattr(training, "WindowDataset", Recorded)
 
     cfg = load_config(
         ROOT / "configs" / "synthetic_long.yaml",
@@ -328,10 +345,12 @@ def test_rgnet_training_logs_kept_fraction_and_window_retrieval(synth_root, tmp_
             "model.rg_ffn_dims=64",
             "decode.window=20",
             "decode.window_stride=10",
+            "data.window=24",
             "optim.warmup_steps=2",
         ],
     )
     train(cfg)
+    assert lengths == [(12, 5)]  # 24 s and 10 s at 0.5 fps
     metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"R1@0.3", "R5@0.3", "WR-overlap-R1", "WR-contain-R5"} <= set(metrics)
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))

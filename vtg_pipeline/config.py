@@ -178,6 +178,7 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("decode.unit", NON_NEGATIVE),
     ("decode.nms", _one_of("hard", "linear", "none")),
     ("decode.nms_threshold", FRACTION),
+    ("data.window", NON_NEGATIVE),
     ("decode.window", POSITIVE),
     ("decode.window_stride", POSITIVE),
     ("decode.retrieval_topk", AT_LEAST_1),
@@ -248,6 +249,10 @@ def check_combinations(cfg: TrainConfig) -> None:
             "loss.negative_query_window scores each positive window under the BM-DETR negative query: "
             "it needs model.name=rgnet and model.background_matching=true"
         )
+    if cfg.data.window and not uses_windows(cfg):
+        raise ConfigError(
+            "data.window sets the length of training windows: it needs window sampling (model.name=rgnet or data.sampling=windows)"
+        )
     if cfg.data.group_by_video and uses_windows(cfg):
         raise ConfigError("data.group_by_video applies to whole-video training: window items hold each query's own windows")
 
@@ -255,6 +260,11 @@ def check_combinations(cfg: TrainConfig) -> None:
 def retrieves_windows(cfg: TrainConfig) -> bool:
     """Whether the configured model scores (query, window) pairs itself (RGNet): it trains on negative windows too."""
     return model_class(cfg.model.name).retrieves_windows
+
+
+def training_window(cfg: TrainConfig) -> tuple[str, float]:
+    """The key that sets the training windows' length and that length (s): ``data.window``, else ``decode.window``."""
+    return ("data.window", cfg.data.window) if cfg.data.window else ("decode.window", cfg.decode.window)
 
 
 def uses_windows(cfg: TrainConfig) -> bool:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
 from .checkpoint import MARKERS, recover_folder, save_checkpoint, staging_folder, swap_in
-from .config import TrainConfig, retrieves_windows, uses_windows
+from .config import TrainConfig, retrieves_windows, training_window, uses_windows
 from .data import (
     GroundingDataset,
     LengthGroupedBatches,
@@ -227,14 +227,15 @@ def mine_hard_windows(model, dataset: WindowDataset, text_cache, pool: int, devi
 
 
 def warn_if_windows_too_short(records: list[dict], cfg: TrainConfig) -> None:
-    """One warning line when training moments are longer than ``decode.window`` (each is then cut to its window)."""
+    """One warning line when training moments are longer than the training windows (each is then cut to its window)."""
+    key, window = training_window(cfg)
     lengths = [end - start for r in records for start, end in r["relevant_windows"]]
-    longer = [length for length in lengths if length > cfg.decode.window]
+    longer = [length for length in lengths if length > window]
     if longer:
         log.warning(
-            f"decode.window={cfg.decode.window:g} s is shorter than {len(longer)} of the {len(lengths)} training "
+            f"{key}={window:g} s is shorter than {len(longer)} of the {len(lengths)} training "
             f"moments (longest {max(longer):.1f} s): each is cut to its window and cannot be found whole; "
-            f"raise decode.window above {max(longer):.0f} s"
+            f"raise {key} above {max(longer):.0f} s"
         )
 
 
@@ -353,7 +354,8 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
             train_set.feature_dir,
             backbone,
             fps,
-            *cfg.decode.window_frames(fps),
+            max(1, round(training_window(cfg)[1] * fps)),
+            cfg.decode.window_frames(fps)[1],
             cfg.data.negatives if retrieval else 0,
             cfg.seed,
             cfg.data.cross_video_negatives if retrieval else 0,
