@@ -115,11 +115,18 @@ def scale(minutes: list[int]) -> list[dict]:
 
 
 class TwoStage(torch.nn.Module):
-    """The disjoint baseline: a retriever's window scores chained into a separately trained grounder."""
+    """The disjoint baseline: a retriever's window scores (and its dual encoder's, for ``decode.window_prior``) chained
+    into a separately trained grounder."""
+
+    retrieves_windows = True
 
     def __init__(self, retriever: torch.nn.Module, grounder: torch.nn.Module):
         super().__init__()
         self.retriever, self.grounder = retriever, grounder
+
+    @property
+    def retrieval(self) -> torch.nn.Module:
+        return self.retriever.retrieval
 
     def retrieve(self, *inputs):
         return self.retriever.retrieve(*inputs)
