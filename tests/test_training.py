@@ -56,19 +56,18 @@ def test_a_config_applies_its_base_first_and_a_base_cycle_or_missing_base_is_one
     (tmp_path / "mine.yaml").write_text("base: shared/long.yaml\nmodel: {dims: 64}\n")  # relative to the file naming it
     cfg = load_config(tmp_path / "mine.yaml", ["optim.lr=1e-3"])
     assert (cfg.model.name, cfg.model.dims, cfg.optim.lr) == ("rgnet", 64, 1e-3)  # base, then the file, then overrides
-    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
-    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
-    with pytest.raises(ConfigError, match="a.yaml: its base chain comes back to it"):
-        load_config(tmp_path / "a.yaml")
-    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n")
-    with pytest.raises(ConfigError, match="nowhere.yaml: config file not found"):
-        load_config(tmp_path / "lost.yaml")
-    (tmp_path / "bad_base.yaml").write_text("base: [x]\n")
-    with pytest.raises(ConfigError, match="bad_base.yaml: base must be the path of another config file"):
-        load_config(tmp_path / "bad_base.yaml")
-    (tmp_path / "bad_key.yaml").write_text("base: shared/long.yaml\nmodel: {depth: 3}\n")
-    with pytest.raises(ConfigError, match="bad_key.yaml: unknown config key 'model.depth'"):
-        load_config(tmp_path / "bad_key.yaml")
+    refused = {  # file -> its text, and the one line load_config refuses it with
+        "a.yaml": ("base: b.yaml\n", "a.yaml: its base chain comes back to it"),
+        "b.yaml": ("base: a.yaml\n", "b.yaml: its base chain comes back to it"),
+        "lost.yaml": ("base: nowhere.yaml\n", "nowhere.yaml: config file not found"),
+        "bad_base.yaml": ("base: [x]\n", "bad_base.yaml: base must be the path of another config file"),
+        "bad_key.yaml": ("base: shared/long.yaml\nmodel: {depth: 3}\n", "bad_key.yaml: unknown config key 'model.depth'"),
+    }
+    for name, (text, _) in refused.items():
+        (tmp_path / name).write_text(text)
+    for name, (_, message) in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(tmp_path / name)
 
 
 def test_training_writes_the_run_layout(synth_root, tmp_path):

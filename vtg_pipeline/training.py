@@ -20,7 +20,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -354,8 +354,7 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
             train_set.feature_dir,
             backbone,
             fps,
-            max(1, round(training_window(cfg)[1] * fps)),
-            cfg.decode.window_frames(fps)[1],
+            *replace(cfg.decode, window=training_window(cfg)[1]).window_frames(fps),  # training length, the grid's stride
             cfg.data.negatives if retrieval else 0,
             cfg.seed,
             cfg.data.cross_video_negatives if retrieval else 0,
