@@ -73,6 +73,24 @@ def commits(monkeypatch):
     return done
 
 
+@pytest.fixture()
+def first_commit_held(commits, monkeypatch) -> threading.Event:
+    """A driver run in the background (run_in_background) waits just after its first commit until the test sets the
+    returned event: the job is surely still running then, however fast the machine would finish the rest. The test's
+    own reference extraction, in the main thread, is not held."""
+    release = threading.Event()
+    counted = VideoFile.commit  # the commits fixture's wrapper
+
+    def commit(self):
+        path = counted(self)
+        if len(commits) == 1 and threading.current_thread() is not threading.main_thread():
+            release.wait(timeout=300)
+        return path
+
+    monkeypatch.setattr(VideoFile, "commit", commit)
+    return release
+
+
 def assert_same_store(ray_out: Path, local_out: Path) -> None:
     """The files of both stores, tensor by tensor: integers identical, states within one float16 rounding step (in fact
     equal here, see docs/ARCHITECTURE.md), and the same metadata; the same manifest statuses; nothing partial left."""
@@ -225,9 +243,10 @@ def test_killed_worker_processes_still_leave_a_complete_store(cluster, tmp_path,
     assert_same_store(out, local)
 
 
-def test_a_removed_node_still_leaves_a_complete_store(tmp_path, small_ranges, commits):
+def test_a_removed_node_still_leaves_a_complete_store(tmp_path, small_ranges, commits, first_commit_held):
     """Its own cluster of three 1-CPU nodes: a worker node the driver is not attached to is removed once the first
-    file is done; its tasks and actor run again on the others (a pool holding every CPU hung here)."""
+    file is done (the driver waits there meanwhile); its tasks and actor run again on the others (a pool holding every
+    CPU hung here)."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     for _ in range(2):
         cluster.add_node(num_cpus=1)
@@ -238,8 +257,9 @@ def test_a_removed_node_still_leaves_a_complete_store(tmp_path, small_ranges, co
         victim = next(n for n in cluster.list_all_nodes() if not n.head and n.node_id != driver_node)
         local, out, thread, result = start_videos(tmp_path, commits, cluster.address, 8)
         wait_until(lambda: commits or not thread.is_alive())  # the backbones are encoding: a file is done
-        assert thread.is_alive() and len(commits) < 8, "the job was still running when the node went"
+        assert thread.is_alive() and len(commits) == 1, "the job was still running when the node went"
         cluster.remove_node(victim)
+        first_commit_held.set()
         thread.join(timeout=300)
         assert "error" not in result, result.get("error")
         assert result["summary"].done == 8 and len(commits) == 8
@@ -255,25 +275,31 @@ def vtg(*args: str, **kwargs) -> subprocess.Popen:
 
 
 def test_ctrl_c_leaves_a_consistent_store_and_a_rerun_continues(tmp_path):
-    """SIGINT once the first video is committed: the driver stops (status 130), the finished files are whole, no
-    partial is left, and a rerun does the rest only."""
+    """SIGINT the moment the first video is committed (sent by the driver to itself, so the remaining videos cannot all
+    finish first on a fast machine): the driver stops (status 130), the finished file is whole, no partial is left,
+    and a rerun does the rest only."""
     videos = write_videos(tmp_path / "videos", {f"v{i}": 150 for i in range(6)})
     out = tmp_path / "out"
     args = ["extract", str(videos), "--out", str(out), "--model", "vtg-tiny", "--fps", "2", "--store", "both", "--no-progress", "--ray"]
-    run = vtg(*args)
-    wait_until(lambda: any(out.glob("*.safetensors")) or run.poll() is not None, timeout=240)
-    run.send_signal(signal.SIGINT)
-    err = run.communicate(timeout=120)[1]
-    assert run.returncode == 130 and "interrupted" in err.splitlines()[-1], err[-2000:]
+    interrupt_after_first_commit = (
+        "import os, signal, sys; from vtg_pipeline.cli import main; from vtg_pipeline.extract import VideoFile; "
+        "real = VideoFile.commit; "
+        "VideoFile.commit = lambda self: (real(self), os.kill(os.getpid(), signal.SIGINT))[0]; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", interrupt_after_first_commit, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 130 and "interrupted" in run.stderr.splitlines()[-1], run.stderr[-2000:]
     finished = sorted(p.name for p in out.glob("*.safetensors"))
-    assert 0 < len(finished) < 6, "interrupted mid-job"
+    assert len(finished) == 1, finished
     assert not [p.name for p in out.iterdir() if p.name.endswith((".partial", ".lock"))]
-    for name in finished:
-        assert len(load_features(out / name, ["vision"])["vision"]) == 30
+    assert len(load_features(out / finished[0], ["vision"])["vision"]) == 30
     rerun = vtg(*args)
     err = rerun.communicate(timeout=300)[1]
     assert rerun.returncode == 0, err[-2000:]
-    assert err.splitlines()[-1].startswith(f"extract: {6 - len(finished)} done, {len(finished)} skipped, 0 failed"), err[-2000:]
+    assert err.splitlines()[-1].startswith("extract: 5 done, 1 skipped, 0 failed"), err[-2000:]
 
 
 def test_an_unreachable_address_is_one_line_and_status_2_within_30_s(tmp_path):
