@@ -2,8 +2,10 @@
 build, stage 2 equal to `vtg ground` on the same windows, refusals in one line."""
 
 import json
+import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,12 +14,13 @@ from bad_input import assert_one_line_error
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import vtg_pipeline.library as library_module
 from vtg_pipeline.cli import main
 from vtg_pipeline.config import load_config
-from vtg_pipeline.extract import VISION_FP8, find_videos
+from vtg_pipeline.extract import VISION_CLS, VISION_FP8, find_videos
 from vtg_pipeline.grounder import Grounder
 from vtg_pipeline.inference import window_starts
-from vtg_pipeline.library import LibraryError, LibraryIndex, build_index
+from vtg_pipeline.library import LibraryError, LibraryIndex, ReencodedWindows, build_index
 from vtg_pipeline.losses import library_loss, moment_window
 from vtg_pipeline.names import hms
 from vtg_pipeline.training import batch_losses, build_run, train
@@ -400,6 +403,82 @@ def test_an_index_can_keep_its_states_in_fp8(synth_root, checkpoint, grounder, l
         assert f.get_slice("vision").get_shape() == g.get_slice("vision").get_shape()
     results = LibraryIndex.open(folder, grounder).search(QUERY, k=3)
     assert len(results) == 3 and all(r["vid"] in {v.stem for v in videos} for r in results)
+
+
+def test_an_on_demand_index_keeps_no_states_and_finds_what_the_stored_one_finds(
+    synth_root, checkpoint, grounder, library, tmp_path, capsys
+):
+    """``vtg index --states on-demand``: the store keeps the last layer's CLS states alone (the same window vectors);
+    stage 2 re-encodes its windows from the videos, with the stored states' moments, and a second search re-encodes
+    nothing (the cache)."""
+    folder = tmp_path / "index"
+    argv = ["index", str(synth_root / "videos"), "--checkpoint", str(checkpoint), "--index", str(folder), "--no-progress"]
+    assert main([*argv, "--states", "on-demand"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1].endswith("; states on-demand")
+    for file in sorted((library[0] / "features").glob("*.safetensors")):
+        with safe_open(str(folder / "features" / file.name), framework="pt") as f, safe_open(str(file), framework="pt") as g:
+            assert f.metadata()["vision_format"] == VISION_CLS
+            frames, layers, tokens, dims = g.get_slice("vision").get_shape()
+            assert f.get_slice("vision").get_shape() == [frames, 1, 1, dims] and layers * tokens > 1
+            assert torch.equal(f.get_tensor("vision")[:, 0, 0], g.get_tensor("vision")[:, -1, 0])
+    assert torch.equal(index_contents(folder)[1]["vectors"], index_contents(library[0])[1]["vectors"])
+
+    windows = library[1]["windows"]
+    expected = LibraryIndex.open(library[0], grounder).search(QUERY, k=10_000, candidates=windows)
+    index = LibraryIndex.open(folder, grounder)
+    got = index.search(QUERY, k=10_000, candidates=windows)
+    assert [(r["vid"], r["window"]) for r in got] == [(r["vid"], r["window"]) for r in expected]
+    for mine, want in zip(got, expected):
+        assert [mine["start"], mine["end"], mine["score"]] == pytest.approx([want["start"], want["end"], want["score"]], abs=2e-4)
+    assert (index.reencoded.misses, index.reencoded.hits) == (windows, 0), "each window encoded once"
+    assert index.search(QUERY, k=10_000, candidates=windows) == got
+    assert (index.reencoded.misses, index.reencoded.hits) == (windows, windows), "then found in the cache"
+
+
+def test_the_window_cache_keeps_the_most_recently_used_windows_within_its_bytes(monkeypatch):
+    encoded = []
+
+    def encode_samples(backbone, path, times):
+        encoded.append((path, len(times)))
+        return torch.zeros(len(times), 2, dtype=torch.float16)  # 4 bytes a frame
+
+    monkeypatch.setattr(library_module, "encode_samples", encode_samples)
+    cache, grounder, times = ReencodedWindows(max_bytes=40), SimpleNamespace(backbone=None), np.arange(100.0)
+    video = {"path": "a.mp4", "size": "1", "mtime": "2"}
+    assert len(cache.rows(grounder, video, times, 0, 4)) == 4
+    cache.rows(grounder, video, times, 4, 8)
+    cache.rows(grounder, video, times, 0, 4)  # found: now the most recent
+    cache.rows(grounder, video, times, 8, 12)  # 48 bytes: the least recent (4-8) goes
+    assert cache.bytes == 32 and (cache.hits, cache.misses) == (1, 3)
+    cache.rows(grounder, video, times, 0, 4)
+    cache.rows(grounder, video, times, 4, 8)
+    assert (cache.hits, cache.misses) == (2, 4) and cache.bytes <= 40
+    cache.rows(grounder, video, times, 20, 40)  # 80 bytes: given, never kept
+    cache.rows(grounder, {**video, "mtime": "3"}, times, 4, 8)  # the video changed: its windows are new ones
+    assert (cache.hits, cache.misses) == (2, 6) and cache.bytes <= 40
+    assert encoded == [("a.mp4", 4)] * 4 + [("a.mp4", 20), ("a.mp4", 4)]
+    nothing = ReencodedWindows(max_bytes=0)
+    nothing.rows(grounder, video, times, 0, 4)
+    nothing.rows(grounder, video, times, 0, 4)
+    assert (nothing.hits, nothing.misses, nothing.bytes) == (0, 2, 0)
+
+
+def test_an_on_demand_index_gives_an_error_record_for_a_video_gone_or_changed(synth_root, checkpoint, grounder, tmp_path, capsys):
+    """Neither stored states nor the video (or the video rewritten since): that video's error record; the others stand."""
+    videos = copy_videos(synth_root, tmp_path / "videos", 3)
+    folder = tmp_path / "index"
+    counts = build_index(find_videos([str(tmp_path / "videos")]), grounder, folder, str(checkpoint), progress=False, states="on-demand")
+    index = LibraryIndex.open(folder, grounder, window_cache_bytes=0)
+    everything = index.search(QUERY, k=10_000, candidates=counts["windows"])
+    gone, changed = videos[0], videos[1]
+    gone.unlink()
+    os.utime(changed, (changed.stat().st_atime, changed.stat().st_mtime + 10))
+    results = index.search(QUERY, k=10_000, candidates=counts["windows"])
+    moments, errors = [r for r in results if "error" not in r], [r for r in results if "error" in r]
+    assert moments == [{**r, "rank": i} for i, r in enumerate((r for r in everything if r["vid"] == videos[2].stem), 1)]
+    assert {e["vid"]: e["error"].split(" (")[0] for e in errors} == {v.stem: "its video cannot be re-encoded" for v in (gone, changed)}
+    assert "changed since the index was written" in next(e for e in errors if e["vid"] == changed.stem)["error"]
+    assert all("vtg index again" in e["error"] for e in errors)
 
 
 def test_a_checkpoint_older_than_the_search_head_grounds_but_is_not_indexed(checkpoint, synth_root, tmp_path):

@@ -19,7 +19,7 @@ import logging
 import sys
 import tempfile
 
-from .extract_config import ExtractConfig, positive_int
+from .extract_config import ExtractConfig, non_negative_int, positive_int
 from .names import printable
 
 # At exit CPython garbage-collects every object left, ~0.5 M after importing torch and open_clip: 1-2 s of CPU
@@ -251,7 +251,7 @@ def index_main(args: argparse.Namespace) -> int:
         ),
         file=sys.stderr,
     )
-    print(f"index layout: {describe_layout(counts['layout'])}", file=sys.stderr)
+    print(f"index layout: {describe_layout(counts['layout'])}; states {counts['states']}", file=sys.stderr)
     return 1 if counts["failed"] else 0
 
 
@@ -259,7 +259,7 @@ def search_main(args: argparse.Namespace) -> int:
     from .library import LibraryIndex
     from .names import hms
 
-    index = LibraryIndex.open(args.index, device=args.device or "cpu")
+    index = LibraryIndex.open(args.index, device=args.device or "cpu", window_cache_bytes=0)  # one search: nothing to reuse
     results = index.search(args.query, k=args.k, candidates=args.candidates)  # candidates None: the library's default
     for r in results:
         if args.json:
@@ -284,6 +284,7 @@ def serve_main(args: argparse.Namespace) -> int:
         no_token=args.no_token,
         device=args.device or "cpu",
         show_paths=args.show_paths,
+        window_cache_bytes=None if args.window_cache is None else args.window_cache << 20,
     )
 
 
@@ -439,10 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument(
         "--states",
-        choices=("fp16", "fp8"),
+        choices=("fp16", "fp8", "on-demand"),
         default="fp16",
-        help="how the feature store keeps the states search grounds in: fp16 (default), or fp8 for half the disk "
-        "(docs/BENCHMARKS.md: within the seed spread in the learning check); a change re-extracts",
+        help="how the feature store keeps the states search grounds in: fp16 (default), fp8 for half the disk "
+        "(docs/BENCHMARKS.md: within the seed spread in the learning check), or on-demand: none (the CLS states alone, "
+        "for embedding), each searched window is re-encoded from its video, recent ones cached (vtg serve "
+        "--window-cache); a change re-extracts",
     )
     index.add_argument("--device", default=None, help="torch device (default cpu)")
     index.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -493,6 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-local --host without a token: anyone who reaches it can search and watch the library",
     )
     serve.add_argument("--device", default=None, help="torch device (default cpu)")
+    serve.add_argument(
+        "--window-cache",
+        type=non_negative_int,
+        default=None,
+        metavar="MB",
+        help="an index built with --states on-demand: memory for the most recently re-encoded windows (default 1024; 0: none)",
+    )
     serve.add_argument(
         "--show-paths",
         action="store_true",

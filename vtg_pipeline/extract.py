@@ -131,7 +131,14 @@ def find_videos(paths: list[str]) -> list[VideoItem]:
 
 
 VISION_FP8 = "fp8_e4m3_token_scale"  # metadata "vision_format" of files whose vision states are stored in fp8
+VISION_CLS = "cls_fp16"  # ... of files that keep the last layer's CLS state alone (``states="cls"``)
+VISION_FORMATS = {"fp16": "fp16", "fp8": VISION_FP8, "cls": VISION_CLS}  # ExtractConfig.states -> metadata "vision_format"
 BEFORE_THE_KEY = {"vision_format": "fp16"}  # run settings that files written before their key existed had
+
+
+def stored_vision_shape(states: str, row_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One frame's stored vision row: the backbone's (K, 1+P, D), or (1, 1, D) when ``states`` is ``cls``."""
+    return (1, 1, row_shape[-1]) if states == "cls" else tuple(row_shape)
 
 
 def run_settings(cfg: ExtractConfig, backbone: FrozenBackbone) -> dict[str, str]:
@@ -142,7 +149,7 @@ def run_settings(cfg: ExtractConfig, backbone: FrozenBackbone) -> dict[str, str]
         "store": cfg.store,
         "precision": cfg.precision,
         "format_version": FORMAT_VERSION,
-        "vision_format": VISION_FP8 if cfg.states == "fp8" else BEFORE_THE_KEY["vision_format"],
+        "vision_format": VISION_FORMATS[cfg.states],
     }
 
 
@@ -269,12 +276,31 @@ def decode_video(
 
 def encode_rows(backbone: FrozenBackbone, frames: torch.Tensor, states: str) -> dict[str, np.ndarray]:
     """Stage 2: uint8 frames (B, 3, S, S) from any videos -> their rows of the ``vision`` tensor as stored: float16
-    (B, K, 1+P, D), or with ``states="fp8"`` e4m3 bytes plus ``vision_scale`` (B, K, 1+P)."""
+    (B, K, 1+P, D), with ``states="fp8"`` e4m3 bytes plus ``vision_scale`` (B, K, 1+P), with ``states="cls"`` float16
+    (B, 1, 1, D) (the last layer's CLS state)."""
     encoded = backbone.encode_frames(frames)
     if states == "fp8":
         vision, scale = quantize_states(encoded)
         return {"vision": vision, "vision_scale": scale}
+    if states == "cls":
+        encoded = encoded[:, -1:, :1]
     return {"vision": encoded.to(torch.float16).cpu().numpy()}
+
+
+def encode_samples(backbone: FrozenBackbone, path: str, times: np.ndarray) -> torch.Tensor:
+    """The float16 vision states (N, K, 1+P, D) of the frames shown at ``times`` (s) in the video at ``path``, decoded
+    (the ``auto`` decoder of the backbone's device) and encoded in batches as ``vtg extract`` stores them: what search
+    re-encodes on demand. VideoError (one line) when the video cannot be read."""
+    frames = []
+    decoder = make_decoder("auto", str(backbone.device))
+    for message in decode_video(path, probe(path), times, 0, decoder, backbone.preprocess, backbone.device, ExtractConfig.chunk):
+        if isinstance(message, DecodeFailed):
+            raise VideoError(message.reason)
+        if isinstance(message, Frames):
+            frames.append(message.frames)
+    frames = torch.cat(frames)
+    batches = [frames[i : i + ExtractConfig.batch_size] for i in range(0, len(frames), ExtractConfig.batch_size)]
+    return torch.cat([torch.from_numpy(encode_rows(backbone, batch, "fp16")["vision"]) for batch in batches])
 
 
 # ---- Stage 3: write one video's file -------------------------------------------------------------------------------
@@ -286,7 +312,7 @@ def file_layout(cfg: ExtractConfig, row_shapes: dict[str, tuple[int, ...]], coun
     if cfg.store in ("frames", "both"):
         tensors["frames"] = (np.uint8, (count, *row_shapes["frames"]))
     if cfg.store in ("features", "both"):
-        tensors["vision"] = (FP8 if cfg.states == "fp8" else np.float16, (count, *row_shapes["vision"]))
+        tensors["vision"] = (FP8 if cfg.states == "fp8" else np.float16, (count, *stored_vision_shape(cfg.states, row_shapes["vision"])))
         if cfg.states == "fp8":
             tensors["vision_scale"] = (np.float16, (count, *row_shapes["vision"][:2]))
     return tensors

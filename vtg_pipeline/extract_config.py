@@ -21,6 +21,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A command-line integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """A command-line integer >= 1."""
     value = int(text)
@@ -58,8 +66,9 @@ class ExtractConfig:
     precision: str = field(default="fp32", metadata={"choices": ("fp32", "fp16", "bf16"), "help": "backbone autocast precision"})
     states: str = field(
         default="fp16",
-        metadata={"choices": ("fp16", "fp8"), "help": "how the per-layer states are stored: fp16, or fp8 (e4m3 with a scale per token: "
-                  "half the disk and reading; docs/BENCHMARKS.md)"},
+        metadata={"choices": ("fp16", "fp8", "cls"), "help": "how the per-layer states are stored: fp16, fp8 (e4m3 with a scale per "
+                  "token: half the disk and reading; docs/BENCHMARKS.md), or cls (the last layer's CLS state alone, fp16: what "
+                  "library search embeds windows from; `vtg index --states on-demand` re-encodes the rest when searched)"},
     )  # fmt: skip
     device: str | None = field(
         default=None, metadata={"help": "torch device (default: cuda when present, else cpu; per process under accelerate)"}

@@ -31,6 +31,7 @@ import os
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,11 +47,13 @@ from .data import DataError, StoredVideo, TextCache
 from .engine import Engine, LocalEngine
 from .errors import UserError
 from .extract import (
+    VISION_CLS,
     ExtractConfig,
     VideoItem,
     is_up_to_date,
     output_folder,
     run_settings,
+    stored_vision_shape,
 )
 from .features import Manifest, feature_path, read_metadata, stored_ids
 from .inference import ground, rounded
@@ -176,7 +179,7 @@ class Grounder:
 
     def extract_config(self, store: str | Path, progress: bool = False, states: str = "fp16") -> ExtractConfig:
         """The extraction settings of this checkpoint's backbone, layers, fps and precision, keeping frames and states
-        (``states``: fp16, or fp8 for half the bytes)."""
+        (``states``: fp16, fp8 for half the bytes, or cls for the last layer's CLS state alone)."""
         backbone = self.cfg.backbone
         return ExtractConfig(
             video_dirs=[],
@@ -224,17 +227,24 @@ class Grounder:
         return files, failures
 
     def open_stored(self, feature_file: Path) -> AbstractContextManager[StoredVideo]:
-        """``StoredVideo.open(feature_file)``, its vision states checked to have this backbone's row shape."""
-        return StoredVideo.open(feature_file, self.backbone.row_shapes()["vision"])
+        """``StoredVideo.open(feature_file)``, its vision states checked to have this backbone's row shape, or (1, 1, D)
+        in a file that keeps the last layer's CLS state alone (``vtg index --states on-demand``)."""
+        states = "cls" if (read_metadata(feature_file) or {}).get("vision_format") == VISION_CLS else "fp16"
+        return StoredVideo.open(feature_file, stored_vision_shape(states, self.backbone.row_shapes()["vision"]))
 
     def ground_opened(
-        self, video: StoredVideo, queries: list[str], starts: list[int] | list[list[int]] | None = None, duration: float | None = None
+        self,
+        video: StoredVideo,
+        queries: list[str],
+        starts: list[int] | list[list[int]] | None = None,
+        duration: float | None = None,
+        rows: Callable[[int, int], torch.Tensor] | None = None,
     ) -> list[dict]:
         """``inference.ground`` of ``queries`` in an open stored video with this checkpoint, as users get the moments
-        (suppressed duplicates dropped); ``starts`` (shared, or per query), ``duration`` (s) as there."""
+        (suppressed duplicates dropped); ``starts`` (shared, or per query), ``duration`` (s) and ``rows`` as there."""
         query, query_mask = self.text_cache(queries, self.backbone.device)
         decode = replace(self.cfg.decode, keep_suppressed=False)  # users get no score-0 duplicates of better windows
-        return ground(self.model, video, query, query_mask, self.fps, self.cfg.model.strides, decode, starts, duration)
+        return ground(self.model, video, query, query_mask, self.fps, self.cfg.model.strides, decode, starts, duration, rows=rows)
 
     def ground_features(self, feature_file: Path, queries: list[str]) -> list[dict]:
         """Ground ``queries`` on one stored video, window by window; one result dict per query.

@@ -326,14 +326,16 @@ def ground(
     starts: list[int] | list[list[int]] | None = None,
     duration: float | None = None,
     states: tuple[slice, slice] = ALL_STATES,
+    rows: Callable[[int, int], torch.Tensor] | None = None,
 ) -> list[dict]:
     """``ground_in_windows`` over a stored video: Q queries (Q, L, K, Dt) with their mask (Q, L), one window's states
     at a time, read checked finite; ``starts`` as there (shared, or one list per query). ``duration``: seconds
     (default the file's metadata); ``states``: the (layers, tokens) slices of the stored states the model reads
-    (default all). Results as ``ground_in_windows``'s."""
+    (default all); ``rows``: where frames [start, stop)'s states (stop - start, K, P, D) come from instead, when the
+    file keeps none (search's on-demand re-encoding). Results as ``ground_in_windows``'s."""
     return ground_in_windows(
         model,
-        lambda start, stop: video.rows(start, stop, states),
+        rows or (lambda start, stop: video.rows(start, stop, states)),
         video.frames,
         video.duration if duration is None else duration,
         query,

@@ -53,7 +53,9 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -67,17 +69,20 @@ from .backbone import weights_sha256
 from .data import DataError
 from .engine import Engine, LocalEngine
 from .errors import UserError
-from .extract import VideoItem, output_folder
+from .extract import VISION_CLS, VideoItem, encode_samples, output_folder, source_metadata
 from .features import FileLock, atomic_write_text, feature_path, save_tensors
 from .grounder import Grounder
 from .inference import rounded, window_starts
 from .names import check_video_id, first_line, printable
+from .video import VideoError
 from .window_index import COMPRESS_ABOVE, FLAT_UP_TO, WindowIndex, build_faiss, choose_layout, mapped_tensor, reusable_training
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
 CANDIDATES = 20  # stage-1 windows that stage 2 grounds in
+STATES = {"fp16": "fp16", "fp8": "fp8", "on-demand": "cls"}  # build_index(states=...) -> the store's ExtractConfig.states
+WINDOW_CACHE_BYTES = 1 << 30  # re-encoded window states a LibraryIndex keeps: about 100 windows of 64 s at 0.5 fps (ViT-B/32, K = 4)
 VIDEO_KEYS = ("vid", "path", "size", "mtime", "duration", "frames", "rows")  # a video's record in library.json
 TABLE = {"video": torch.int64, "first_frame": torch.int64, "start": torch.float64, "end": torch.float64}  # per window
 
@@ -183,19 +188,61 @@ def read_version(folder: Path) -> Version:
     return Version(number, version_dir, info, table, index, stamp)
 
 
+class ReencodedWindows:
+    """Window states re-encoded from their videos when the store keeps none (``vtg index --states on-demand``), the
+    most recently used kept up to ``max_bytes`` (0: none kept). Threads may share it; two that miss the same window at
+    once both encode it."""
+
+    def __init__(self, max_bytes: int = WINDOW_CACHE_BYTES):
+        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self._windows: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def rows(self, grounder: Grounder, video: dict, times: np.ndarray, start: int, stop: int) -> torch.Tensor:
+        """Float16 states (stop - start, K, 1+P, D) of frames [start, stop) of ``video`` (its index record: path, size,
+        mtime), sampled at ``times`` (s, every frame's). VideoError when the video cannot be read."""
+        key = (video["path"], video["size"], video["mtime"], start, stop)
+        with self._lock:
+            found = self._windows.get(key)
+            if found is not None:
+                self._windows.move_to_end(key)
+                self.hits += 1
+                return found
+            self.misses += 1
+        states = encode_samples(grounder.backbone, video["path"], times[start:stop])
+        with self._lock:
+            if key not in self._windows and states.nbytes <= self.max_bytes:
+                self._windows[key] = states
+                self.bytes += states.nbytes
+                while self.bytes > self.max_bytes:
+                    self.bytes -= self._windows.popitem(last=False)[1].nbytes
+        return states
+
+
 class LibraryIndex:
     """A library index opened for search (see the module docstring for the API)."""
 
-    def __init__(self, folder: str | Path, version: Version, grounder: Grounder, pinned: bool):
+    def __init__(
+        self, folder: str | Path, version: Version, grounder: Grounder, pinned: bool, window_cache_bytes: int = WINDOW_CACHE_BYTES
+    ):
         self.folder, self.pinned = Path(folder), pinned
         self.searcher = self._checked(version, grounder, checkpoint_sha256(grounder))
+        self.reencoded = ReencodedWindows(window_cache_bytes)
 
     @classmethod
-    def open(cls, folder: str | Path, grounder: Grounder | None = None, device: str | torch.device = "cpu") -> LibraryIndex:
-        """Open the index in ``folder`` with ``grounder``, or (None) the checkpoint it was built with, loaded on ``device``."""
+    def open(
+        cls,
+        folder: str | Path,
+        grounder: Grounder | None = None,
+        device: str | torch.device = "cpu",
+        window_cache_bytes: int = WINDOW_CACHE_BYTES,
+    ) -> LibraryIndex:
+        """Open the index in ``folder`` with ``grounder``, or (None) the checkpoint it was built with, loaded on ``device``.
+        ``window_cache_bytes``: the re-encoded window states kept (an index built with ``states="on-demand"``)."""
         version = read_version(Path(folder))
         pinned = grounder is not None
-        return cls(folder, version, grounder or Grounder.from_pretrained(version.info["checkpoint"]["path"], device), pinned)
+        grounder = grounder or Grounder.from_pretrained(version.info["checkpoint"]["path"], device)
+        return cls(folder, version, grounder, pinned, window_cache_bytes)
 
     def _checked(self, version: Version, grounder: Grounder, sha256: str) -> Searcher:
         built = version.info["checkpoint"]
@@ -281,10 +328,16 @@ class LibraryIndex:
             entry = version.info["videos"][video]
             try:
                 found = stage_two(
-                    searcher, entry, [queries[q] for q in asked], [sorted(starts) for starts in asked.values()], self.folder / "features"
+                    searcher,
+                    entry,
+                    [queries[q] for q in asked],
+                    [sorted(starts) for starts in asked.values()],
+                    self.folder / "features",
+                    self.reencoded,
                 )
-            except (DataError, OSError, SafetensorError) as e:  # removed or rewritten since this version was written
-                reason = f"its stored states cannot be read ({first_line(e)}); run vtg index again"
+            except (DataError, OSError, SafetensorError, VideoError) as e:  # removed or rewritten since this version was written
+                what = "its video cannot be re-encoded" if isinstance(e, VideoError) else "its stored states cannot be read"
+                reason = f"{what} ({first_line(e)}); run vtg index again"
                 log.warning(printable(f"{entry['path']}: left out of this search: {reason}"))
                 for q in asked:
                     errors[q].append({"query": queries[q], "vid": entry["vid"], "video": entry["path"], "error": reason})
@@ -333,18 +386,25 @@ def stage_one(searcher: Searcher, queries: list[str], n: int) -> list[list[dict]
 
 
 @torch.no_grad()
-def stage_two(searcher: Searcher, video: dict, queries: list[str], starts: list[list[int]], store: Path) -> list[list[dict]]:
+def stage_two(
+    searcher: Searcher, video: dict, queries: list[str], starts: list[list[int]], store: Path, reencoded: ReencodedWindows
+) -> list[list[dict]]:
     """One video's moments for each of ``queries`` in its own windows (``starts``: first frames, per query), NMS'd in
     absolute seconds as ``vtg ground`` gives them, each with the window holding most of it and that window's clip
     times and saliency (arrays, rounded by ``search_many`` for the moments it returns). The video's states are read
-    once for all the queries."""
+    once for all the queries, or, when the store keeps none, its windows are re-encoded from the video through
+    ``reencoded`` (VideoError when the video is gone or changed)."""
     grounder = searcher.grounder
     cfg = grounder.cfg
     file = feature_path(store, video["vid"])
     with grounder.open_stored(file) as stored:
         if stored.metadata.get("source_mtime") != video["mtime"]:
             raise DataError(f"{file}: changed since the index was written")
-        grounded = grounder.ground_opened(stored, queries, starts, video["duration"])
+        rows = None
+        if stored.metadata.get("vision_format") == VISION_CLS:
+            check_source(video)
+            rows = lambda start, stop: reencoded.rows(grounder, video, stored.timestamps, start, stop)  # noqa: E731
+        grounded = grounder.ground_opened(stored, queries, starts, video["duration"], rows)
     times = stored.timestamps
     length = min(cfg.decode.window_frames(grounder.fps)[0], len(times))
     answers = []
@@ -369,6 +429,16 @@ def stage_two(searcher: Searcher, video: dict, queries: list[str], starts: list[
                 }
             )
     return answers
+
+
+def check_source(video: dict) -> None:
+    """VideoError (one line naming the file) unless ``video``'s file (an index record) is still there unchanged."""
+    try:
+        now = source_metadata(video["path"])
+    except OSError as e:
+        raise VideoError(printable(f"{video['path']}: {e.strerror or e}")) from None
+    if (now["source_size"], now["source_mtime"]) != (video["size"], video["mtime"]):
+        raise VideoError(printable(f"{video['path']}: changed since the index was written"))
 
 
 @torch.no_grad()
@@ -406,7 +476,10 @@ def build_index(
     ``engine``: where videos are extracted and embedded (default: this process; ``RayEngine``: a Ray cluster); the
     faiss index is built here either way. ``folders``: the folders (or files) the videos were found in, recorded as
     the only places ``vtg serve`` serves media from (default: each video's own folder). ``states``: how the store
-    keeps the states stage 2 reads, fp16 or fp8 (half the bytes; a change re-extracts every video)."""
+    keeps the states stage 2 reads: fp16, fp8 (half the bytes), or on-demand (the last layer's CLS states alone, for
+    embedding; stage 2 re-encodes its windows from the videos); a change re-extracts every video."""
+    if states not in STATES:
+        raise ValueError(f"states must be one of {', '.join(STATES)}, got {states!r}")
     if not grounder.indexable:
         raise LibraryError(f"{checkpoint}: trained before checkpoints had a library-search head; train it again to index with it")
     engine = engine or LocalEngine()
@@ -421,7 +494,7 @@ def build_index(
                 f"give --rebuild to index it with {checkpoint} instead"
             )
         store = folder / "features"
-        failures = dict(engine.extract(grounder.extract_config(store, progress, states), items, grounder.backbone).failures)
+        failures = dict(engine.extract(grounder.extract_config(store, progress, STATES[states]), items, grounder.backbone).failures)
         known = {v["vid"]: v for v in old.info["videos"]} if old else {}
         entries, to_embed = {}, []
         for item in items:
@@ -480,6 +553,7 @@ def build_index(
             "window": cfg.decode.window,
             "window_stride": cfg.decode.window_stride,
             "faiss": layout,
+            "states": states,
             "folders": sorted({os.path.realpath(f) for f in folders or [os.path.dirname(i.path) for i in items]}),
             "videos": videos,
             "failed": failed,
@@ -500,6 +574,7 @@ def build_index(
         "windows": index.ntotal,
         "kind": layout["kind"],
         "layout": layout,
+        "states": states,
         "version": number,
         "index": str(folder),
     }

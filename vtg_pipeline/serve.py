@@ -52,7 +52,7 @@ from safetensors import SafetensorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .features import load_features
-from .library import LibraryError, LibraryIndex, check_query
+from .library import WINDOW_CACHE_BYTES, LibraryError, LibraryIndex, check_query
 from .names import hms, printable
 from .report import STYLE, best_frames, legend, saliency_svg, thumbnails
 
@@ -425,10 +425,11 @@ def serve(
     no_token: bool = False,
     device: str = "cpu",
     show_paths: bool = False,
+    window_cache_bytes: int | None = None,
 ) -> int:
     """Check the address and the index, then serve until interrupted. ValueError (one line): a port out of range, a
     non-local host without a token (unless ``no_token``), an index that cannot be read (LibraryError: the file, the
-    rebuild)."""
+    rebuild). ``window_cache_bytes``: re-encoded windows kept (default ``library.WINDOW_CACHE_BYTES``)."""
     import uvicorn
 
     if not 0 <= port <= 65535:
@@ -440,7 +441,8 @@ def serve(
                 f"give --token TOKEN (or set VTG_TOKEN), or --no-token to serve it to everyone"
             )
         log.warning("serving %s without a token: anyone who reaches it can search and watch the library", host)
-    index = LibraryIndex.open(index_dir, device=device)
+    cache = WINDOW_CACHE_BYTES if window_cache_bytes is None else window_cache_bytes
+    index = LibraryIndex.open(index_dir, device=device, window_cache_bytes=cache)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
     print(
         printable(f"serve: {len(index.videos())} videos from {index_dir} at {url}" + (f" (open {url}?token=TOKEN once)" if token else "")),
