@@ -8,6 +8,7 @@
     python bench/library_bench.py quality --root runs/library --long      # -> bench/out/library_quality_long.json
     python bench/library_bench.py speed --root runs/library --long --windows --brute-videos 100   # -> library_speed_long.json
     python bench/library_bench.py load --root runs/library --long         # -> bench/out/library_load_long.json
+    python bench/library_bench.py store --root runs/library --long        # -> bench/out/library_store_long.json
 
     # smoke test, a few minutes: 8 videos (2 for validation), 1 epoch
     python bench/library_bench.py prepare --root /tmp/lbs --videos 8 --epochs 1
@@ -58,6 +59,13 @@ answered, p50/p99 of the answered ones, 503s (overload, refused at once) apart f
 no response), the server's RSS after warm-up, half-way, at the end and its peak (sampled every second; growth from
 half-way to the end is growth, not warm-up). Written to bench/out/library_load[_long]_<clients>c.json.
 
+``store``: indexes the validation videos once per ``--states`` layout of ``vtg index`` (fp16, fp8, on-demand) into
+``ROOT/SET/store/<layout>``, then reports the store's bytes per video hour (states apart from the rest: frames for
+thumbnails, timestamps) measured and as ViT-B/32 (K = 4) would store them, and two-stage search over the first
+``--queries`` validation texts (fresh text cache each): R@k and p50/p99. On-demand is searched with no window cache
+(every candidate window re-encoded from its video), then with the default cache twice over the same texts (the
+second pass finds the windows the first re-encoded). Written to bench/out/library_store[_long].json.
+
 Timings are wall-clock on the machine's CPUs (torch's default threads, or ``--threads``) and only mean something on
 idle cores: on 2 shared cores a busy neighbour made every torch call here about 10x slower, so each JSON records the
 1-minute load average at the start and end. Results are printed as JSON lines and markdown and written to bench/out/.
@@ -95,7 +103,7 @@ from vtg_pipeline.config import load_config
 from vtg_pipeline.data import TextCache
 from vtg_pipeline.extract import find_videos
 from vtg_pipeline.grounder import Grounder
-from vtg_pipeline.library import LibraryIndex, Version, build_index, embed_video
+from vtg_pipeline.library import WINDOW_CACHE_BYTES, LibraryIndex, Version, build_index, embed_video
 from vtg_pipeline.window_index import COMPRESS_ABOVE, FLAT_UP_TO, WindowIndex, build_faiss, choose_layout
 
 OUT = Path(__file__).parent / "out"
@@ -376,6 +384,82 @@ def quality(args) -> None:
                 "query_texts": len(queries),
                 "latency_queries_brute_force": min(args.latency_queries, len(queries)),
                 "build": build,
+                **machine(args),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+
+
+# ---------------------------------------------------------------- store
+
+VIT_B32_ROW_BYTES = {  # one frame's stored states with ViT-B/32, K = 4 (4 layers x 50 tokens x 768 dims)
+    "fp16": 4 * 50 * 768 * 2,
+    "fp8": 4 * 50 * 768 + 4 * 50 * 2,  # e4m3 values and a float16 scale per token
+    "on-demand": 768 * 2,  # the last layer's CLS state, for embedding
+}
+
+
+def store_bytes(features: Path) -> dict[str, int]:
+    """Bytes of a store's feature files: the vision states (with fp8's scales) and the rest (frames for thumbnails,
+    timestamps, headers)."""
+    states = total = 0
+    for file in features.glob("*.safetensors"):
+        total += file.stat().st_size
+        with safe_open(str(file), framework="pt") as f:
+            states += sum(f.get_tensor(name).nbytes for name in ("vision", "vision_scale") if name in f.keys())
+    return {"states": states, "other": total - states}
+
+
+def store(args) -> None:
+    """Each store layout of `vtg index --states` on the set's validation videos: its bytes per video hour and two-stage
+    search latency and quality (on-demand: with no cache, then a second pass over the same texts with the default one)."""
+    folder = set_dir(args)
+    best = checkpoint(folder)
+    grounder = Grounder.from_pretrained(best)
+    records = val_records(folder)
+    truth = ground_truth(records)
+    queries = list(truth)[: args.queries]
+    vids = {r["vid"] for r in records}
+    items = [item for item in find_videos([str(folder / "data" / "videos")]) if item.video_id in vids]
+    rows = []
+    for states in args.states:
+        index_dir = folder / "store" / states
+        shutil.rmtree(index_dir, ignore_errors=True)
+        start = time.perf_counter()
+        counts = build_index(items, grounder, index_dir, str(best), progress=False, states=states)
+        build_s = time.perf_counter() - start
+        hours = sum(v["duration"] for v in LibraryIndex.open(index_dir, grounder).videos()) / 3600
+        stored = store_bytes(index_dir / "features")
+        common = {
+            "states": states,
+            "videos": counts["videos"],
+            "video_hours": round(hours, 2),
+            "build_s": round(build_s, 1),
+            "states GB/h": round(stored["states"] / hours / 1e9, 5),
+            "other GB/h": round(stored["other"] / hours / 1e9, 5),
+            "ViT-B/32 states GB/h": round(VIT_B32_ROW_BYTES[states] * 3600 * grounder.fps / 1e9, 4),
+        }
+        passes = [("", WINDOW_CACHE_BYTES)] if states != "on-demand" else [("no cache", 0), ("cache, first pass", WINDOW_CACHE_BYTES)]
+        for name, cache in passes:
+            index = LibraryIndex.open(index_dir, grounder, window_cache_bytes=cache)
+            for label in [name] if cache == 0 or states != "on-demand" else [name, "cache, second pass"]:
+                ranked, times = timed_searches(
+                    index, queries, lambda q, index=index: index.search(q, k=max(RANKS), candidates=args.candidates)
+                )
+                rows.append({**common, "search": label, **recall(ranked, truth), **lat(times)})
+                print(json.dumps(rows[-1]), flush=True)
+    columns = ["states", "search", "states GB/h", "other GB/h", "ViT-B/32 states GB/h", "R@5@0.5", "p50 ms", "p99 ms", "build_s"]
+    print(markdown(rows, columns))
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"library_store{suffix(args)}.json").write_text(
+        json.dumps(
+            {
+                "set": folder.name,
+                "checkpoint": str(best),
+                "queries": len(queries),
+                "candidates": args.candidates,
                 **machine(args),
                 "rows": rows,
             },
@@ -811,6 +895,10 @@ def main() -> None:
     p.add_argument("--speed-queries", type=int, default=100)
     p.add_argument("--noise", type=float, default=0.1, help="norm of the noise added to copied unit vectors")
     p.add_argument("--no-memory", action="store_true")
+    p = sub.add_parser("store", parents=[common], help="bytes per video hour and search latency of each vtg index --states")
+    p.add_argument("--states", nargs="+", default=["fp16", "fp8", "on-demand"], choices=("fp16", "fp8", "on-demand"))
+    p.add_argument("--queries", type=int, default=None, help="the first N validation query texts (default all)")
+    p.add_argument("--candidates", type=int, default=library.CANDIDATES, help="stage-1 windows passed to stage 2")
     p = sub.add_parser("load", parents=[common], help="16 clients against vtg serve")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=60)
@@ -832,7 +920,7 @@ def main() -> None:
     if args.what == "rss":
         print(json.dumps(rss_in_process(args)))
     else:
-        {"prepare": prepare, "quality": quality, "speed": speed, "load": load}[args.what](args)
+        {"prepare": prepare, "quality": quality, "speed": speed, "load": load, "store": store}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -417,7 +417,7 @@ def test_an_on_demand_index_keeps_no_states_and_finds_what_the_stored_one_finds(
     assert capsys.readouterr().err.splitlines()[-1].endswith("; states on-demand")
     for file in sorted((library[0] / "features").glob("*.safetensors")):
         with safe_open(str(folder / "features" / file.name), framework="pt") as f, safe_open(str(file), framework="pt") as g:
-            assert f.metadata()["vision_format"] == VISION_CLS
+            assert f.metadata()["vision_format"] == VISION_CLS and "frames" not in f.keys()  # thumbnails: vtg serve decodes them
             frames, layers, tokens, dims = g.get_slice("vision").get_shape()
             assert f.get_slice("vision").get_shape() == [frames, 1, 1, dims] and layers * tokens > 1
             assert torch.equal(f.get_tensor("vision")[:, 0, 0], g.get_tensor("vision")[:, -1, 0])

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import psutil
 import pytest
 import uvicorn
 from bad_input import assert_one_line_error
@@ -140,6 +141,30 @@ def test_media_comes_only_from_the_recorded_folders(checkpoint, synth_root, tmp_
     info_file.write_text(json.dumps(info))
     old = TestClient(create_app(LibraryIndex.open(folder))).get(f"/media/{inside.stem}")
     assert old.status_code == 403 and "run vtg index again" in old.json()["error"]
+
+
+def test_an_on_demand_index_serves_the_stored_frame_decoded_from_the_video(library, checkpoint, synth_root, tmp_path):  # noqa: F811
+    """``--states on-demand`` keeps no frames: a thumbnail is the sample decoded from the video, the same pixels the
+    fp16 store keeps; a video gone is refused with the reason, as its media is."""
+    videos = copy_videos(synth_root, tmp_path / "videos", 2)
+    folder = tmp_path / "index"
+    build_index(
+        find_videos([str(tmp_path / "videos")]),
+        Grounder.from_pretrained(checkpoint),
+        folder,
+        str(checkpoint),
+        progress=False,
+        states="on-demand",
+    )
+    stored, on_demand = TestClient(create_app(LibraryIndex.open(library[0]))), TestClient(create_app(LibraryIndex.open(folder)))
+    for t in (0, 7.3, 1e6):
+        want, got = stored.get(f"/thumbs/{videos[0].stem}", params={"t": t}), on_demand.get(f"/thumbs/{videos[0].stem}", params={"t": t})
+        assert got.status_code == want.status_code == 200 and got.headers["content-type"] == "image/png"
+        assert got.content == want.content, t
+    videos[1].unlink()
+    gone, media = on_demand.get(f"/thumbs/{videos[1].stem}", params={"t": 1}), on_demand.get(f"/media/{videos[1].stem}")
+    assert gone.status_code == media.status_code == 403 and gone.json() == media.json()  # refused as its media is
+    assert "run vtg index again" in gone.json()["error"]
 
 
 def test_media_answers_range_requests(client, library):
@@ -363,12 +388,14 @@ def test_serve_refuses_bad_startups_in_one_line(library, tmp_path, capsys):
     assert_one_line_error(["serve", "--index", str(library[0]), "--port", "70000"], capsys, "70000")
 
 
-def test_vtg_serve_answers_on_its_port_with_the_token_from_the_environment(library):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_vtg_serve_answers_on_its_port_with_the_token_from_the_environment(library, synth_root, workers):
+    """``--workers 2``: two processes answer on the one port, each searching its own copy of the index."""
     with socket.socket() as probe:  # a port free a moment ago
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "vtg_pipeline", "serve", "--index", str(library[0]), "--port", str(port)],
+        [sys.executable, "-m", "vtg_pipeline", "serve", "--index", str(library[0]), "--port", str(port), "--workers", str(workers)],
         env={**os.environ, "VTG_TOKEN": TOKEN},
         stderr=subprocess.PIPE,
         text=True,
@@ -386,6 +413,10 @@ def test_vtg_serve_answers_on_its_port_with_the_token_from_the_environment(libra
         assert status == 401, "VTG_TOKEN is the token"
         status, body = raw_get(port, "/api/videos", {"Authorization": f"Bearer {TOKEN}"})
         assert status == 200 and len(json.loads(body)["videos"]) == 4
+        status, body = raw_get(port, f"/api/search?q={quote(queries(synth_root)[0])}", {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and json.loads(body)["results"]
+        spawned = [p for p in psutil.Process(server.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+        assert len(spawned) == (workers if workers > 1 else 0), [p.cmdline() for p in spawned]
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(30) == 0

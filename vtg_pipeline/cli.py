@@ -285,6 +285,7 @@ def serve_main(args: argparse.Namespace) -> int:
         device=args.device or "cpu",
         show_paths=args.show_paths,
         window_cache_bytes=None if args.window_cache is None else args.window_cache << 20,
+        workers=args.workers,
     )
 
 
@@ -496,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-local --host without a token: anyone who reaches it can search and watch the library",
     )
     serve.add_argument("--device", default=None, help="torch device (default cpu)")
+    serve.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="processes answering on the port, each with its own copy of the index and model (memory x N): up to one "
+        "per core when many clients search at once (default 1; docs/BENCHMARKS.md)",
+    )
     serve.add_argument(
         "--window-cache",
         type=non_negative_int,

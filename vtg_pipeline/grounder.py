@@ -178,8 +178,8 @@ class Grounder:
         return results
 
     def extract_config(self, store: str | Path, progress: bool = False, states: str = "fp16") -> ExtractConfig:
-        """The extraction settings of this checkpoint's backbone, layers, fps and precision, keeping frames and states
-        (``states``: fp16, fp8 for half the bytes, or cls for the last layer's CLS state alone)."""
+        """The extraction settings of this checkpoint's backbone, layers, fps and precision, keeping states (``states``:
+        fp16, fp8 for half the bytes, or cls for the last layer's CLS state alone) and, except with cls, frames."""
         backbone = self.cfg.backbone
         return ExtractConfig(
             video_dirs=[],
@@ -188,7 +188,7 @@ class Grounder:
             model=backbone.name,
             pretrained=backbone.pretrained,
             layers=backbone.layers,
-            store="both",
+            store="features" if states == "cls" else "both",
             precision=backbone.precision,
             states=states,
             progress=progress,

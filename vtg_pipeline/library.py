@@ -19,7 +19,8 @@ Folder::
     DIR/vN/vectors.safetensors   vectors float32 (W, E) and per window: video (index into videos), first_frame,
                                  start, end (s)
     DIR/vN/windows.faiss         the faiss index of the vectors, row i = window i
-    DIR/features/                the feature store (states for stage 2, frames for thumbnails)
+    DIR/features/                the feature store (states for stage 2, frames for thumbnails; with
+                                 states="on-demand" the last layer's CLS states alone)
 
 A version is written into ``DIR/.vN.partial``, renamed to ``DIR/vN``, then ``index.json`` is replaced: a reader sees
 the old version or the whole new one, never a part. The previous version stays until the next build, so a reader
@@ -28,7 +29,9 @@ that has just read ``index.json`` still finds its files. Builds on one folder ta
 Search: stage 1 embeds the query and takes the top ``candidates`` windows from faiss; stage 2 grounds the query
 with the checkpoint's model (R² or RGNet, ``inference.ground_in_windows``, as ``vtg ground`` does) in those windows
 only, per video, merges their moments (NMS in absolute seconds) and ranks every moment by its score. A video whose
-feature file went away or changed since the version was written (a build running meanwhile) is left out.
+feature file went away or changed since the version was written (a build running meanwhile) is left out. An index
+built with ``states="on-demand"`` re-encodes each candidate window from its video instead (``ReencodedWindows``: an
+LRU of recent windows, ``window_cache_bytes``); a video gone or changed since is left out the same way.
 
 Python API (``vtg serve`` builds on it)::
 
@@ -276,6 +279,11 @@ class LibraryIndex:
             sha256 = checkpoint_sha256(grounder)
         self.searcher = self._checked(version, grounder, sha256)
         return True
+
+    @property
+    def states(self) -> str:
+        """How the store keeps the states stage 2 reads: fp16, fp8 or on-demand (``build_index``'s ``states``)."""
+        return self.searcher.version.info.get("states", "fp16")
 
     def folders(self) -> list[str] | None:
         """The real paths of the folders (or files) the index was built from; None for versions that predate them."""

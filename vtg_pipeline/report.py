@@ -128,11 +128,16 @@ def legend(top: int, truth: tuple[int, int] | None) -> str:
     return f'<div class="legend"><b>Legend</b><ul>{"".join(f"<li>{item}</li>" for item in items)}</ul></div>'
 
 
-def png_data_uri(frame: np.ndarray) -> str:
-    """uint8 (3, S, S) -> data:image/png;base64,..."""
+def png_bytes(frame: np.ndarray) -> bytes:
+    """uint8 (3, S, S) -> a PNG file's bytes."""
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(frame.transpose(1, 2, 0))).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def png_data_uri(frame: np.ndarray) -> str:
+    """uint8 (3, S, S) -> data:image/png;base64,..."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(frame)).decode()
 
 
 def best_frames(result: dict, moments: list[list[float]]) -> list[int]:

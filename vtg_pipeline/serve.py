@@ -19,7 +19,8 @@ Routes (``create_app``):
   Only the videos of the current index version are served, only from inside the folders ``vtg index`` was given
   (recorded in the index, real paths), and only while the file is still the real path that was indexed and lies
   where its id says (a video swapped for a symlink out, or indexed through one, is refused).
-- ``GET /thumbs/<vid>?t=SECONDS``: the stored frame (PNG) shown at that time, from the index's feature store.
+- ``GET /thumbs/<vid>?t=SECONDS``: the stored frame (PNG) shown at that time, from the index's feature store; an
+  index built with ``--states on-demand`` stores no frames, so the frame is decoded from the video (served media only).
 
 With a token every route needs ``Authorization: Bearer TOKEN``, or the ``vtg_token`` cookie that opening
 ``/?token=TOKEN`` once sets (HttpOnly, SameSite=Strict; the redirect drops the token from the address bar), so
@@ -34,6 +35,7 @@ from __future__ import annotations
 import base64
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -51,10 +53,12 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from safetensors import SafetensorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .backbone import Preprocess
 from .features import load_features
 from .library import WINDOW_CACHE_BYTES, LibraryError, LibraryIndex, check_query
 from .names import hms, printable
-from .report import STYLE, best_frames, legend, saliency_svg, thumbnails
+from .report import STYLE, best_frames, legend, png_bytes, saliency_svg, thumbnails
+from .video import VideoError, make_decoder, probe
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ COOKIE = "vtg_token"
 RETRY_SECONDS = 5.0  # a new index version that could not be read is tried again after this long
 SEARCHES_QUEUED = 64  # searches that may wait for their batch; one more is refused with 503 and Retry-After
 SEARCH_BATCH = 32  # searches answered together at most (one text-encoder call, one faiss search)
+WORKER_SETTINGS = "VTG_SERVE_WORKER"  # environment variable: what each of `vtg serve --workers N`'s processes serves
 
 PAGE_STYLE = """
 form{display:flex;gap:.5rem;margin:1rem 0} #q{flex:1;font-size:1.1rem;padding:.4rem}
@@ -308,14 +313,33 @@ def servable(video: dict, folders: list[str] | None) -> Path:
     return path
 
 
-def frame_png(feature_file: str, seconds: float) -> bytes | None:
-    """The stored frame nearest ``seconds`` as PNG bytes, None when the store holds no frames for it (or no file)."""
+def nearest_sample(feature_file: str, seconds: float) -> tuple[int, float] | None:
+    """The row and time (s) of the stored sample nearest ``seconds``; None without a readable file."""
     try:
         times = load_features(feature_file, ["timestamps"])["timestamps"]
     except (OSError, KeyError, SafetensorError):  # removed or rewritten by a build since this version was written
         return None
-    uris = thumbnails(Path(feature_file), [int(np.abs(times - seconds).argmin())])
+    row = int(np.abs(times - seconds).argmin())
+    return row, float(times[row])
+
+
+def frame_png(feature_file: str, seconds: float) -> bytes | None:
+    """The stored frame nearest ``seconds`` as PNG bytes, None when the store holds no frames for it (or no file)."""
+    found = nearest_sample(feature_file, seconds)
+    uris = thumbnails(Path(feature_file), [found[0]]) if found else []
     return base64.b64decode(uris[0].partition(",")[2]) if uris else None
+
+
+def decoded_frame_png(feature_file: str, path: Path, seconds: float, preprocess: Preprocess) -> bytes | None:
+    """``frame_png`` for a store that keeps no frames: the sample nearest ``seconds`` decoded from the video at ``path``,
+    resized and cropped as stored frames are (the same pixels); None when it cannot be decoded."""
+    found = nearest_sample(feature_file, seconds)
+    try:
+        info = probe(str(path))
+        frame = next(make_decoder("pyav").for_video(info).chunks(info, np.array([found[1]]), 1)) if found else None
+    except (VideoError, StopIteration):
+        return None
+    return None if frame is None else png_bytes(preprocess.resize_crop(frame)[0].numpy())
 
 
 def authorized(request: Request, token: str) -> bool:
@@ -397,7 +421,10 @@ def create_app(index: LibraryIndex, token: str | None = None, show_paths: bool =
 
     @app.get("/thumbs/{vid:path}")
     def thumb(vid: str, t: float = Query(0.0, ge=0)):
-        png = frame_png(lookup(vid)["feature_file"], t)
+        video = lookup(vid)
+        png = frame_png(video["feature_file"], t)
+        if png is None and live.current().states == "on-demand":  # no frames stored: the one shown then, from the video
+            png = decoded_frame_png(video["feature_file"], servable(video, live.folders), t, live.current().grounder.backbone.preprocess)
         if png is None:
             raise HTTPException(404, "the feature store holds no frames of this video")
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
@@ -426,10 +453,13 @@ def serve(
     device: str = "cpu",
     show_paths: bool = False,
     window_cache_bytes: int | None = None,
+    workers: int = 1,
 ) -> int:
     """Check the address and the index, then serve until interrupted. ValueError (one line): a port out of range, a
     non-local host without a token (unless ``no_token``), an index that cannot be read (LibraryError: the file, the
-    rebuild). ``window_cache_bytes``: re-encoded windows kept (default ``library.WINDOW_CACHE_BYTES``)."""
+    rebuild). ``window_cache_bytes``: re-encoded windows kept (default ``library.WINDOW_CACHE_BYTES``). ``workers``:
+    processes answering on the one port (uvicorn's workers), each with its own index, model and search thread: one
+    core each (a search thread is bound by the GIL), so several share the load of many clients."""
     import uvicorn
 
     if not 0 <= port <= 65535:
@@ -448,5 +478,20 @@ def serve(
         printable(f"serve: {len(index.videos())} videos from {index_dir} at {url}" + (f" (open {url}?token=TOKEN once)" if token else "")),
         file=sys.stderr,
     )
-    uvicorn.run(create_app(index, token, show_paths), host=host, port=port, log_level="info")
+    if workers == 1:
+        uvicorn.run(create_app(index, token, show_paths), host=host, port=port, log_level="info")
+        return 0
+    del index  # checked; each worker opens its own
+    os.environ[WORKER_SETTINGS] = json.dumps(
+        {"index": index_dir, "device": device, "window_cache_bytes": cache, "token": token, "show_paths": show_paths}
+    )
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port, log_level="info")
     return 0
+
+
+def worker_app() -> FastAPI:
+    """The app of one of ``serve``'s worker processes, which uvicorn starts and which import it by name: the index and
+    settings ``serve`` left in the environment (``WORKER_SETTINGS``; children only inherit it)."""
+    settings = json.loads(os.environ[WORKER_SETTINGS])
+    index = LibraryIndex.open(settings["index"], device=settings["device"], window_cache_bytes=settings["window_cache_bytes"])
+    return create_app(index, settings["token"], settings["show_paths"])
