@@ -56,7 +56,7 @@ of a process holding the loaded index after one search, in a fresh process each 
 ``--seconds`` (60), each sending ``GET /api/search?q=…&k=10`` back to back; ``--queries unique`` (default) makes
 every request's text new (a validation query plus `` #N``), ``val`` cycles the validation queries. Searches/s
 answered, p50/p99 of the answered ones, 503s (overload, refused at once) apart from errors (any other non-200, or
-no response), the server's RSS after warm-up, half-way, at the end and its peak (sampled every second; growth from
+no response), the server's RSS (with ``--workers``, summed over its processes) after warm-up, half-way, at the end and its peak (sampled every second; growth from
 half-way to the end is growth, not warm-up). Written to bench/out/library_load[_long]_<clients>c.json.
 
 ``store``: indexes the validation videos once per ``--states`` layout of ``vtg index`` (fp16, fp8, on-demand) into
@@ -760,6 +760,17 @@ def get(url: str, timeout: float = 60) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def tree_rss(process: psutil.Process) -> int:
+    """Resident bytes of ``process`` and its descendants (``vtg serve --workers``: the supervisor and its workers)."""
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:  # exited meanwhile
+            pass
+    return total
+
+
 def load(args) -> None:
     folder = set_dir(args)
     queries = list(ground_truth(val_records(folder)))
@@ -767,7 +778,18 @@ def load(args) -> None:
     base = f"http://127.0.0.1:{port}"
     log = open(folder / "serve.log", "w")
     server = psutil.Popen(
-        [sys.executable, "-m", "vtg_pipeline", "serve", "--index", str(folder / "index"), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "vtg_pipeline",
+            "serve",
+            "--index",
+            str(folder / "index"),
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -786,7 +808,7 @@ def load(args) -> None:
             time.sleep(0.5)
         for query in queries[:3]:  # warm-up
             get(f"{base}/api/search?" + urllib.parse.urlencode({"q": query, "k": 10}))
-        rss_start = server.memory_info().rss
+        rss_start = tree_rss(server)
         counter, lock, results, samples = iter(range(10**9)), threading.Lock(), [], []
         stop = time.monotonic() + args.seconds
 
@@ -809,11 +831,11 @@ def load(args) -> None:
         for t in threads:
             t.start()
         while any(t.is_alive() for t in threads):
-            samples.append(server.memory_info().rss)
+            samples.append(tree_rss(server))
             time.sleep(1)
         for t in threads:
             t.join()
-        rss_end = server.memory_info().rss
+        rss_end = tree_rss(server)
     finally:
         server.terminate()
         try:
@@ -825,6 +847,7 @@ def load(args) -> None:
     errors = Counter(outcome for _, outcome in results if outcome not in ("ok", "HTTP 503"))
     half = samples[len(samples) // 2] if samples else rss_end
     row = {
+        "workers": args.workers,
         "clients": args.clients,
         "seconds": args.seconds,
         "queries": args.queries,
@@ -843,7 +866,7 @@ def load(args) -> None:
     print(json.dumps({**row, "error_kinds": dict(errors)}))
     print(markdown([row], list(row)))
     OUT.mkdir(exist_ok=True)
-    (OUT / f"library_load{suffix(args)}_{args.clients}c.json").write_text(
+    (OUT / f"library_load{suffix(args)}_{args.clients}c{f'_{args.workers}w' if args.workers > 1 else ''}.json").write_text(
         json.dumps(
             {
                 "set": folder.name,
@@ -903,6 +926,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--queries", choices=("unique", "val"), default="unique")
+    p.add_argument("--workers", type=int, default=1, help="vtg serve --workers (RSS is summed over its processes)")
     p = sub.add_parser("rss")  # internal: one memory measurement in a fresh process
     p.add_argument("--index", required=True)
     p.add_argument("--videos", type=int)
