@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from vtg_pipeline.config import load_config
+from vtg_pipeline.extract import VISION_CLS
 from vtg_pipeline.grounder import Grounder
 from vtg_pipeline.training import train
 
@@ -42,6 +43,14 @@ def rewrite_features(path: Path, change) -> None:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     change(tensors)
     save_file(tensors, str(path), metadata=meta)
+
+
+def cls_only(path: Path) -> None:
+    """Rewrite a feature file as ``extract --states cls`` writes it: the last layer's CLS states alone."""
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["vision"] = tensors["vision"][:, -1:, :1].clone()
+    save_file(tensors, str(path), metadata={**meta, "vision_format": VISION_CLS})
 
 
 def first_val_video(root: Path) -> str:
@@ -92,6 +101,10 @@ SPOILED_DATA = {
     "vision shorter than timestamps": (
         lambda root: rewrite_features(root / "features" / f"{first_val_video(root)}.safetensors", fewer_rows),
         "vision has shape",
+    ),
+    "a store of CLS states alone": (
+        lambda root: cls_only(root / "features" / f"{first_val_video(root)}.safetensors"),
+        "--states fp16 or fp8",
     ),
     "a window past the stored frames": (window_past_the_end, "starting after"),
     "config file missing": (lambda root: None, "nothing.yaml"),

@@ -112,6 +112,16 @@ def test_window_losses_on_hand_made_inputs():
     assert gate_loss(gate_logits, torch.tensor([[True, False, True]]), torch.tensor([[True, True, False]])).item() == pytest.approx(
         math.log(2)
     )
+    # the kept-fraction prior (loss.gate_keep): frames outside moments have target 0.3, so the loss is least (its
+    # gradient 0) where the gate keeps them with probability 0.3, and in-moment frames keep target 1
+    logits = torch.tensor([[math.log(0.3 / 0.7), math.log(0.3 / 0.7), 2.0]], requires_grad=True)
+    loss = gate_loss(logits, torch.tensor([[False, False, True]]), torch.tensor([[True, True, True]]), keep=0.3)
+    loss.backward()
+    assert logits.grad[0, :2].abs().max().item() < 1e-7 and logits.grad[0, 2].item() == pytest.approx(
+        (torch.sigmoid(torch.tensor(2.0)).item() - 1) / 3
+    )
+    entropy = -(0.3 * math.log(0.3) + 0.7 * math.log(0.7))
+    assert loss.item() == pytest.approx((2 * entropy + math.log1p(math.exp(-2.0))) / 3, rel=1e-6)
 
 
 def test_the_window_term_has_its_own_temperature():

@@ -189,6 +189,7 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("loss.temperature", POSITIVE),
     ("loss.library_temperature", POSITIVE),
     ("loss.window_temperature", POSITIVE),
+    ("loss.gate_keep", FRACTION),
 ]
 
 

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset, Sampler
 from .annotations import read_annotations, read_charades_durations, saliency_targets, window_saliency
 from .backbone import FrozenBackbone
 from .errors import UserError
+from .extract import VISION_CLS
 from .features import load_features, read_metadata
 from .names import first_line, path_in
 
@@ -90,6 +91,11 @@ def check_feature_file(path: Path, backbone: FrozenBackbone, fps: float, mode: s
     needed = {"features": ("features", "both"), "frames": ("frames", "both")}[mode]
     if meta.get("store") not in needed:
         raise DataError(f"{path}: stores {meta.get('store')!r}; data.mode={mode} needs store={needed[0]} or both")
+    if mode == "features" and meta.get("vision_format") == VISION_CLS:
+        raise DataError(
+            f"{path}: keeps the last layer's CLS state alone (extract --states cls, as vtg index --states on-demand "
+            f"stores); training reads every tapped layer: extract it again with --states fp16 or fp8"
+        )
     return check_shapes(path, backbone.row_shapes())
 
 

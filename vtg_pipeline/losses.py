@@ -32,6 +32,7 @@ class LossConfig:
     intra: float = 1.0
     intra_margin: float = 0.2
     gate: float = 0.5  # BCE of the sparsifier's logits against in-moment frames: keeps the gate from collapsing
+    gate_keep: float = 0.0  # a kept-fraction prior: the gate's target outside moments (0: drop them, the paper's labels)
     background_windows: float = 0.0  # focal loss of the heads' anchor scores against 0 in the negative windows, so that
     # a window's best moment score is evidence for it (decode.window_evidence); 0: heads on positive windows only (paper)
     clip_aware: float = 0.0  # FlashVTG clip-aware score loss (theirs: 4 beside focal 5; the ablation configs keep that ratio: 0.8)
@@ -277,9 +278,11 @@ def intra_window_loss(scores: torch.Tensor, in_moment: torch.Tensor, frame_mask:
     return F.relu(margin - scores[rows, pick_in] + scores[rows, pick_out]).mean()
 
 
-def gate_loss(gate_logits: torch.Tensor, in_moment: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of the sparsifier's logits (B, T) against in-moment frames, over valid frames."""
-    loss = F.binary_cross_entropy_with_logits(gate_logits, in_moment.to(gate_logits.dtype), reduction="none")
+def gate_loss(gate_logits: torch.Tensor, in_moment: torch.Tensor, frame_mask: torch.Tensor, keep: float = 0.0) -> torch.Tensor:
+    """Binary cross-entropy of the sparsifier's logits (B, T) against in-moment frames (target 1) and the others (target
+    ``keep``: the fraction of them the gate keeps in expectation), over valid frames."""
+    targets = in_moment.to(gate_logits.dtype).clamp(min=keep)
+    loss = F.binary_cross_entropy_with_logits(gate_logits, targets, reduction="none")
     return (loss * frame_mask).sum() / frame_mask.sum().clamp(min=1)
 
 
@@ -302,7 +305,7 @@ def window_losses(
     terms = {
         "retrieval": cfg.retrieval * window_retrieval_loss(logits, window_mask, cfg.window_temperature),
         "intra": cfg.intra * intra_window_loss(out["attention"][positive], in_moment[positive], frame_mask[positive], cfg.intra_margin),
-        "gate": cfg.gate * gate_loss(out["gate_logits"][real], in_moment[real], frame_mask[real]),
+        "gate": cfg.gate * gate_loss(out["gate_logits"][real], in_moment[real], frame_mask[real], cfg.gate_keep),
     }
     if "background_cls" in out:  # the heads on the negative windows (``background_rows``): every anchor is background
         cls = out["background_cls"]
