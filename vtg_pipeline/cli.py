@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=positive_int,
         default=1,
-        help="processes answering on the port, each with its own copy of the index and model (memory x N): up to one "
+        help="processes answering on the port, each with its own copy of the index, model and window cache (memory x N): up to one "
         "per core when many clients search at once (default 1; docs/BENCHMARKS.md)",
     )
     serve.add_argument(

@@ -50,6 +50,7 @@ Python API (``vtg serve`` builds on it)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -411,7 +412,7 @@ def stage_two(
         rows = None
         if stored.metadata.get("vision_format") == VISION_CLS:
             check_source(video)
-            rows = lambda start, stop: reencoded.rows(grounder, video, stored.timestamps, start, stop)  # noqa: E731
+            rows = functools.partial(reencoded.rows, grounder, video, stored.timestamps)  # (start, stop) -> states
         grounded = grounder.ground_opened(stored, queries, starts, video["duration"], rows)
     times = stored.timestamps
     length = min(cfg.decode.window_frames(grounder.fps)[0], len(times))

@@ -334,12 +334,14 @@ def decoded_frame_png(feature_file: str, path: Path, seconds: float, preprocess:
     """``frame_png`` for a store that keeps no frames: the sample nearest ``seconds`` decoded from the video at ``path``,
     resized and cropped as stored frames are (the same pixels); None when it cannot be decoded."""
     found = nearest_sample(feature_file, seconds)
+    if found is None:
+        return None
     try:
         info = probe(str(path))
-        frame = next(make_decoder("pyav").for_video(info).chunks(info, np.array([found[1]]), 1)) if found else None
+        frame = next(make_decoder("pyav").for_video(info).chunks(info, np.array([found[1]]), 1))
     except (VideoError, StopIteration):
         return None
-    return None if frame is None else png_bytes(preprocess.resize_crop(frame)[0].numpy())
+    return png_bytes(preprocess.resize_crop(frame)[0].numpy())
 
 
 def authorized(request: Request, token: str) -> bool:
