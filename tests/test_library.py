@@ -463,7 +463,7 @@ def test_the_window_cache_keeps_the_most_recently_used_windows_within_its_bytes(
     assert (nothing.hits, nothing.misses, nothing.bytes) == (0, 2, 0)
 
 
-def test_an_on_demand_index_gives_an_error_record_for_a_video_gone_or_changed(synth_root, checkpoint, grounder, tmp_path, capsys):
+def test_an_on_demand_index_gives_an_error_record_for_a_video_gone_or_changed(synth_root, checkpoint, grounder, tmp_path):
     """Neither stored states nor the video (or the video rewritten since): that video's error record; the others stand."""
     videos = copy_videos(synth_root, tmp_path / "videos", 3)
     folder = tmp_path / "index"

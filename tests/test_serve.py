@@ -37,6 +37,12 @@ from vtg_pipeline.serve import MAX_QUERY_CHARS, create_app
 TOKEN = "s3cret-token"
 
 
+def index_videos(videos: Path, trained: Path, folder: Path, **options) -> None:
+    """``build_index`` of every video under ``videos`` into ``folder`` with checkpoint ``trained`` (``options``: its
+    keywords)."""
+    build_index(find_videos([str(videos)]), Grounder.from_pretrained(trained), folder, str(trained), progress=False, **options)
+
+
 @pytest.fixture(scope="module")
 def library(synth_root, checkpoint, tmp_path_factory):  # noqa: F811
     """An index of three copied synthetic videos and one symlink to a fourth outside the folder: (folder, videos)."""
@@ -44,8 +50,7 @@ def library(synth_root, checkpoint, tmp_path_factory):  # noqa: F811
     *videos, outside = copy_videos(synth_root, root / "videos", 4)
     moved = Path(shutil.move(outside, root / "elsewhere.mp4"))
     (root / "videos" / "linked.mp4").symlink_to(moved)
-    grounder = Grounder.from_pretrained(checkpoint)
-    build_index(find_videos([str(root / "videos")]), grounder, root / "index", str(checkpoint), progress=False)
+    index_videos(root / "videos", checkpoint, root / "index")
     return root / "index", videos
 
 
@@ -122,14 +127,7 @@ def test_media_comes_only_from_the_recorded_folders(checkpoint, synth_root, tmp_
     moved = Path(shutil.move(outside, tmp_path / outside.name))
     outside.symlink_to(moved)  # videos/<name>.mp4 -> ../<name>.mp4: same name, same id
     folder = tmp_path / "index"
-    build_index(
-        find_videos([str(tmp_path / "videos")]),
-        Grounder.from_pretrained(checkpoint),
-        folder,
-        str(checkpoint),
-        progress=False,
-        folders=[str(tmp_path / "videos")],
-    )
+    index_videos(tmp_path / "videos", checkpoint, folder, folders=[str(tmp_path / "videos")])
     client = TestClient(create_app(LibraryIndex.open(folder)))
     assert client.get(f"/media/{inside.stem}", headers={"Range": "bytes=0-9"}).status_code == 206
     refused = client.get(f"/media/{outside.stem}")
@@ -148,14 +146,7 @@ def test_an_on_demand_index_serves_the_stored_frame_decoded_from_the_video(libra
     fp16 store keeps; a video gone is refused with the reason, as its media is."""
     videos = copy_videos(synth_root, tmp_path / "videos", 2)
     folder = tmp_path / "index"
-    build_index(
-        find_videos([str(tmp_path / "videos")]),
-        Grounder.from_pretrained(checkpoint),
-        folder,
-        str(checkpoint),
-        progress=False,
-        states="on-demand",
-    )
+    index_videos(tmp_path / "videos", checkpoint, folder, states="on-demand")
     stored, on_demand = TestClient(create_app(LibraryIndex.open(library[0]))), TestClient(create_app(LibraryIndex.open(folder)))
     for t in (0, 7.3, 1e6):
         want, got = stored.get(f"/thumbs/{videos[0].stem}", params={"t": t}), on_demand.get(f"/thumbs/{videos[0].stem}", params={"t": t})
@@ -342,7 +333,7 @@ def test_a_new_index_version_is_picked_up_while_serving(synth_root, checkpoint, 
     videos = copy_videos(synth_root, tmp_path / "videos", 3)
     hidden = Path(shutil.move(videos[2], tmp_path / "later.mp4"))
     folder = tmp_path / "index"
-    build_index(find_videos([str(tmp_path / "videos")]), Grounder.from_pretrained(checkpoint), folder, str(checkpoint), progress=False)
+    index_videos(tmp_path / "videos", checkpoint, folder)
     client = TestClient(create_app(LibraryIndex.open(folder)))
     assert len(client.get("/api/videos").json()["videos"]) == 2
     shutil.move(hidden, videos[2])

@@ -287,18 +287,25 @@ def encode_rows(backbone: FrozenBackbone, frames: torch.Tensor, states: str) -> 
     return {"vision": encoded.to(torch.float16).cpu().numpy()}
 
 
-def encode_samples(backbone: FrozenBackbone, path: str, times: np.ndarray) -> torch.Tensor:
-    """The float16 vision states (N, K, 1+P, D) of the frames shown at ``times`` (s) in the video at ``path``, decoded
-    (the ``auto`` decoder of the backbone's device) and encoded in batches as ``vtg extract`` stores them: what search
-    re-encodes on demand. VideoError (one line) when the video cannot be read."""
+def decode_samples(path: str, times: np.ndarray, preprocess: Preprocess, device: torch.device) -> torch.Tensor:
+    """uint8 frames (N, 3, S, S) shown at ``times`` (s) in the video at ``path``, decoded (the ``auto`` decoder of
+    ``device``) and resized and cropped as ``vtg extract`` stores them. VideoError (one line) when the video cannot be
+    read."""
     frames = []
-    decoder = make_decoder("auto", str(backbone.device))
-    for message in decode_video(path, probe(path), times, 0, decoder, backbone.preprocess, backbone.device, ExtractConfig.chunk):
+    decoder = make_decoder("auto", str(device))
+    for message in decode_video(path, probe(path), times, 0, decoder, preprocess, device, ExtractConfig.chunk):
         if isinstance(message, DecodeFailed):
             raise VideoError(message.reason)
         if isinstance(message, Frames):
             frames.append(message.frames)
-    frames = torch.cat(frames)
+    return torch.cat(frames)
+
+
+def encode_samples(backbone: FrozenBackbone, path: str, times: np.ndarray) -> torch.Tensor:
+    """The float16 vision states (N, K, 1+P, D) of the frames shown at ``times`` (s) in the video at ``path``
+    (``decode_samples``), encoded in batches as ``vtg extract`` stores them: what search re-encodes on demand.
+    VideoError (one line) when the video cannot be read."""
+    frames = decode_samples(path, times, backbone.preprocess, backbone.device)
     batches = [frames[i : i + ExtractConfig.batch_size] for i in range(0, len(frames), ExtractConfig.batch_size)]
     return torch.cat([torch.from_numpy(encode_rows(backbone, batch, "fp16")["vision"]) for batch in batches])
 

@@ -53,12 +53,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from safetensors import SafetensorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .backbone import Preprocess
+from .backbone import FrozenBackbone
+from .extract import decode_samples
 from .features import load_features
 from .library import WINDOW_CACHE_BYTES, LibraryError, LibraryIndex, check_query
 from .names import hms, printable
 from .report import STYLE, best_frames, legend, png_bytes, saliency_svg, thumbnails
-from .video import VideoError, make_decoder, probe
+from .video import VideoError
 
 log = logging.getLogger(__name__)
 
@@ -330,18 +331,17 @@ def frame_png(feature_file: str, seconds: float) -> bytes | None:
     return base64.b64decode(uris[0].partition(",")[2]) if uris else None
 
 
-def decoded_frame_png(feature_file: str, path: Path, seconds: float, preprocess: Preprocess) -> bytes | None:
-    """``frame_png`` for a store that keeps no frames: the sample nearest ``seconds`` decoded from the video at ``path``,
-    resized and cropped as stored frames are (the same pixels); None when it cannot be decoded."""
+def decoded_frame_png(feature_file: str, path: Path, seconds: float, backbone: FrozenBackbone) -> bytes | None:
+    """``frame_png`` for a store that keeps no frames: the sample nearest ``seconds`` decoded from the video at ``path``
+    as extraction decodes it (``extract.decode_samples``: the same pixels); None when it cannot be decoded."""
     found = nearest_sample(feature_file, seconds)
     if found is None:
         return None
     try:
-        info = probe(str(path))
-        frame = next(make_decoder("pyav").for_video(info).chunks(info, np.array([found[1]]), 1))
-    except (VideoError, StopIteration):
+        frames = decode_samples(str(path), np.array([found[1]]), backbone.preprocess, backbone.device)
+    except VideoError:
         return None
-    return png_bytes(preprocess.resize_crop(frame)[0].numpy())
+    return png_bytes(frames[0].cpu().numpy())
 
 
 def authorized(request: Request, token: str) -> bool:
@@ -423,10 +423,10 @@ def create_app(index: LibraryIndex, token: str | None = None, show_paths: bool =
 
     @app.get("/thumbs/{vid:path}")
     def thumb(vid: str, t: float = Query(0.0, ge=0)):
-        video = lookup(vid)
+        video, index = lookup(vid), live.index  # lookup switched to the current version
         png = frame_png(video["feature_file"], t)
-        if png is None and live.current().states == "on-demand":  # no frames stored: the one shown then, from the video
-            png = decoded_frame_png(video["feature_file"], servable(video, live.folders), t, live.current().grounder.backbone.preprocess)
+        if png is None and index.states == "on-demand":  # no frames stored: the one shown then, from the video
+            png = decoded_frame_png(video["feature_file"], servable(video, live.folders), t, index.grounder.backbone)
         if png is None:
             raise HTTPException(404, "the feature store holds no frames of this video")
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
