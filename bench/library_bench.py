@@ -59,12 +59,18 @@ answered, p50/p99 of the answered ones, 503s (overload, refused at once) apart f
 no response), the server's RSS (with ``--workers``, summed over its processes) after warm-up, half-way, at the end and its peak (sampled every second; growth from
 half-way to the end is growth, not warm-up). Written to bench/out/library_load[_long]_<clients>c.json.
 
-``store``: indexes the validation videos once per ``--states`` layout of ``vtg index`` (fp16, fp8, on-demand) into
+``store``: indexes the validation videos once per ``--states`` layout of ``vtg index`` (fp16, fp8, on-demand, both) into
 ``ROOT/SET/store/<layout>``, then reports the store's bytes per video hour (states apart from the rest: frames for
 thumbnails, timestamps) measured and as ViT-B/32 (K = 4) would store them, and two-stage search over the first
 ``--queries`` validation texts (fresh text cache each): R@k and p50/p99. On-demand is searched with no window cache
 (every candidate window re-encoded from its video), then with the default cache twice over the same texts (the
-second pass finds the windows the first re-encoded). Written to bench/out/library_store[_long].json.
+second pass finds the windows the first re-encoded). ``both`` is on-demand with ``vtg index --keep-states`` for the
+``--keep-fraction`` (0.25) of the videos that hold most of these texts' stage-1 candidates, searched the same three
+ways. Written to bench/out/library_store[_long].json.
+
+``batch``: in one process, ``--size`` (16) new texts searched one by one, then ``--size`` others in one
+``search_many`` (a `vtg serve` worker's batch), ``--repeats`` (5) times: median milliseconds per search each way.
+Written to bench/out/library_batch[_long].json.
 
 Timings are wall-clock on the machine's CPUs (torch's default threads, or ``--threads``) and only mean something on
 idle cores: on 2 shared cores a busy neighbour made every torch call here about 10x slower, so each JSON records the
@@ -412,6 +418,16 @@ def store_bytes(features: Path) -> dict[str, int]:
     return {"states": states, "other": total - states}
 
 
+LAYOUTS = {"fp16": "fp16", "fp8": "fp8", "on-demand": "on-demand", "both": "on-demand"}  # store's --states -> vtg index's
+
+
+def popular_videos(index: LibraryIndex, queries: list[str], candidates: int, fraction: float) -> list[str]:
+    """The ids of the ``fraction`` of the index's videos that hold most of ``queries``' stage-1 candidate windows (a
+    server's traffic, known exactly here: the best case for keeping their states)."""
+    hits = Counter(hit["vid"] for query in queries for hit in index.windows(query, candidates))
+    return [vid for vid, _ in hits.most_common(max(1, round(fraction * len(index.videos()))))]
+
+
 def store(args) -> None:
     """Each store layout of `vtg index --states` on the set's validation videos: its bytes per video hour and two-stage
     search latency and quality (on-demand: with no cache, then a second pass over the same texts with the default one)."""
@@ -428,22 +444,30 @@ def store(args) -> None:
         index_dir = folder / "store" / states
         shutil.rmtree(index_dir, ignore_errors=True)
         start = time.perf_counter()
-        counts = build_index(items, grounder, index_dir, str(best), progress=False, states=states)
+        keep = None
+        if states == "both":  # on-demand, with stored states for the videos these texts hit most (their traffic)
+            build_index(items, grounder, index_dir, str(best), progress=False, states="on-demand")
+            keep = popular_videos(LibraryIndex.open(index_dir, grounder), queries, args.candidates, args.keep_fraction)
+        counts = build_index(items, grounder, index_dir, str(best), progress=False, states=LAYOUTS[states], keep_states=keep)
         build_s = time.perf_counter() - start
         cached = LibraryIndex.open(index_dir, grounder)
         hours = sum(v["duration"] for v in cached.videos()) / 3600
+        kept_hours = sum(v["duration"] for v in cached.videos() if v["vid"] in (keep or [])) / 3600
         stored = store_bytes(index_dir / "features")
+        vit_row_bytes = (
+            VIT_B32_ROW_BYTES[LAYOUTS[states]] + (VIT_B32_ROW_BYTES["fp16"] - VIT_B32_ROW_BYTES["on-demand"]) * kept_hours / hours
+        )
         common = {
-            "states": states,
+            "states": states if keep is None else f"on-demand, {len(keep)} of {counts['videos']} videos kept",
             "videos": counts["videos"],
             "video_hours": round(hours, 2),
             "build_s": round(build_s, 1),
             "states GB/h": round(stored["states"] / hours / 1e9, 5),
             "other GB/h": round(stored["other"] / hours / 1e9, 5),
-            "ViT-B/32 states GB/h": round(VIT_B32_ROW_BYTES[states] * 3600 * grounder.fps / 1e9, 4),
+            "ViT-B/32 states GB/h": round(vit_row_bytes * 3600 * grounder.fps / 1e9, 4),
         }
         searches = [("", cached)]
-        if states == "on-demand":  # every window re-encoded, then the cache filling and found again
+        if states in ("on-demand", "both"):  # every window re-encoded, then the cache filling and found again
             uncached = LibraryIndex.open(index_dir, grounder, window_cache_bytes=0)
             searches = [("no cache", uncached), ("cache, first pass", cached), ("cache, second pass", cached)]
         for label, index in searches:
@@ -881,6 +905,40 @@ def load(args) -> None:
     )
 
 
+# ---------------------------------------------------------------- batch
+
+
+def batch(args) -> None:
+    """What batching saves in one process: ``--size`` new texts searched one by one, then ``--size`` others in one
+    ``search_many`` (what a `vtg serve` worker runs when that many requests wait), ``--repeats`` times; medians of the
+    seconds per search."""
+    folder = set_dir(args)
+    index = LibraryIndex.open(folder / "index", Grounder.from_pretrained(checkpoint(folder)))
+    texts = list(ground_truth(val_records(folder)))
+    index.search_many(texts[:2], k=10)  # warm: first calls, the page cache
+    alone, together = [], []
+    for repeat in range(args.repeats):
+        fresh_query(index.grounder)
+        chosen = [texts[(repeat * args.size + i) % len(texts)] for i in range(args.size)]
+        start = time.perf_counter()
+        for text in chosen:
+            index.search(f"{text} #a{repeat}", k=10)
+        alone.append((time.perf_counter() - start) / args.size)
+        start = time.perf_counter()
+        index.search_many([f"{text} #b{repeat}" for text in chosen], k=10)
+        together.append((time.perf_counter() - start) / args.size)
+    row = {
+        "size": args.size,
+        "repeats": args.repeats,
+        "alone ms/search": round(float(np.median(alone)) * 1000, 1),
+        "batched ms/search": round(float(np.median(together)) * 1000, 1),
+    }
+    row["ratio"] = round(row["alone ms/search"] / row["batched ms/search"], 2)
+    print(markdown([row], list(row)))
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"library_batch{suffix(args)}.json").write_text(json.dumps({"set": folder.name, **machine(args), **row}, indent=2))
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -919,7 +977,8 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=0.1, help="norm of the noise added to copied unit vectors")
     p.add_argument("--no-memory", action="store_true")
     p = sub.add_parser("store", parents=[common], help="bytes per video hour and search latency of each vtg index --states")
-    p.add_argument("--states", nargs="+", default=["fp16", "fp8", "on-demand"], choices=("fp16", "fp8", "on-demand"))
+    p.add_argument("--states", nargs="+", default=["fp16", "fp8", "on-demand", "both"], choices=("fp16", "fp8", "on-demand", "both"))
+    p.add_argument("--keep-fraction", type=float, default=0.25, help="both: the share of videos whose states are kept (--keep-states)")
     p.add_argument("--queries", type=int, default=None, help="the first N validation query texts (default all)")
     p.add_argument("--candidates", type=int, default=library.CANDIDATES, help="stage-1 windows passed to stage 2")
     p = sub.add_parser("load", parents=[common], help="16 clients against vtg serve")
@@ -927,6 +986,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--queries", choices=("unique", "val"), default="unique")
     p.add_argument("--workers", type=int, default=1, help="vtg serve --workers (RSS is summed over its processes)")
+    p = sub.add_parser("batch", parents=[common], help="seconds per search, one by one and in one search_many")
+    p.add_argument("--size", type=int, default=16, help="searches a batch")
+    p.add_argument("--repeats", type=int, default=5)
     p = sub.add_parser("rss")  # internal: one memory measurement in a fresh process
     p.add_argument("--index", required=True)
     p.add_argument("--videos", type=int)
@@ -944,7 +1006,7 @@ def main() -> None:
     if args.what == "rss":
         print(json.dumps(rss_in_process(args)))
     else:
-        {"prepare": prepare, "quality": quality, "speed": speed, "load": load, "store": store}[args.what](args)
+        {"prepare": prepare, "quality": quality, "speed": speed, "load": load, "store": store, "batch": batch}[args.what](args)
 
 
 if __name__ == "__main__":

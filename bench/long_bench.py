@@ -21,7 +21,7 @@ moment), end-to-end R1@0.3/R5@0.3 (the two-stage baseline chains the retriever's
 top windows into the oracle-trained grounder), and the sparsifier's kept fraction.
 
 ``calibrate``: the window score at inference (``decode.window_prior`` p,
-``decode.retrieval_topk`` k and ``decode.window_evidence`` e; ``inference.window_logits``
+``decode.retrieval_topk`` k and ``decode.window_evidence`` e; ``inference.windows_of``
 and ``merge_windows``) and the inference grid (``decode.window`` and ``window_stride``,
 ``--window`` / ``--stride``, default the run's) for a trained RGNet run (``--runs`` is the
 run folder), on the validation split of ``--root``. For each grid and p, each video's

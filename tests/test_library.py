@@ -190,6 +190,7 @@ def test_batched_searches_give_each_query_its_results_alone(library, grounder, s
         for got, want in zip(mine, expected):
             assert [got["start"], got["end"], got["score"]] == pytest.approx([want["start"], want["end"], want["score"]], abs=2e-4)
     assert [len(r) for r in index.search_many(texts[:2], k=[1, 4], candidates=3)] == [1, 4]
+    assert index.search(texts[0], k=2, candidates=3) == alone[0][:2], "each video's moments cut to k: the same top k"
     with pytest.raises(ValueError, match="k must be at least 1"):
         index.search_many(texts[:2], k=[1, 0])
 
@@ -405,6 +406,19 @@ def test_an_index_can_keep_its_states_in_fp8(synth_root, checkpoint, grounder, l
     assert len(results) == 3 and all(r["vid"] in {v.stem for v in videos} for r in results)
 
 
+def search_every_window_as_the_stored_index(folder: Path, library, grounder) -> tuple[LibraryIndex, list[dict]]:
+    """Search the index in ``folder`` over all its windows; assert it finds the moments the fp16 ``library`` finds
+    (scores within 2e-4). Returns the index and its results."""
+    windows = library[1]["windows"]
+    expected = LibraryIndex.open(library[0], grounder).search(QUERY, k=10_000, candidates=windows)
+    index = LibraryIndex.open(folder, grounder)
+    got = index.search(QUERY, k=10_000, candidates=windows)
+    assert [(r["vid"], r["window"]) for r in got] == [(r["vid"], r["window"]) for r in expected]
+    for mine, want in zip(got, expected):
+        assert [mine["start"], mine["end"], mine["score"]] == pytest.approx([want["start"], want["end"], want["score"]], abs=2e-4)
+    return index, got
+
+
 def test_an_on_demand_index_keeps_no_states_and_finds_what_the_stored_one_finds(
     synth_root, checkpoint, grounder, library, tmp_path, capsys
 ):
@@ -424,15 +438,50 @@ def test_an_on_demand_index_keeps_no_states_and_finds_what_the_stored_one_finds(
     assert torch.equal(index_contents(folder)[1]["vectors"], index_contents(library[0])[1]["vectors"])
 
     windows = library[1]["windows"]
-    expected = LibraryIndex.open(library[0], grounder).search(QUERY, k=10_000, candidates=windows)
-    index = LibraryIndex.open(folder, grounder)
-    got = index.search(QUERY, k=10_000, candidates=windows)
-    assert [(r["vid"], r["window"]) for r in got] == [(r["vid"], r["window"]) for r in expected]
-    for mine, want in zip(got, expected):
-        assert [mine["start"], mine["end"], mine["score"]] == pytest.approx([want["start"], want["end"], want["score"]], abs=2e-4)
+    index, got = search_every_window_as_the_stored_index(folder, library, grounder)
     assert (index.reencoded.misses, index.reencoded.hits) == (windows, 0), "each window encoded once"
     assert index.search(QUERY, k=10_000, candidates=windows) == got
     assert (index.reencoded.misses, index.reencoded.hits) == (windows, windows), "then found in the cache"
+
+
+def test_an_on_demand_index_keeps_the_states_of_the_videos_a_list_names(
+    synth_root, checkpoint, grounder, library, tmp_path, capsys, caplog
+):
+    """``vtg index --states on-demand --keep-states FILE`` ("both"): the videos FILE names (ids or patterns) keep fp16
+    states and frames, the rest the CLS states alone; search re-encodes only the others' windows and finds what the
+    stored index finds. A video entering or leaving the list is re-extracted; its window vectors are reused."""
+    ids = sorted(v.stem for v in (synth_root / "videos").glob("*.mp4"))
+    folder, keep = tmp_path / "index", tmp_path / "keep.txt"
+    keep.write_text(f"# popular this week\n{ids[0]}\n\n{ids[1][:-1]}[{ids[1][-1]}]\nnot/a/video\n")  # an id, a pattern, a miss
+    argv = ["index", str(synth_root / "videos"), "--checkpoint", str(checkpoint), "--index", str(folder), "--no-progress"]
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--states", "on-demand", "--keep-states", str(keep)]) == 0
+    assert "keep-states: 1 pattern(s) match no video, first 'not/a/video'" in caplog.text
+    assert capsys.readouterr().err.splitlines()[-1].endswith("; states on-demand (2 videos keep fp16 states)")
+
+    def layouts() -> dict[str, str]:
+        found = {}
+        for vid in ids:
+            with safe_open(str(folder / "features" / f"{vid}.safetensors"), framework="pt") as f:
+                found[vid] = f.metadata()["vision_format"] if "frames" not in f.keys() else "full"
+        return found
+
+    assert layouts() == {ids[0]: "full", ids[1]: "full", ids[2]: VISION_CLS, ids[3]: VISION_CLS}
+    assert torch.equal(index_contents(folder)[1]["vectors"], index_contents(library[0])[1]["vectors"])
+    windows = library[1]["windows"]
+    index, got = search_every_window_as_the_stored_index(folder, library, grounder)
+    on_demand = sum(v["windows"] for v in index.videos() if v["vid"] in ids[2:])
+    assert index.reencoded.misses == on_demand, "only the videos without stored states are re-encoded"
+
+    keep.write_text(f"{ids[3]}\n")
+    assert main([*argv, "--states", "on-demand", "--keep-states", str(keep)]) == 0
+    assert "0 new, 0 changed, 4 unchanged" in capsys.readouterr().err
+    assert layouts() == {ids[0]: VISION_CLS, ids[1]: VISION_CLS, ids[2]: VISION_CLS, ids[3]: "full"}
+    again = LibraryIndex.open(folder, grounder).search(QUERY, k=10_000, candidates=windows)
+    assert [(r["vid"], r["window"]) for r in again] == [(r["vid"], r["window"]) for r in got]
+
+    assert_one_line_error([*argv, "--keep-states", str(keep)], capsys, "--keep-states", "--states on-demand")
+    assert_one_line_error([*argv, "--states", "on-demand", "--keep-states", str(tmp_path / "nope.txt")], capsys, "nope.txt")
 
 
 def test_the_window_cache_keeps_the_most_recently_used_windows_within_its_bytes(monkeypatch):

@@ -14,7 +14,7 @@ from vtg_pipeline.inference import (
     DecodeConfig,
     ground_in_windows,
     merge_windows,
-    window_logits,
+    windows_of,
 )
 from vtg_pipeline.losses import gate_loss, intra_window_loss, window_retrieval_loss
 from vtg_pipeline.models import ModelConfig, create_model
@@ -205,7 +205,7 @@ def test_windowed_inference_grounds_only_in_the_top_windows():
         assert len(r["windows"]) == 7  # windows of 10 frames every 5 frames over 40 frames
         assert ((r["moments"][:, 0] >= best_start - 1e-6) & (r["moments"][:, 1] <= best_end + 1e-6)).all()
         assert (r["saliency"][: int(best_start * 0.5)] == 0).all() or best_start == 0
-    assert len(calls) == 7 + len({tuple(r["windows"][0, :2]) for r in results})  # pass 1: every window; pass 2: the kept ones
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 7  # every window read once, for both queries
 
 
 def test_window_score_combines_retrieval_and_the_heads_best_moment_as_documented():
@@ -241,15 +241,21 @@ def test_window_prior_adds_the_dual_encoders_cosine_to_each_window_logit():
         return video[start:stop]
 
     starts = [0, 10, 20, 30]
+    plain, primed = (
+        windows_of(
+            model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), DecodeConfig(window=20.0, window_stride=20.0, window_prior=p)
+        )
+        for p in (0.0, 5.0)
+    )
     with torch.no_grad():
-        plain = window_logits(model, read, starts, 10, 40, query, query_mask, 0.0)
-        primed = window_logits(model, read, starts, 10, 40, query, query_mask, 5.0)
         embedded = model.retrieval.embed_queries(query, query_mask)
         windows = torch.stack(
             [model.retrieval.embed_windows(video[s : s + 10, -1, 0][None], torch.ones(1, 10, dtype=torch.bool))[0] for s in starts]
         )
-    assert plain.shape == (2, 4)
-    torch.testing.assert_close(primed, plain + 5.0 * embedded @ windows.T)
+        alone = [model.retrieve(video[s : s + 10][None], torch.ones(2, 10, dtype=torch.bool), query, query_mask)[1] for s in starts]
+    assert plain.logits.shape == (2, 4)
+    np.testing.assert_allclose(plain.logits, torch.stack([r["window_logit"] for r in alone], dim=1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(primed.logits, plain.logits + 5.0 * (embedded @ windows.T).numpy(), atol=1e-5)
 
 
 def test_window_config_refusals_and_the_short_window_warning(caplog):
@@ -315,10 +321,7 @@ def test_queries_with_their_own_windows_get_what_each_gets_alone(name):
 
     together = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=own)
     union = [0, 5, 10, 20, 30]
-    if name == "rgnet":  # pass 1 scores each window once, pass 2 grounds each chosen window once
-        assert reads[:5] == union and len(reads[5:]) == len(set(reads[5:]))
-    else:
-        assert reads == union
+    assert reads == union  # each window read once, for every query that asks about it
     for i, starts in enumerate(own):
         [alone] = ground_in_windows(
             model, lambda a, b: video[a:b], 40, 80.0, query[i : i + 1], query_mask[i : i + 1], 0.5, (1, 2, 4, 8), cfg, starts=starts
@@ -459,3 +462,63 @@ def test_hard_negatives_are_the_dual_encoders_top_negative_windows_and_are_drawn
             assert negatives[0] in hard[index]  # one from the pool, then the rest at random
     data.hard_negatives = 0  # off: the plain draw, whatever the pool
     assert [data.draw_negatives(i, torch.Generator().manual_seed(i)) for i in range(len(data.records))] == plain
+
+
+def test_word_sharing_pool_holds_the_windows_of_queries_sharing_most_words_first(synth_root, tiny_backbone):
+    from vtg_pipeline.data import DataConfig, content_words
+
+    assert content_words("A red ring moves to the left") == {"red", "ring", "moves", "left"}
+    train = load_split(DataConfig(root=str(synth_root)), "train", tiny_backbone)
+    data = WindowDataset(train.records, train.feature_dir, tiny_backbone, 0.5, window=4, stride=4, negatives=2, hard_negatives=1)
+    vid = max(data._frames, key=data._frames.get)
+    assert data._frames[vid] >= 32  # frames at 0.5 fps: windows start every 8 s
+    queries = {  # query: its moment (s); windows of 4 frames = 8 s
+        "a red ring blinks": [0, 6],
+        "a red disc falls": [17, 20],  # one word shared with the first: windows 16-24
+        "a red ring grows": [40, 50],  # two words: windows 40-48 and 48-56
+        "a blue square spins": [56, 60],  # none
+    }
+    data.records = [
+        {"qid": i, "vid": vid, "query": q, "duration": data._frames[vid] * 2, "relevant_windows": [m]}
+        for i, (q, m) in enumerate(queries.items())
+    ]
+    pool = data.word_sharing_pool(pool=8)
+    assert pool[0] == [20, 24, 8]  # first frames: "red ring" (two shared words) before "red" (one)
+    assert pool[1] == [0, 20, 24]  # "red" with both; the annotation order breaks the tie
+    assert pool[2] == [0, 8]  # "red ring" before "red"
+    assert 3 not in pool  # shares no content word
+    assert data.word_sharing_pool(pool=1)[0] == [20]
+    for index, windows in pool.items():
+        assert set(windows) <= set(data.negative_starts(index))  # never a window holding the query's own moment
+
+
+@pytest.mark.parametrize("name", ["rgnet", "r2"])
+def test_windows_batched_in_one_forward_give_what_one_window_a_forward_gives(name, monkeypatch):
+    """``window_batches`` stacks several windows' states and runs their (query, window) pairs in one forward
+    (``video_index``): each pair's logit, moments and saliency are those of its window run alone."""
+    from vtg_pipeline import inference
+
+    torch.manual_seed(1)
+    model = (tiny_rgnet() if name == "rgnet" else tiny_rgnet(name="r2")).eval()
+    video = torch.randn(40, 4, 5, 16)
+    query, query_mask = torch.randn(3, 6, 4, 16), torch.ones(3, 6, dtype=torch.bool)
+    query_mask[1, 4:] = False  # queries of different lengths share a forward
+    cfg = DecodeConfig(window=20.0, window_stride=10.0, retrieval_topk=3, max_moments=100, nms="none", window_prior=2.0)
+    own = [[0, 10, 20, 30], [10, 15], [5, 10, 30]]
+
+    def run():
+        return windows_of(model, lambda a, b: video[a:b], 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=own)
+
+    batched = run()
+    monkeypatch.setattr(inference, "WINDOWS_PER_FORWARD", 1)
+    single = run()
+    monkeypatch.setattr(inference, "PAIRS_PER_FORWARD", 1)  # a window's pairs are never split: still one window a forward
+    assert np.array_equal(run().saliency, single.saliency)
+    if name == "rgnet":
+        np.testing.assert_allclose(batched.logits, single.logits, atol=1e-5)
+        assert np.isneginf(batched.logits[1, [0, 1, 4, 5]]).all()  # union 0, 5, 10, 15, 20, 30: query 1 asks 10 and 15
+    for mine, alone in zip(batched.found, single.found):
+        assert mine.keys() == alone.keys()
+        for w in mine:
+            np.testing.assert_allclose(mine[w], alone[w], atol=1e-5)
+    np.testing.assert_allclose(batched.saliency, single.saliency, atol=1e-5)

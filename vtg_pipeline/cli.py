@@ -225,9 +225,14 @@ def ground_main(args: argparse.Namespace) -> int:
 def index_main(args: argparse.Namespace) -> int:
     from .extract import find_videos
     from .grounder import Grounder
-    from .library import build_index
+    from .library import LibraryError, build_index, read_keep_list
     from .window_index import describe_layout
 
+    if args.keep_states and args.states != "on-demand":
+        raise LibraryError(
+            f"--keep-states {args.keep_states}: goes with --states on-demand (--states {args.states} keeps every video's states)"
+        )
+    keep_states = read_keep_list(args.keep_states) if args.keep_states else None
     items = find_videos(args.video_dirs)  # a missing folder or two videos with one id fail before any work
     ensure_writable(args.index, is_folder=True)
     grounder = Grounder.from_pretrained(args.checkpoint, device=args.device or "cpu")
@@ -242,6 +247,7 @@ def index_main(args: argparse.Namespace) -> int:
             engine=engine,
             folders=args.video_dirs,
             states=args.states,
+            keep_states=keep_states,
         )
     print(
         printable(
@@ -251,7 +257,8 @@ def index_main(args: argparse.Namespace) -> int:
         ),
         file=sys.stderr,
     )
-    print(f"index layout: {describe_layout(counts['layout'])}; states {counts['states']}", file=sys.stderr)
+    kept = f" ({counts['kept_states']} videos keep fp16 states)" if counts["kept_states"] else ""
+    print(f"index layout: {describe_layout(counts['layout'])}; states {counts['states']}{kept}", file=sys.stderr)
     return 1 if counts["failed"] else 0
 
 
@@ -447,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/BENCHMARKS.md: within the seed spread in the learning check), or on-demand: none (the CLS states alone, "
         "for embedding), each searched window is re-encoded from its video, recent ones cached (vtg serve "
         "--window-cache); a change re-extracts",
+    )
+    index.add_argument(
+        "--keep-states",
+        metavar="FILE",
+        help="with --states on-demand: the videos FILE lists (video ids or fnmatch patterns such as news/2026-12-*, one a "
+        "line, # comments) keep fp16 states and frames, searched at the stored speed: recent or popular videos; the rest "
+        "on demand. A video entering or leaving the list is re-extracted on the next run",
     )
     index.add_argument("--device", default=None, help="torch device (default cpu)")
     index.add_argument("--no-progress", action="store_true", help="hide the progress bars")

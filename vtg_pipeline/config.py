@@ -152,6 +152,7 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("data.cross_video_negatives", NON_NEGATIVE),
     ("data.hard_negatives", NON_NEGATIVE),
     ("data.hard_pool", AT_LEAST_1),
+    ("data.hard_mining", _one_of("encoder", "words")),
     ("data.negative_similarity", _between(-1, 1)),
     ("data.temporal_shift_below", NON_NEGATIVE),
     ("model.layers", AT_LEAST_1),

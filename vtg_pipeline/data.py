@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -60,9 +61,11 @@ class DataConfig:
     # windows start on a grid of this length every decode.window_stride
     negatives: int = 3  # window sampling with a retrieval model (rgnet): same-video negative windows per query
     cross_video_negatives: int = 0  # rgnet: windows of other videos added as negatives (the paper uses none)
-    hard_negatives: int = 0  # rgnet: of the `negatives`, this many drawn from the `hard_pool` same-video windows the
-    # library dual encoder (models/retrieval.py) ranks highest for the query, mined each epoch from the second on
+    hard_negatives: int = 0  # rgnet: of the `negatives`, this many drawn from a pool of `hard_pool` same-video windows:
     hard_pool: int = 8
+    hard_mining: str = "encoder"  # encoder: those the library dual encoder (models/retrieval.py) ranks highest for the
+    # query, mined each epoch from the second on | words: those holding the video's other queries that share the most
+    # content words with the query (fixed; a query sharing none has no pool and draws at random)
     negative_queries: bool = False  # BM-DETR: pair each query with a negative query (needs model.background_matching)
     negative_similarity: float = 0.9  # a negative query's CLIP text cosine with the positive must be below this
     temporal_shift_below: float = 0.0  # BM-DETR temporal shifting for videos shorter than this (seconds); 0 = off
@@ -388,6 +391,19 @@ class GroundingDataset(Dataset):
         return choices[int(torch.randint(len(choices), (1,), generator=generator))]
 
 
+FUNCTION_WORDS = frozenset("a an the and or of to in on at by with from into onto for is are its it this that".split())
+
+
+def content_words(query: str) -> set[str]:
+    """The query's lower-cased words, less articles, prepositions and the like (``FUNCTION_WORDS``)."""
+    return set(re.findall(r"[a-z0-9]+", query.lower())) - FUNCTION_WORDS
+
+
+def overlaps(moments: np.ndarray, start: int, length: int) -> bool:
+    """Whether the window [start, start + length) (frames) overlaps any of ``moments`` (M, 2) (frames)."""
+    return bool(((moments[:, 0] < start + length) & (moments[:, 1] > start)).any())
+
+
 class WindowDataset(GroundingDataset):
     """RGNet training items: per query, one positive window, ``negatives`` windows of the same video
     and ``cross_video`` windows of other videos.
@@ -433,18 +449,36 @@ class WindowDataset(GroundingDataset):
         """Per record index, negative windows (first frames, from ``negative_starts``) to draw ``hard_negatives`` from."""
         self.hard = hard
 
+    def word_sharing_pool(self, pool: int) -> dict[int, list[int]]:
+        """Per record index, up to ``pool`` negative windows (first frames, from ``negative_starts``) that overlap a
+        moment of another query of the same video sharing content words with its query, most shared words first."""
+        by_video: dict[str, list[int]] = {}
+        for index, record in enumerate(self.records):
+            by_video.setdefault(record["vid"], []).append(index)
+        words = [content_words(record["query"]) for record in self.records]
+        hard = {}
+        for index, record in enumerate(self.records):
+            others = [i for i in by_video[record["vid"]] if i != index and words[i] & words[index]]
+            others.sort(key=lambda i: -len(words[i] & words[index]))  # stable: ties keep the annotation order
+            negative, ranked = self.negative_starts(index), []
+            for other in others:
+                moments = self.moment_frames(self.records[other])
+                ranked += [s for s in negative if s not in ranked and overlaps(moments, s, self.window)]
+            if ranked:
+                hard[index] = ranked[:pool]
+        return hard
+
     def negative_starts(self, index: int) -> list[int]:
         """First frames of the inference grid's windows of record ``index``'s video that overlap none of its moments."""
         from .inference import window_starts
 
         record = self.records[index]
-        moments = np.asarray(record["relevant_windows"], dtype=np.float64).reshape(-1, 2) * self.fps  # frames
-        w = self.window
-        return [
-            s
-            for s in window_starts(self._frames[record["vid"]], w, self.stride)
-            if not ((moments[:, 0] < s + w) & (moments[:, 1] > s)).any()
-        ]
+        moments = self.moment_frames(record)
+        return [s for s in window_starts(self._frames[record["vid"]], self.window, self.stride) if not overlaps(moments, s, self.window)]
+
+    def moment_frames(self, record: dict) -> np.ndarray:
+        """(M, 2) the record's moments in frames (float)."""
+        return np.asarray(record["relevant_windows"], dtype=np.float64).reshape(-1, 2) * self.fps
 
     def draw_negatives(self, index: int, generator: torch.Generator) -> list[int]:
         """``negatives`` distinct same-video negative windows (first frames): up to ``hard_negatives`` at random from
@@ -495,7 +529,7 @@ class WindowDataset(GroundingDataset):
         n, w, fps = self._frames[record["vid"]], self.window, self.fps
         rows = 1 + self.same_video + self.cross_video
         generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
-        moments = np.asarray(record["relevant_windows"], dtype=np.float64).reshape(-1, 2) * fps  # frames
+        moments = self.moment_frames(record)
         moment = moments[int(torch.randint(len(moments), (1,), generator=generator))]
         starts = [self.positive_start(tuple(moment), n, generator)] + self.draw_negatives(index, generator)
         in_video = torch.from_numpy(window_saliency(record["relevant_windows"], n, 1.0 / fps)).float() > 0

@@ -10,10 +10,10 @@ Saliency per clip: each level's sigmoid(cls) brought back to clip resolution,
 max over levels, times the cosine saliency.
 
 Videos longer than ``DecodeConfig.window`` are grounded window by window
-(``ground_in_windows``): an R² model predicts in every window; an RGNet model
-first scores every window per query, then runs its heads on the top
-``retrieval_topk`` windows only. Moments are shifted to absolute seconds,
-merged and NMS'd. ``ground`` does this for a video in the feature store
+(``ground_in_windows``), several windows a forward: an R² model predicts in
+every window; an RGNet model scores every window per query, and only its top
+``retrieval_topk`` windows' moments are decoded. Moments are shifted to
+absolute seconds, merged and NMS'd. ``ground`` does this for a video in the feature store
 (``data.StoredVideo``): ``vtg ground``, library search and training evaluation.
 """
 
@@ -181,7 +181,8 @@ def ground_in_windows(
     cfg: DecodeConfig,
     starts: list[int] | list[list[int]] | None = None,
 ) -> list[dict]:
-    """Ground Q queries in one video, one window at a time (memory does not grow with duration).
+    """Ground Q queries in one video, several windows a forward (``windows_of``; what is held grows by about a
+    kilobyte per (query, window) pair, not by the video's states).
 
     ``read_frames(start, stop)`` returns the video's states (stop - start, K, P, D) for
     frames [start, stop); query (Q, L, K, Dt), query_mask (Q, L). ``starts``: first frames of the windows to
@@ -207,6 +208,10 @@ def ground_in_windows(
     return merged
 
 
+WINDOWS_PER_FORWARD = 8  # windows whose states one forward stacks (8 x 64 s at 0.5 fps, ViT-B/32, K = 4: 80 MB in fp16)
+PAIRS_PER_FORWARD = 32  # (query, window) pairs one forward takes at most
+
+
 @torch.no_grad()
 def windows_of(
     model,
@@ -220,10 +225,11 @@ def windows_of(
     cfg: DecodeConfig,
     starts: list[int] | list[list[int]] | None = None,
 ) -> WindowResults:
-    """The per-window part of ``ground_in_windows`` (same arguments). A window's states are shared by the Q queries; a
-    retrieval model reads every window once to score it (pass 1) and its top ``retrieval_topk`` windows per query
-    (among its own, with per-query ``starts``) again for the heads (pass 2); a model without retrieval runs its heads
-    on every window (every window of the query's own). Nothing is held across windows but the decoded moments."""
+    """The per-window part of ``ground_in_windows`` (same arguments). Every (query, window) pair the queries ask about
+    runs once through the model with its heads, several windows a forward (``window_batches``: each window's states
+    read once, mapped once for all its queries); a retrieval model's logits then choose each query's top
+    ``retrieval_topk`` windows, and only those are decoded. What is held across windows is per pair: its logit and the
+    few head outputs decoding reads (``pair_outputs``, about a kilobyte)."""
     window, stride = cfg.window_frames(fps)
     starts = window_starts(num_frames, window, stride) if starts is None else starts
     queries, device = len(query), query.device
@@ -233,56 +239,86 @@ def windows_of(
         own, starts = [sorted(position[s] for s in set(mine)) for mine in starts], union
     else:
         own = [list(range(len(starts)))] * queries
-    logits = None
-    if model.retrieves_windows:  # also for one window: its score scales the moments, as in every other video
-        logits = window_logits(model, read_frames, starts, window, num_frames, query, query_mask, cfg.window_prior).cpu().numpy()
+    asking = [[] for _ in starts]  # per window, the queries that ask about it
+    for i, mine in enumerate(own):
+        for w in mine:
+            asking[w].append(i)
+    prior = cfg.window_prior if model.retrieves_windows else 0.0
+    embedded = model.retrieval.embed_queries(query, query_mask).float() if prior else None  # (Q, E)
+    logits = np.full((queries, len(starts)), -np.inf) if model.retrieves_windows else None
+    kept: dict[tuple[int, int], dict] = {}  # (query, window) -> its row of the head outputs
+    for windows, states, index, rows in window_batches(read_frames, starts, window, num_frames, asking, device):
+        mask = torch.ones(len(rows), states.size(1), dtype=torch.bool, device=device)
+        out = model(states, mask, query[rows], query_mask[rows], video_index=index)
+        if logits is not None:
+            logit = out["window_logit"].float()
+            if prior:  # + p x the dual encoder's cosine of the window's last-layer CLS states with the query
+                cls = states[:, :, -1, 0].float()  # (Bv, w, Dv)
+                cosine = embedded @ model.retrieval.embed_windows(cls, mask.new_ones(cls.shape[:2])).float().T  # (Q, Bv)
+                logit = logit + prior * cosine[rows, index]
+            logits[rows.cpu().numpy(), np.asarray(windows)[index.cpu().numpy()]] = logit.cpu().numpy()
+        for row, (w, i) in enumerate(zip(index.tolist(), rows.tolist())):
+            kept[i, windows[w]] = pair_outputs(out, row)
+    if logits is not None:
         chosen = [
-            set(np.asarray(mine)[np.argsort(-row[mine], kind="stable")][: cfg.retrieval_topk].tolist()) for row, mine in zip(logits, own)
+            np.asarray(mine)[np.argsort(-logits[i, mine], kind="stable")][: cfg.retrieval_topk].tolist() for i, mine in enumerate(own)
         ]
     else:
-        chosen = [set(mine) for mine in own]
+        chosen = own
     found: list[dict[int, np.ndarray]] = [{} for _ in range(queries)]
     saliency_sum, covered = np.zeros((queries, num_frames)), np.zeros((queries, num_frames))
-    for w, start in enumerate(starts):
-        wanted = [i for i in range(queries) if w in chosen[i]]
-        if not wanted:
-            continue
-        video, mask = window_inputs(read_frames, start, window, num_frames, len(wanted), device)
-        out = model(video, mask, query[wanted], query_mask[wanted])
-        length = int(mask[0].sum())
-        for row, i in enumerate(wanted):
-            local = decode_windows(out, row, fps, min(length / fps, duration - start / fps), cfg)
+    length = min(window, num_frames)
+    for i, mine in enumerate(chosen):
+        for w in sorted(mine):
+            start, out = starts[w], kept[i, w]
+            local = decode_windows(out, 0, fps, min(length / fps, duration - start / fps), cfg)
             local[:, :2] += start / fps
             found[i][w] = local
-            saliency_sum[i, start : start + length] += saliency_curve(out, row, length, strides)
+            saliency_sum[i, start : start + length] += saliency_curve(out, 0, length, strides)
             covered[i, start : start + length] += 1
     spans = np.stack([np.asarray(starts), np.minimum(np.asarray(starts) + window, num_frames)], axis=1) / fps
     return WindowResults(spans, logits, found, saliency_sum / np.maximum(covered, 1), own)
 
 
-def window_logits(
-    model,
+def window_batches(
     read_frames: Callable[[int, int], torch.Tensor],
     starts: list[int],
     window: int,
     num_frames: int,
-    query: torch.Tensor,
-    query_mask: torch.Tensor,
-    prior: float,
-) -> torch.Tensor:
-    """Pass 1: (Q, W) each window's retrieval logit for each query, plus ``prior`` x the cosine of the library dual
-    encoder (``model.retrieval``: the window's last-layer CLS states against the query) when ``prior`` > 0."""
-    queries, device = len(query), query.device
-    embedded = model.retrieval.embed_queries(query, query_mask).float() if prior else None  # (Q, E)
-    columns = []
-    for start in starts:
-        states, mask = window_inputs(read_frames, start, window, num_frames, queries, device)
-        logit = model.retrieve(states, mask, query, query_mask)[1]["window_logit"].float()
-        if prior:
-            cls = states[:, :, -1, 0].float()  # (1, w, Dv)
-            logit = logit + prior * (embedded @ model.retrieval.embed_windows(cls, mask[:1]).float().T)[:, 0]
-        columns.append(logit)
-    return torch.stack(columns, dim=1)
+    asking: list[list[int]],
+    device,
+):
+    """Consecutive windows with queries, a batch at a time (at most ``WINDOWS_PER_FORWARD`` windows and
+    ``PAIRS_PER_FORWARD`` pairs, a window's pairs never split): yields ``windows`` (Bv,) their indices in ``starts``,
+    ``states`` (Bv, w, K, P, D) as read (every window of a video has the same length w), and per pair ``index`` (B,)
+    its window's row and ``rows`` (B,) its query, both long tensors on ``device``."""
+    batch: list[int] = []
+    pairs = 0
+    wanted = [w for w in range(len(starts)) if asking[w]]
+    for n, w in enumerate(wanted):
+        batch.append(w)
+        pairs += len(asking[w])
+        following = wanted[n + 1] if n + 1 < len(wanted) else None
+        if following is None or len(batch) == WINDOWS_PER_FORWARD or pairs + len(asking[following]) > PAIRS_PER_FORWARD:
+            states = torch.stack([read_frames(starts[v], min(starts[v] + window, num_frames)) for v in batch]).to(device)
+            index = torch.tensor([row for row, v in enumerate(batch) for _ in asking[v]], dtype=torch.long, device=device)
+            rows = torch.tensor([i for v in batch for i in asking[v]], dtype=torch.long, device=device)
+            yield batch, states, index, rows
+            batch, pairs = [], 0
+
+
+def pair_outputs(out: dict, row: int) -> dict:
+    """What ``decode_windows`` and ``saliency_curve`` read of one row of a batch's head outputs, as a batch of one on
+    the CPU (kept while the other windows run)."""
+    if "spans" in out:
+        return {
+            "spans": out["spans"][:, row : row + 1].cpu(),
+            "span_logits": out["span_logits"][:, row : row + 1].cpu(),
+            "lengths": out["lengths"][row : row + 1].cpu(),
+            "saliency": out["saliency"][row : row + 1].cpu(),
+        }
+    keys = ("cls", "reg", "complete_points", "saliency")
+    return {**{key: out[key][row : row + 1].cpu() for key in keys}, "points": out["points"].cpu(), "level_lengths": out["level_lengths"]}
 
 
 def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.ndarray, duration: float, cfg: DecodeConfig) -> dict:
@@ -328,8 +364,8 @@ def ground(
     states: tuple[slice, slice] = ALL_STATES,
     rows: Callable[[int, int], torch.Tensor] | None = None,
 ) -> list[dict]:
-    """``ground_in_windows`` over a stored video: Q queries (Q, L, K, Dt) with their mask (Q, L), one window's states
-    at a time, read checked finite; ``starts`` as there (shared, or one list per query). ``duration``: seconds
+    """``ground_in_windows`` over a stored video: Q queries (Q, L, K, Dt) with their mask (Q, L), windows' states read
+    checked finite; ``starts`` as there (shared, or one list per query). ``duration``: seconds
     (default the file's metadata); ``states``: the (layers, tokens) slices of the stored states the model reads
     (default all); ``rows``: where frames [start, stop)'s states (stop - start, K, P, D) come from instead, when the
     file keeps none (search's on-demand re-encoding). Results as ``ground_in_windows``'s."""
@@ -345,10 +381,3 @@ def ground(
         cfg,
         starts,
     )
-
-
-def window_inputs(read_frames, start: int, window: int, num_frames: int, queries: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One window's states (1, w, K, P, D) as read (the model maps them layer by layer in float), shared by ``queries``
-    queries, and its mask (queries, w)."""
-    states = read_frames(start, min(start + window, num_frames)).to(device)[None]
-    return states, torch.ones(queries, states.size(1), dtype=torch.bool, device=device)

@@ -50,6 +50,7 @@ Python API (``vtg serve`` builds on it)::
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hashlib
 import json
@@ -343,6 +344,7 @@ class LibraryIndex:
                     [sorted(starts) for starts in asked.values()],
                     self.folder / "features",
                     self.reencoded,
+                    [ks[q] for q in asked],
                 )
             except (DataError, OSError, SafetensorError, VideoError) as e:  # removed or rewritten since this version was written
                 what = "its video cannot be re-encoded" if isinstance(e, VideoError) else "its stored states cannot be read"
@@ -396,11 +398,18 @@ def stage_one(searcher: Searcher, queries: list[str], n: int) -> list[list[dict]
 
 @torch.no_grad()
 def stage_two(
-    searcher: Searcher, video: dict, queries: list[str], starts: list[list[int]], store: Path, reencoded: ReencodedWindows
+    searcher: Searcher,
+    video: dict,
+    queries: list[str],
+    starts: list[list[int]],
+    store: Path,
+    reencoded: ReencodedWindows,
+    limits: list[int | None] | None = None,
 ) -> list[list[dict]]:
     """One video's moments for each of ``queries`` in its own windows (``starts``: first frames, per query), NMS'd in
     absolute seconds as ``vtg ground`` gives them, each with the window holding most of it and that window's clip
-    times and saliency (arrays, rounded by ``search_many`` for the moments it returns). The video's states are read
+    times and saliency (arrays, rounded by ``search_many`` for the moments it returns). ``limits``: per query, its
+    best moments to keep (None: all; a library's top k holds at most k of one video). The video's states are read
     once for all the queries, or, when the store keeps none, its windows are re-encoded from the video through
     ``reencoded`` (VideoError when the video is gone or changed)."""
     grounder = searcher.grounder
@@ -417,10 +426,10 @@ def stage_two(
     times = stored.timestamps
     length = min(cfg.decode.window_frames(grounder.fps)[0], len(times))
     answers = []
-    for query, own, result in zip(queries, starts, grounded):
+    for query, own, result, limit in zip(queries, starts, grounded, limits or [None] * len(queries)):
         spans = np.array([[s / grounder.fps, min((s + length) / grounder.fps, video["duration"])] for s in own])
         answers.append([])
-        for start, end, score in rounded(result["moments"]):
+        for start, end, score in rounded(result["moments"][:limit]):  # sorted by score: the first ones are the best
             best = int(np.argmax(np.minimum(spans[:, 1], end) - np.maximum(spans[:, 0], start)))
             clips = slice(own[best], own[best] + length)
             answers[-1].append(
@@ -475,6 +484,7 @@ def build_index(
     engine: Engine | None = None,
     folders: list[str] | None = None,
     states: str = "fp16",
+    keep_states: list[str] | None = None,
 ) -> dict:
     """Index ``items`` (``extract.find_videos``) in ``folder`` with ``grounder``, loaded from ``checkpoint`` (recorded for
     search); a new version replaces the current one. Returns counts: videos, new, changed, unchanged, removed, failed,
@@ -486,9 +496,13 @@ def build_index(
     faiss index is built here either way. ``folders``: the folders (or files) the videos were found in, recorded as
     the only places ``vtg serve`` serves media from (default: each video's own folder). ``states``: how the store
     keeps the states stage 2 reads: fp16, fp8 (half the bytes), or on-demand (the last layer's CLS states alone, for
-    embedding; stage 2 re-encodes its windows from the videos); a change re-extracts every video."""
+    embedding; stage 2 re-encodes its windows from the videos); a change re-extracts every video. ``keep_states``
+    (on-demand only): video-id patterns (``fnmatch``) whose videos keep fp16 states and frames all the same, searched
+    at the stored speed (recent or popular videos); a video entering or leaving the list is re-extracted."""
     if states not in STATES:
         raise ValueError(f"states must be one of {', '.join(STATES)}, got {states!r}")
+    if keep_states and states != "on-demand":
+        raise ValueError(f"keep_states goes with states='on-demand' (the other layouts keep every video's states), not {states!r}")
     if not grounder.indexable:
         raise LibraryError(f"{checkpoint}: trained before checkpoints had a library-search head; train it again to index with it")
     engine = engine or LocalEngine()
@@ -503,7 +517,14 @@ def build_index(
                 f"give --rebuild to index it with {checkpoint} instead"
             )
         store = folder / "features"
-        failures = dict(engine.extract(grounder.extract_config(store, progress, STATES[states]), items, grounder.backbone).failures)
+        kept = kept_videos(items, keep_states or [])
+        failures = {}
+        for layout, group in (
+            (STATES[states], [i for i in items if i.video_id not in kept]),
+            ("fp16", [i for i in items if i.video_id in kept]),
+        ):
+            if group:
+                failures.update(engine.extract(grounder.extract_config(store, progress, layout), group, grounder.backbone).failures)
         known = {v["vid"]: v for v in old.info["videos"]} if old else {}
         entries, to_embed = {}, []
         for item in items:
@@ -563,6 +584,7 @@ def build_index(
             "window_stride": cfg.decode.window_stride,
             "faiss": layout,
             "states": states,
+            "kept_states": len(kept),
             "folders": sorted({os.path.realpath(f) for f in folders or [os.path.dirname(i.path) for i in items]}),
             "videos": videos,
             "failed": failed,
@@ -584,9 +606,37 @@ def build_index(
         "kind": layout["kind"],
         "layout": layout,
         "states": states,
+        "kept_states": len(kept),
         "version": number,
         "index": str(folder),
     }
+
+
+def read_keep_list(file: str | Path) -> list[str]:
+    """The video-id patterns of a ``vtg index --keep-states`` file: one a line (``fnmatch``: ``news/2026-*``), blank
+    lines and ``#`` comments skipped. LibraryError naming the file when it cannot be read."""
+    try:
+        lines = Path(file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LibraryError(
+            printable(f"{file}: cannot read the list of videos to keep states for: {getattr(e, 'strerror', None) or e}")
+        ) from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def kept_videos(items: list[VideoItem], patterns: list[str]) -> set[str]:
+    """The ids of ``items`` that some pattern matches (``fnmatch``; a pattern without wildcards is looked up, not
+    scanned); one warning line for patterns that match none (a listed video since deleted)."""
+    ids = [item.video_id for item in items]
+    known, kept, unmatched = set(ids), set(), []
+    for pattern in patterns:
+        matched = fnmatch.filter(ids, pattern) if any(c in pattern for c in "*?[") else [pattern] if pattern in known else []
+        kept.update(matched)
+        if not matched:
+            unmatched.append(pattern)
+    if unmatched:
+        log.warning(printable(f"keep-states: {len(unmatched)} pattern(s) match no video, first {unmatched[0]!r}"))
+    return kept
 
 
 def embed_stored_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor, int, float] | str:

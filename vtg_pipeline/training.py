@@ -362,6 +362,9 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
             needed,
             cfg.data.hard_negatives if retrieval else 0,
         )
+        if retrieval and cfg.data.hard_negatives and cfg.data.hard_mining == "words":
+            train_set.set_hard(train_set.word_sharing_pool(cfg.data.hard_pool))
+            accelerator.print(f"hard negatives by shared words: {len(train_set.hard)} of {len(train_set)} training queries have some")
         train_collate = partial(collate_windows, fps=fps)
     else:
         train_collate = batch_collate
@@ -414,7 +417,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.grad_accum)  # Accelerate also steps at the loader's end
     for epoch in range(state["epoch"], cfg.optim.epochs):
         train_set.set_epoch(epoch)
-        if cfg.data.hard_negatives and epoch > 0 and uses_windows(cfg):  # the dual encoder has trained for an epoch
+        if cfg.data.hard_negatives and cfg.data.hard_mining == "encoder" and epoch > 0 and uses_windows(cfg):  # trained an epoch
             train_set.set_hard(mine_hard_windows(accelerator.unwrap_model(model), train_set, text_cache, cfg.data.hard_pool, device))
         train_loader.set_epoch(epoch)  # Accelerate's loader passes it to the length-grouped batches (also after --resume)
         bar = tqdm(

@@ -149,9 +149,11 @@ class RGNetGrounder(R2Grounder):
         query: torch.Tensor,
         query_mask: torch.Tensor,
         hidden: list[torch.Tensor] | None = None,
+        video_index: torch.Tensor | None = None,
     ) -> tuple[dict, dict]:
-        """The R² outputs and the RG-Encoder outputs of (query, window) pairs (no heads; ``hidden``: see ``refine``)."""
-        r2 = self.refine(video, video_mask, query, query_mask, hidden)
+        """The R² outputs and the RG-Encoder outputs of (query, window) pairs (no heads; ``hidden`` and ``video_index``:
+        see ``refine``)."""
+        r2 = self.refine(video, video_mask, query, query_mask, hidden, video_index)
         return r2, self.rg(r2["frames"], video_mask, r2["query"], query_mask)
 
     def forward(
@@ -164,8 +166,11 @@ class RGNetGrounder(R2Grounder):
         negative_mask: torch.Tensor | None = None,
         heads_rows: torch.Tensor | None = None,
         background_rows: torch.Tensor | None = None,
+        video_index: torch.Tensor | None = None,
     ) -> dict:
         """As ``R2Grounder.forward``, plus ``window_logit`` (B,), ``gate``, ``gate_logits`` and ``attention`` (B, T).
+        ``video_index`` (B,): each pair's window row (None: a window per pair, or one shared by all; inference batches
+        several windows' pairs so; training gives every pair its own window).
 
         ``heads_rows`` (R,) restricts the heads to those pairs (training: the positive
         windows); the head outputs then have R rows, the encoder outputs keep B. With
@@ -175,10 +180,12 @@ class RGNetGrounder(R2Grounder):
         ``background_rows`` (R',): pairs whose window holds no moment of the query (training: the negative windows);
         the heads also run on them and add ``background_cls`` (R', N) and ``background_valid`` (R', N) anchor points.
         """
-        r2, rg = self.retrieve(video, video_mask, query, query_mask)
+        r2, rg = self.retrieve(video, video_mask, query, query_mask, video_index=video_index)
         rows = slice(None) if heads_rows is None else heads_rows
         negative = None
         if self.cfg.background_matching and negative_query is not None:
+            if video_index is not None:
+                raise ValueError("a negative query needs a window per pair (video_index=None)")
             hidden = [h[rows] for h in r2["hidden"]]  # the windows mapped once, for both queries
             negative = self.retrieve(video[rows], video_mask[rows], negative_query, negative_mask, hidden)[1]
         out = self.heads(
