@@ -229,7 +229,7 @@ def windows_of(
     runs once through the model with its heads, several windows a forward (``window_batches``: each window's states
     read once, mapped once for all its queries); a retrieval model's logits then choose each query's top
     ``retrieval_topk`` windows, and only those are decoded. What is held across windows is per pair: its logit and the
-    few head outputs decoding reads (``pair_outputs``, about a kilobyte)."""
+    few head outputs decoding reads (``decoding_outputs``, about a kilobyte)."""
     window, stride = cfg.window_frames(fps)
     starts = window_starts(num_frames, window, stride) if starts is None else starts
     queries, device = len(query), query.device
@@ -246,19 +246,20 @@ def windows_of(
     prior = cfg.window_prior if model.retrieves_windows else 0.0
     embedded = model.retrieval.embed_queries(query, query_mask).float() if prior else None  # (Q, E)
     logits = np.full((queries, len(starts)), -np.inf) if model.retrieves_windows else None
-    kept: dict[tuple[int, int], dict] = {}  # (query, window) -> its row of the head outputs
+    kept: dict[tuple[int, int], tuple[dict, int]] = {}  # (query, window) -> its batch's decoding outputs and its row
     for windows, states, index, rows in window_batches(read_frames, starts, window, num_frames, asking, device):
         mask = torch.ones(len(rows), states.size(1), dtype=torch.bool, device=device)
         out = model(states, mask, query[rows], query_mask[rows], video_index=index)
+        pairs = [(i, windows[w]) for w, i in zip(index.tolist(), rows.tolist())]
         if logits is not None:
             logit = out["window_logit"].float()
             if prior:  # + p x the dual encoder's cosine of the window's last-layer CLS states with the query
                 cls = states[:, :, -1, 0].float()  # (Bv, w, Dv)
                 cosine = embedded @ model.retrieval.embed_windows(cls, mask.new_ones(cls.shape[:2])).float().T  # (Q, Bv)
                 logit = logit + prior * cosine[rows, index]
-            logits[rows.cpu().numpy(), np.asarray(windows)[index.cpu().numpy()]] = logit.cpu().numpy()
-        for row, (w, i) in enumerate(zip(index.tolist(), rows.tolist())):
-            kept[i, windows[w]] = pair_outputs(out, row)
+            logits[tuple(np.array(pairs).T)] = logit.cpu().numpy()
+        outputs = decoding_outputs(out)
+        kept.update((pair, (outputs, row)) for row, pair in enumerate(pairs))
     if logits is not None:
         chosen = [
             np.asarray(mine)[np.argsort(-logits[i, mine], kind="stable")][: cfg.retrieval_topk].tolist() for i, mine in enumerate(own)
@@ -270,11 +271,11 @@ def windows_of(
     length = min(window, num_frames)
     for i, mine in enumerate(chosen):
         for w in sorted(mine):
-            start, out = starts[w], kept[i, w]
-            local = decode_windows(out, 0, fps, min(length / fps, duration - start / fps), cfg)
+            start, (out, row) = starts[w], kept[i, w]
+            local = decode_windows(out, row, fps, min(length / fps, duration - start / fps), cfg)
             local[:, :2] += start / fps
             found[i][w] = local
-            saliency_sum[i, start : start + length] += saliency_curve(out, 0, length, strides)
+            saliency_sum[i, start : start + length] += saliency_curve(out, row, length, strides)
             covered[i, start : start + length] += 1
     spans = np.stack([np.asarray(starts), np.minimum(np.asarray(starts) + window, num_frames)], axis=1) / fps
     return WindowResults(spans, logits, found, saliency_sum / np.maximum(covered, 1), own)
@@ -307,18 +308,13 @@ def window_batches(
             batch, pairs = [], 0
 
 
-def pair_outputs(out: dict, row: int) -> dict:
-    """What ``decode_windows`` and ``saliency_curve`` read of one row of a batch's head outputs, as a batch of one on
-    the CPU (kept while the other windows run)."""
-    if "spans" in out:
-        return {
-            "spans": out["spans"][:, row : row + 1].cpu(),
-            "span_logits": out["span_logits"][:, row : row + 1].cpu(),
-            "lengths": out["lengths"][row : row + 1].cpu(),
-            "saliency": out["saliency"][row : row + 1].cpu(),
-        }
-    keys = ("cls", "reg", "complete_points", "saliency")
-    return {**{key: out[key][row : row + 1].cpu() for key in keys}, "points": out["points"].cpu(), "level_lengths": out["level_lengths"]}
+def decoding_outputs(out: dict) -> dict:
+    """What ``decode_windows`` and ``saliency_curve`` read of a batch's head outputs, on the CPU (one copy a batch;
+    kept while the other windows run, the batch's features dropped)."""
+    if "spans" in out:  # the anchor decoder
+        return {key: out[key].cpu() for key in ("spans", "span_logits", "lengths", "saliency")}
+    needed = {key: out[key].cpu() for key in ("cls", "reg", "points", "complete_points", "saliency")}
+    return {**needed, "level_lengths": out["level_lengths"]}
 
 
 def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.ndarray, duration: float, cfg: DecodeConfig) -> dict:
