@@ -26,6 +26,27 @@ def test_hard_nms_can_drop_what_it_suppressed_but_not_a_low_score():
     assert out.tolist() == [[0.0, 9.0, 0.9], [40.0, 50.0, 0.7], [20.0, 30.0, 0.0]]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_hard_nms_keeps_exactly_the_greedy_set_and_lists_the_rest_at_zero(seed):
+    """On many overlapping moments (the search stops once only suppressed ones are left): the kept moments are
+    those the textbook greedy rule keeps (best first; kept unless IoU >= threshold with one kept before), the others
+    follow at score 0 or are dropped."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, 40, 60).astype(float)
+    moments = np.stack([starts, starts + rng.integers(1, 20, 60), rng.permutation(60) / 60 + 0.01], axis=1)
+    kept = []
+    for m in moments[np.argsort(-moments[:, 2])]:
+        inter = np.clip(np.minimum(m[1], [k[1] for k in kept]) - np.maximum(m[0], [k[0] for k in kept]), 0, None)
+        union = (m[1] - m[0]) + np.array([k[1] - k[0] for k in kept]) - inter
+        if not (inter / np.where(union > 0, union, 1) >= 0.5).any():
+            kept.append(m)
+    listed = postprocess(moments, duration=60.0, cfg=DecodeConfig(nms="hard", nms_threshold=0.5))
+    assert len(listed) == 60 and listed[: len(kept)].tolist() == np.array(kept).tolist()
+    assert (listed[len(kept) :, 2] == 0).all() and len(kept) < 30
+    dropped = postprocess(moments, duration=60.0, cfg=DecodeConfig(nms="hard", nms_threshold=0.5, keep_suppressed=False))
+    assert dropped.tolist() == listed[: len(kept)].tolist()
+
+
 def test_linear_nms_scales_by_one_minus_iou():
     moments = np.array([[0.0, 10.0, 1.0], [5.0, 15.0, 0.9]])
     out = postprocess(moments, duration=60.0, cfg=DecodeConfig(nms="linear"))

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from vtg_pipeline.data import WindowDataset, collate_windows, load_split
+from vtg_pipeline.data import DataError, WindowDataset, collate_windows, load_split
 from vtg_pipeline.inference import (
     DecodeConfig,
+    VideoWindows,
+    forward_groups,
     ground_in_windows,
     merge_windows,
+    windows_in_videos,
     windows_of,
 )
 from vtg_pipeline.losses import gate_loss, intra_window_loss, window_retrieval_loss
@@ -522,3 +525,81 @@ def test_windows_batched_in_one_forward_give_what_one_window_a_forward_gives(nam
         for w in mine:
             np.testing.assert_allclose(mine[w], alone[w], atol=1e-5)
     np.testing.assert_allclose(batched.saliency, single.saliency, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rgnet", "r2", "decoder"])
+def test_windows_of_several_videos_share_forwards_and_give_what_each_video_alone_gives(name):
+    """``windows_in_videos``: windows of videos of different lengths run padded in shared forwards (longest first);
+    each video's logits, moments and saliency are those of ``windows_of`` on it alone. A video whose reads raise one of
+    ``errors`` gets the exception and the others are unaffected."""
+    overrides = {"decoder": {"head": "decoder", "decoder_layers": 2, "decoder_ffn_dims": 64}, "r2": {"name": "r2"}}
+    model = tiny_rgnet(**overrides.get(name, {}))
+    torch.manual_seed(1)
+    lengths = (40, 13, 20, 7)  # frames; windows of 10 frames every 5: the 7-frame video is one shorter window
+    videos = [torch.randn(n, 4, 5, 16) for n in lengths]
+    query, query_mask = torch.randn(4, 6, 4, 16), torch.ones(4, 6, dtype=torch.bool)
+    query_mask[1, 3:] = False
+    cfg = DecodeConfig(window=20.0, window_stride=10.0, retrieval_topk=2, max_moments=100, nms="none", window_prior=1.0)
+    asked = [[0, 2], [1, 2, 3], [3], [0, 1, 2, 3]]  # per video, the rows of ``query`` asking about it
+    starts = [[[0, 10, 20], [5, 10]], None, None, None]
+    reads = []
+
+    def reader(v):
+        def read(start, stop):
+            reads.append((v, start, stop))
+            if v == 2 and failing:
+                raise DataError(f"video {v}: not finite")
+            return videos[v][start:stop]
+
+        return read
+
+    for failing in (False, True):
+        reads.clear()
+        together = windows_in_videos(
+            model,
+            [VideoWindows(reader(v), n, n * 2.0, asked[v], starts[v]) for v, n in enumerate(lengths)],
+            query,
+            query_mask,
+            0.5,
+            (1, 2, 4, 8),
+            cfg,
+            errors=(DataError,),
+        )
+        for v, (n, got) in enumerate(zip(lengths, together)):
+            if failing and v == 2:
+                assert isinstance(got, DataError) and "video 2" in str(got)
+                continue
+            alone = windows_of(
+                model,
+                lambda a, b, v=v: videos[v][a:b],
+                n,
+                n * 2.0,
+                query[asked[v]],
+                query_mask[asked[v]],
+                0.5,
+                (1, 2, 4, 8),
+                cfg,
+                starts[v],
+            )
+            assert got.own == alone.own
+            np.testing.assert_allclose(got.spans, alone.spans)
+            if alone.logits is not None:
+                np.testing.assert_allclose(got.logits, alone.logits, atol=1e-5)
+            for mine, theirs in zip(got.found, alone.found):
+                assert mine.keys() == theirs.keys()
+                for w in mine:
+                    np.testing.assert_allclose(mine[w], theirs[w], atol=1e-5)
+            np.testing.assert_allclose(got.saliency, alone.saliency, atol=1e-5)
+        if not failing:
+            assert sorted(reads) == sorted(set(reads)) and len(reads) == 10, "each window of each video read once"
+    with pytest.raises(DataError):  # without ``errors`` a failing read propagates
+        windows_in_videos(model, [VideoWindows(reader(2), 20, 40.0, [0])], query, query_mask, 0.5, (1, 2, 4, 8), cfg)
+
+
+def test_forward_groups_respect_both_limits_and_never_split_a_window(monkeypatch):
+    from vtg_pipeline import inference
+
+    monkeypatch.setattr(inference, "WINDOWS_PER_FORWARD", 3)
+    monkeypatch.setattr(inference, "PAIRS_PER_FORWARD", 5)
+    assert forward_groups([1, 1, 1, 1, 2, 3, 9, 1]) == [[0, 1, 2], [3, 4], [5], [6], [7]]
+    assert forward_groups([]) == []

@@ -126,6 +126,24 @@ def test_resume_continues_exactly(synth_root, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), "resumed weights differ from an uninterrupted run"
 
 
+def test_a_moving_average_is_what_is_evaluated_and_saved_and_resumes_exactly(synth_root, tmp_path):
+    """``optim.ema``: best/ holds the weights' moving average, not the trained weights; ``last/`` keeps the average, so a
+    resumed run averages what an uninterrupted one does."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_config(synth_root, straight, "optim.epochs=2", "eval_every=2", "optim.ema=0.9"))  # one evaluation: epoch 2
+    train(tiny_config(synth_root, split, "optim.epochs=1", "optim.ema=0.9"))
+    train(tiny_config(synth_root, split, "optim.epochs=2", "optim.ema=0.9"), resume=True)
+    average = {run: torch.load(run / "last" / "custom_checkpoint_0.pkl", weights_only=True) for run in (straight, split)}
+    assert int(average[straight]["n_averaged"]) == json.loads((straight / "last" / "progress.json").read_text())["step"]
+    best = load_file(str(straight / "best" / "model.safetensors"))
+    trained = load_file(str(straight / "last" / "model.safetensors"))
+    assert all(torch.equal(best[k], average[straight][f"module.{k}"]) for k in best), "best/ is the average at epoch 2"
+    assert any(not torch.allclose(best[k], trained[k]) for k in trained), "best/ holds the average, not the trained weights"
+    assert all(torch.allclose(average[split][k].float(), average[straight][k].float(), atol=1e-6) for k in average[straight])
+    with pytest.raises(ConfigError, match="optim.ema"):
+        tiny_config(synth_root, tmp_path / "x", "optim.ema=1")
+
+
 def test_non_finite_loss_stops_naming_step_and_term(synth_root, tmp_path, monkeypatch):
     import vtg_pipeline.training as training
 

@@ -50,6 +50,8 @@ class OptimConfig:
     batch_size: int = 128  # per process
     grad_accum: int = 1
     repeat: int = 1  # passes over the training set per epoch (QVHighlights: 4)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, updated every step, which is evaluated and
+    # saved in place of the trained weights (0.995: about the last 200 steps); 0 = off
     memory_saving: bool = True  # recompute the R² video mapping's element-wise activations in backward: same numbers; at the
     # paper's sizes (dims 256, batch 32) 45 % of the peak memory and a faster CPU step; 1.45x slower on the narrow
     # vtg-tiny configs, which switch it off (docs/BENCHMARKS.md, issue 15)
@@ -139,6 +141,7 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("optim.batch_size", AT_LEAST_1),
     ("optim.grad_accum", AT_LEAST_1),
     ("optim.repeat", AT_LEAST_1),
+    ("optim.ema", ((lambda v: 0 <= v < 1), ">= 0 and < 1")),
     ("eval_every", AT_LEAST_1),
     ("mixed_precision", _one_of("no", "fp16", "bf16")),
     ("backbone.layers", AT_LEAST_1),

@@ -31,7 +31,6 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,7 +55,7 @@ from .extract import (
     stored_vision_shape,
 )
 from .features import Manifest, feature_path, read_metadata, stored_ids
-from .inference import ground, rounded
+from .inference import VideoWindows, ground_videos, rounded
 from .names import UnsafeNameError, check_video_id, hms
 
 QUERIES_CACHED = 1024  # distinct query texts whose states a Grounder keeps (about 64 MB with ViT-B/32's text tower, K = 4)
@@ -232,19 +231,19 @@ class Grounder:
         states = "cls" if (read_metadata(feature_file) or {}).get("vision_format") == VISION_CLS else "fp16"
         return StoredVideo.open(feature_file, stored_vision_shape(states, self.backbone.row_shapes()["vision"]))
 
-    def ground_opened(
-        self,
-        video: StoredVideo,
-        queries: list[str],
-        starts: list[int] | list[list[int]] | None = None,
-        duration: float | None = None,
-        rows: Callable[[int, int], torch.Tensor] | None = None,
-    ) -> list[dict]:
-        """``inference.ground`` of ``queries`` in an open stored video with this checkpoint, as users get the moments
-        (suppressed duplicates dropped); ``starts`` (shared, or per query), ``duration`` (s) and ``rows`` as there."""
+    def ground_windows(
+        self, videos: list[VideoWindows], queries: list[str], errors: tuple[type[Exception], ...] = ()
+    ) -> list[list[dict] | Exception]:
+        """``inference.ground_videos`` of ``queries`` (each video's ``queries`` are positions in this list) with this
+        checkpoint, as users get the moments (suppressed duplicates dropped): windows of all the videos share forwards.
+        Per video, its queries' results, or the exception in ``errors`` that stopped reading it."""
         query, query_mask = self.text_cache(queries, self.backbone.device)
         decode = replace(self.cfg.decode, keep_suppressed=False)  # users get no score-0 duplicates of better windows
-        return ground(self.model, video, query, query_mask, self.fps, self.cfg.model.strides, decode, starts, duration, rows=rows)
+        return ground_videos(self.model, videos, query, query_mask, self.fps, self.cfg.model.strides, decode, errors)
+
+    def ground_opened(self, video: StoredVideo, queries: list[str]) -> list[dict]:
+        """``ground_windows`` of ``queries`` in one open stored video, every window of its grid."""
+        return self.ground_windows([VideoWindows(video.rows, video.frames, video.duration, list(range(len(queries))))], queries)[0]
 
     def ground_features(self, feature_file: Path, queries: list[str]) -> list[dict]:
         """Ground ``queries`` on one stored video, window by window; one result dict per query.

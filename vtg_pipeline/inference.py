@@ -13,8 +13,10 @@ Videos longer than ``DecodeConfig.window`` are grounded window by window
 (``ground_in_windows``), several windows a forward: an R² model predicts in
 every window; an RGNet model scores every window per query, and only its top
 ``retrieval_topk`` windows' moments are decoded. Moments are shifted to
-absolute seconds, merged and NMS'd. ``ground`` does this for a video in the feature store
-(``data.StoredVideo``): ``vtg ground``, library search and training evaluation.
+absolute seconds, merged and NMS'd. ``ground_videos`` grounds several videos
+at once, their windows sharing forwards (``Grounder.ground_windows``: library
+search; ``vtg ground`` passes one video at a time); ``ground`` grounds a video of the
+feature store (``data.StoredVideo``) for training's evaluation.
 """
 
 from __future__ import annotations
@@ -85,15 +87,15 @@ def postprocess(moments: np.ndarray, duration: float, cfg: DecodeConfig) -> np.n
         if cfg.nms not in ("hard", "linear"):
             raise ValueError(f"nms must be hard, linear or none, got {cfg.nms!r}")
         starts, ends, scores = moments[:, 0], moments[:, 1], moments[:, 2]  # views: scores change in place
-        lengths = ends - starts
+        table = overlaps(starts, ends, slice(None)) if len(moments) <= NMS_TABLE_MOMENTS else None  # (M, M)
         order = np.arange(len(moments))  # greedy: position i takes the best of the rest, swapped with it
         for i in range(len(moments)):
             best = i + int(np.argmax(scores[order[i:]]))
+            if cfg.nms == "hard" and scores[order[best]] == 0 and suppressed[order[i:]].all():
+                break  # all that is left is suppressed at score 0: it would be picked in place and change nothing
             order[i], order[best] = order[best], order[i]
             picked, rest = order[i], order[i + 1 :]
-            inter = np.clip(np.minimum(ends[picked], ends[rest]) - np.maximum(starts[picked], starts[rest]), 0, None)
-            union = lengths[picked] + lengths[rest] - inter  # temporal_iou's arithmetic, one row
-            overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+            overlap = (table[picked] if table is not None else overlaps(starts, ends, [picked])[0])[rest]
             if cfg.nms == "hard":
                 hit = rest[overlap >= cfg.nms_threshold]
                 scores[hit], suppressed[hit] = 0.0, True
@@ -103,6 +105,18 @@ def postprocess(moments: np.ndarray, duration: float, cfg: DecodeConfig) -> np.n
     if not cfg.keep_suppressed:
         moments = moments[~suppressed]
     return moments[np.argsort(-moments[:, 2], kind="stable")]
+
+
+NMS_TABLE_MOMENTS = 1024  # up to this many moments NMS computes every pair's IoU at once (8 MB); above, a row a pick
+
+
+def overlaps(starts: np.ndarray, ends: np.ndarray, rows) -> np.ndarray:
+    """Temporal IoU (R, M) of the moments ``rows`` (an index or slice of the M) with each of the M moments; starts and
+    ends (M,) in seconds. 0 where the union is empty."""
+    lengths = ends - starts
+    inter = np.clip(np.minimum(ends[rows, None], ends) - np.maximum(starts[rows, None], starts), 0, None)
+    union = lengths[rows, None] + lengths - inter  # temporal_iou's arithmetic
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def saliency_curve(out: dict, index: int, num_frames: int, strides: tuple[int, ...]) -> np.ndarray:
@@ -168,6 +182,22 @@ class WindowResults:
     own: list[list[int]]
 
 
+@dataclass
+class VideoWindows:
+    """One video of a window loop over several (``windows_in_videos``).
+
+    ``read_frames(start, stop)`` returns its states (stop - start, K, P, D) of frames [start, stop); ``num_frames``;
+    ``duration`` (s); ``queries`` the rows of the shared query tensor that ask about it; ``starts`` the first frames of
+    the windows to ground in: one list shared by those queries, one list per query (in ``queries``' order; a window
+    several ask about is read once), or None for the whole grid (``window_starts``)."""
+
+    read_frames: Callable[[int, int], torch.Tensor]
+    num_frames: int
+    duration: float
+    queries: list[int]
+    starts: list[int] | list[list[int]] | None = None
+
+
 @torch.no_grad()
 def ground_in_windows(
     model,
@@ -193,7 +223,32 @@ def ground_in_windows(
     the windows) and, for a retrieval model, ``windows`` (W, 3) [start s, end s, window score] ranked
     (``merge_windows``).
     """
-    results = windows_of(model, read_frames, num_frames, duration, query, query_mask, fps, strides, cfg, starts)
+    video = VideoWindows(read_frames, num_frames, duration, list(range(len(query))), starts)
+    return ground_videos(model, [video], query, query_mask, fps, strides, cfg)[0]
+
+
+@torch.no_grad()
+def ground_videos(
+    model,
+    videos: list[VideoWindows],
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    fps: float,
+    strides: tuple[int, ...],
+    cfg: DecodeConfig,
+    errors: tuple[type[Exception], ...] = (),
+) -> list[list[dict] | Exception]:
+    """``ground_in_windows`` for several videos at once, windows of different videos sharing forwards
+    (``windows_in_videos``; ``errors`` as there). Returns per video, per query in its ``queries``, the results
+    ``ground_in_windows`` gives, or the exception that stopped reading the video."""
+    return [
+        found if isinstance(found, Exception) else merged_results(found, video.duration, cfg)
+        for video, found in zip(videos, windows_in_videos(model, videos, query, query_mask, fps, strides, cfg, errors))
+    ]
+
+
+def merged_results(results: WindowResults, duration: float, cfg: DecodeConfig) -> list[dict]:
+    """Per query of one video's window results, its moments, saliency and (retrieval models) ranked windows."""
     merged = []
     for i, found in enumerate(results.found):
         if results.logits is not None:
@@ -225,87 +280,148 @@ def windows_of(
     cfg: DecodeConfig,
     starts: list[int] | list[list[int]] | None = None,
 ) -> WindowResults:
-    """The per-window part of ``ground_in_windows`` (same arguments). Every (query, window) pair the queries ask about
-    runs once through the model with its heads, several windows a forward (``window_batches``: each window's states
-    read once, mapped once for all its queries); a retrieval model's logits then choose each query's top
-    ``retrieval_topk`` windows, and only those are decoded. What is held across windows is per pair: its logit and the
-    few head outputs decoding reads (``decoding_outputs``, about a kilobyte)."""
+    """The per-window part of ``ground_in_windows`` (same arguments): ``windows_in_videos`` of one video."""
+    video = VideoWindows(read_frames, num_frames, duration, list(range(len(query))), starts)
+    return windows_in_videos(model, [video], query, query_mask, fps, strides, cfg)[0]
+
+
+@dataclass
+class WindowPlan:
+    """Which windows of a video run for which of its queries: ``starts`` (W,) first frames, ``own`` per query its
+    window indices ascending, ``asking`` per window the queries (positions in the video's ``queries``) asking."""
+
+    starts: list[int]
+    own: list[list[int]]
+    asking: list[list[int]]
+
+    @classmethod
+    def of(cls, video: VideoWindows, window: int, stride: int) -> WindowPlan:
+        starts = window_starts(video.num_frames, window, stride) if video.starts is None else video.starts
+        if starts and isinstance(starts[0], list):  # per query: the union is read, each query sees its own windows
+            union = sorted(set().union(*starts))
+            position = {start: w for w, start in enumerate(union)}
+            own, starts = [sorted(position[s] for s in set(mine)) for mine in starts], union
+        else:
+            own = [list(range(len(starts)))] * len(video.queries)
+        asking: list[list[int]] = [[] for _ in starts]
+        for i, mine in enumerate(own):
+            for w in mine:
+                asking[w].append(i)
+        return cls(starts, own, asking)
+
+
+@torch.no_grad()
+def windows_in_videos(
+    model,
+    videos: list[VideoWindows],
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    fps: float,
+    strides: tuple[int, ...],
+    cfg: DecodeConfig,
+    errors: tuple[type[Exception], ...] = (),
+) -> list[WindowResults | Exception]:
+    """The per-window part of grounding several videos: every (query, window) pair asked about runs once through the
+    model with its heads, windows of any video sharing a forward (``forward_groups``, longest windows first; shorter
+    ones padded and masked). Each window's states are read once and mapped once for all its queries; a retrieval
+    model's logits then choose each query's top ``retrieval_topk`` windows of the video, and only those are decoded.
+    What is held across forwards is per pair: its logit and the few head outputs decoding reads
+    (``decoding_outputs``, about a kilobyte). query (Q, L, K, Dt), query_mask (Q, L) for all the videos' queries.
+    A video whose ``read_frames`` raises one of ``errors`` gets that exception in place of its results; the others
+    run on (any other exception propagates)."""
     window, stride = cfg.window_frames(fps)
-    starts = window_starts(num_frames, window, stride) if starts is None else starts
-    queries, device = len(query), query.device
-    if starts and isinstance(starts[0], list):  # per query: the union is read, each query sees its own windows
-        union = sorted(set().union(*starts))
-        position = {start: w for w, start in enumerate(union)}
-        own, starts = [sorted(position[s] for s in set(mine)) for mine in starts], union
-    else:
-        own = [list(range(len(starts)))] * queries
-    asking = [[] for _ in starts]  # per window, the queries that ask about it
-    for i, mine in enumerate(own):
-        for w in mine:
-            asking[w].append(i)
+    device = query.device
+    plans = [WindowPlan.of(video, window, stride) for video in videos]
+    units = [(v, w) for v, plan in enumerate(plans) for w, asking in enumerate(plan.asking) if asking]
+    length = {(v, w): min(plans[v].starts[w] + window, videos[v].num_frames) - plans[v].starts[w] for v, w in units}
+    units.sort(key=lambda unit: -length[unit])  # stable: a video's windows stay in order; little padding a forward
     prior = cfg.window_prior if model.retrieves_windows else 0.0
     embedded = model.retrieval.embed_queries(query, query_mask).float() if prior else None  # (Q, E)
-    logits = np.full((queries, len(starts)), -np.inf) if model.retrieves_windows else None
-    kept: dict[tuple[int, int], tuple[dict, int]] = {}  # (query, window) -> its batch's decoding outputs and its row
-    for windows, states, index, rows in window_batches(read_frames, starts, window, num_frames, asking, device):
-        mask = torch.ones(len(rows), states.size(1), dtype=torch.bool, device=device)
-        out = model(states, mask, query[rows], query_mask[rows], video_index=index)
-        pairs = [(i, windows[w]) for w, i in zip(index.tolist(), rows.tolist())]
-        if logits is not None:
+    logits = [np.full((len(v.queries), len(p.starts)), -np.inf) if model.retrieves_windows else None for v, p in zip(videos, plans)]
+    kept: list[dict[tuple[int, int], tuple[dict, int]]] = [{} for _ in videos]  # (query, window) -> its batch's outputs, row
+    failed: dict[int, Exception] = {}
+    for group in forward_groups([len(plans[v].asking[w]) for v, w in units]):
+        read = {}
+        for v, w in (units[u] for u in group):
+            if v not in failed:
+                try:
+                    read[v, w] = videos[v].read_frames(plans[v].starts[w], plans[v].starts[w] + length[v, w])
+                except errors as e:
+                    failed[v] = e
+        batch = [unit for unit in read if unit[0] not in failed]
+        if not batch:
+            continue
+        states = torch.nn.utils.rnn.pad_sequence([read[unit] for unit in batch], batch_first=True).to(device)  # (Bv, T, K, P, D)
+        frames = torch.tensor([length[unit] for unit in batch], device=device)
+        pairs = [(v, i, w) for v, w in batch for i in plans[v].asking[w]]
+        index = torch.tensor([row for row, (v, w) in enumerate(batch) for _ in plans[v].asking[w]], dtype=torch.long, device=device)
+        rows = torch.tensor([videos[v].queries[i] for v, i, _ in pairs], dtype=torch.long, device=device)
+        valid = torch.arange(states.size(1), device=device) < frames[:, None]  # (Bv, T)
+        out = model(states, valid[index], query[rows], query_mask[rows], video_index=index)
+        if model.retrieves_windows:
             logit = out["window_logit"].float()
             if prior:  # + p x the dual encoder's cosine of the window's last-layer CLS states with the query
-                cls = states[:, :, -1, 0].float()  # (Bv, w, Dv)
-                cosine = embedded @ model.retrieval.embed_windows(cls, mask.new_ones(cls.shape[:2])).float().T  # (Q, Bv)
+                cosine = embedded @ model.retrieval.embed_windows(states[:, :, -1, 0].float(), valid).float().T  # (Q, Bv)
                 logit = logit + prior * cosine[rows, index]
-            logits[tuple(np.array(pairs).T)] = logit.cpu().numpy()
+            for (v, i, w), value in zip(pairs, logit.cpu().numpy()):
+                logits[v][i, w] = value
         outputs = decoding_outputs(out)
-        kept.update((pair, (outputs, row)) for row, pair in enumerate(pairs))
+        for row, (v, i, w) in enumerate(pairs):
+            kept[v][i, w] = outputs, row
+    return [
+        failed[v] if v in failed else decoded_windows(kept[v], videos[v], plans[v], logits[v], window, fps, strides, cfg)
+        for v in range(len(videos))
+    ]
+
+
+def decoded_windows(
+    kept: dict[tuple[int, int], tuple[dict, int]],
+    video: VideoWindows,
+    plan: WindowPlan,
+    logits: np.ndarray | None,
+    window: int,
+    fps: float,
+    strides: tuple[int, ...],
+    cfg: DecodeConfig,
+) -> WindowResults:
+    """A video's WindowResults from its kept per-pair outputs ((query, window) -> batch outputs, row): each query's top ``retrieval_topk`` windows by logit
+    (every window it asked about for a model without retrieval) decoded, shifted to absolute seconds, saliency averaged
+    over the decoded windows covering each frame."""
     if logits is not None:
         chosen = [
-            np.asarray(mine)[np.argsort(-logits[i, mine], kind="stable")][: cfg.retrieval_topk].tolist() for i, mine in enumerate(own)
+            np.asarray(mine)[np.argsort(-logits[i, mine], kind="stable")][: cfg.retrieval_topk].tolist() for i, mine in enumerate(plan.own)
         ]
     else:
-        chosen = own
-    found: list[dict[int, np.ndarray]] = [{} for _ in range(queries)]
-    saliency_sum, covered = np.zeros((queries, num_frames)), np.zeros((queries, num_frames))
-    length = min(window, num_frames)
+        chosen = plan.own
+    found: list[dict[int, np.ndarray]] = [{} for _ in plan.own]
+    saliency_sum, covered = np.zeros((len(plan.own), video.num_frames)), np.zeros((len(plan.own), video.num_frames))
+    length = min(window, video.num_frames)
     for i, mine in enumerate(chosen):
         for w in sorted(mine):
-            start, (out, row) = starts[w], kept[i, w]
-            local = decode_windows(out, row, fps, min(length / fps, duration - start / fps), cfg)
+            start, (out, row) = plan.starts[w], kept[i, w]
+            local = decode_windows(out, row, fps, min(length / fps, video.duration - start / fps), cfg)
             local[:, :2] += start / fps
             found[i][w] = local
             saliency_sum[i, start : start + length] += saliency_curve(out, row, length, strides)
             covered[i, start : start + length] += 1
-    spans = np.stack([np.asarray(starts), np.minimum(np.asarray(starts) + window, num_frames)], axis=1) / fps
-    return WindowResults(spans, logits, found, saliency_sum / np.maximum(covered, 1), own)
+    starts = np.asarray(plan.starts)
+    spans = np.stack([starts, np.minimum(starts + window, video.num_frames)], axis=1) / fps
+    return WindowResults(spans, logits, found, saliency_sum / np.maximum(covered, 1), plan.own)
 
 
-def window_batches(
-    read_frames: Callable[[int, int], torch.Tensor],
-    starts: list[int],
-    window: int,
-    num_frames: int,
-    asking: list[list[int]],
-    device,
-):
-    """Consecutive windows with queries, a batch at a time (at most ``WINDOWS_PER_FORWARD`` windows and
-    ``PAIRS_PER_FORWARD`` pairs, a window's pairs never split): yields ``windows`` (Bv,) their indices in ``starts``,
-    ``states`` (Bv, w, K, P, D) as read (every window of a video has the same length w), and per pair ``index`` (B,)
-    its window's row and ``rows`` (B,) its query, both long tensors on ``device``."""
-    batch: list[int] = []
-    pairs = 0
-    wanted = [w for w in range(len(starts)) if asking[w]]
-    for n, w in enumerate(wanted):
-        batch.append(w)
-        pairs += len(asking[w])
-        following = wanted[n + 1] if n + 1 < len(wanted) else None
-        if following is None or len(batch) == WINDOWS_PER_FORWARD or pairs + len(asking[following]) > PAIRS_PER_FORWARD:
-            states = torch.stack([read_frames(starts[v], min(starts[v] + window, num_frames)) for v in batch]).to(device)
-            index = torch.tensor([row for row, v in enumerate(batch) for _ in asking[v]], dtype=torch.long, device=device)
-            rows = torch.tensor([i for v in batch for i in asking[v]], dtype=torch.long, device=device)
-            yield batch, states, index, rows
-            batch, pairs = [], 0
+def forward_groups(pairs: list[int]) -> list[list[int]]:
+    """Consecutive windows grouped into forwards, given each window's (query, window) pair count: at most
+    ``WINDOWS_PER_FORWARD`` windows and ``PAIRS_PER_FORWARD`` pairs a group (a window's pairs are never split, so a
+    window with more pairs than that runs alone). Returns the groups' window positions."""
+    groups: list[list[int]] = []
+    total = 0
+    for u, n in enumerate(pairs):
+        if not groups or len(groups[-1]) == WINDOWS_PER_FORWARD or total + n > PAIRS_PER_FORWARD:
+            groups.append([])
+            total = 0
+        groups[-1].append(u)
+        total += n
+    return groups
 
 
 def decoding_outputs(out: dict) -> dict:
@@ -355,19 +471,16 @@ def ground(
     fps: float,
     strides: tuple[int, ...],
     cfg: DecodeConfig,
-    starts: list[int] | list[list[int]] | None = None,
     duration: float | None = None,
     states: tuple[slice, slice] = ALL_STATES,
-    rows: Callable[[int, int], torch.Tensor] | None = None,
 ) -> list[dict]:
-    """``ground_in_windows`` over a stored video: Q queries (Q, L, K, Dt) with their mask (Q, L), windows' states read
-    checked finite; ``starts`` as there (shared, or one list per query). ``duration``: seconds
-    (default the file's metadata); ``states``: the (layers, tokens) slices of the stored states the model reads
-    (default all); ``rows``: where frames [start, stop)'s states (stop - start, K, P, D) come from instead, when the
-    file keeps none (search's on-demand re-encoding). Results as ``ground_in_windows``'s."""
+    """``ground_in_windows`` over every window of a stored video (training's evaluation): Q queries (Q, L, K, Dt) with
+    their mask (Q, L), windows' states read checked finite. ``duration``: seconds (default the file's metadata);
+    ``states``: the (layers, tokens) slices of the stored states the model reads (default all). Results as
+    ``ground_in_windows``'s."""
     return ground_in_windows(
         model,
-        rows or (lambda start, stop: video.rows(start, stop, states)),
+        lambda start, stop: video.rows(start, stop, states),
         video.frames,
         video.duration if duration is None else duration,
         query,
@@ -375,5 +488,4 @@ def ground(
         fps,
         strides,
         cfg,
-        starts,
     )

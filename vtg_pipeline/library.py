@@ -61,6 +61,8 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -71,13 +73,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .backbone import weights_sha256
-from .data import DataError
+from .data import DataError, StoredVideo
 from .engine import Engine, LocalEngine
 from .errors import UserError
 from .extract import VISION_CLS, VideoItem, encode_samples, output_folder, source_metadata
 from .features import FileLock, atomic_write_text, feature_path, save_tensors
 from .grounder import Grounder
-from .inference import rounded, window_starts
+from .inference import VideoWindows, rounded, window_starts
 from .names import check_video_id, first_line, printable
 from .video import VideoError
 from .window_index import COMPRESS_ABOVE, FLAT_UP_TO, WindowIndex, build_faiss, choose_layout, mapped_tensor, reusable_training
@@ -86,6 +88,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
 CANDIDATES = 20  # stage-1 windows that stage 2 grounds in
+VIDEOS_PER_PASS = 64  # videos stage 2 holds open at once, their windows sharing forwards
 STATES = {"fp16": "fp16", "fp8": "fp8", "on-demand": "cls"}  # build_index(states=...) -> the store's ExtractConfig.states
 WINDOW_CACHE_BYTES = 1 << 30  # re-encoded window states a LibraryIndex keeps: about 100 windows of 64 s at 0.5 fps (ViT-B/32, K = 4)
 VIDEO_KEYS = ("vid", "path", "size", "mtime", "duration", "frames", "rows")  # a video's record in library.json
@@ -334,27 +337,21 @@ class LibraryIndex:
                 by_video.setdefault(video, {}).setdefault(q, []).append(int(version.table["first_frame"][hit["row"]]))
         moments: list[list[dict]] = [[] for _ in queries]
         errors: list[list[dict]] = [[] for _ in queries]
-        for video, asked in by_video.items():
-            entry = version.info["videos"][video]
-            try:
-                found = stage_two(
-                    searcher,
-                    entry,
-                    [queries[q] for q in asked],
-                    [sorted(starts) for starts in asked.values()],
-                    self.folder / "features",
-                    self.reencoded,
-                    [ks[q] for q in asked],
-                )
-            except (DataError, OSError, SafetensorError, VideoError) as e:  # removed or rewritten since this version was written
-                what = "its video cannot be re-encoded" if isinstance(e, VideoError) else "its stored states cannot be read"
-                reason = f"{what} ({first_line(e)}); run vtg index again"
-                log.warning(printable(f"{entry['path']}: left out of this search: {reason}"))
-                for q in asked:
-                    errors[q].append({"query": queries[q], "vid": entry["vid"], "video": entry["path"], "error": reason})
-                continue
-            for q, results in zip(asked, found):
-                moments[q] += results
+        hit = list(by_video)
+        for first in range(0, len(hit), VIDEOS_PER_PASS):
+            entries = [version.info["videos"][video] for video in hit[first : first + VIDEOS_PER_PASS]]
+            asked = [by_video[video] for video in hit[first : first + VIDEOS_PER_PASS]]
+            found = stage_two(searcher, entries, queries, asked, self.folder / "features", self.reencoded, ks)
+            for entry, questions, answers in zip(entries, asked, found):
+                if isinstance(answers, Exception):  # removed or rewritten since this version was written
+                    what = "its video cannot be re-encoded" if isinstance(answers, VideoError) else "its stored states cannot be read"
+                    reason = f"{what} ({first_line(answers)}); run vtg index again"
+                    log.warning(printable(f"{entry['path']}: left out of this search: {reason}"))
+                    for q in questions:
+                        errors[q].append({"query": queries[q], "vid": entry["vid"], "video": entry["path"], "error": reason})
+                    continue
+                for q, results in zip(questions, answers):
+                    moments[q] += results
         ranked = []
         for found, failed, n in zip(moments, errors, ks):
             found.sort(key=lambda m: -m["score"])
@@ -396,56 +393,93 @@ def stage_one(searcher: Searcher, queries: list[str], n: int) -> list[list[dict]
     ]
 
 
+UNREADABLE = (DataError, OSError, SafetensorError, VideoError)  # a video stage 2 cannot read: an error record, the rest stand
+
+
 @torch.no_grad()
 def stage_two(
     searcher: Searcher,
-    video: dict,
+    videos: list[dict],
     queries: list[str],
-    starts: list[list[int]],
+    asked: list[dict[int, list[int]]],
     store: Path,
     reencoded: ReencodedWindows,
-    limits: list[int | None] | None = None,
-) -> list[list[dict]]:
-    """One video's moments for each of ``queries`` in its own windows (``starts``: first frames, per query), NMS'd in
-    absolute seconds as ``vtg ground`` gives them, each with the window holding most of it and that window's clip
-    times and saliency (arrays, rounded by ``search_many`` for the moments it returns). ``limits``: per query, its
-    best moments to keep (None: all; a library's top k holds at most k of one video). The video's states are read
-    once for all the queries, or, when the store keeps none, its windows are re-encoded from the video through
-    ``reencoded`` (VideoError when the video is gone or changed)."""
+    limits: list[int],
+) -> list[list[list[dict]] | Exception]:
+    """Moments of ``videos`` (index records) for the ``queries`` that hit them, in their own windows: ``asked`` per video
+    {query position: first frames of its windows there}. Windows of all the videos share forwards
+    (``Grounder.ground_windows``); each video's states are read once for all its queries or, when the store keeps
+    none, its windows re-encoded from the video through ``reencoded``. Moments are NMS'd in absolute seconds as
+    ``vtg ground`` gives them, each with the window holding most of it and that window's clip times and saliency
+    (arrays, rounded by ``search_many`` for the moments it returns); ``limits`` per query: its best moments to keep of
+    one video (a library's top k holds at most k of one video). Returns per video, per query in ``asked`` order, its
+    moments, or the exception (one of ``UNREADABLE``) that left the video out: gone or changed since the index."""
     grounder = searcher.grounder
-    cfg = grounder.cfg
+    window = grounder.cfg.decode.window_frames(grounder.fps)[0]
+    outcome: list[list[list[dict]] | Exception] = [[] for _ in videos]
+    with ExitStack() as stack:
+        windows, readable, times = [], [], {}
+        for n, (video, questions) in enumerate(zip(videos, asked)):
+            try:
+                stored = stack.enter_context(opened_for_search(grounder, video, store))
+            except UNREADABLE as e:
+                outcome[n] = e
+                continue
+            rows = stored.rows
+            if stored.metadata.get("vision_format") == VISION_CLS:  # no states kept: re-encode the windows from the video
+                rows = functools.partial(reencoded.rows, grounder, video, stored.timestamps)
+            starts = [sorted(own) for own in questions.values()]
+            windows.append(VideoWindows(rows, stored.frames, video["duration"], list(questions), starts))
+            readable.append(n)
+            times[n] = stored.timestamps
+        grounded = grounder.ground_windows(windows, queries, UNREADABLE)
+    for n, results in zip(readable, grounded):
+        if isinstance(results, Exception):
+            outcome[n] = results
+            continue
+        for q, result in zip(asked[n], results):
+            own, length = asked[n][q], min(window, len(times[n]))
+            outcome[n].append(video_moments(videos[n], queries[q], own, length, result, times[n], grounder.fps, limits[q]))
+    return outcome
+
+
+@contextmanager
+def opened_for_search(grounder: Grounder, video: dict, store: Path) -> Iterator[StoredVideo]:
+    """``video``'s (an index record) stored file, open; DataError when it changed since the index was written, and,
+    when it keeps no states, VideoError unless the video is still there unchanged to re-encode them from."""
     file = feature_path(store, video["vid"])
     with grounder.open_stored(file) as stored:
         if stored.metadata.get("source_mtime") != video["mtime"]:
             raise DataError(f"{file}: changed since the index was written")
-        rows = None
         if stored.metadata.get("vision_format") == VISION_CLS:
             check_source(video)
-            rows = functools.partial(reencoded.rows, grounder, video, stored.timestamps)  # (start, stop) -> states
-        grounded = grounder.ground_opened(stored, queries, starts, video["duration"], rows)
-    times = stored.timestamps
-    length = min(cfg.decode.window_frames(grounder.fps)[0], len(times))
+        yield stored
+
+
+def video_moments(
+    video: dict, query: str, own: list[int], length: int, result: dict, times: np.ndarray, fps: float, limit: int
+) -> list[dict]:
+    """One query's best ``limit`` moments in one video as search returns them: ``result`` its grounding there,
+    ``own`` the first frames of its windows (``length`` frames long), ``times`` (frames,) the video's clip times (s)."""
+    spans = np.array([[s / fps, min((s + length) / fps, video["duration"])] for s in own])
     answers = []
-    for query, own, result, limit in zip(queries, starts, grounded, limits or [None] * len(queries)):
-        spans = np.array([[s / grounder.fps, min((s + length) / grounder.fps, video["duration"])] for s in own])
-        answers.append([])
-        for start, end, score in rounded(result["moments"][:limit]):  # sorted by score: the first ones are the best
-            best = int(np.argmax(np.minimum(spans[:, 1], end) - np.maximum(spans[:, 0], start)))
-            clips = slice(own[best], own[best] + length)
-            answers[-1].append(
-                {
-                    "query": query,
-                    "video": video["path"],
-                    "vid": video["vid"],
-                    "start": start,
-                    "end": end,
-                    "score": score,
-                    "duration": video["duration"],
-                    "window": rounded(spans[best]),
-                    "clip_times": times[clips],
-                    "saliency": result["saliency"][clips],
-                }
-            )
+    for start, end, score in rounded(result["moments"][:limit]):  # sorted by score: the first ones are the best
+        best = int(np.argmax(np.minimum(spans[:, 1], end) - np.maximum(spans[:, 0], start)))
+        clips = slice(own[best], own[best] + length)
+        answers.append(
+            {
+                "query": query,
+                "video": video["path"],
+                "vid": video["vid"],
+                "start": start,
+                "end": end,
+                "score": score,
+                "duration": video["duration"],
+                "window": rounded(spans[best]),
+                "clip_times": times[clips],
+                "saliency": result["saliency"][clips],
+            }
+        )
     return answers
 
 

@@ -404,12 +404,13 @@ def create_app(index: LibraryIndex, token: str | None = None, show_paths: bool =
             raise HTTPException(422, str(e)) from None
         found = batches.search(current, q, k)
         results, errors = [r for r in found if "error" not in r], [r for r in found if "error" in r]
-        return {
+        body = {
             "query": q,
             "results": [public(r, "video", show_paths) for r in results],
             "views": views(results),
             "errors": [public(r, "video", show_paths) for r in errors],
         }
+        return JSONResponse(body)  # plain JSON already: FastAPI's encoder would walk every number again
 
     @app.get("/api/videos")
     def videos():

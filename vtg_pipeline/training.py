@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
@@ -320,6 +321,12 @@ class Run:
     train_loader: DataLoader
     val_loader: DataLoader
     state: dict
+    ema: AveragedModel | None  # optim.ema: the weights' moving average, what is evaluated and saved
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The side network that evaluation and ``best/`` use: the moving average when ``optim.ema`` is on."""
+        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
 
 
 def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
@@ -389,6 +396,10 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     model = create_model(cfg.model)
     model.r2.memory_saving = cfg.optim.memory_saving
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    ema = None
+    if cfg.optim.ema:  # a copy of the plain module; every process averages the same weights; last/ keeps it for --resume
+        ema = AveragedModel(model, device=device, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema))
+        accelerator.register_for_checkpointing(ema)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     state = {"step": 0, "epoch": 0, "best": -math.inf, "best_metrics": {}}
     if accelerator.is_main_process:  # a kill during a swap of best/ or last/ left two folders: keep the complete one
@@ -402,7 +413,7 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
         trim_logs(out_dir, state)
     text_cache = TextCache(backbone)
     text_cache.precompute([cfg.fixed_query] if cfg.fixed_query else [r["query"] for r in train_set.records + val_set.records])
-    return Run(cfg, accelerator, backbone, text_cache, model, optimizer, train_set, val_set, train_loader, val_loader, state)
+    return Run(cfg, accelerator, backbone, text_cache, model, optimizer, train_set, val_set, train_loader, val_loader, state, ema)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -440,6 +451,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 optimizer.step()
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
+                if run.ema is not None:
+                    run.ema.update_parameters(accelerator.unwrap_model(model))
                 state["step"] += 1
                 samples += len(batch["queries"]) * accelerator.num_processes
                 row = {
@@ -459,9 +472,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
             if accelerator.is_main_process:
                 if uses_windows(cfg):
-                    predictions = predict_in_windows(accelerator.unwrap_model(model), val_set, text_cache, cfg, device)
+                    predictions = predict_in_windows(run.evaluated, val_set, text_cache, cfg, device)
                 else:
-                    predictions = predict(accelerator.unwrap_model(model), val_loader, backbone, text_cache, cfg, device)
+                    predictions = predict(run.evaluated, val_loader, backbone, text_cache, cfg, device)
                 metrics = evaluate(predictions, val_set.records, cfg.data.metrics or cfg.data.dataset)["brief"]
                 if main_metric not in metrics:
                     raise TrainingError(f"main_metric {main_metric!r} is not among the evaluation's metrics: {', '.join(metrics)}")
@@ -470,9 +483,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 accelerator.print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
                 if metrics[main_metric] > state["best"]:
                     state["best"], state["best_metrics"] = metrics[main_metric], metrics
-                    save_checkpoint(
-                        out_dir / "best", accelerator.unwrap_model(model), cfg, backbone, {"epoch": epoch + 1, "metrics": metrics}
-                    )
+                    save_checkpoint(out_dir / "best", run.evaluated, cfg, backbone, {"epoch": epoch + 1, "metrics": metrics})
                     atomic_write_text(out_dir / "val_predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
             state = broadcast_state(accelerator, state)
         save_resume_state(accelerator, out_dir / "last", state)
