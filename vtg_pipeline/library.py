@@ -27,8 +27,9 @@ the old version or the whole new one, never a part. The previous version stays u
 that has just read ``index.json`` still finds its files. Builds on one folder take turns (a lock on index.json).
 
 Search: stage 1 embeds the query and takes the top ``candidates`` windows from faiss; stage 2 grounds the query
-with the checkpoint's model (R² or RGNet, ``inference.ground_in_windows``, as ``vtg ground`` does) in those windows
-only, per video, merges their moments (NMS in absolute seconds) and ranks every moment by its score. A video whose
+with the checkpoint's model (R² or RGNet, ``inference.ground_videos``, as ``vtg ground`` does) in those windows
+only, the windows of up to ``VIDEOS_PER_PASS`` videos sharing forwards, merges each video's moments (NMS in absolute
+seconds) and ranks every moment by its score. A video whose
 feature file went away or changed since the version was written (a build running meanwhile) is left out. An index
 built with ``states="on-demand"`` re-encodes each candidate window from its video instead (``ReencodedWindows``: an
 LRU of recent windows, ``window_cache_bytes``); a video gone or changed since is left out the same way.
