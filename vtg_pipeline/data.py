@@ -21,7 +21,7 @@ import math
 import re
 import sys
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -147,17 +147,22 @@ def one_layout(stored: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[
 def check_shapes(path: Path, row_shapes: dict[str, tuple[int, ...]]) -> int:
     """Rows of every stored tensor of ``row_shapes`` equal len(timestamps) and have that row shape; returns T."""
     with safe_open(str(path), framework="pt") as f:
-        names = set(f.keys())
-        if "timestamps" not in names:
-            raise DataError(f"{path}: no timestamps tensor")
-        frames = f.get_slice("timestamps").get_shape()
-        for name in sorted(names & set(row_shapes)):
-            shape = tuple(f.get_slice(name).get_shape())
-            if len(frames) != 1 or shape != (frames[0], *row_shapes[name]):
-                raise DataError(
-                    f"{path}: {name} has shape {list(shape)}, expected {[*frames[:1], *row_shapes[name]]} "
-                    f"({frames[0] if frames else '?'} timestamps)"
-                )
+        return check_opened_shapes(f, path, row_shapes)
+
+
+def check_opened_shapes(f, path: Path, row_shapes: dict[str, tuple[int, ...]]) -> int:
+    """``check_shapes`` of a file already open (``f``, safetensors' ``safe_open`` of ``path``)."""
+    names = set(f.keys())
+    if "timestamps" not in names:
+        raise DataError(f"{path}: no timestamps tensor")
+    frames = f.get_slice("timestamps").get_shape()
+    for name in sorted(names & set(row_shapes)):
+        shape = tuple(f.get_slice(name).get_shape())
+        if len(frames) != 1 or shape != (frames[0], *row_shapes[name]):
+            raise DataError(
+                f"{path}: {name} has shape {list(shape)}, expected {[*frames[:1], *row_shapes[name]]} "
+                f"({frames[0] if frames else '?'} timestamps)"
+            )
     return frames[0]
 
 
@@ -195,18 +200,26 @@ class StoredVideo:
 
     @classmethod
     @contextmanager
-    def open(cls, path: Path, vision_shape: tuple[int, ...] | None = None) -> Iterator[StoredVideo]:
-        """The video stored in ``path``, readable inside the ``with``. ``vision_shape``: the row shape (K, P, D) its
-        vision states must have, with as many rows as timestamps (None: not checked, as when a dataset checked it).
-        DataError naming the file for a wrong shape or a ``vision_scale`` that does not fit ``vision``."""
+    def open(
+        cls, path: Path, vision_shape: tuple[int, ...] | Callable[[dict[str, str]], tuple[int, ...]] | None = None
+    ) -> Iterator[StoredVideo]:
+        """The video stored in ``path``, readable inside the ``with`` (its header read once). ``vision_shape``: the row
+        shape (K, P, D) its vision states must have, with as many rows as timestamps, or a function of the file's
+        metadata giving it (None: not checked, as when a dataset checked it). DataError naming the file for a wrong
+        shape or a ``vision_scale`` that does not fit ``vision``; OSError for a missing file."""
         try:
-            if vision_shape is not None:
-                check_shapes(path, {"vision": vision_shape})
             f = safe_open(str(path), framework="pt")
-            video = cls(path, f.metadata() or {}, f.get_tensor("timestamps").numpy(), VisionRows(f, path))
         except SafetensorError as e:  # cut short, or not a safetensors file at all
             raise DataError(f"{path}: not a readable feature file ({first_line(e)})") from None
         with f:
+            try:
+                metadata = f.metadata() or {}
+                if vision_shape is not None:
+                    shape = vision_shape(metadata) if callable(vision_shape) else vision_shape
+                    check_opened_shapes(f, path, {"vision": shape})
+                video = cls(path, metadata, f.get_tensor("timestamps").numpy(), VisionRows(f, path))
+            except SafetensorError as e:
+                raise DataError(f"{path}: not a readable feature file ({first_line(e)})") from None
             yield video
 
     @property

@@ -228,8 +228,10 @@ class Grounder:
     def open_stored(self, feature_file: Path) -> AbstractContextManager[StoredVideo]:
         """``StoredVideo.open(feature_file)``, its vision states checked to have this backbone's row shape, or (1, 1, D)
         in a file that keeps the last layer's CLS state alone (``vtg index --states on-demand``)."""
-        states = "cls" if (read_metadata(feature_file) or {}).get("vision_format") == VISION_CLS else "fp16"
-        return StoredVideo.open(feature_file, stored_vision_shape(states, self.backbone.row_shapes()["vision"]))
+        row_shape = self.backbone.row_shapes()["vision"]
+        return StoredVideo.open(
+            feature_file, lambda meta: stored_vision_shape("cls" if meta.get("vision_format") == VISION_CLS else "fp16", row_shape)
+        )
 
     def ground_windows(
         self, videos: list[VideoWindows], queries: list[str], errors: tuple[type[Exception], ...] = ()
