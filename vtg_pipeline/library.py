@@ -439,7 +439,7 @@ def stage_two(
             outcome[n] = results
             continue
         for q, result in zip(asked[n], results):
-            own, length = asked[n][q], min(window, len(times[n]))
+            own, length = sorted(asked[n][q]), min(window, len(times[n]))
             outcome[n].append(video_moments(videos[n], queries[q], own, length, result, times[n], grounder.fps, limits[q]))
     return outcome
 
