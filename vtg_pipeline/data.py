@@ -209,17 +209,13 @@ class StoredVideo:
         shape or a ``vision_scale`` that does not fit ``vision``; OSError for a missing file."""
         try:
             f = safe_open(str(path), framework="pt")
+            metadata = f.metadata() or {}
+            if vision_shape is not None:
+                check_opened_shapes(f, path, {"vision": vision_shape(metadata) if callable(vision_shape) else vision_shape})
+            video = cls(path, metadata, f.get_tensor("timestamps").numpy(), VisionRows(f, path))
         except SafetensorError as e:  # cut short, or not a safetensors file at all
             raise DataError(f"{path}: not a readable feature file ({first_line(e)})") from None
         with f:
-            try:
-                metadata = f.metadata() or {}
-                if vision_shape is not None:
-                    shape = vision_shape(metadata) if callable(vision_shape) else vision_shape
-                    check_opened_shapes(f, path, {"vision": shape})
-                video = cls(path, metadata, f.get_tensor("timestamps").numpy(), VisionRows(f, path))
-            except SafetensorError as e:
-                raise DataError(f"{path}: not a readable feature file ({first_line(e)})") from None
             yield video
 
     @property

@@ -223,8 +223,8 @@ def ground_in_windows(
     the windows) and, for a retrieval model, ``windows`` (W, 3) [start s, end s, window score] ranked
     (``merge_windows``).
     """
-    video = VideoWindows(read_frames, num_frames, duration, list(range(len(query))), starts)
-    return ground_videos(model, [video], query, query_mask, fps, strides, cfg)[0]
+    results = windows_of(model, read_frames, num_frames, duration, query, query_mask, fps, strides, cfg, starts)
+    return merged_results(results, duration, cfg)
 
 
 @torch.no_grad()

@@ -340,8 +340,8 @@ class LibraryIndex:
         errors: list[list[dict]] = [[] for _ in queries]
         hit = list(by_video)
         for first in range(0, len(hit), VIDEOS_PER_PASS):
-            entries = [version.info["videos"][video] for video in hit[first : first + VIDEOS_PER_PASS]]
-            asked = [by_video[video] for video in hit[first : first + VIDEOS_PER_PASS]]
+            chunk = hit[first : first + VIDEOS_PER_PASS]
+            entries, asked = [version.info["videos"][video] for video in chunk], [by_video[video] for video in chunk]
             found = stage_two(searcher, entries, queries, asked, self.folder / "features", self.reencoded, ks)
             for entry, questions, answers in zip(entries, asked, found):
                 if isinstance(answers, Exception):  # removed or rewritten since this version was written
@@ -434,12 +434,12 @@ def stage_two(
             readable.append(n)
             times[n] = stored.timestamps
         grounded = grounder.ground_windows(windows, queries, UNREADABLE)
-    for n, results in zip(readable, grounded):
+    for n, opened, results in zip(readable, windows, grounded):
         if isinstance(results, Exception):
             outcome[n] = results
             continue
-        for q, result in zip(asked[n], results):
-            own, length = sorted(asked[n][q]), min(window, len(times[n]))
+        length = min(window, len(times[n]))
+        for q, own, result in zip(opened.queries, opened.starts, results):
             outcome[n].append(video_moments(videos[n], queries[q], own, length, result, times[n], grounder.fps, limits[q]))
     return outcome
 
