@@ -5,6 +5,7 @@
     python bench/long_bench.py compare ... --systems "unified (RGNet)"          # only that row (others in the file kept)
     python bench/long_bench.py calibrate --root runs/long/data --runs runs/long/unified --topk 5 10 20 --evidence 0 0.25 0.5 0.75 1
     python bench/long_bench.py calibrate ... --window 48 64 --stride 16 32     # the inference grid too (s; stride <= window)
+    python bench/long_bench.py confusions --root runs/l21/heldout --seed 2 --runs runs/l21/ho_nosparse_s0
 
 ``scale``: the paper-sized RGNet side network (dims 256, K = 4, 180-s windows every
 90 s, top 30 windows per query; random weights: speed does not depend on them) on
@@ -27,6 +28,11 @@ and ``merge_windows``) and the inference grid (``decode.window`` and ``window_st
 run folder), on the validation split of ``--root``. For each grid and p, each video's
 windows are scored and grounded once with the largest k; every (k, e) is then a merge of
 those results. Prints one row per (window, stride, p, k, e) and the best by R1@0.3.
+
+``confusions``: what a run's top moment is when it misses (R1@0.3), on a ``vtg synth --long`` folder: every event
+is drawn again from the folder's ``--seed`` (``vtg synth --seed``), and a missed query is counted by the event its
+top moment overlaps most, by which of colour, look and action that event does not share with the query's, or as
+background. Reads the run's ``val_predictions.jsonl`` (its last evaluation).
 """
 
 from __future__ import annotations
@@ -48,9 +54,10 @@ from train_bench import peak_rss
 
 from vtg_pipeline.config import TrainConfig
 from vtg_pipeline.data import GroundingDataset, StoredVideo, TextCache
-from vtg_pipeline.evaluation import evaluate
+from vtg_pipeline.evaluation import evaluate, top1_ious
 from vtg_pipeline.grounder import Grounder
 from vtg_pipeline.inference import decode_windows, merge_windows, rounded, window_starts, windows_of
+from vtg_pipeline.synth import plan_video
 from vtg_pipeline.training import predict_in_windows
 
 OUT = Path(__file__).parent / "out"
@@ -292,12 +299,43 @@ def calibrate(
     return rows
 
 
+def confusions(root: Path, run: Path, seed: int) -> dict[str, int]:
+    """Counts over the validation queries of ``root``: ``right`` (top moment IoU >= 0.3), ``background`` (it overlaps
+    no event), ``the query's event`` (it overlaps that event most but too little), or ``differs in ...`` (the
+    attributes the event it overlaps most does not share with the query's event)."""
+    records = [json.loads(line) for line in (root / "val.jsonl").read_text().splitlines()]
+    predictions = {p["qid"]: p for p in map(json.loads, (run / "val_predictions.jsonl").read_text().splitlines())}
+    ious = top1_ious([predictions[r["qid"]] for r in records], records)
+    plans, counts = {}, {"right": 0}
+    for record, iou in zip(records, ious):
+        if iou >= 0.3:
+            counts["right"] += 1
+            continue
+        index = int(record["vid"].rsplit("_", 1)[1])
+        if index not in plans:
+            plans[index] = plan_video(np.random.default_rng([seed, index]), long=True)  # as synth.make_video_record
+        events = plans[index].events
+        target = next(e for e in events if e.query == record["query"])
+        top = np.asarray(predictions[record["qid"]]["pred_relevant_windows"][0][:2])
+        overlap = [min(top[1], e.end) - max(top[0], e.start) for e in events]
+        if max(overlap) <= 0:
+            kind = "background"
+        elif (chosen := events[int(np.argmax(overlap))]) is target:
+            kind = "the query's event"
+        else:
+            kind = "differs in " + " + ".join(
+                name for name, a, b in zip(("colour", "look", "action"), chosen.combo, target.combo) if a != b
+            )
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
 CALIBRATION_METRICS = ("R1@0.3", "R5@0.3", "R1@0.5", "R5@0.5", "WR-overlap-R1", "WR-overlap-R5")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("scale", "one-scale", "compare", "calibrate"))
+    parser.add_argument("what", choices=("scale", "one-scale", "compare", "calibrate", "confusions"))
     parser.add_argument("args", nargs="*")
     parser.add_argument("--minutes", type=int, nargs="*", default=[30, 60, 120])
     parser.add_argument("--root", type=Path)
@@ -308,6 +346,7 @@ def main() -> None:
     parser.add_argument("--prior", type=float, nargs="*", default=[0.0], help="calibrate: window_prior values")
     parser.add_argument("--window", type=float, nargs="*", help="calibrate: decode.window values (s; default the run's)")
     parser.add_argument("--stride", type=float, nargs="*", help="calibrate: decode.window_stride values (s; default the run's)")
+    parser.add_argument("--seed", type=int, help="confusions: the vtg synth --seed of --root")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     torch.set_grad_enabled(False)
@@ -316,6 +355,12 @@ def main() -> None:
     elif args.what == "calibrate":
         rows = calibrate(args.root, args.runs, args.topk, args.evidence, args.prior, args.window, args.stride)
         (OUT / f"long_calibrate_{args.runs.name}.json").write_text(json.dumps(rows, indent=2))
+    elif args.what == "confusions":
+        if args.seed is None:
+            parser.error("confusions needs --seed, the vtg synth --seed of --root")
+        counts = confusions(args.root, args.runs, args.seed)
+        print(json.dumps({"run": str(args.runs), "queries": sum(counts.values()), **counts}))
+        (OUT / f"long_confusions_{args.runs.name}.json").write_text(json.dumps(counts, indent=2))
     elif args.what == "scale":
         rows = scale(args.minutes)
         (OUT / "long_scale.json").write_text(json.dumps({"device": "cpu", "threads": torch.get_num_threads(), "runs": rows}, indent=2))
