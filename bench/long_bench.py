@@ -6,6 +6,7 @@
     python bench/long_bench.py calibrate --root runs/long/data --runs runs/long/unified --topk 5 10 20 --evidence 0 0.25 0.5 0.75 1
     python bench/long_bench.py calibrate ... --window 48 64 --stride 16 32     # the inference grid too (s; stride <= window)
     python bench/long_bench.py confusions --root runs/l21/heldout --seed 2 --runs runs/l21/ho_nosparse_s0
+    python bench/long_bench.py probe --root runs/l21/tune --seed 1 [--tokens 1]
 
 ``scale``: the paper-sized RGNet side network (dims 256, K = 4, 180-s windows every
 90 s, top 30 windows per query; random weights: speed does not depend on them) on
@@ -33,12 +34,18 @@ those results. Prints one row per (window, stride, p, k, e) and the best by R1@0
 is drawn again from the folder's ``--seed`` (``vtg synth --seed``), and a missed query is counted by the event its
 top moment overlaps most, by which of colour, look and action that event does not share with the query's, or as
 background. Reads the run's ``val_predictions.jsonl`` (its last evaluation).
+
+``probe``: whether an event's action can be read from the stored states at all: a small supervised probe (each frame's
+last-layer tokens, the first ``--tokens`` of them (CLS first), flattened -> Linear -> a temporal conv and a GRU -> one of
+the 7 actions) trained on every event of the training videos of a ``vtg synth --long`` folder, its frames cut from the
+plan drawn again from ``--seed``, and scored on the validation videos' events.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -57,7 +64,7 @@ from vtg_pipeline.data import GroundingDataset, StoredVideo, TextCache
 from vtg_pipeline.evaluation import evaluate, top1_ious
 from vtg_pipeline.grounder import Grounder
 from vtg_pipeline.inference import decode_windows, merge_windows, rounded, window_starts, windows_of
-from vtg_pipeline.synth import plan_video
+from vtg_pipeline.synth import ACTIONS, plan_video
 from vtg_pipeline.training import predict_in_windows
 
 OUT = Path(__file__).parent / "out"
@@ -330,12 +337,73 @@ def confusions(root: Path, run: Path, seed: int) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
+def event_clips(root: Path, split: str, seed: int, tokens: int, frames: int = 15) -> tuple[torch.Tensor, ...]:
+    """Every event of ``split``'s videos: its first ``frames`` frames of last-layer states, their first ``tokens``
+    tokens (E, frames, tokens, D), zero-padded; the action's index in ``synth.ACTIONS`` (E,); the valid frames (E, frames)."""
+    videos = sorted({json.loads(line)["vid"] for line in (root / f"{split}.jsonl").read_text().splitlines()})
+    clips, actions, masks = [], [], []
+    for vid in videos:
+        plan = plan_video(np.random.default_rng([seed, int(vid.rsplit("_", 1)[1])]), long=True)
+        with StoredVideo.open(root / "features" / f"{vid}.safetensors") as video:
+            states = video.rows(0, video.frames).float()[:, -1, :tokens]  # (T, tokens, D)
+            fps = video.frames / video.duration
+        for event in plan.events:
+            clip = states[int(event.start * fps) : math.ceil(event.end * fps)][:frames]
+            clips.append(torch.cat((clip, clip.new_zeros(frames - len(clip), *clip.shape[1:]))))
+            masks.append(torch.arange(frames) < len(clip))
+            actions.append(ACTIONS.index(event.action))
+    return torch.stack(clips), torch.tensor(actions), torch.stack(masks)
+
+
+class ActionProbe(torch.nn.Module):
+    """(E, F, tokens, D) event clips and (E, F) valid frames -> (E, 7) action logits."""
+
+    def __init__(self, width: int, hidden: int = 128):
+        super().__init__()
+        nn = torch.nn
+        self.frame = nn.Sequential(nn.Flatten(2), nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU())
+        self.conv, self.gru, self.out = (
+            nn.Conv1d(hidden, hidden, 3, padding=1),
+            nn.GRU(hidden, hidden, batch_first=True),
+            nn.Linear(hidden, len(ACTIONS)),
+        )
+
+    def forward(self, clips: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.frame(clips)
+        x = x + torch.relu(self.conv(x.transpose(1, 2)).transpose(1, 2))
+        states, _ = self.gru(x * mask[..., None])
+        return self.out(states[torch.arange(len(states)), mask.sum(1) - 1])
+
+
+def probe(root: Path, seed: int, tokens: int, epochs: int = 20) -> list[dict]:
+    """Train ``ActionProbe`` on the training videos' events; accuracy on both splits every 5 epochs."""
+    torch.manual_seed(0)
+    train, val = event_clips(root, "train", seed, tokens), event_clips(root, "val", seed, tokens)
+    net = ActionProbe(train[0].shape[2] * train[0].shape[3])
+    optimizer = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=0.01)
+    rows = []
+    for epoch in range(1, epochs + 1):
+        with torch.enable_grad():
+            for batch in torch.randperm(len(train[1])).split(64):
+                loss = torch.nn.functional.cross_entropy(net(train[0][batch], train[2][batch]), train[1][batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        if epoch % 5 == 0:
+            accuracy = {
+                f"{name} accuracy": float((net(x, m).argmax(1) == y).float().mean()) for name, (x, y, m) in (("train", train), ("val", val))
+            }
+            rows.append({"epoch": epoch, "tokens": train[0].shape[2], "train events": len(train[1]), "val events": len(val[1]), **accuracy})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 CALIBRATION_METRICS = ("R1@0.3", "R5@0.3", "R1@0.5", "R5@0.5", "WR-overlap-R1", "WR-overlap-R5")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("scale", "one-scale", "compare", "calibrate", "confusions"))
+    parser.add_argument("what", choices=("scale", "one-scale", "compare", "calibrate", "confusions", "probe"))
     parser.add_argument("args", nargs="*")
     parser.add_argument("--minutes", type=int, nargs="*", default=[30, 60, 120])
     parser.add_argument("--root", type=Path)
@@ -346,7 +414,8 @@ def main() -> None:
     parser.add_argument("--prior", type=float, nargs="*", default=[0.0], help="calibrate: window_prior values")
     parser.add_argument("--window", type=float, nargs="*", help="calibrate: decode.window values (s; default the run's)")
     parser.add_argument("--stride", type=float, nargs="*", help="calibrate: decode.window_stride values (s; default the run's)")
-    parser.add_argument("--seed", type=int, help="confusions: the vtg synth --seed of --root")
+    parser.add_argument("--seed", type=int, help="confusions, probe: the vtg synth --seed of --root")
+    parser.add_argument("--tokens", type=int, default=10**6, help="probe: the first N tokens of each frame (1: CLS; default all)")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     torch.set_grad_enabled(False)
@@ -355,9 +424,12 @@ def main() -> None:
     elif args.what == "calibrate":
         rows = calibrate(args.root, args.runs, args.topk, args.evidence, args.prior, args.window, args.stride)
         (OUT / f"long_calibrate_{args.runs.name}.json").write_text(json.dumps(rows, indent=2))
+    elif args.what in ("confusions", "probe") and args.seed is None:
+        parser.error(f"{args.what} needs --seed, the vtg synth --seed of --root")
+    elif args.what == "probe":
+        rows = probe(args.root, args.seed, args.tokens)
+        (OUT / f"long_probe_{args.root.name}_{min(args.tokens, 999)}.json").write_text(json.dumps(rows, indent=2))
     elif args.what == "confusions":
-        if args.seed is None:
-            parser.error("confusions needs --seed, the vtg synth --seed of --root")
         counts = confusions(args.root, args.runs, args.seed)
         print(json.dumps({"run": str(args.runs), "queries": sum(counts.values()), **counts}))
         (OUT / f"long_confusions_{args.runs.name}.json").write_text(json.dumps(counts, indent=2))

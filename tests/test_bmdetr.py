@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vtg_pipeline.data import negative_query_candidates, shift_moment
+from vtg_pipeline.data import near_miss_queries, negative_query_candidates, shift_moment
 from vtg_pipeline.losses import LossConfig, background_losses, frame_probability_loss, semantic_alignment_loss
 from vtg_pipeline.models import ModelConfig, create_model
 from vtg_pipeline.models.heads import FrameQueryMatcher
@@ -38,6 +38,33 @@ def test_negative_queries_follow_the_iou_and_similarity_rules_and_count_fallback
     assert candidates[0] == ["blue"]
     assert "red" not in candidates[3]  # overlaps red's moment
     assert candidates[4] == sorted({"red", "blue", "crimson", "overlap"}) and fallbacks == 1
+
+
+def test_near_miss_queries_share_the_most_content_words_and_skip_overlapping_moments():
+    records = [
+        {"vid": "a", "query": "a green ring blinks", "relevant_windows": [[0, 10]]},
+        {"vid": "b", "query": "a green ring grows", "relevant_windows": [[0, 10]]},  # 2 words, another video
+        {"vid": "a", "query": "a red ring blinks", "relevant_windows": [[1, 10]]},  # 2 words, but on the same moment
+        {"vid": "a", "query": "the blue disc blinks", "relevant_windows": [[30, 40]]},  # 1 word
+        {"vid": "c", "query": "a green ring grows", "relevant_windows": [[5, 9]]},  # the same text again: listed once
+        {"vid": "c", "query": "nothing alike", "relevant_windows": [[20, 30]]},
+    ]
+    near = near_miss_queries(records)
+    assert near[0] == ["a green ring grows"]
+    assert near[1] == ["a green ring blinks"]  # "a red ring blinks" shares one word only
+    assert near[2] == ["a green ring grows", "the blue disc blinks"]  # 1 word each; "a green ring blinks" (2) overlaps
+    assert near[5] == []
+
+
+def test_near_miss_negative_queries_replace_bm_detrs_in_the_train_split(synth_root, tiny_backbone):
+    from vtg_pipeline.data import DataConfig, load_split
+
+    cfg = DataConfig(root=str(synth_root), negative_queries=True, negative_similarity=0.99)
+    own = load_split(cfg, "train", tiny_backbone)
+    near = load_split(DataConfig(**{**cfg.to_dict(), "negative_query_source": "near"}), "train", tiny_backbone)
+    expected = near_miss_queries(own.records)
+    assert any(expected) and near.negatives == [n or o for n, o in zip(expected, own.negatives)]
+    assert load_split(DataConfig(**{**cfg.to_dict(), "negative_query_source": "near"}), "val", tiny_backbone).negatives is None
 
 
 def test_matcher_probabilities_and_reweighting():

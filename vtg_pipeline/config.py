@@ -157,6 +157,7 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("data.hard_pool", AT_LEAST_1),
     ("data.hard_mining", _one_of("encoder", "words")),
     ("data.negative_similarity", _between(-1, 1)),
+    ("data.negative_query_source", _one_of("video", "near")),
     ("data.temporal_shift_below", NON_NEGATIVE),
     ("model.layers", AT_LEAST_1),
     ("model.dims", AT_LEAST_1),

@@ -20,7 +20,7 @@ import json
 import math
 import re
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -68,6 +68,8 @@ class DataConfig:
     # content words with the query (fixed; a query sharing none has no pool and draws at random)
     negative_queries: bool = False  # BM-DETR: pair each query with a negative query (needs model.background_matching)
     negative_similarity: float = 0.9  # a negative query's CLIP text cosine with the positive must be below this
+    negative_query_source: str = "video"  # video: BM-DETR's (above) | near: the training texts sharing the most content
+    # words with the query (near misses, ``near_miss_queries``; BM-DETR's where none shares a word)
     temporal_shift_below: float = 0.0  # BM-DETR temporal shifting for videos shorter than this (seconds); 0 = off
     group_by_video: bool = False  # whole-video training: a video's queries share batches (read and mapped once for them all)
 
@@ -250,26 +252,53 @@ def negative_query_candidates(
     ``embeddings``: query -> L2-normalised sentence embedding. A record with no such query takes
     every query of the other videos (counted: the second value).
     """
-    from .evaluation import temporal_iou
-
     by_video: dict[str, list[dict]] = {}
     for r in records:
         by_video.setdefault(r["vid"], []).append(r)
     candidates, fallbacks = [], 0
     for r in records:
-        mine = np.asarray(r["relevant_windows"], dtype=float).reshape(-1, 2)
         same = [
             o["query"]
             for o in by_video[r["vid"]]
-            if o["query"] != r["query"]
-            and temporal_iou(mine, np.asarray(o["relevant_windows"], dtype=float).reshape(-1, 2)).max() < max_iou
-            and float(embeddings[r["query"]] @ embeddings[o["query"]]) < max_similarity
+            if o["query"] != r["query"] and apart(r, o, max_iou) and float(embeddings[r["query"]] @ embeddings[o["query"]]) < max_similarity
         ]
         if not same:
             fallbacks += 1
             same = sorted({o["query"] for o in records if o["vid"] != r["vid"]})
         candidates.append(same)
     return candidates, fallbacks
+
+
+def near_miss_queries(records: list[dict], max_iou: float = 0.5) -> list[list[str]]:
+    """Per record, the other query texts of ``records`` sharing the most content words with its query ("a green ring
+    grows" for "a green ring blinks"), less those of its own video whose moments overlap its own (IoU >= ``max_iou``);
+    [] where no text shares a word."""
+    words = {r["query"]: content_words(r["query"]) for r in records}
+    texts_with: dict[str, set[str]] = {}
+    for text, text_words in words.items():
+        for word in text_words:
+            texts_with.setdefault(word, set()).add(text)
+    records_of: dict[str, list[dict]] = {}
+    for r in records:
+        records_of.setdefault(r["query"], []).append(r)
+    near = []
+    for r in records:
+        shared = Counter(text for word in words[r["query"]] for text in texts_with[word] if text != r["query"])
+        allowed = {t: n for t, n in shared.items() if all(apart(r, o, max_iou) for o in records_of[t])}
+        most = max(allowed.values(), default=0)
+        near.append(sorted(t for t, n in allowed.items() if n == most))
+    return near
+
+
+def apart(record: dict, other: dict, max_iou: float) -> bool:
+    """Whether ``other`` is of another video than ``record``, or none of its moments reaches IoU ``max_iou`` with
+    one of ``record``'s."""
+    from .evaluation import temporal_iou
+
+    if other["vid"] != record["vid"]:
+        return True
+    windows = [np.asarray(r["relevant_windows"], dtype=float).reshape(-1, 2) for r in (record, other)]
+    return bool(temporal_iou(*windows).max() < max_iou)
 
 
 def shift_moment(t: int, window: list[float], fps: float, generator: torch.Generator) -> tuple[torch.Tensor, list[float]]:
@@ -772,7 +801,9 @@ def load_split(
         cfg.temporal_shift_below if train else 0.0,
         needed,
     )
-    if dataset.negatives is not None and dataset.negative_fallbacks:
+    if dataset.negatives is not None and cfg.negative_query_source == "near":
+        dataset.negatives = [near or own for near, own in zip(near_miss_queries(records), dataset.negatives)]
+    elif dataset.negatives is not None and dataset.negative_fallbacks:
         print(
             f"{path}: {dataset.negative_fallbacks} of {len(records)} queries have no same-video negative query; "
             "they take one from another video"
