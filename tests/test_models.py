@@ -213,7 +213,9 @@ def test_pool_location_starts_as_the_model_without_it_and_then_changes_the_frame
     located_weights = located.state_dict()
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(located_weights[name], value, rtol=0, atol=0)
-    torch.testing.assert_close(located(video, video_mask, query, query_mask)["frames"], plain(video, video_mask, query, query_mask)["frames"])
+    torch.testing.assert_close(
+        located(video, video_mask, query, query_mask)["frames"], plain(video, video_mask, query, query_mask)["frames"]
+    )
     with torch.no_grad():
         located.r2.scale.fill_(1.0)
         located.r2.location.weight.normal_()
