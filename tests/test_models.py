@@ -1,6 +1,5 @@
 """The R² model: shapes, masking, parameter count, official weight loading."""
 
-import pytest
 import torch
 
 from vtg_pipeline.models import ModelConfig, create_model, r2_block
@@ -185,47 +184,6 @@ def test_spatial_pooling_equals_the_papers_formula():
         torch.testing.assert_close(
             ours, papers_pooling(block, video[:, :, step], tef, query[:, :, step], query_mask, step), rtol=1e-5, atol=1e-6
         )
-
-
-def test_attention_location_gives_where_the_pooling_looked():
-    """(weight on the patches, mean x, mean y, variance x, variance y) over a 3 x 3 patch grid after CLS."""
-    one_patch = torch.zeros(10)
-    one_patch[1 + 3 * 2 + 0] = 1.0  # row 2 (bottom), column 0 (left)
-    torch.testing.assert_close(r2_block.attention_location(one_patch), torch.tensor([1.0, -1.0, 1.0, 0.0, 0.0]))
-    half_on_cls = torch.cat((torch.tensor([0.5]), torch.full((9,), 0.5 / 9)))
-    spread = torch.tensor([2 / 3, 2 / 3])  # the variance of (-1, 0, 1) in each direction
-    torch.testing.assert_close(r2_block.attention_location(half_on_cls), torch.cat((torch.tensor([0.5, 0.0, 0.0]), spread)))
-    only_cls = torch.zeros(10)
-    only_cls[0] = 1.0
-    torch.testing.assert_close(r2_block.attention_location(only_cls), torch.zeros(5))
-    with pytest.raises(ValueError, match="square grid"):
-        r2_block.attention_location(torch.full((7,), 1 / 7))
-
-
-def test_pool_location_starts_as_the_model_without_it_and_then_changes_the_frames():
-    """model.pool_location: the same seed gives the same other weights and, the location Linear being zero, the same
-    outputs; once that Linear is not zero (and the pooling scale not zero) the frames move, and it gets gradients."""
-    video, video_mask, query, query_mask = batch()
-    torch.manual_seed(0)
-    plain = small()
-    torch.manual_seed(0)
-    located = small(pool_location=True)
-    located_weights = located.state_dict()
-    for name, value in plain.state_dict().items():
-        torch.testing.assert_close(located_weights[name], value, rtol=0, atol=0)
-    torch.testing.assert_close(
-        located(video, video_mask, query, query_mask)["frames"], plain(video, video_mask, query, query_mask)["frames"]
-    )
-    with torch.no_grad():
-        located.r2.scale.fill_(1.0)
-        located.r2.location.weight.normal_()
-        plain.r2.scale.fill_(1.0)
-    out = located(video, video_mask, query, query_mask)
-    assert not torch.allclose(out["frames"], plain(video, video_mask, query, query_mask)["frames"])
-    out["saliency"].square().sum().backward()
-    assert located.r2.location.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="needs model.spatial_pooling"):
-        small(pool_location=True, spatial_pooling=False)
 
 
 def saving_step(video, video_mask, query, query_mask, saving: bool, dropout: float):

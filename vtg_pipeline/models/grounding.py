@@ -39,7 +39,6 @@ class ModelConfig:
     ffn_ratio: int = 4
     droppath: float = 0.1
     spatial_pooling: bool = True  # False: the CLS token only (ablation)
-    pool_location: bool = False  # the spatial pooling also passes on where it looked (r2_block.attention_location; not in the paper)
     max_moments: int = 50
     fusion: str = "standard"  # R² text cross-attention: standard | dummy (FlashVTG adaptive cross-attention)
     dummies: int = 40  # dummy tokens of the adaptive cross-attention (FlashVTG: 40 QVHighlights/Charades, 35 TACoS)
@@ -106,8 +105,6 @@ class R2Grounder(nn.Module):
         self.cfg = cfg
         if cfg.fusion not in ("standard", "dummy"):
             raise ValueError(f"model.fusion must be standard or dummy, got {cfg.fusion!r}")
-        if cfg.pool_location and not cfg.spatial_pooling:
-            raise ValueError("model.pool_location needs model.spatial_pooling: it describes where the pooling looked")
         self.r2 = R2Block(
             cfg.vision_width,
             cfg.text_width,
@@ -118,7 +115,6 @@ class R2Grounder(nn.Module):
             cfg.ffn_ratio,
             cfg.droppath,
             cfg.dummies if cfg.fusion == "dummy" else 0,
-            cfg.pool_location,
         )
         if cfg.head not in ("pyramid", "decoder"):
             raise ValueError(f"model.head must be pyramid or decoder, got {cfg.head!r}")

@@ -7,12 +7,10 @@ K tapped layers (oldest first), Dv / Dt CLIP widths, C hidden width.
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
 import torch.nn as nn
-from torch.nn.utils import skip_init
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from .layers import TemporalLayer, mapper, masked_max, sine_positions
@@ -29,33 +27,6 @@ def keep_matmul_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     """Selective checkpoint policy: store what matrix products give, recompute the cheap element-wise rest."""
     return CheckpointPolicy.MUST_SAVE if op in MATMULS else CheckpointPolicy.PREFER_RECOMPUTE
 
-
-def patch_grid(tokens: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(P - 1, 2) the (x, y) centre of each patch token, in [-1, 1], for P tokens per frame: CLS, then a square grid
-    of patches in raster order (CLIP's ViT)."""
-    side = math.isqrt(tokens - 1)
-    if side * side != tokens - 1:
-        raise ValueError(f"model.pool_location needs a square grid of patch tokens after CLS, got {tokens} tokens a frame")
-    steps = torch.linspace(-1, 1, side, device=device, dtype=dtype) if side > 1 else torch.zeros(1, device=device, dtype=dtype)
-    y, x = torch.meshgrid(steps, steps, indexing="ij")
-    return torch.stack((x.flatten(), y.flatten()), dim=-1)
-
-
-def attention_location(weights: torch.Tensor) -> torch.Tensor:
-    """Where a pooling attention looked: weights (..., P) over [CLS; patches] (rows sum to 1) -> (..., 5): the weight
-    on the patches, then the mean (x, y) and the variance (x, y) of the patch grid under the weights renormalised
-    over the patches (``patch_grid``). Motion shows as a moving mean, growth as a changing variance, blinking as the
-    weight leaving the patches."""
-    grid = patch_grid(weights.size(-1), weights.device, weights.dtype)
-    patches = weights[..., 1:]
-    mass = patches.sum(-1, keepdim=True)
-    normalised = patches / mass.clamp_min(1e-6)
-    mean = normalised @ grid
-    variance = (normalised @ grid.square() - mean.square()).clamp_min(0)
-    return torch.cat((mass, mean, variance), dim=-1)
-
-
-LOCATION_FEATURES = 5  # attention_location's width
 
 MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
 SAVE_MATMULS_ONLY = partial(create_selective_checkpoint_contexts, keep_matmul_outputs)
@@ -122,7 +93,6 @@ class R2Block(nn.Module):
         ffn_ratio: int = 4,
         droppath: float = 0.1,
         dummies: int = 0,
-        location: bool = False,
     ):
         super().__init__()
         self.dims, self.layers = dims, layers
@@ -134,12 +104,6 @@ class R2Block(nn.Module):
         self.scale = nn.Parameter(torch.zeros(layers))
         self.gate = nn.Parameter(torch.zeros(layers - 1))
         self.temporal = TemporalLayer(dims, heads, ffn_ratio, droppath, dummies)
-        # Where the pooling looked (``attention_location``), into the pooled tokens; zero at the start, and made
-        # without drawing from the random stream, so a seed gives the other weights as without it.
-        self.location = skip_init(nn.Linear, LOCATION_FEATURES, dims) if location else None
-        if self.location is not None:
-            nn.init.zeros_(self.location.weight)
-            nn.init.zeros_(self.location.bias)
 
     def hidden_tokens(self, layer: torch.Tensor, tef: torch.Tensor) -> torch.Tensor:
         """One tapped layer's tokens (Bv, T, P, Dv), any float dtype, and their TEF (Bv, T, P, 2) -> the video mapper's
@@ -166,21 +130,15 @@ class R2Block(nn.Module):
         CLS + tanh(scale) * max over valid query tokens of (softmax(q_map(q) . v_map(v) / sqrt(C)) @ v + q), with
         v = W h + b the mapped tokens (W, b: the video mapper's last Linear). Computed without v or v_map(v) for
         every token: q_map(q) . v_map(v_p) = (q_map(q) W_v W) . h_p + q_map(q) . v_map(b), and softmax @ v =
-        (softmax @ h) W^T + b because each softmax row sums to 1. With ``location`` (``model.pool_location``, not in the
-        paper) each query token's term also adds location(``attention_location`` of its softmax). The queries of one
-        video attend to its hidden tokens together (G queries per video: (Bv, T, G x L, P) attention), so those are
-        stored once for backward.
+        (softmax @ h) W^T + b because each softmax row sums to 1. The queries of one video attend to its hidden
+        tokens together (G queries per video: (Bv, T, G x L, P) attention), so those are stored once for backward.
         """
         last, mapped_query = self.video_map[-1], self.q_map(query)
         keys = mapped_query @ self.v_map.weight @ last.weight  # (B, L, C)
         offset = (mapped_query * self.v_map(last.bias)).sum(-1)  # (B, L): the same for every token (the softmax cancels it)
         logits = (torch.einsum("bglc,btpc->btglp", videos.group(keys), hidden) + videos.group(offset)[:, None, :, :, None]) / self.dims**0.5
-        weights = logits.softmax(-1)
-        attended = videos.ungroup(torch.einsum("btglp,btpc->btglc", weights, hidden), dim=2)  # (B, T, L, C)
-        tokens = last(attended) + query[:, None]
-        if self.location is not None:
-            tokens = tokens + self.location(videos.ungroup(attention_location(weights), dim=2))
-        pooled = masked_max(tokens, query_mask[:, None, :, None], dim=2)
+        attended = videos.ungroup(torch.einsum("btglp,btpc->btglc", logits.softmax(-1), hidden), dim=2)  # (B, T, L, C)
+        pooled = masked_max(last(attended) + query[:, None], query_mask[:, None, :, None], dim=2)
         return cls + pooled * self.scale[step].tanh()
 
     def forward(
