@@ -284,6 +284,28 @@ def test_an_index_refuses_another_checkpoint_until_rebuilt(synth_root, checkpoin
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
+def test_a_model_setting_added_later_leaves_every_index_valid_while_at_its_default(checkpoint):
+    """The checkpoint identity an index is tied to holds today's model settings whatever their values, and a setting
+    added later only when it is not at its default: adding one to ModelConfig must not force every index's rebuild."""
+    from dataclasses import dataclass, fields
+
+    from vtg_pipeline.models import ModelConfig
+
+    @dataclass
+    class Later(ModelConfig):
+        later_setting: bool = False
+
+    assert library_module.ALWAYS_HASHED_MODEL_SETTINGS <= {f.name for f in fields(ModelConfig)}
+    grounder = Grounder.from_pretrained(checkpoint)
+    before = library_module.checkpoint_sha256(grounder)
+    grounder.cfg.model = Later(**grounder.cfg.model.to_dict())
+    assert library_module.checkpoint_sha256(grounder) == before
+    grounder.cfg.model.later_setting = True
+    assert library_module.checkpoint_sha256(grounder) != before
+    grounder.cfg.model.later_setting, grounder.cfg.model.max_moments = False, ModelConfig.max_moments + 1
+    assert library_module.checkpoint_sha256(grounder) != before
+
+
 def current(folder: Path) -> Path:
     return folder / json.loads((folder / "index.json").read_text())["folder"]
 

@@ -64,7 +64,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -81,6 +81,7 @@ from .extract import VISION_CLS, VideoItem, encode_samples, output_folder, sourc
 from .features import FileLock, atomic_write_text, feature_path, save_tensors
 from .grounder import Grounder
 from .inference import VideoWindows, rounded, window_starts
+from .models import ModelConfig
 from .names import check_video_id, first_line, printable
 from .video import VideoError
 from .window_index import COMPRESS_ABOVE, FLAT_UP_TO, WindowIndex, build_faiss, choose_layout, mapped_tensor, reusable_training
@@ -104,12 +105,28 @@ def rebuild_hint(folder: Path) -> str:
     return f"rebuild it: vtg index VIDEO_DIR... --checkpoint CKPT --index {folder} --rebuild"
 
 
+# The model settings an index's identity holds whatever their values: ModelConfig's fields as of 2026-12-06. One added
+# since then counts only when it differs from its default, so a new setting, off, leaves every index valid.
+ALWAYS_HASHED_MODEL_SETTINGS = frozenset(
+    "background_matching decoder_ffn_dims decoder_layers decoder_queries dims dropout droppath dummies ffn_ratio fusion "
+    "gumbel_temperature head heads layers max_moments name refinement_kernel retrieval_dims rg_cross_layers rg_dropout "
+    "rg_ffn_dims rg_self_layers score_refinement sparsifier spatial_pooling strides text_width vision_width".split()
+)
+
+
+def hashed_model_settings(model: ModelConfig) -> dict:
+    """The model settings an index's identity holds (``ALWAYS_HASHED_MODEL_SETTINGS``, then any other not at its default)."""
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(model)}
+    return {k: v for k, v in model.to_dict().items() if k in ALWAYS_HASHED_MODEL_SETTINGS or v != defaults[k]}
+
+
 def checkpoint_sha256(grounder: Grounder) -> str:
-    """What an index depends on, hashed: the side network's weights, model config, backbone spec, fps and window grid."""
+    """What an index depends on, hashed: the side network's weights, model settings (``hashed_model_settings``),
+    backbone spec, fps and window grid."""
     cfg = grounder.cfg
     identity = {
         "weights": weights_sha256(grounder.model),
-        "model": cfg.model.to_dict(),
+        "model": hashed_model_settings(cfg.model),
         "backbone": grounder.backbone.spec.to_dict(),
         "fps": cfg.data.fps,
         "window": cfg.decode.window_frames(cfg.data.fps),
