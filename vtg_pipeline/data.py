@@ -284,9 +284,12 @@ def near_miss_queries(records: list[dict], max_iou: float = 0.5) -> list[list[st
     near = []
     for r in records:
         shared = Counter(text for word in words[r["query"]] for text in texts_with[word] if text != r["query"])
-        allowed = {t: n for t, n in shared.items() if all(apart(r, o, max_iou) for o in records_of[t])}
-        most = max(allowed.values(), default=0)
-        near.append(sorted(t for t, n in allowed.items() if n == most))
+        near.append([])
+        for most in sorted(set(shared.values()), reverse=True):  # the best-sharing level with an allowed text
+            level = sorted(t for t, n in shared.items() if n == most and all(apart(r, o, max_iou) for o in records_of[t]))
+            if level:
+                near[-1] = level
+                break
     return near
 
 
