@@ -345,7 +345,7 @@ def event_clips(root: Path, split: str, seed: int, tokens: int, frames: int = 15
     for vid in videos:
         plan = plan_video(np.random.default_rng([seed, int(vid.rsplit("_", 1)[1])]), long=True)
         with StoredVideo.open(root / "features" / f"{vid}.safetensors") as video:
-            states = video.rows(0, video.frames).float()[:, -1, :tokens]  # (T, tokens, D)
+            states = video.rows(0, video.frames, (slice(-1, None), slice(0, tokens)))[:, 0].float()  # (T, tokens, D): only those read
             fps = video.frames / video.duration
         for event in plan.events:
             clip = states[int(event.start * fps) : math.ceil(event.end * fps)][:frames]
