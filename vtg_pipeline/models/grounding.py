@@ -39,6 +39,7 @@ class ModelConfig:
     ffn_ratio: int = 4
     droppath: float = 0.1
     spatial_pooling: bool = True  # False: the CLS token only (ablation)
+    frame_layout: int = 0  # not in the paper: G > 0 adds each frame's patch layout, pooled to G x G cells (PatchLayout)
     max_moments: int = 50
     fusion: str = "standard"  # R² text cross-attention: standard | dummy (FlashVTG adaptive cross-attention)
     dummies: int = 40  # dummy tokens of the adaptive cross-attention (FlashVTG: 40 QVHighlights/Charades, 35 TACoS)
@@ -57,6 +58,7 @@ class ModelConfig:
     sparsifier: bool = True  # False: every frame is kept (ablation)
     gumbel_temperature: float = 0.3
     retrieval_dims: int = 256  # stage-1 library search embedding (models/retrieval.py), in every model
+    retrieval_motion: bool = False  # not in any paper: a temporal convolution in the stage-1 window embedding
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,6 +105,8 @@ class R2Grounder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        if cfg.frame_layout and not cfg.spatial_pooling:
+            raise ValueError("model.frame_layout reads the patch tokens: it needs model.spatial_pooling=true")
         if cfg.fusion not in ("standard", "dummy"):
             raise ValueError(f"model.fusion must be standard or dummy, got {cfg.fusion!r}")
         self.r2 = R2Block(
@@ -115,6 +119,7 @@ class R2Grounder(nn.Module):
             cfg.ffn_ratio,
             cfg.droppath,
             cfg.dummies if cfg.fusion == "dummy" else 0,
+            cfg.frame_layout,
         )
         if cfg.head not in ("pyramid", "decoder"):
             raise ValueError(f"model.head must be pyramid or decoder, got {cfg.head!r}")
@@ -137,7 +142,7 @@ class R2Grounder(nn.Module):
             self.frame_score = nn.Linear(cfg.dims, 1)  # BM-DETR's frame margin scores
             self.video_pool = AttentionPooling(cfg.dims)  # BM-DETR's semantic alignment
         # Built last: the grounding modules above get the weights a seed gave them before the head existed.
-        self.retrieval = RetrievalHead(cfg.vision_width, cfg.text_width, cfg.retrieval_dims, cfg.dropout)
+        self.retrieval = RetrievalHead(cfg.vision_width, cfg.text_width, cfg.retrieval_dims, cfg.dropout, cfg.retrieval_motion)
 
     def forward(
         self,

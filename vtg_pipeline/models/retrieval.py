@@ -3,7 +3,9 @@
 Query-independent on the video side, so every window of a library can be embedded once and indexed:
 - window: the CLS state of the last tapped vision layer of each frame -> mapper -> max over the window's valid
   frames (a window "holds" an event if some frame shows it; on synthetic data max pooling retrieved 2x better than
-  mean or attention pooling) -> Linear -> L2 norm;
+  mean or attention pooling) -> Linear -> L2 norm; with ``motion`` (``model.retrieval_motion``, not in any paper) a
+  temporal convolution over the window's mapped frames (kernel 3, zero-initialised) is added before the max, so a
+  frame also says how it differs from its neighbours;
 - query: the last tapped text layer's state at the last valid token (CLIP's EOT) -> mapper -> L2 norm.
 Their inner product is a cosine in [-1, 1]. The inputs are frozen states, so training this head (InfoNCE,
 ``losses.library_loss``) sends no gradient into the grounding model.
@@ -24,23 +26,41 @@ from .layers import mapper, masked_max
 class RetrievalHead(nn.Module):
     """Window and query embeddings (B, E), unit length, for inner-product search."""
 
-    def __init__(self, vision_width: int, text_width: int, dims: int, dropout: float):
+    def __init__(self, vision_width: int, text_width: int, dims: int, dropout: float, motion: bool = False):
         super().__init__()
         self.frame_map = mapper(vision_width, dims, dropout)
         self.window_out = nn.Linear(dims, dims)
         self.query_map = mapper(text_width, dims, dropout)
+        self.motion = None
+        if motion:  # its random draws are put back: a seed gives every other weight as without it
+            with torch.random.fork_rng(devices=[]):
+                self.motion = nn.Conv1d(dims, dims, kernel_size=3, padding=1)
+            nn.init.zeros_(self.motion.weight)
+            nn.init.zeros_(self.motion.bias)
 
     def embed_windows(self, cls: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """cls (B, T, Dv): each frame's last-layer CLS state (``video[:, :, -1, 0]``), mask (B, T) valid frames -> (B, E)."""
-        pooled = masked_max(self.frame_map(cls), mask[..., None], dim=1)
-        return F.normalize(self.window_out(pooled), dim=-1)
+        return self.pool_windows(self.frame_map(cls), mask)
+
+    def pool_windows(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """frames (B, T, E) mapped frames, mask (B, T) valid ones -> (B, E) unit window embeddings."""
+        if self.motion is not None:
+            frames = frames * mask[..., None]
+            frames = frames + self.motion(frames.transpose(1, 2)).transpose(1, 2)
+        return F.normalize(self.window_out(masked_max(frames, mask[..., None], dim=1)), dim=-1)
 
     def embed_grid(self, cls: torch.Tensor, starts: list[int], window: int) -> torch.Tensor:
         """One video's windows: cls (T, Dv) every frame's last-layer CLS state, ``starts`` first frames of windows of
         ``window`` frames (cut at T) -> (W, E). Each frame is mapped once; the same numbers as ``embed_windows``."""
         frames = self.frame_map(cls)  # (T, E)
-        pooled = torch.stack([frames[s : s + window].amax(0) for s in starts])
-        return F.normalize(self.window_out(pooled), dim=-1)
+        if self.motion is None:  # the max alone: no (W, window, E) copy
+            return F.normalize(self.window_out(torch.stack([frames[s : s + window].amax(0) for s in starts])), dim=-1)
+        cut = [frames[s : s + window] for s in starts]
+        stacked = torch.nn.utils.rnn.pad_sequence(cut, batch_first=True)  # (W, window, E), zeros after a cut window's end
+        mask = (
+            torch.arange(stacked.size(1), device=frames.device)[None] < torch.tensor([len(c) for c in cut], device=frames.device)[:, None]
+        )
+        return self.pool_windows(stacked, mask)
 
     def embed_queries(self, query: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
         """query (B, L, K, Dt) text states, query_mask (B, L) valid tokens (SOT ... EOT) -> (B, E)."""
