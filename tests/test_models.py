@@ -1,6 +1,5 @@
 """The R² model: shapes, masking, parameter count, official weight loading."""
 
-import pytest
 import torch
 
 from vtg_pipeline.models import ModelConfig, create_model, r2_block
@@ -253,39 +252,3 @@ def test_token_dropout_keeps_the_right_fraction_scales_exactly_and_is_the_identi
     first = TokenDropout(0.5).train()(x)
     torch.manual_seed(3)
     assert torch.equal(first, TokenDropout(0.5).train()(x))  # masks follow torch's seed
-
-
-def test_frame_layout_starts_as_the_model_without_it_and_then_sees_where_a_shape_is():
-    """``model.frame_layout``: the same other weights for a seed and the same outputs at the start (its last Linear
-    is zero); once that Linear is not zero, moving one patch's content to another grid cell changes the frames,
-    while the model without the layout, which pools over the patches, gives the same frames for the moved patch.
-    A non-square patch grid and the CLS-only ablation are refused in one line."""
-    torch.manual_seed(0)
-    plain = small()
-    torch.manual_seed(0)
-    layout = small(frame_layout=2)
-    plain_weights = plain.state_dict()
-    assert all(torch.equal(plain_weights[k], v) for k, v in layout.state_dict().items() if k in plain_weights)
-    assert sorted(set(layout.state_dict()) - set(plain_weights)) == [
-        "r2.layout.cell.bias",
-        "r2.layout.cell.weight",
-        "r2.layout.out.bias",
-        "r2.layout.out.weight",
-    ]
-    video, video_mask, query, query_mask = batch(p=17)  # CLS + a 4 x 4 grid
-    torch.testing.assert_close(layout(video, video_mask, query, query_mask)["cls"], plain(video, video_mask, query, query_mask)["cls"])
-
-    video[..., 1:, :] = 0
-    video[:, :, :, 1] = 3.0  # something in the top-left patch
-    moved = video.clone()
-    moved[:, :, :, [1, 16]] = moved[:, :, :, [16, 1]]  # ... now in the bottom-right one
-    with torch.no_grad():
-        layout.r2.layout.out.weight.normal_()
-    torch.testing.assert_close(plain(video, video_mask, query, query_mask)["frames"], plain(moved, video_mask, query, query_mask)["frames"])
-    difference = layout(video, video_mask, query, query_mask)["frames"] - layout(moved, video_mask, query, query_mask)["frames"]
-    assert difference.abs().amax() > 1e-2
-
-    with pytest.raises(ValueError, match="square grid of patch tokens after CLS, got 6 tokens a frame"):
-        layout(*batch(p=6))
-    with pytest.raises(ValueError, match="model.frame_layout reads the patch tokens"):
-        small(frame_layout=2, spatial_pooling=False)

@@ -39,7 +39,6 @@ class ModelConfig:
     ffn_ratio: int = 4
     droppath: float = 0.1
     spatial_pooling: bool = True  # False: the CLS token only (ablation)
-    frame_layout: int = 0  # not in the paper: G > 0 adds each frame's patch layout, pooled to G x G cells (PatchLayout)
     max_moments: int = 50
     fusion: str = "standard"  # R² text cross-attention: standard | dummy (FlashVTG adaptive cross-attention)
     dummies: int = 40  # dummy tokens of the adaptive cross-attention (FlashVTG: 40 QVHighlights/Charades, 35 TACoS)
@@ -105,8 +104,6 @@ class R2Grounder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        if cfg.frame_layout and not cfg.spatial_pooling:
-            raise ValueError("model.frame_layout reads the patch tokens: it needs model.spatial_pooling=true")
         if cfg.fusion not in ("standard", "dummy"):
             raise ValueError(f"model.fusion must be standard or dummy, got {cfg.fusion!r}")
         self.r2 = R2Block(
@@ -119,7 +116,6 @@ class R2Grounder(nn.Module):
             cfg.ffn_ratio,
             cfg.droppath,
             cfg.dummies if cfg.fusion == "dummy" else 0,
-            cfg.frame_layout,
         )
         if cfg.head not in ("pyramid", "decoder"):
             raise ValueError(f"model.head must be pyramid or decoder, got {cfg.head!r}")

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from .layers import PatchLayout, TemporalLayer, mapper, masked_max, sine_positions
+from .layers import TemporalLayer, mapper, masked_max, sine_positions
 
 
 def temporal_endpoints(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -79,9 +79,7 @@ class R2Block(nn.Module):
     and one temporal layer; per step: ``scale`` (K,) and ``gate`` (K - 1,),
     both zero-initialised. ``memory_saving``: in training, recompute the video
     mapping's element-wise activations in backward instead of storing them
-    (less peak memory, see docs/BENCHMARKS.md; the same numbers). ``layout_grid`` > 0
-    (``model.frame_layout``, not in the paper) adds the last tapped layer's
-    ``PatchLayout`` to the first step's pooled frames.
+    (less peak memory, see docs/BENCHMARKS.md; the same numbers).
     """
 
     def __init__(
@@ -95,7 +93,6 @@ class R2Block(nn.Module):
         ffn_ratio: int = 4,
         droppath: float = 0.1,
         dummies: int = 0,
-        layout_grid: int = 0,
     ):
         super().__init__()
         self.dims, self.layers = dims, layers
@@ -107,10 +104,6 @@ class R2Block(nn.Module):
         self.scale = nn.Parameter(torch.zeros(layers))
         self.gate = nn.Parameter(torch.zeros(layers - 1))
         self.temporal = TemporalLayer(dims, heads, ffn_ratio, droppath, dummies)
-        self.layout = None
-        if layout_grid:  # its random draws are put back: a seed gives every other weight as without it
-            with torch.random.fork_rng(devices=[]):
-                self.layout = PatchLayout(dims, layout_grid)
 
     def hidden_tokens(self, layer: torch.Tensor, tef: torch.Tensor) -> torch.Tensor:
         """One tapped layer's tokens (Bv, T, P, Dv), any float dtype, and their TEF (Bv, T, P, 2) -> the video mapper's
@@ -178,8 +171,6 @@ class R2Block(nn.Module):
             query_per_step.append(q)
             hidden_per_step.append(h)
             pooled = self.pool_frames(h, cls, q, query_mask, step, videos)
-            if self.layout is not None and frames is None:  # the last layer's patch layout, query-independent
-                pooled = pooled + videos.per_query(self.layout(h))
             if frames is not None:
                 gate = self.gate[step].sigmoid()
                 pooled = gate * pooled + (1 - gate) * frames
