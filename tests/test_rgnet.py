@@ -191,39 +191,6 @@ def test_window_items_hold_the_moment_and_negatives_from_the_same_video(synth_ro
     assert batch["video"].shape[:3] == (2, 3, 10) and batch["window_mask"].shape == (2, 3)
 
 
-def test_window_items_carry_every_window_of_the_video_for_the_stage_one_loss(synth_root, tiny_backbone):
-    """``loss.library_video``: an item holds its video's last-layer CLS states, the training grid's windows and which
-    of them overlap one of its moments; the loss is the negative log softmax mass on those windows."""
-    from vtg_pipeline.data import DataConfig, StoredVideo
-    from vtg_pipeline.inference import window_starts
-    from vtg_pipeline.losses import library_video_loss
-
-    train = load_split(DataConfig(root=str(synth_root)), "train", tiny_backbone)
-    data = WindowDataset(train.records, train.feature_dir, tiny_backbone, 0.5, window=10, stride=5, negatives=2, video_grid=True)
-    for index, record in enumerate(data.records):
-        item = data[index]
-        with StoredVideo.open(data.path(record["vid"])) as video:
-            torch.testing.assert_close(item["grid_cls"].float(), video.cls_states())
-            starts = window_starts(video.frames, 10, 5)
-        assert item["grid_starts"].tolist() == starts
-        moments = np.asarray(record["relevant_windows"]).reshape(-1, 2) * 0.5
-        expected = [bool(((moments[:, 0] < s + 10) & (moments[:, 1] > s)).any()) for s in starts]
-        assert item["grid_positive"].tolist() == expected and any(expected) and not all(expected)
-    assert "grid_cls" not in WindowDataset(train.records, train.feature_dir, tiny_backbone, 0.5, window=10, stride=5)[0]
-    batch = collate_windows([data[0], data[1]], fps=0.5)
-    assert [len(c) for c in batch["grid_cls"]] == [len(data[0]["grid_cls"]), len(data[1]["grid_cls"])]
-
-    torch.manual_seed(0)
-    query = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
-    windows = [torch.nn.functional.normalize(torch.randn(n, 4), dim=-1) for n in (5, 3)]
-    positive = [torch.tensor([False, True, False, True, False]), torch.tensor([True, False, False])]
-    logits = [w @ q / 0.1 for w, q in zip(windows, query)]
-    by_hand = [-math.log(z[p].exp().sum() / z.exp().sum()) for z, p in zip(logits, positive)]
-    torch.testing.assert_close(library_video_loss(query, windows, positive, 0.1), torch.tensor(sum(by_hand) / 2))
-    one = library_video_loss(query[1:], windows[1:], positive[1:], 0.1)  # one positive window: plain cross-entropy
-    torch.testing.assert_close(one, torch.nn.functional.cross_entropy(logits[1][None], torch.tensor([0])))
-
-
 def test_windowed_inference_grounds_only_in_the_top_windows():
     model = tiny_rgnet()
     video = torch.randn(40, 4, 5, 16)
@@ -318,8 +285,6 @@ def test_window_config_refusals_and_the_short_window_warning(caplog):
     assert "data.window=40 s is shorter than 2 of the 3 training moments" in caplog.records[0].getMessage()
     with pytest.raises(ConfigError, match="data.window sets the length of training windows: it needs window sampling"):
         load_config(None, ["data.window=64"])
-    with pytest.raises(ConfigError, match="loss.library_video ranks every window of a query's video .* it needs window sampling"):
-        load_config(None, ["loss.library_video=1.0"])
 
 
 @pytest.mark.slow

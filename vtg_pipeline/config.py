@@ -255,11 +255,6 @@ def check_combinations(cfg: TrainConfig) -> None:
             "loss.negative_query_window scores each positive window under the BM-DETR negative query: "
             "it needs model.name=rgnet and model.background_matching=true"
         )
-    if cfg.loss.library_video and not uses_windows(cfg):
-        raise ConfigError(
-            "loss.library_video ranks every window of a query's video by the stage-1 dual encoder: it needs window "
-            "sampling (model.name=rgnet or data.sampling=windows)"
-        )
     if cfg.data.window and not uses_windows(cfg):
         raise ConfigError(
             "data.window sets the length of training windows: it needs window sampling (model.name=rgnet or data.sampling=windows)"

@@ -462,9 +462,7 @@ class WindowDataset(GroundingDataset):
     relative to the positive window, ``saliency`` (w,) and ``positive`` (a frame) of the positive
     window, ``starts`` (W,) first frame of each same-video window (-1: masked or another video's),
     and with ``negative_queries`` (per record, the candidates ``GroundingDataset`` found) a BM-DETR
-    ``negative_query``. With ``video_grid`` also ``grid_cls`` (T, D) float16, every frame's last-layer CLS state of
-    the video, ``grid_starts`` (W',) the inference grid's windows and ``grid_positive`` (W',) those overlapping a moment
-    (``loss.library_video``).
+    ``negative_query``.
     """
 
     def __init__(
@@ -481,11 +479,9 @@ class WindowDataset(GroundingDataset):
         negative_queries: list[list[str]] | None = None,
         needed: tuple[slice, slice] = ALL_STATES,
         hard_negatives: int = 0,
-        video_grid: bool = False,
     ):
         super().__init__(records, feature_dir, backbone, fps, "features", seed, needed=needed)
         self.negatives = negative_queries
-        self.video_grid = video_grid
         self.window, self.stride, self.same_video, self.cross_video = window, stride, negatives, cross_video
         self.hard_negatives = hard_negatives
         self.hard: dict[int, list[int]] = {}  # record index -> its hardest negative windows' first frames (``set_hard``)
@@ -520,21 +516,6 @@ class WindowDataset(GroundingDataset):
         record = self.records[index]
         moments = self.moment_frames(record)
         return [s for s in window_starts(self._frames[record["vid"]], self.window, self.stride) if not overlaps(moments, s, self.window)]
-
-    def video_windows(self, index: int, vision: VisionRows, path: Path) -> dict:
-        """Every window of record ``index``'s video, for the stage-1 loss over them: ``grid_cls`` (T, D) float16 the
-        last stored layer's CLS state of each frame, ``grid_starts`` (W',) the grid's first frames, ``grid_positive``
-        (W',) the windows that overlap one of the record's moments."""
-        from .inference import window_starts
-
-        n = self._frames[self.records[index]["vid"]]
-        starts = window_starts(n, self.window, self.stride)
-        negative = set(self.negative_starts(index))
-        return {
-            "grid_cls": check_finite(vision[(slice(0, n), slice(-1, None), slice(0, 1))][:, 0, 0], path),
-            "grid_starts": torch.tensor(starts),
-            "grid_positive": torch.tensor([s not in negative for s in starts]),
-        }
 
     def moment_frames(self, record: dict) -> np.ndarray:
         """(M, 2) the record's moments in frames (float)."""
@@ -599,7 +580,6 @@ class WindowDataset(GroundingDataset):
         with safe_open(str(path), framework="pt") as f:  # the query's own windows: one open
             vision = VisionRows(f, path)
             own = [vision.stored((slice(start, start + length), *self.needed)) for start in starts]
-            grid = self.video_windows(index, vision, path) if self.video_grid else {}
         others = self.other_video_windows(record["vid"], length, generator) if self.cross_video else []
         values, scales = one_layout([(check_finite(v, path, s), s) for v, s in own] + others)
         video = values[0].new_zeros((rows, length, *values[0].shape[1:]))
@@ -633,7 +613,6 @@ class WindowDataset(GroundingDataset):
             "saliency": saliency,
             "positive": positive,
             "starts": torch.tensor(starts + [-1] * (rows - len(starts))),
-            **grid,
         }
         if self.negatives is not None:
             item["negative_query"] = self.negative_query(index, generator)
@@ -642,8 +621,7 @@ class WindowDataset(GroundingDataset):
 
 def collate_windows(items: list[dict], fps: float) -> dict:
     """Stack window items: video (B, 1 + N, w, ...) as stored (float8 with video_scale (B, 1 + N, w, K, P) when every
-    item is, else float16), masks (B, 1 + N[, w]); videos shorter than a window are padded. ``grid_*`` (``video_grid``)
-    stay lists: their videos differ in length."""
+    item is, else float16), masks (B, 1 + N[, w]); videos shorter than a window are padded."""
     length = max(item["video"].size(1) for item in items)
 
     def pad(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -666,7 +644,6 @@ def collate_windows(items: list[dict], fps: float) -> dict:
         "starts": torch.stack([item["starts"] for item in items]),
         "fps": torch.full((len(items),), fps),
         **negative_queries(items),
-        **({key: [item[key] for item in items] for key in ("grid_cls", "grid_starts", "grid_positive")} if "grid_cls" in items[0] else {}),
     }
 
 

@@ -52,7 +52,6 @@ class LossConfig:
     library: float = 1.0
     library_temperature: float = 0.05
     library_own_negatives: bool = False  # window items: each query's negative windows are also its stage-1 negatives
-    library_video: float = 0.0  # window items: each query against every window of its video (``library_video_loss``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -386,16 +385,3 @@ def library_loss(
         own = (torch.einsum("be,bne->bn", query, own_negatives) / temperature).masked_fill(~own_mask, float("-inf"))
         rows = torch.cat((logits, own), dim=1)
     return (F.cross_entropy(rows, target) + F.cross_entropy(logits.T, target)) / 2
-
-
-def library_video_loss(
-    query: torch.Tensor, windows: list[torch.Tensor], positive: list[torch.Tensor], temperature: float = 0.05
-) -> torch.Tensor:
-    """Each unit query embedding (B, E) against every window of its video (``windows[i]`` (W_i, E), unit): the
-    negative log of the softmax mass on its windows that overlap one of its moments (``positive[i]`` (W_i,) bool, at
-    least one), averaged over the queries. The ranking the window prior gives at inference, trained whole."""
-    terms = []
-    for q, video_windows, wanted in zip(query, windows, positive):
-        logits = video_windows @ q / temperature
-        terms.append(torch.logsumexp(logits, 0) - torch.logsumexp(logits[wanted], 0))
-    return torch.stack(terms).mean()

@@ -51,7 +51,7 @@ from .evaluation import MAIN_METRIC, evaluate
 from .extract import warn_if_one_process_launched
 from .features import atomic_write_text
 from .inference import ground, predictions_for_batch, rounded, window_starts
-from .losses import background_losses, grounding_losses, library_loss, library_video_loss, moment_window, window_losses
+from .losses import background_losses, grounding_losses, library_loss, moment_window, window_losses
 from .models import create_model
 from .names import first_line
 
@@ -294,14 +294,6 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
         cfg.loss.library_temperature,
         **own,
     )
-    if "grid_cls" in batch:  # stage 1 against every window of each query's video
-        with accelerator.autocast():
-            window = batch["frame_mask"].size(-1)  # the training windows' length in frames
-            grids = [
-                head.embed_grid(c.to(device).float(), s.tolist(), window).float() for c, s in zip(batch["grid_cls"], batch["grid_starts"])
-            ]
-        positive = [p.to(device) for p in batch["grid_positive"]]
-        losses["library_video"] = cfg.loss.library_video * library_video_loss(embedded[1], grids, positive, cfg.loss.library_temperature)
     if "window_logit" not in out:  # a model that does not score windows (R² trained on windows: the two-stage baseline's grounder)
         return losses, {}
     losses.update(window_losses(out, batch["window_mask"].to(device), batch["in_moment"].to(device).flatten(0, 1), frame_mask, cfg.loss))
@@ -376,7 +368,6 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
             train_set.negatives,
             needed,
             cfg.data.hard_negatives if retrieval else 0,
-            video_grid=cfg.loss.library_video > 0,
         )
         if retrieval and cfg.data.hard_negatives and cfg.data.hard_mining == "words":
             train_set.set_hard(train_set.word_sharing_pool(cfg.data.hard_pool))
