@@ -284,7 +284,7 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
         if windowed and cfg.loss.library_own_negatives:  # the negative windows of each item (rows 1.. of its W)
             rows = negative_rows.flatten()
             negatives = head.embed_windows(video[rows, :, -1, 0].float(), frame_mask[rows]).float()
-            own = {"own_negatives": negatives.view(b, w - 1, -1), "own_mask": negative_real}
+            own = {"own_negatives": negatives.unflatten(0, (b, w - 1)), "own_mask": negative_real}  # w = 1: none (R² on windows)
     losses["library"] = cfg.loss.library * library_loss(
         *embedded,
         [r["vid"] for r in batch["records"]],
