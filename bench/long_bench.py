@@ -145,8 +145,9 @@ class TwoStage(torch.nn.Module):
     def retrieve(self, *inputs):
         return self.retriever.retrieve(*inputs)
 
-    def forward(self, *inputs):
-        return self.grounder(*inputs)
+    def forward(self, *inputs, **kwargs):
+        """The grounder's outputs, with the retriever's ``window_logit`` (inference runs every pair through one forward)."""
+        return {**self.grounder(*inputs, **kwargs), "window_logit": self.retriever(*inputs, **kwargs)["window_logit"]}
 
 
 @torch.no_grad()
