@@ -142,12 +142,10 @@ class TwoStage(torch.nn.Module):
     def retrieval(self) -> torch.nn.Module:
         return self.retriever.retrieval
 
-    def retrieve(self, *inputs):
-        return self.retriever.retrieve(*inputs)
-
     def forward(self, *inputs, **kwargs):
-        """The grounder's outputs, with the retriever's ``window_logit`` (inference runs every pair through one forward)."""
-        return {**self.grounder(*inputs, **kwargs), "window_logit": self.retriever(*inputs, **kwargs)["window_logit"]}
+        """The grounder's outputs, with the retriever's ``window_logit`` (inference runs every pair through one forward;
+        the retriever stops before its heads)."""
+        return {**self.grounder(*inputs, **kwargs), "window_logit": self.retriever.retrieve(*inputs, **kwargs)[1]["window_logit"]}
 
 
 @torch.no_grad()
