@@ -129,7 +129,7 @@ def test_a_feature_files_tensors_and_metadata_are_read_or_refused_in_one_line(da
 
         def read():
             with StoredVideo.open(path, (4, 17, 64)) as video:
-                return video.duration, video.rows(0, video.frames).shape, video.cls_states().shape
+                return video.duration, video.rows(0, video.frames).shape, video.last_layer_states(slice(0, 1)).shape
 
         read_or_refuse(read, path)
 

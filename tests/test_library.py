@@ -469,6 +469,44 @@ def test_an_on_demand_index_keeps_no_states_and_finds_what_the_stored_one_finds(
     assert (index.reencoded.misses, index.reencoded.hits) == (windows, windows), "then found in the cache"
 
 
+def layout_checkpoint(checkpoint: Path, folder: Path) -> Path:
+    """``checkpoint`` with ``model.retrieval_layout`` 2 and a layout that counts (random, not zero)."""
+    shutil.copytree(checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["retrieval_layout"] = 2
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = load_file(str(folder / "model.safetensors"))
+    torch.manual_seed(0)
+    weights |= {
+        f"retrieval.layout.{k}": torch.randn_like(v)
+        for k, v in Grounder.from_pretrained(folder).model.retrieval.layout.state_dict().items()
+    }
+    save_file(weights, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_a_window_embedding_that_reads_the_patch_layout_is_indexed_from_every_token(synth_root, checkpoint, library, tmp_path):
+    """``model.retrieval_layout``: ``vtg index`` embeds each window from its frames' every last-layer token (the vectors
+    are ``embed_grid`` of them, not the CLS-only head's), and refuses ``states on-demand``, which keeps the CLS
+    states alone, in one line."""
+    folder = layout_checkpoint(checkpoint, tmp_path / "layout")
+    grounder = Grounder.from_pretrained(folder)
+    videos = find_videos([str(synth_root / "videos")])
+    with pytest.raises(LibraryError, match="retrieval_layout.*fp16 or fp8"):
+        build_index(videos, grounder, tmp_path / "on_demand", str(folder), progress=False, states="on-demand")
+    build_index(videos, grounder, tmp_path / "index", str(folder), progress=False)
+    records, tensors = index_contents(tmp_path / "index")
+    window, stride = grounder.cfg.decode.window_frames(grounder.fps)
+    expected = []
+    for record in records:
+        with safe_open(str(tmp_path / "index" / "features" / f"{record['vid']}.safetensors"), framework="pt") as f:
+            last = f.get_tensor("vision")[:, -1]  # (T, P, D): every token of the last layer
+        with torch.no_grad():
+            expected.append(grounder.model.retrieval.embed_grid(last, window_starts(len(last), window, stride), window))
+    torch.testing.assert_close(tensors["vectors"], torch.cat(expected), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(tensors["vectors"], index_contents(library[0])[1]["vectors"], atol=1e-3)
+
+
 def test_an_on_demand_index_keeps_the_states_of_the_videos_a_list_names(
     synth_root, checkpoint, grounder, library, tmp_path, capsys, caplog
 ):

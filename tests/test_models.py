@@ -1,5 +1,6 @@
 """The R² model: shapes, masking, parameter count, official weight loading."""
 
+import pytest
 import torch
 
 from vtg_pipeline.models import ModelConfig, create_model, r2_block
@@ -150,11 +151,11 @@ def test_retrieval_head_gives_unit_embeddings_that_ignore_padding():
     torch.manual_seed(0)
     head = small().retrieval
     video, video_mask, query, query_mask = batch()
-    windows = head.embed_windows(video[:, :, -1, 0], video_mask)
+    windows = head.embed_windows(video[:, :, -1, :1], video_mask)
     queries = head.embed_queries(query, query_mask)
     assert windows.shape == queries.shape == (2, ModelConfig().retrieval_dims)
     torch.testing.assert_close(torch.cat((windows, queries)).norm(dim=1), torch.ones(4))
-    torch.testing.assert_close(head.embed_windows(video[1:, :13, -1, 0], video_mask[1:, :13])[0], windows[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(head.embed_windows(video[1:, :13, -1, :1], video_mask[1:, :13])[0], windows[1], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(head.embed_queries(query[1:, :3], query_mask[1:, :3])[0], queries[1], rtol=1e-4, atol=1e-5)
 
 
@@ -167,7 +168,7 @@ def test_retrieval_motion_starts_as_the_plain_head_then_reads_frame_order_and_ig
     torch.manual_seed(0)
     head = small(retrieval_motion=True).retrieval
     video, video_mask, _, _ = batch()
-    cls = video[:, :, -1, 0]
+    cls = video[:, :, -1, :1]
     torch.testing.assert_close(head.embed_windows(cls, video_mask), plain.embed_windows(cls, video_mask))
     with torch.no_grad():
         head.motion.weight.normal_(std=0.1)
@@ -182,6 +183,35 @@ def test_retrieval_motion_starts_as_the_plain_head_then_reads_frame_order_and_ig
         [head.embed_windows(cls[:1, s : s + 6], torch.ones(1, len(range(s, min(s + 6, 20))), dtype=torch.bool)) for s in starts]
     )
     torch.testing.assert_close(head.embed_grid(cls[0], starts, 6), alone, rtol=1e-4, atol=1e-5)
+
+
+def test_retrieval_layout_starts_as_the_plain_head_then_reads_where_things_are_in_the_frame():
+    """``model.retrieval_layout``: the same weights and embeddings at the start (the layout's last Linear is zero) while
+    it reads every token; trained, a window's embedding changes when the patches move within their frames (the plain
+    head reads the CLS state alone), still not with padding, and ``embed_grid`` gives ``embed_windows``' numbers."""
+    torch.manual_seed(0)
+    plain = small().retrieval
+    torch.manual_seed(0)
+    head = small(retrieval_layout=2).retrieval
+    assert plain.tokens_read == slice(0, 1) and head.tokens_read == slice(None)
+    video, video_mask, _, _ = batch()  # 5 tokens a frame: CLS and a 2 x 2 grid
+    states = video[:, :, -1]
+    torch.testing.assert_close(head.embed_windows(states, video_mask), plain.embed_windows(states[:, :, :1], video_mask))
+    with torch.no_grad():
+        head.layout.out.weight.normal_(std=0.5)
+    moved = torch.cat((states[:, :, :1], states[:, :, 1:].roll(1, dims=2)), dim=2)  # the same patches, elsewhere
+    assert (head.embed_windows(moved, video_mask) - head.embed_windows(states, video_mask)).abs().amax() > 1e-3
+    windows = head.embed_windows(states, video_mask)
+    torch.testing.assert_close(head.embed_windows(states[1:, :13], video_mask[1:, :13])[0], windows[1], rtol=1e-4, atol=1e-5)
+    starts = [0, 6, 12, 18]
+    alone = torch.cat(
+        [head.embed_windows(states[:1, s : s + 6], torch.ones(1, len(range(s, min(s + 6, 20))), dtype=torch.bool)) for s in starts]
+    )
+    torch.testing.assert_close(head.embed_grid(states[0], starts, 6), alone, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="square grid"):
+        head.embed_windows(states[:, :, :4], video_mask)  # 3 patches
+    with pytest.raises(ValueError, match="retrieval_layout"):
+        small(retrieval_layout=2, spatial_pooling=False)
 
 
 def papers_pooling(block, video_step, tef, query, query_mask, step):

@@ -235,8 +235,11 @@ def test_window_score_combines_retrieval_and_the_heads_best_moment_as_documented
     np.testing.assert_allclose(alone["moments"][:, 2], [0.9, 0.3, 0.2])
 
 
-def test_window_prior_adds_the_dual_encoders_cosine_to_each_window_logit():
-    model = tiny_rgnet()
+@pytest.mark.parametrize("layout", [0, 2], ids=["cls", "patch layout"])
+def test_window_prior_adds_the_dual_encoders_cosine_to_each_window_logit(layout):
+    model = tiny_rgnet(retrieval_layout=layout)
+    if layout:  # a layout that counts (it starts at zero)
+        torch.nn.init.normal_(model.retrieval.layout.out.weight, std=0.5)
     video = torch.randn(40, 4, 5, 16)
     query, query_mask = torch.randn(2, 6, 4, 16), torch.ones(2, 6, dtype=torch.bool)
 
@@ -253,7 +256,12 @@ def test_window_prior_adds_the_dual_encoders_cosine_to_each_window_logit():
     with torch.no_grad():
         embedded = model.retrieval.embed_queries(query, query_mask)
         windows = torch.stack(
-            [model.retrieval.embed_windows(video[s : s + 10, -1, 0][None], torch.ones(1, 10, dtype=torch.bool))[0] for s in starts]
+            [
+                model.retrieval.embed_windows(
+                    video[s : s + 10, -1, model.retrieval.tokens_read][None], torch.ones(1, 10, dtype=torch.bool)
+                )[0]
+                for s in starts
+            ]
         )
         alone = [model.retrieve(video[s : s + 10][None], torch.ones(2, 10, dtype=torch.bool), query, query_mask)[1] for s in starts]
     assert plain.logits.shape == (2, 4)
@@ -445,7 +453,7 @@ def test_hard_negatives_are_the_dual_encoders_top_negative_windows_and_are_drawn
     head = model.retrieval.eval()
     for index, record in enumerate(data.records):  # the pool: negative windows only, best first by the dual encoder
         with StoredVideo.open(data.path(record["vid"])) as video:
-            cls = video.rows(0, video.frames)[:, -1, 0].float()
+            cls = video.rows(0, video.frames)[:, -1, :1].float()
         starts = window_starts(len(cls), 6, 3)
         windows = torch.stack([cls[s : s + 6] for s in starts])
         embedded = head.embed_windows(windows, torch.ones(windows.shape[:2], dtype=torch.bool))

@@ -238,9 +238,10 @@ class StoredVideo:
         only; DataError naming the file when one is not finite."""
         return check_finite(self.vision[(slice(start, stop), *states)], self.path)
 
-    def cls_states(self) -> torch.Tensor:
-        """Every frame's CLS state of the last stored layer, float32 (T, Dv): what the library dual encoder reads."""
-        return self.rows(0, self.frames, (slice(-1, None), slice(0, 1)))[:, 0, 0].float()
+    def last_layer_states(self, tokens: slice) -> torch.Tensor:
+        """Every frame's ``tokens`` of the last stored layer (T, P, Dv): what the library dual encoder reads
+        (``RetrievalHead.tokens_read``)."""
+        return self.rows(0, self.frames, (slice(-1, None), tokens))[:, 0]
 
 
 def negative_query_candidates(

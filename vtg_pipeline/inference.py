@@ -360,8 +360,8 @@ def windows_in_videos(
         out = model(states, valid[index], query[rows], query_mask[rows], video_index=index)
         if model.retrieves_windows:
             logit = out["window_logit"].float()
-            if prior:  # + p x the dual encoder's cosine of the window's last-layer CLS states with the query
-                cosine = embedded @ model.retrieval.embed_windows(states[:, :, -1, 0].float(), valid).float().T  # (Q, Bv)
+            if prior:  # + p x the dual encoder's cosine of the window's last-layer states with the query
+                cosine = embedded @ model.retrieval.embed_windows(states[:, :, -1, model.retrieval.tokens_read], valid).float().T  # (Q, Bv)
                 logit = logit + prior * cosine[rows, index]
             for (v, i, w), value in zip(pairs, logit.cpu().numpy()):
                 logits[v][i, w] = value

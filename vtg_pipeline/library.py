@@ -518,10 +518,10 @@ def embed_video(grounder: Grounder, file: Path) -> tuple[list[int], torch.Tensor
     DataError for tensors of the wrong shape, non-finite states or no valid duration."""
     with grounder.open_stored(file) as stored:
         frames, duration = stored.frames, stored.duration
-        cls = stored.cls_states()
+        states = stored.last_layer_states(grounder.model.retrieval.tokens_read)
     window, stride = grounder.cfg.decode.window_frames(grounder.fps)
     starts = window_starts(frames, window, stride)
-    return starts, grounder.model.retrieval.embed_grid(cls.to(grounder.backbone.device), starts, window).float().cpu(), frames, duration
+    return starts, grounder.model.retrieval.embed_grid(states.to(grounder.backbone.device), starts, window).float().cpu(), frames, duration
 
 
 def build_index(
@@ -557,6 +557,11 @@ def build_index(
         raise ValueError(f"keep_states goes with states='on-demand' (the other layouts keep every video's states), not {states!r}")
     if not grounder.indexable:
         raise LibraryError(f"{checkpoint}: trained before checkpoints had a library-search head; train it again to index with it")
+    if states == "on-demand" and grounder.model.retrieval.tokens_read != slice(0, 1):
+        raise LibraryError(
+            f"{checkpoint}: its window embedding reads every patch token (model.retrieval_layout), which states on-demand "
+            "does not keep; index it with states fp16 or fp8"
+        )
     engine = engine or LocalEngine()
     folder = output_folder(folder)
     checkpoint = os.path.abspath(checkpoint) if os.path.isdir(checkpoint) else checkpoint

@@ -342,19 +342,20 @@ def background_losses(out: dict, in_moment: torch.Tensor, frame_mask: torch.Tens
 
 
 def moment_window(
-    cls: torch.Tensor, frame_mask: torch.Tensor, windows: list[torch.Tensor], fps: float, window: int
+    states: torch.Tensor, frame_mask: torch.Tensor, windows: list[torch.Tensor], fps: float, window: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each sample's library-search window: ``window`` frames centred on its first moment, kept inside its video.
 
-    cls (B, T, Dv) per-frame states, frame_mask (B, T), windows per sample (G, 2) seconds. Returns the window's
-    states (B, w, Dv) and mask (B, w), w = min(window, T) (a shorter video: all of it), and its first frame (B,).
+    states (B, T, ...) per-frame states, frame_mask (B, T), windows per sample (G, 2) seconds. Returns the window's
+    states (B, w, ...) and mask (B, w), w = min(window, T) (a shorter video: all of it), and its first frame (B,).
     """
-    window = min(window, cls.size(1))
-    centre = torch.stack([w[0].mean() for w in windows]).to(cls.device) * fps
+    window = min(window, states.size(1))
+    centre = torch.stack([w[0].mean() for w in windows]).to(states.device) * fps
     last = (frame_mask.sum(1) - window).clamp(min=0)
     starts = torch.minimum((centre - window / 2).round().long().clamp(min=0), last)
-    frames = starts[:, None] + torch.arange(window, device=cls.device)
-    return cls.gather(1, frames[..., None].expand(-1, -1, cls.size(2))), frame_mask.gather(1, frames), starts
+    frames = starts[:, None] + torch.arange(window, device=states.device)  # (B, w)
+    rows = torch.arange(len(states), device=states.device)[:, None]
+    return states[rows, frames], frame_mask.gather(1, frames), starts
 
 
 def library_loss(

@@ -215,10 +215,10 @@ def mine_hard_windows(model, dataset: WindowDataset, text_cache, pool: int, devi
     hard = {}
     for vid, indices in by_video.items():
         with StoredVideo.open(dataset.path(vid)) as video:
-            cls = video.cls_states().to(device)
-        starts = window_starts(len(cls), dataset.window, dataset.stride)
+            states = video.last_layer_states(head.tokens_read).to(device)
+        starts = window_starts(len(states), dataset.window, dataset.stride)
         query, query_mask = text_cache([dataset.records[i]["query"] for i in indices], device)
-        scores = head.embed_queries(query, query_mask).float() @ head.embed_grid(cls, starts, dataset.window).float().T  # (Q, W)
+        scores = head.embed_queries(query, query_mask).float() @ head.embed_grid(states, starts, dataset.window).float().T  # (Q, W)
         for index, row in zip(indices, scores.cpu().numpy()):
             negative = set(dataset.negative_starts(index))
             ranked = [starts[w] for w in np.argsort(-row, kind="stable") if starts[w] in negative]
@@ -271,19 +271,20 @@ def batch_losses(model, batch: dict, backbone, text_cache, cfg: TrainConfig, acc
         losses.update(background_losses(out, saliency > 0, heads_mask, cfg.loss))
     # Stage 1 of library search: the retrieval head on each query's window (its own window item's positive window,
     # else decode.window frames around its moment). Its inputs are frozen states: no gradient reaches the grounding model.
-    if windowed:
-        cls, library_mask, starts = video[positive_rows, :, -1, 0].float(), heads_mask, batch["starts"][:, 0].to(device)
-    else:
-        cls, library_mask, starts = moment_window(
-            video[video_index, :, -1, 0].float(), heads_mask, batch["windows"], cfg.data.fps, cfg.decode.window_frames(cfg.data.fps)[0]
-        )
     head = accelerator.unwrap_model(model).retrieval
+    tokens = head.tokens_read
+    if windowed:
+        states, library_mask, starts = video[positive_rows, :, -1, tokens], heads_mask, batch["starts"][:, 0].to(device)
+    else:
+        states, library_mask, starts = moment_window(
+            video[video_index, :, -1, tokens], heads_mask, batch["windows"], cfg.data.fps, cfg.decode.window_frames(cfg.data.fps)[0]
+        )
     own = {}
     with accelerator.autocast():
-        embedded = head.embed_windows(cls, library_mask).float(), head.embed_queries(query, query_mask).float()
+        embedded = head.embed_windows(states, library_mask).float(), head.embed_queries(query, query_mask).float()
         if windowed and cfg.loss.library_own_negatives:  # the negative windows of each item (rows 1.. of its W)
             rows = negative_rows.flatten()
-            negatives = head.embed_windows(video[rows, :, -1, 0].float(), frame_mask[rows]).float()
+            negatives = head.embed_windows(video[rows, :, -1, tokens], frame_mask[rows]).float()
             own = {"own_negatives": negatives.unflatten(0, (b, w - 1)), "own_mask": negative_real}  # w = 1: none (R² on windows)
     losses["library"] = cfg.loss.library * library_loss(
         *embedded,

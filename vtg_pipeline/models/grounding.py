@@ -58,6 +58,7 @@ class ModelConfig:
     gumbel_temperature: float = 0.3
     retrieval_dims: int = 256  # stage-1 library search embedding (models/retrieval.py), in every model
     retrieval_motion: bool = False  # not in any paper: a temporal convolution in the stage-1 window embedding
+    retrieval_layout: int = 0  # not in any paper: G > 0 adds each frame's patch layout (G x G cells) to the stage-1 window embedding
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,6 +107,8 @@ class R2Grounder(nn.Module):
         self.cfg = cfg
         if cfg.fusion not in ("standard", "dummy"):
             raise ValueError(f"model.fusion must be standard or dummy, got {cfg.fusion!r}")
+        if cfg.retrieval_layout and not cfg.spatial_pooling:
+            raise ValueError("model.retrieval_layout reads the patch tokens: it needs model.spatial_pooling=true")
         self.r2 = R2Block(
             cfg.vision_width,
             cfg.text_width,
@@ -138,7 +141,9 @@ class R2Grounder(nn.Module):
             self.frame_score = nn.Linear(cfg.dims, 1)  # BM-DETR's frame margin scores
             self.video_pool = AttentionPooling(cfg.dims)  # BM-DETR's semantic alignment
         # Built last: the grounding modules above get the weights a seed gave them before the head existed.
-        self.retrieval = RetrievalHead(cfg.vision_width, cfg.text_width, cfg.retrieval_dims, cfg.dropout, cfg.retrieval_motion)
+        self.retrieval = RetrievalHead(
+            cfg.vision_width, cfg.text_width, cfg.retrieval_dims, cfg.dropout, cfg.retrieval_motion, cfg.retrieval_layout
+        )
 
     def forward(
         self,

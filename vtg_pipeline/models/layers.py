@@ -140,6 +140,30 @@ class AttentionLayer(nn.Module):
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
+class PatchLayout(nn.Module):
+    """Where things are in each frame: tokens (..., P, Din), CLS first, then a square grid of patches in raster order
+    (CLIP's ViT) -> (..., Dout). Each patch is projected to ``cell_dims`` (then GELU), the grid is average-pooled to ``grid`` x
+    ``grid`` cells, and the flattened cells go through a Linear that starts at zero, so a model with the layer starts
+    as the one without it. Motion on the frame (left, right, up, down), size and presence show in it."""
+
+    def __init__(self, in_dims: int, out_dims: int, grid: int, cell_dims: int = 8):
+        super().__init__()
+        self.grid = grid
+        self.cell = nn.Linear(in_dims, cell_dims)
+        self.out = nn.Linear(cell_dims * grid * grid, out_dims)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        *lead, p, _ = tokens.shape
+        side = math.isqrt(p - 1)
+        if p < 2 or side * side != p - 1:
+            raise ValueError(f"PatchLayout needs a square grid of patch tokens after CLS, got {p} tokens a frame")
+        cells = F.gelu(self.cell(tokens[..., 1:, :])).reshape(-1, side, side, self.cell.out_features).permute(0, 3, 1, 2)
+        pooled = F.adaptive_avg_pool2d(cells, self.grid)  # (N, cell_dims, grid, grid)
+        return self.out(pooled.flatten(1)).view(*lead, -1)
+
+
 class TokenDropout(nn.Module):
     """``nn.Dropout`` for large token tensors, with a cheaper mask: an element is kept when a random 16-bit number
     falls below round((1 - p) 65536), so the keep probability is 1 - p to within 1/65536 and kept values are scaled
