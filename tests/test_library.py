@@ -99,13 +99,16 @@ def test_library_loss_own_negatives_join_only_their_querys_row():
     assert got > library_loss(window, query, vids, texts, starts, lengths, 0.05)  # more negatives, a harder task
 
 
-@pytest.mark.parametrize("name", ["r2", "rgnet", "rgnet+own", "r2 on windows+own"])
-def test_library_loss_trains_the_retrieval_head_only(name, synth_root, tmp_path):
+@pytest.mark.parametrize(
+    "model_name, on_windows, own, layout",
+    [("r2", False, False, 0), ("rgnet", True, False, 0), ("rgnet", True, True, 0), ("rgnet", True, True, 2), ("r2", True, True, 2)],
+    ids=["r2", "rgnet", "rgnet+own", "rgnet+own+layout", "r2 on windows+own+layout"],
+)
+def test_library_loss_trains_the_retrieval_head_only(model_name, on_windows, own, layout, synth_root, tmp_path):
     """The loss term is in every batch (whole-video items, RGNet's window items, with their own negative windows too,
     and R² on window items, which have no negative window to add: the two-stage baseline's grounder under the long
-    recipe); its gradient reaches the head and nothing else, and steps on the head lower it."""
-    own = name.endswith("+own")
-    model_name = name.removesuffix("+own").removesuffix(" on windows")
+    recipe); its gradient reaches the head (its patch layout too, ``model.retrieval_layout``) and nothing else, and
+    steps on the head lower it."""
     cfg = load_config(
         ROOT / "configs" / "synthetic.yaml",
         [
@@ -114,7 +117,8 @@ def test_library_loss_trains_the_retrieval_head_only(name, synth_root, tmp_path)
             *SMALL,
             f"model.name={model_name}",
             f"loss.library_own_negatives={own}",
-            *(["data.sampling=windows"] if "on windows" in name else []),
+            f"model.retrieval_layout={layout}",
+            *(["data.sampling=windows"] if on_windows and model_name == "r2" else []),
         ],
     )
     run = build_run(cfg)
@@ -126,7 +130,8 @@ def test_library_loss_trains_the_retrieval_head_only(name, synth_root, tmp_path)
     grads = torch.autograd.grad(first, params, allow_unused=True)
     reached = {n for n, g in zip(names, grads) if g is not None and g.abs().sum() > 0}
     assert reached and all(n.startswith("retrieval.") for n in reached)
-    if name != "r2":
+    assert any(n.startswith("retrieval.layout.") for n in reached) == bool(layout)
+    if on_windows:
         return  # the same head and loss: one training check is enough
     optimizer = torch.optim.Adam(model.retrieval.parameters(), lr=1e-3)
     for _ in range(15):

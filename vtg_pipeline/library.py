@@ -559,8 +559,8 @@ def build_index(
         raise LibraryError(f"{checkpoint}: trained before checkpoints had a library-search head; train it again to index with it")
     if states == "on-demand" and grounder.model.retrieval.tokens_read != slice(0, 1):
         raise LibraryError(
-            f"{checkpoint}: its window embedding reads every patch token (model.retrieval_layout), which states on-demand "
-            "does not keep; index it with states fp16 or fp8"
+            f"{checkpoint}: its window embedding reads every patch token (model.retrieval_layout), which --states on-demand "
+            "does not keep; index it with --states fp16 or fp8"
         )
     engine = engine or LocalEngine()
     folder = output_folder(folder)

@@ -159,9 +159,10 @@ class PatchLayout(nn.Module):
         side = math.isqrt(p - 1)
         if p < 2 or side * side != p - 1:
             raise ValueError(f"PatchLayout needs a square grid of patch tokens after CLS, got {p} tokens a frame")
-        cells = F.gelu(self.cell(tokens[..., 1:, :])).reshape(-1, side, side, self.cell.out_features).permute(0, 3, 1, 2)
+        n = math.prod(lead)  # explicit sizes: no frames at all (an empty batch) is a valid input
+        cells = F.gelu(self.cell(tokens[..., 1:, :])).reshape(n, side, side, self.cell.out_features).permute(0, 3, 1, 2)
         pooled = F.adaptive_avg_pool2d(cells, self.grid)  # (N, cell_dims, grid, grid)
-        return self.out(pooled.flatten(1)).view(*lead, -1)
+        return self.out(pooled.flatten(1)).view(*lead, self.out.out_features)
 
 
 class TokenDropout(nn.Module):
