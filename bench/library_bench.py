@@ -439,8 +439,12 @@ def store(args) -> None:
     queries = list(truth)[: args.queries]
     vids = {r["vid"] for r in records}
     items = [item for item in find_videos([str(folder / "data" / "videos")]) if item.video_id in vids]
+    layouts = args.states
+    if grounder.model.retrieval.tokens_read != slice(0, 1):  # model.retrieval_layout: an on-demand store cannot embed
+        layouts = [states for states in args.states if LAYOUTS[states] != "on-demand"]
+        print(f"{best}: its window embedding reads every patch token (model.retrieval_layout): no on-demand rows", file=sys.stderr)
     rows = []
-    for states in args.states:
+    for states in layouts:
         index_dir = folder / "store" / states
         shutil.rmtree(index_dir, ignore_errors=True)
         start = time.perf_counter()
