@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vtg_pipeline.models import ModelConfig, create_model, r2_block
+from vtg_pipeline.models.layers import PatchLayout
 from vtg_pipeline.models.official import load_official_r2, official_to_ours
 
 
@@ -210,6 +211,8 @@ def test_retrieval_layout_starts_as_the_plain_head_then_reads_where_things_are_i
     torch.testing.assert_close(head.embed_grid(states[0], starts, 6), alone, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="square grid"):
         head.embed_windows(states[:, :, :4], video_mask)  # 3 patches
+    assert PatchLayout(16, 32, 4)(torch.randn(1, 3, 50, 16)).shape == (1, 3, 32)  # ViT-B/32's 7 x 7 patches -> 4 x 4 cells
+    assert PatchLayout(16, 32, 2)(torch.randn(0, 3, 5, 16)).shape == (0, 3, 32)  # no windows at all (R² window items)
     with pytest.raises(ValueError, match="retrieval_layout"):
         small(retrieval_layout=2, spatial_pooling=False)
 
