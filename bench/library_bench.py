@@ -440,7 +440,7 @@ def store(args) -> None:
     vids = {r["vid"] for r in records}
     items = [item for item in find_videos([str(folder / "data" / "videos")]) if item.video_id in vids]
     layouts = args.states
-    if grounder.model.retrieval.tokens_read != slice(0, 1):  # model.retrieval_layout: an on-demand store cannot embed
+    if grounder.model.retrieval.reads_patches:  # model.retrieval_layout: an on-demand store cannot embed
         layouts = [states for states in args.states if LAYOUTS[states] != "on-demand"]
         print(f"{best}: its window embedding reads every patch token (model.retrieval_layout): no on-demand rows", file=sys.stderr)
     rows = []

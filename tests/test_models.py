@@ -195,6 +195,7 @@ def test_retrieval_layout_starts_as_the_plain_head_then_reads_where_things_are_i
     torch.manual_seed(0)
     head = small(retrieval_layout=2).retrieval
     assert plain.tokens_read == slice(0, 1) and head.tokens_read == slice(None)
+    assert not plain.reads_patches and head.reads_patches
     video, video_mask, _, _ = batch()  # 5 tokens a frame: CLS and a 2 x 2 grid
     states = video[:, :, -1]
     torch.testing.assert_close(head.embed_windows(states, video_mask), plain.embed_windows(states[:, :, :1], video_mask))

@@ -557,7 +557,7 @@ def build_index(
         raise ValueError(f"keep_states goes with states='on-demand' (the other layouts keep every video's states), not {states!r}")
     if not grounder.indexable:
         raise LibraryError(f"{checkpoint}: trained before checkpoints had a library-search head; train it again to index with it")
-    if states == "on-demand" and grounder.model.retrieval.tokens_read != slice(0, 1):
+    if states == "on-demand" and grounder.model.retrieval.reads_patches:
         raise LibraryError(
             f"{checkpoint}: its window embedding reads every patch token (model.retrieval_layout), which --states on-demand "
             "does not keep; index it with --states fp16 or fp8"

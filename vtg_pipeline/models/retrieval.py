@@ -43,9 +43,14 @@ class RetrievalHead(nn.Module):
             self.layout = PatchLayout(vision_width, dims, layout) if layout else None
 
     @property
+    def reads_patches(self) -> bool:
+        """Whether the window side reads each frame's patch tokens (``layout``), not only its CLS state."""
+        return self.layout is not None
+
+    @property
     def tokens_read(self) -> slice:
         """The last-layer tokens of a frame the window side reads: all of them with ``layout``, else the CLS state."""
-        return slice(None) if self.layout is not None else slice(0, 1)
+        return slice(None) if self.reads_patches else slice(0, 1)
 
     def map_frames(self, states: torch.Tensor) -> torch.Tensor:
         """states (..., T, P, Dv), any float dtype: each frame's last-layer tokens, CLS first (P = 1, the CLS state
