@@ -5,6 +5,7 @@
     python bench/long_bench.py compare ... --systems "unified (RGNet)"          # only that row (others in the file kept)
     python bench/long_bench.py calibrate --root runs/long/data --runs runs/long/unified --topk 5 10 20 --evidence 0 0.25 0.5 0.75 1
     python bench/long_bench.py calibrate ... --window 48 64 --stride 16 32     # the inference grid too (s; stride <= window)
+    python bench/long_bench.py calibrate ... --temperature 0 0.1 0.3 0.5 1   # the window score's temperature (0: sigmoid)
     python bench/long_bench.py confusions --root runs/l21/heldout --seed 2 --runs runs/l21/ho_nosparse_s0
     python bench/long_bench.py probe --root runs/l21/tune --seed 1 [--tokens 1]
 
@@ -23,12 +24,12 @@ moment), end-to-end R1@0.3/R5@0.3 (the two-stage baseline chains the retriever's
 top windows into the oracle-trained grounder), and the sparsifier's kept fraction.
 
 ``calibrate``: the window score at inference (``decode.window_prior`` p,
-``decode.retrieval_topk`` k and ``decode.window_evidence`` e; ``inference.windows_of``
-and ``merge_windows``) and the inference grid (``decode.window`` and ``window_stride``,
+``decode.retrieval_topk`` k, ``decode.window_evidence`` e and ``decode.window_temperature`` T;
+``inference.windows_of`` and ``merge_windows``) and the inference grid (``decode.window`` and ``window_stride``,
 ``--window`` / ``--stride``, default the run's) for a trained RGNet run (``--runs`` is the
 run folder), on the validation split of ``--root``. For each grid and p, each video's
-windows are scored and grounded once with the largest k; every (k, e) is then a merge of
-those results. Prints one row per (window, stride, p, k, e) and the best by R1@0.3.
+windows are scored and grounded once with the largest k; every (k, e, T) is then a merge of
+those results. Prints one row per (window, stride, p, k, e, T) and the best by R1@0.3 (then window R@1, R5@0.3).
 
 ``confusions``: what a run's top moment is when it misses (R1@0.3), on a ``vtg synth --long`` folder: every event
 is drawn again from the folder's ``--seed`` (``vtg synth --seed``), and a missed query is counted by the event its
@@ -238,9 +239,10 @@ def calibrate(
     priors: list[float],
     windows: list[float] | None = None,
     strides: list[float] | None = None,
+    temperatures: list[float] | None = None,
 ) -> list[dict]:
-    """Metrics of every (window, window_stride, window_prior, retrieval_topk, window_evidence) on the validation split
-    of ``root``; see the module docstring."""
+    """Metrics of every (window, window_stride, window_prior, retrieval_topk, window_evidence, window_temperature) on
+    the validation split of ``root``; see the module docstring."""
     grounder = Grounder.from_pretrained(run / "best")
     cfg, model = grounder.cfg, grounder.model
     grids = [(w, s) for w in windows or [cfg.decode.window] for s in strides or [cfg.decode.window_stride] if s <= w]
@@ -269,38 +271,38 @@ def calibrate(
                     deepest,
                 )
             videos.append((group, found, duration))
-        for k in topks:
-            for e in evidence:
-                decode = replace(deepest, retrieval_topk=k, window_evidence=e)
-                predictions = []
-                for group, results, duration in videos:
-                    for i, record in enumerate(group):
-                        top = set(np.argsort(-results.logits[i], kind="stable")[:k].tolist())
-                        merged = merge_windows(
-                            {w: m for w, m in results.found[i].items() if w in top}, results.logits[i], results.spans, duration, decode
-                        )
-                        predictions.append(
-                            {
-                                "qid": record["qid"],
-                                "query": record["query"],
-                                "vid": record["vid"],
-                                "pred_relevant_windows": rounded(merged["moments"]),
-                                "pred_windows": rounded(merged["windows"]),
-                            }
-                        )
-                metrics = evaluate(predictions, records, "mad")["brief"]
-                rows.append(
-                    {
-                        "window": window,
-                        "window_stride": stride,
-                        "window_prior": prior,
-                        "retrieval_topk": k,
-                        "window_evidence": e,
-                        **{m: metrics[m] for m in CALIBRATION_METRICS},
-                    }
-                )
-                print(json.dumps(rows[-1]), flush=True)
-    best = max(rows, key=lambda r: (r["R1@0.3"], r["WR-overlap-R1"]))
+        for k, e, temperature in [(k, e, t) for k in topks for e in evidence for t in temperatures or [cfg.decode.window_temperature]]:
+            decode = replace(deepest, retrieval_topk=k, window_evidence=e, window_temperature=temperature)
+            predictions = []
+            for group, results, duration in videos:
+                for i, record in enumerate(group):
+                    top = set(np.argsort(-results.logits[i], kind="stable")[:k].tolist())
+                    merged = merge_windows(
+                        {w: m for w, m in results.found[i].items() if w in top}, results.logits[i], results.spans, duration, decode
+                    )
+                    predictions.append(
+                        {
+                            "qid": record["qid"],
+                            "query": record["query"],
+                            "vid": record["vid"],
+                            "pred_relevant_windows": rounded(merged["moments"]),
+                            "pred_windows": rounded(merged["windows"]),
+                        }
+                    )
+            metrics = evaluate(predictions, records, "mad")["brief"]
+            rows.append(
+                {
+                    "window": window,
+                    "window_stride": stride,
+                    "window_prior": prior,
+                    "retrieval_topk": k,
+                    "window_evidence": e,
+                    "window_temperature": temperature,
+                    **{m: metrics[m] for m in CALIBRATION_METRICS},
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    best = max(rows, key=lambda r: (r["R1@0.3"], r["WR-overlap-R1"], r["R5@0.3"]))
     print("best by R1@0.3:", json.dumps(best), flush=True)
     return rows
 
@@ -413,6 +415,9 @@ def main() -> None:
     parser.add_argument("--prior", type=float, nargs="*", default=[0.0], help="calibrate: window_prior values")
     parser.add_argument("--window", type=float, nargs="*", help="calibrate: decode.window values (s; default the run's)")
     parser.add_argument("--stride", type=float, nargs="*", help="calibrate: decode.window_stride values (s; default the run's)")
+    parser.add_argument(
+        "--temperature", type=float, nargs="*", help="calibrate: decode.window_temperature values (0: sigmoid; default the run's)"
+    )
     parser.add_argument("--seed", type=int, help="confusions, probe: the vtg synth --seed of --root")
     parser.add_argument("--tokens", type=int, default=10**6, help="probe: the first N tokens of each frame (1: CLS; default all)")
     args = parser.parse_args()
@@ -421,7 +426,7 @@ def main() -> None:
     if args.what == "one-scale":
         print(json.dumps(one_scale(int(args.args[0]), Path(args.args[1]))))
     elif args.what == "calibrate":
-        rows = calibrate(args.root, args.runs, args.topk, args.evidence, args.prior, args.window, args.stride)
+        rows = calibrate(args.root, args.runs, args.topk, args.evidence, args.prior, args.window, args.stride, args.temperature)
         (OUT / f"long_calibrate_{args.runs.name}.json").write_text(json.dumps(rows, indent=2))
     elif args.what in ("confusions", "probe") and args.seed is None:
         parser.error(f"{args.what} needs --seed, the vtg synth --seed of --root")

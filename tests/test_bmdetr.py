@@ -218,6 +218,8 @@ def test_rgnet_training_with_negative_queries(synth_root, tmp_path):
         "model.rg_ffn_dims=64",
         "decode.window=20",
         "decode.window_stride=10",
+        "data.window=20",
+        "data.window_stride=10",
         "optim.warmup_steps=2",
         "model.background_matching=true",
         "data.negative_queries=true",

@@ -16,6 +16,7 @@ from vtg_pipeline.inference import (
     forward_groups,
     ground_in_windows,
     merge_windows,
+    retrieval_scores,
     windows_in_videos,
     windows_of,
 )
@@ -235,6 +236,23 @@ def test_window_score_combines_retrieval_and_the_heads_best_moment_as_documented
     np.testing.assert_allclose(alone["moments"][:, 2], [0.9, 0.3, 0.2])
 
 
+def test_window_temperature_scores_windows_by_their_softmax_relative_to_the_best():
+    """T > 0: r = exp((logit - max logit) / T), so a small logit gap outweighs the heads' score; T = 0: sigmoid."""
+    spans = np.array([[0.0, 20.0], [10.0, 30.0], [20.0, 40.0]])
+    logits = np.array([1.6, 1.5, 0.2])  # gaps as small as the trained token's: the sigmoid hardly tells them apart
+    found = {0: np.array([[2.0, 6.0, 0.4]]), 1: np.array([[14.0, 18.0, 0.6]])}
+    sigmoid = merge_windows(found, logits, spans, 40.0, DecodeConfig(nms="none", max_moments=10))
+    assert sigmoid["moments"][0, :2].tolist() == [14.0, 18.0]  # 0.6 x 0.82 beats 0.4 x 0.83: the second window wins
+
+    tempered = merge_windows(found, logits, spans, 40.0, DecodeConfig(nms="none", max_moments=10, window_temperature=0.1))
+    r = np.exp((logits - 1.6) / 0.1)
+    np.testing.assert_allclose(tempered["windows"][:, 2], [1.0, r[1], r[2]])  # the best window scores 1
+    np.testing.assert_allclose(tempered["moments"][:, 2], [0.4, 0.6 * r[1]])  # the retriever's first window first
+    assert tempered["windows"][:, 0].tolist() == [0.0, 10.0, 20.0]
+    np.testing.assert_allclose(retrieval_scores(logits + 7.0, 0.1), r)  # the logits' level does not matter
+    assert retrieval_scores(np.array([]), 0.1).shape == (0,)
+
+
 @pytest.mark.parametrize("layout", [0, 2], ids=["cls", "patch layout"])
 def test_window_prior_adds_the_dual_encoders_cosine_to_each_window_logit(layout):
     model = tiny_rgnet(retrieval_layout=layout)
@@ -277,6 +295,8 @@ def test_window_config_refusals_and_the_short_window_warning(caplog):
         load_config(None, ["decode.window=64", "decode.window_stride=80"])
     with pytest.raises(ConfigError, match="decode.window_evidence"):
         load_config(None, ["decode.window_evidence=1.5"])
+    with pytest.raises(ConfigError, match="decode.window_temperature"):
+        load_config(None, ["decode.window_temperature=-0.1"])
     cfg = load_config(None, ["decode.window=64", "decode.window_stride=32"])
     records = [{"relevant_windows": [[0, 30], [100, 190]]}, {"relevant_windows": [[10, 90]]}]
     with caplog.at_level("WARNING"):
@@ -291,8 +311,13 @@ def test_window_config_refusals_and_the_short_window_warning(caplog):
     assert not caplog.records
     warn_if_windows_too_short(records, load_config(None, ["model.name=rgnet", "data.window=40"]))
     assert "data.window=40 s is shorter than 2 of the 3 training moments" in caplog.records[0].getMessage()
-    with pytest.raises(ConfigError, match="data.window sets the length of training windows: it needs window sampling"):
-        load_config(None, ["data.window=64"])
+    for key in ("window", "window_stride"):
+        with pytest.raises(ConfigError, match=f"data.{key} sets the training windows: it needs window sampling"):
+            load_config(None, [f"data.{key}=32"])
+    with pytest.raises(ConfigError, match=r"data.window_stride=40 s must be <= data.window=32 s"):
+        load_config(None, ["model.name=rgnet", "data.window=32", "data.window_stride=40"])
+    with pytest.raises(ConfigError, match=r"data.window_stride=200 s must be <= decode.window=150 s"):
+        load_config(None, ["model.name=rgnet", "data.window_stride=200"])
 
 
 @pytest.mark.slow
@@ -348,7 +373,7 @@ def test_rgnet_training_logs_kept_fraction_and_window_retrieval(synth_root, tmp_
     from vtg_pipeline.config import load_config
     from vtg_pipeline.training import train
 
-    lengths = []  # the training windows (frames): data.window's, while evaluation grounds on decode.window's grid
+    lengths = []  # the training grid (frames): data.window's and data.window_stride's; evaluation grounds on decode's
 
     class Recorded(WindowDataset):
         def __init__(self, *args, **kwargs):
@@ -370,11 +395,12 @@ def test_rgnet_training_logs_kept_fraction_and_window_retrieval(synth_root, tmp_
             "decode.window=20",
             "decode.window_stride=10",
             "data.window=24",
+            "data.window_stride=12",
             "optim.warmup_steps=2",
         ],
     )
     train(cfg)
-    assert lengths == [(12, 5)]  # 24 s and 10 s at 0.5 fps
+    assert lengths == [(12, 6)]  # data.window's 24 s every data.window_stride's 12 s at 0.5 fps
     metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"R1@0.3", "R5@0.3", "WR-overlap-R1", "WR-contain-R5"} <= set(metrics)
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))

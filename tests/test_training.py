@@ -455,6 +455,11 @@ def changes(cfg, base) -> dict:
                 "model.retrieval_motion": False,
                 "model.retrieval_layout": 0,
                 "loss.library_own_negatives": False,
+                "data.window": 0.0,
+                "data.window_stride": 0.0,
+                "decode.window": 64.0,
+                "decode.window_stride": 32.0,
+                "decode.window_temperature": 0.0,
             },
             {},
         ),
@@ -463,7 +468,7 @@ def changes(cfg, base) -> dict:
 def test_ablation_rows_share_one_budget_and_the_default_config_is_the_winner(folder, recipe, winner, budget, extra):
     """Each row is the R² row plus its options; the default config is the winning row on its own (longer) budget (the
     long one also with issue 21's window prior, its motion- and layout-aware dual encoder trained on the item's own negatives too,
-    and without the sparsifier, which the issue-6 rows predate)."""
+    without the sparsifier, and with its window score's temperature and inference grid, which the issue-6 rows predate)."""
     rows = {row: load_config(ROOT / "configs" / folder / f"{row}.yaml", []) for row in ROW_OPTIONS}
     for row, options in ROW_OPTIONS.items():
         expected = {**options, **(extra if "data.negative_queries" in options else {})}

@@ -151,6 +151,7 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("data.num_workers", NON_NEGATIVE),
     ("data.sampling", _one_of("auto", "video", "windows")),
     ("data.window", NON_NEGATIVE),
+    ("data.window_stride", NON_NEGATIVE),
     ("data.negatives", NON_NEGATIVE),
     ("data.cross_video_negatives", NON_NEGATIVE),
     ("data.hard_negatives", NON_NEGATIVE),
@@ -189,6 +190,7 @@ RANGES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("decode.retrieval_topk", AT_LEAST_1),
     ("decode.window_score", _one_of("product", "moment")),
     ("decode.window_evidence", FRACTION),
+    ("decode.window_temperature", NON_NEGATIVE),
     ("decode.window_prior", NON_NEGATIVE),
     ("loss.sample_radius", POSITIVE),
     ("loss.temperature", POSITIVE),
@@ -227,6 +229,12 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             f"decode.window_stride={cfg.decode.window_stride:g} s must be <= decode.window={cfg.decode.window:g} s: "
             f"a larger stride leaves parts of every long video in no window"
         )
+    length_key, length = training_window(cfg)
+    if cfg.data.window_stride > length:
+        raise ConfigError(
+            f"data.window_stride={cfg.data.window_stride:g} s must be <= {length_key}={length:g} s: a larger stride "
+            f"leaves parts of every training video in no negative window"
+        )
     if cfg.model.layers > cfg.backbone.layers:
         raise ConfigError(f"model.layers={cfg.model.layers} uses more CLIP layers than backbone.layers={cfg.backbone.layers} taps")
     check_combinations(cfg)
@@ -255,10 +263,9 @@ def check_combinations(cfg: TrainConfig) -> None:
             "loss.negative_query_window scores each positive window under the BM-DETR negative query: "
             "it needs model.name=rgnet and model.background_matching=true"
         )
-    if cfg.data.window and not uses_windows(cfg):
-        raise ConfigError(
-            "data.window sets the length of training windows: it needs window sampling (model.name=rgnet or data.sampling=windows)"
-        )
+    for key in ("window", "window_stride"):
+        if getattr(cfg.data, key) and not uses_windows(cfg):
+            raise ConfigError(f"data.{key} sets the training windows: it needs window sampling (model.name=rgnet or data.sampling=windows)")
     if cfg.data.group_by_video and uses_windows(cfg):
         raise ConfigError("data.group_by_video applies to whole-video training: window items hold each query's own windows")
 
@@ -271,6 +278,12 @@ def retrieves_windows(cfg: TrainConfig) -> bool:
 def training_window(cfg: TrainConfig) -> tuple[str, float]:
     """The key that sets the training windows' length and that length (s): ``data.window``, else ``decode.window``."""
     return ("data.window", cfg.data.window) if cfg.data.window else ("decode.window", cfg.decode.window)
+
+
+def training_grid(cfg: TrainConfig) -> tuple[float, float]:
+    """The training windows' length and the stride of the grid their negatives start on (s): ``data.window`` and
+    ``data.window_stride`` where set, else the inference grid's (``decode.window``, ``decode.window_stride``)."""
+    return training_window(cfg)[1], cfg.data.window_stride or cfg.decode.window_stride
 
 
 def uses_windows(cfg: TrainConfig) -> bool:

@@ -57,8 +57,8 @@ class DataConfig:
     num_workers: int = 0
     metrics: str = ""  # evaluation protocol (qvhighlights | charades | tacos | ego4d | mad); empty: the annotation format's
     sampling: str = "auto"  # video: one item per query, the whole video | windows: window items (WindowDataset) | auto: windows for rgnet
-    window: float = 0.0  # window sampling: the training windows' length (s); 0: decode.window, the inference grid's. Negative
-    # windows start on a grid of this length every decode.window_stride
+    window: float = 0.0  # window sampling: the training windows' length (s); 0: decode.window, the inference grid's
+    window_stride: float = 0.0  # rgnet: the training grid's stride (s), where negative windows start; 0: decode.window_stride
     negatives: int = 3  # window sampling with a retrieval model (rgnet): same-video negative windows per query
     cross_video_negatives: int = 0  # rgnet: windows of other videos added as negatives (the paper uses none)
     hard_negatives: int = 0  # rgnet: of the `negatives`, this many drawn from a pool of `hard_pool` same-video windows:

@@ -42,6 +42,7 @@ class DecodeConfig:
     retrieval_topk: int = 20  # rgnet: windows per query that go to the heads
     window_score: str = "product"  # rgnet: moment score x window score | moment: the moment score alone
     window_evidence: float = 0.0  # rgnet: weight e of the heads' best moment in a window's score (merge_windows), 0..1
+    window_temperature: float = 0.0  # rgnet: window retrieval score 0: sigmoid(logit) | T > 0: exp((logit - best) / T)
     window_prior: float = 0.0  # rgnet: window logit + this x the library dual encoder's cosine (query, window), >= 0
     keep_suppressed: bool = True  # hard NMS: keep suppressed windows at score 0 (the official evaluation's input) or drop them
 
@@ -438,17 +439,18 @@ def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.nd
 
     ``found``: window index -> moments (M, 3) [start s, end s, moment score] of the windows the heads ran on;
     ``logits`` (W,) every window's retrieval logit; ``spans`` (W, 2) windows in seconds.
-    A window's score is s = sigmoid(logit)^(1 - e) * best^e, with best its highest moment score and
-    e = ``cfg.window_evidence`` (e = 0: the retrieval score alone). Moments score moment score x s (``product``)
-    or the moment score alone (``moment``), merged by ``postprocess``. Returns ``moments`` (M, 3) sorted and
-    ``windows`` (W, 3) [start s, end s, s]: the grounded windows by s, then the others by logit (s = 0 when e > 0).
+    A window's score is s = r^(1 - e) * best^e, with best its highest moment score, e = ``cfg.window_evidence``
+    (e = 0: the retrieval score alone) and r its retrieval score (``retrieval_scores``). Moments score
+    moment score x s (``product``) or the moment score alone (``moment``), merged by ``postprocess``. Returns
+    ``moments`` (M, 3) sorted and ``windows`` (W, 3) [start s, end s, s]: the grounded windows by s, then the
+    others by logit (s = 0 when e > 0).
     """
     e = cfg.window_evidence
     grounded = np.zeros(len(logits), dtype=bool)
     best = np.zeros(len(logits))
     for w, moments in found.items():
         grounded[w], best[w] = True, moments[:, 2].max(initial=0.0)
-    score = (1 / (1 + np.exp(-logits.astype(np.float64)))) ** (1 - e) * best**e  # 0**0 = 1: e = 0 keeps the retrieval score
+    score = retrieval_scores(logits, cfg.window_temperature) ** (1 - e) * best**e  # 0**0 = 1: e = 0 keeps the retrieval score
     merged = []
     for w, moments in found.items():
         moments = moments.copy()
@@ -460,6 +462,21 @@ def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.nd
         "moments": postprocess(np.concatenate(merged), duration, cfg)[: cfg.max_moments],
         "windows": np.concatenate((spans[order], score[order, None]), axis=1),
     }
+
+
+def retrieval_scores(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Each window's retrieval score in (0, 1] from one query's window logits (W,).
+
+    ``temperature`` 0: sigmoid(logit), the paper's. T > 0: exp((logit - max logit) / T), the softmax over the
+    windows with the best one scaled to 1. The logits are trained only against each other (an InfoNCE at
+    ``loss.window_temperature``), so their level means nothing and their gaps are small (about 0.1 between the
+    first two windows on ``vtg synth --long``): the sigmoid is nearly flat over the top windows and their moments
+    then rank by the heads' score alone, which is no evidence for the window (docs/BENCHMARKS.md).
+    """
+    z = logits.astype(np.float64)
+    if temperature == 0:
+        return 1 / (1 + np.exp(-z))
+    return np.exp((z - z.max(initial=-np.inf)) / temperature)
 
 
 @torch.no_grad()

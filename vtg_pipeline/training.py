@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .backbone import FrozenBackbone, load_backbone
 from .checkpoint import MARKERS, recover_folder, save_checkpoint, staging_folder, swap_in
-from .config import TrainConfig, retrieves_windows, training_window, uses_windows
+from .config import TrainConfig, retrieves_windows, training_grid, training_window, uses_windows
 from .data import (
     GroundingDataset,
     LengthGroupedBatches,
@@ -362,7 +362,7 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
             train_set.feature_dir,
             backbone,
             fps,
-            *replace(cfg.decode, window=training_window(cfg)[1]).window_frames(fps),  # training length, the grid's stride
+            *replace(cfg.decode, window=training_grid(cfg)[0], window_stride=training_grid(cfg)[1]).window_frames(fps),
             cfg.data.negatives if retrieval else 0,
             cfg.seed,
             cfg.data.cross_video_negatives if retrieval else 0,
