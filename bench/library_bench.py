@@ -109,6 +109,7 @@ from vtg_pipeline.config import load_config
 from vtg_pipeline.data import TextCache
 from vtg_pipeline.extract import find_videos
 from vtg_pipeline.grounder import Grounder
+from vtg_pipeline.inference import across_videos
 from vtg_pipeline.library import LibraryIndex, Version, build_index, embed_video
 from vtg_pipeline.window_index import COMPRESS_ABOVE, FLAT_UP_TO, WindowIndex, build_faiss, choose_layout
 
@@ -308,15 +309,26 @@ def recall(ranked: dict[str, list[tuple[str, float, float]]], truth: dict[str, l
 
 
 def brute_force(index: LibraryIndex, queries: list[str], files: list[tuple[str, Path]], k: int = max(RANKS), chunk: int = 64) -> dict:
-    """Per query: the top ``k`` moments over ``files`` [(vid, feature file)], every video grounded by the grounder."""
-    grounder, best = index.grounder, {q: [] for q in queries}
+    """Per query: the top ``k`` moments over ``files`` [(vid, feature file)], every video grounded by the grounder, the
+    scores put on one scale across videos as library search does (``inference.across_videos``)."""
+    grounder, found = index.grounder, {q: [] for q in queries}
     for vid, file in files:
         for start in range(0, len(queries), chunk):
             part = queries[start : start + chunk]
-            for query, result in zip(part, grounder.ground_features(file, part)):
-                moments = [(score, vid, s, e) for s, e, score in result["pred_relevant_windows"]]
-                best[query] = heapq.nlargest(k, best[query] + moments)
-    return {q: [(vid, s, e) for _, vid, s, e in moments] for q, moments in best.items()}
+            with grounder.open_stored(file) as video:
+                results = grounder.ground_opened(video, part)
+            for query, result in zip(part, results):
+                found[query].append((result.get("reference", 0.0), vid, result["moments"][:k]))
+    top = {}
+    for query, by_video in found.items():
+        best = max(reference for reference, _, _ in by_video)
+        moments = [
+            (score * across_videos(reference, best, grounder.cfg.decode), vid, s, e)
+            for reference, vid, video_moments in by_video
+            for s, e, score in video_moments.tolist()
+        ]
+        top[query] = [(vid, s, e) for _, vid, s, e in heapq.nlargest(k, moments)]
+    return top
 
 
 def brute_force_latency(index: LibraryIndex, queries: list[str], files: list[tuple[str, Path]]) -> list[float]:

@@ -16,12 +16,13 @@ from safetensors.torch import load_file, save_file
 
 import vtg_pipeline.library as library_module
 from vtg_pipeline.cli import main
-from vtg_pipeline.config import load_config
+from vtg_pipeline.config import config_from_dict, load_config
 from vtg_pipeline.extract import VISION_CLS, VISION_FP8, find_videos
 from vtg_pipeline.grounder import Grounder
 from vtg_pipeline.inference import window_starts
 from vtg_pipeline.library import LibraryError, LibraryIndex, ReencodedWindows, build_index
 from vtg_pipeline.losses import library_loss, moment_window
+from vtg_pipeline.models import create_model
 from vtg_pipeline.names import hms
 from vtg_pipeline.training import batch_losses, build_run, train
 
@@ -227,6 +228,44 @@ def test_stage_two_equals_vtg_ground_when_every_window_is_a_candidate(library, g
         [expected] = grounder.ground(video, QUERY, features_dir=folder / "features")
         got = [[r["start"], r["end"], r["score"]] for r in results if r["vid"] == video.stem]
         assert got == expected["pred_relevant_windows"], video.stem
+
+
+def rgnet_checkpoint(checkpoint: Path, folder: Path, temperature: float) -> Path:
+    """``checkpoint`` (R²) as an RGNet one: its weights, an RG encoder drawn at random (a window head that is not zero,
+    so windows differ) and ``decode.window_temperature``."""
+    shutil.copytree(checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["name"] = "rgnet"
+    config["decode"]["window_temperature"] = temperature
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model = create_model(config_from_dict(config).model)
+    torch.nn.init.normal_(model.rg.window_head.weight)
+    save_file(model.state_dict() | load_file(str(folder / "model.safetensors")), str(folder / "model.safetensors"))
+    return folder
+
+
+def test_rgnet_search_scores_each_window_against_the_querys_best_over_the_library(synth_root, checkpoint, tmp_path):
+    """With a window temperature, a moment's search score is its score in its video alone (best window: 1) times
+    exp((that video's best logit - the best over the videos searched) / T), so videos compare on one scale."""
+    folder = rgnet_checkpoint(checkpoint, tmp_path / "rgnet", 0.3)
+    grounder = Grounder.from_pretrained(folder)
+    counts = build_index(find_videos([str(synth_root / "videos")]), grounder, tmp_path / "index", str(folder), progress=False)
+    results = LibraryIndex.open(tmp_path / "index", grounder).search(QUERY, k=10_000, candidates=counts["windows"])
+    alone = {}
+    for video in sorted((synth_root / "videos").glob("*.mp4")):
+        with grounder.open_stored(tmp_path / "index" / "features" / f"{video.stem}.safetensors") as stored:
+            [alone[video.stem]] = grounder.ground_opened(stored, [QUERY])
+    best = max(result["reference"] for result in alone.values())
+    assert len({round(result["reference"], 3) for result in alone.values()}) == len(alone), "the videos' best windows differ"
+    expected = {
+        (vid, round(start, 4), round(end, 4)): score * np.exp((result["reference"] - best) / 0.3)
+        for vid, result in alone.items()
+        for start, end, score in result["moments"].tolist()
+    }
+    assert len(results) == len(expected)
+    assert [r["score"] for r in results] == pytest.approx([expected[r["vid"], r["start"], r["end"]] for r in results], abs=2e-4)
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True) and results[0]["score"] <= 1
 
 
 def test_a_rerun_adds_changes_and_drops_videos_and_equals_a_fresh_build(synth_root, checkpoint, grounder, tmp_path):

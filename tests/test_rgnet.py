@@ -13,6 +13,7 @@ from vtg_pipeline.data import DataError, WindowDataset, collate_windows, load_sp
 from vtg_pipeline.inference import (
     DecodeConfig,
     VideoWindows,
+    across_videos,
     forward_groups,
     ground_in_windows,
     merge_windows,
@@ -321,21 +322,28 @@ def test_window_config_refusals_and_the_short_window_warning(caplog):
 
 
 @pytest.mark.slow
-def test_a_single_window_is_scored_like_one_of_many():
+@pytest.mark.parametrize("temperature", [0.0, 0.3], ids=["sigmoid", "softmax"])
+def test_a_single_window_is_scored_like_one_of_many(temperature):
     """Library search ranks moments of many videos, some with one candidate window and some with several: a moment's
-    score must not depend on how many windows were searched with it (moment x window score in both cases)."""
+    score must not depend on how many windows were searched with it (moment x window score in both cases; with a
+    window temperature once ``across_videos`` puts both on the scale of the best window searched)."""
     torch.manual_seed(0)
     model = tiny_rgnet()
+    torch.nn.init.normal_(model.rg.window_head.weight)  # windows that differ (the head starts at zero)
     video = torch.randn(40, 4, 5, 16)
     query, query_mask = torch.randn(1, 6, 4, 16), torch.ones(1, 6, dtype=torch.bool)
-    cfg = DecodeConfig(window=20.0, window_stride=10.0, retrieval_topk=2, max_moments=100, nms="none")
+    cfg = DecodeConfig(window=20.0, window_stride=10.0, retrieval_topk=2, max_moments=100, nms="none", window_temperature=temperature)
 
     def read(start, stop):
         return video[start:stop]
 
     [alone] = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=[10])
     [together] = ground_in_windows(model, read, 40, 80.0, query, query_mask, 0.5, (1, 2, 4, 8), cfg, starts=[10, 20])
-    assert len(alone["windows"]) == 1 and 0 < alone["windows"][0, 2] < 1
+    assert len(alone["windows"]) == 1 and (0 < alone["windows"][0, 2] < 1 if temperature == 0 else alone["windows"][0, 2] == 1)
+    if temperature:  # the other window is the better one: the lone one's scores drop
+        assert together["reference"] > alone["reference"] + 0.1
+    factor = across_videos(alone["reference"], max(alone["reference"], together["reference"]), cfg)
+    alone["moments"][:, 2] *= factor
     inside = (together["moments"][:, 0] >= 20.0 - 1e-6) & (together["moments"][:, 1] <= 40.0 + 1e-6)  # frames 10-19: 20-40 s
     shared = {tuple(m) for m in together["moments"][inside].round(4).tolist()} & {tuple(m) for m in alone["moments"].round(4).tolist()}
     assert len(shared) == len(alone["moments"])  # every moment of the lone window, with the same score, among the pair's

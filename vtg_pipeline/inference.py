@@ -442,8 +442,9 @@ def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.nd
     A window's score is s = r^(1 - e) * best^e, with best its highest moment score, e = ``cfg.window_evidence``
     (e = 0: the retrieval score alone) and r its retrieval score (``retrieval_scores``). Moments score
     moment score x s (``product``) or the moment score alone (``moment``), merged by ``postprocess``. Returns
-    ``moments`` (M, 3) sorted and ``windows`` (W, 3) [start s, end s, s]: the grounded windows by s, then the
-    others by logit (s = 0 when e > 0).
+    ``moments`` (M, 3) sorted, ``windows`` (W, 3) [start s, end s, s]: the grounded windows by s, then the
+    others by logit (s = 0 when e > 0), and ``reference`` the highest logit, the one whose window's r is 1
+    (``across_videos`` puts the scores of several videos' results on one scale).
     """
     e = cfg.window_evidence
     grounded = np.zeros(len(logits), dtype=bool)
@@ -461,7 +462,18 @@ def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.nd
     return {
         "moments": postprocess(np.concatenate(merged), duration, cfg)[: cfg.max_moments],
         "windows": np.concatenate((spans[order], score[order, None]), axis=1),
+        "reference": float(logits.max(initial=-np.inf)),
     }
+
+
+def across_videos(reference: float, best: float, cfg: DecodeConfig) -> float:
+    """The factor that puts one video's moment scores (``merge_windows``, r relative to that video's highest window
+    logit ``reference``) on the scale of several videos searched for the same query, whose highest logit is ``best``:
+    exp((1 - e) (reference - best) / T), so that r is relative to the query's best window over all of them. 1 when
+    T = 0 (the sigmoid needs no reference) or when moments keep their own score (``window_score`` moment)."""
+    if cfg.window_temperature == 0 or cfg.window_score != "product":
+        return 1.0
+    return float(np.exp((1 - cfg.window_evidence) * (reference - best) / cfg.window_temperature))
 
 
 def retrieval_scores(logits: np.ndarray, temperature: float) -> np.ndarray:

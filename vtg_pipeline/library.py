@@ -29,7 +29,9 @@ that has just read ``index.json`` still finds its files. Builds on one folder ta
 Search: stage 1 embeds the query and takes the top ``candidates`` windows from faiss; stage 2 grounds the query
 with the checkpoint's model (R² or RGNet, ``inference.ground_videos``, as ``vtg ground`` does) in those windows
 only, the windows of up to ``VIDEOS_PER_PASS`` videos sharing forwards, merges each video's moments (NMS in absolute
-seconds) and ranks every moment by its score. A video whose
+seconds) and ranks every moment by its score. With ``decode.window_temperature`` T > 0 an RGNet moment's window score
+is relative to the query's best window over all the videos searched (``inference.across_videos``), so that a moment
+scores the same whether its video had one candidate window or several. A video whose
 feature file went away or changed since the version was written (a build running meanwhile) is left out. An index
 built with ``states="on-demand"`` re-encodes each candidate window from its video instead (``ReencodedWindows``: an
 LRU of recent windows, ``window_cache_bytes``); a video gone or changed since is left out the same way.
@@ -80,7 +82,7 @@ from .errors import UserError
 from .extract import VISION_CLS, VideoItem, encode_samples, output_folder, source_metadata
 from .features import FileLock, atomic_write_text, feature_path, save_tensors
 from .grounder import Grounder
-from .inference import VideoWindows, rounded, window_starts
+from .inference import VideoWindows, across_videos, rounded, window_starts
 from .models import ModelConfig
 from .names import check_video_id, first_line, printable
 from .video import VideoError
@@ -353,7 +355,7 @@ class LibraryIndex:
             for hit in hits:
                 video = int(version.table["video"][hit["row"]])
                 by_video.setdefault(video, {}).setdefault(q, []).append(int(version.table["first_frame"][hit["row"]]))
-        moments: list[list[dict]] = [[] for _ in queries]
+        moments: list[list[tuple[float, list[dict]]]] = [[] for _ in queries]  # per query: (reference, moments) per video
         errors: list[list[dict]] = [[] for _ in queries]
         hit = list(by_video)
         for first in range(0, len(hit), VIDEOS_PER_PASS):
@@ -369,9 +371,16 @@ class LibraryIndex:
                         errors[q].append({"query": queries[q], "vid": entry["vid"], "video": entry["path"], "error": reason})
                     continue
                 for q, results in zip(questions, answers):
-                    moments[q] += results
+                    moments[q].append(results)
         ranked = []
-        for found, failed, n in zip(moments, errors, ks):
+        decode = searcher.grounder.cfg.decode
+        for by_video, failed, n in zip(moments, errors, ks):
+            best = max((reference for reference, _ in by_video), default=0.0)
+            found = [
+                {**m, "score": round(m["score"] * across_videos(reference, best, decode), 4)}
+                for reference, video_found in by_video
+                for m in video_found
+            ]
             found.sort(key=lambda m: -m["score"])
             ranked.append(
                 [
@@ -423,7 +432,7 @@ def stage_two(
     store: Path,
     reencoded: ReencodedWindows,
     limits: list[int],
-) -> list[list[list[dict]] | Exception]:
+) -> list[list[tuple[float, list[dict]]] | Exception]:
     """Moments of ``videos`` (index records) for the ``queries`` that hit them, in their own windows: ``asked`` per video
     {query position: first frames of its windows there}. Windows of all the videos share forwards
     (``Grounder.ground_windows``); each video's states are read once for all its queries or, when the store keeps
@@ -431,10 +440,12 @@ def stage_two(
     ``vtg ground`` gives them, each with the window holding most of it and that window's clip times and saliency
     (arrays, rounded by ``search_many`` for the moments it returns); ``limits`` per query: its best moments to keep of
     one video (a library's top k holds at most k of one video). Returns per video, per query in ``asked`` order, its
-    moments, or the exception (one of ``UNREADABLE``) that left the video out: gone or changed since the index."""
+    moments with their scores unrounded and the video's ``reference`` logit (``inference.merge_windows``; 0 for a model
+    without retrieval), or the exception (one of ``UNREADABLE``) that left the video out: gone or changed since the
+    index."""
     grounder = searcher.grounder
     window = grounder.cfg.decode.window_frames(grounder.fps)[0]
-    outcome: list[list[list[dict]] | Exception] = [[] for _ in videos]
+    outcome: list[list[tuple[float, list[dict]]] | Exception] = [[] for _ in videos]
     with ExitStack() as stack:
         windows, readable, times = [], [], {}
         for n, (video, questions) in enumerate(zip(videos, asked)):
@@ -457,7 +468,8 @@ def stage_two(
             continue
         length = min(window, len(times[n]))
         for q, own, result in zip(opened.queries, opened.starts, results):
-            outcome[n].append(video_moments(videos[n], queries[q], own, length, result, times[n], grounder.fps, limits[q]))
+            moments = video_moments(videos[n], queries[q], own, length, result, times[n], grounder.fps, limits[q])
+            outcome[n].append((result.get("reference", 0.0), moments))
     return outcome
 
 
@@ -481,7 +493,7 @@ def video_moments(
     ``own`` the first frames of its windows (``length`` frames long), ``times`` (frames,) the video's clip times (s)."""
     spans = np.array([[s / fps, min((s + length) / fps, video["duration"])] for s in own])
     answers = []
-    for start, end, score in rounded(result["moments"][:limit]):  # sorted by score: the first ones are the best
+    for (start, end), score in zip(rounded(result["moments"][:limit, :2]), result["moments"][:limit, 2]):  # best first
         best = int(np.argmax(np.minimum(spans[:, 1], end) - np.maximum(spans[:, 0], start)))
         clips = slice(own[best], own[best] + length)
         answers.append(
@@ -491,7 +503,7 @@ def video_moments(
                 "vid": video["vid"],
                 "start": start,
                 "end": end,
-                "score": score,
+                "score": float(score),
                 "duration": video["duration"],
                 "window": rounded(spans[best]),
                 "clip_times": times[clips],
