@@ -307,9 +307,13 @@ def test_window_config_refusals_and_the_short_window_warning(caplog):
     caplog.clear()
     warn_if_windows_too_short([{"relevant_windows": [[0, 30]]}], cfg)
     assert not caplog.records
-    trained_longer = load_config(None, ["model.name=rgnet", "decode.window=48", "decode.window_stride=24", "data.window=100"])
-    warn_if_windows_too_short(records, trained_longer)  # the training windows are data.window's: 100 s holds every moment
+    trained_longer = load_config(None, ["model.name=rgnet", "decode.window=100", "decode.window_stride=50", "data.window=100"])
+    warn_if_windows_too_short(records, trained_longer)  # 100-s windows in training and inference hold every moment
     assert not caplog.records
+    grounds_shorter = load_config(None, ["model.name=rgnet", "decode.window=48", "decode.window_stride=24", "data.window=100"])
+    warn_if_windows_too_short(records, grounds_shorter)  # trained on 100 s, but inference cannot find a 90-s moment whole
+    assert "decode.window=48 s is shorter than 2 of the 3 training moments (longest 90.0 s)" in caplog.records[0].getMessage()
+    caplog.clear()
     warn_if_windows_too_short(records, load_config(None, ["model.name=rgnet", "data.window=40"]))
     assert "data.window=40 s is shorter than 2 of the 3 training moments" in caplog.records[0].getMessage()
     for key in ("window", "window_stride"):

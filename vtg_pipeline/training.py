@@ -228,8 +228,10 @@ def mine_hard_windows(model, dataset: WindowDataset, text_cache, pool: int, devi
 
 
 def warn_if_windows_too_short(records: list[dict], cfg: TrainConfig) -> None:
-    """One warning line when training moments are longer than the training windows (each is then cut to its window)."""
-    key, window = training_window(cfg)
+    """One warning line when training moments are longer than the training windows (each is then cut to its window)
+    or than the inference windows (``decode.window``, where no moment can be found longer than a window): the
+    shorter of the two."""
+    key, window = min(training_window(cfg), ("decode.window", cfg.decode.window), key=lambda setting: setting[1])
     lengths = [end - start for r in records for start, end in r["relevant_windows"]]
     longer = [length for length in lengths if length > window]
     if longer:
