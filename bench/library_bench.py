@@ -321,10 +321,10 @@ def brute_force(index: LibraryIndex, queries: list[str], files: list[tuple[str, 
                 found[query].append((result.get("reference", 0.0), vid, result["moments"][:k]))
     top = {}
     for query, by_video in found.items():
-        best = max(reference for reference, _, _ in by_video)
+        factors = across_videos([reference for reference, _, _ in by_video], grounder.cfg.decode)
         moments = [
-            (score * across_videos(reference, best, grounder.cfg.decode), vid, s, e)
-            for reference, vid, video_moments in by_video
+            (score * factor, vid, s, e)
+            for factor, (_, vid, video_moments) in zip(factors.tolist(), by_video)
             for s, e, score in video_moments.tolist()
         ]
         top[query] = [(vid, s, e) for _, vid, s, e in heapq.nlargest(k, moments)]

@@ -45,6 +45,7 @@ plan drawn again from ``--seed``, and scored on the validation videos' events.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -271,7 +272,7 @@ def calibrate(
                     deepest,
                 )
             videos.append((group, found, duration))
-        for k, e, temperature in [(k, e, t) for k in topks for e in evidence for t in temperatures or [cfg.decode.window_temperature]]:
+        for k, e, temperature in itertools.product(topks, evidence, temperatures or [cfg.decode.window_temperature]):
             decode = replace(deepest, retrieval_topk=k, window_evidence=e, window_temperature=temperature)
             predictions = []
             for group, results, duration in videos:

@@ -346,8 +346,7 @@ def test_a_single_window_is_scored_like_one_of_many(temperature):
     assert len(alone["windows"]) == 1 and (0 < alone["windows"][0, 2] < 1 if temperature == 0 else alone["windows"][0, 2] == 1)
     if temperature:  # the other window is the better one: the lone one's scores drop
         assert together["reference"] > alone["reference"] + 0.1
-    factor = across_videos(alone["reference"], max(alone["reference"], together["reference"]), cfg)
-    alone["moments"][:, 2] *= factor
+    alone["moments"][:, 2] *= across_videos([alone["reference"], together["reference"]], cfg)[0]
     inside = (together["moments"][:, 0] >= 20.0 - 1e-6) & (together["moments"][:, 1] <= 40.0 + 1e-6)  # frames 10-19: 20-40 s
     shared = {tuple(m) for m in together["moments"][inside].round(4).tolist()} & {tuple(m) for m in alone["moments"].round(4).tolist()}
     assert len(shared) == len(alone["moments"])  # every moment of the lone window, with the same score, among the pair's

@@ -466,14 +466,15 @@ def merge_windows(found: dict[int, np.ndarray], logits: np.ndarray, spans: np.nd
     }
 
 
-def across_videos(reference: float, best: float, cfg: DecodeConfig) -> float:
-    """The factor that puts one video's moment scores (``merge_windows``, r relative to that video's highest window
-    logit ``reference``) on the scale of several videos searched for the same query, whose highest logit is ``best``:
-    exp((1 - e) (reference - best) / T), so that r is relative to the query's best window over all of them. 1 when
-    T = 0 (the sigmoid needs no reference) or when moments keep their own score (``window_score`` moment)."""
+def across_videos(references: list[float], cfg: DecodeConfig) -> np.ndarray:
+    """Per video searched for one query, the factor (V,) that puts its moment scores (``merge_windows``, r relative
+    to that video's highest window logit, its ``reference``) on one scale with the others':
+    exp((1 - e) (reference - max reference) / T), so that r is relative to the query's best window over all of them.
+    1 when T = 0 (the sigmoid needs no reference) or when moments keep their own score (``window_score`` moment)."""
+    references = np.asarray(references, dtype=np.float64)
     if cfg.window_temperature == 0 or cfg.window_score != "product":
-        return 1.0
-    return float(np.exp((1 - cfg.window_evidence) * (reference - best) / cfg.window_temperature))
+        return np.ones(len(references))
+    return np.exp((1 - cfg.window_evidence) * (references - references.max(initial=-np.inf)) / cfg.window_temperature)
 
 
 def retrieval_scores(logits: np.ndarray, temperature: float) -> np.ndarray:

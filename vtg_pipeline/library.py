@@ -375,10 +375,10 @@ class LibraryIndex:
         ranked = []
         decode = searcher.grounder.cfg.decode
         for by_video, failed, n in zip(moments, errors, ks):
-            best = max((reference for reference, _ in by_video), default=0.0)
+            factors = across_videos([reference for reference, _ in by_video], decode)
             found = [
-                {**m, "score": round(m["score"] * across_videos(reference, best, decode), 4)}
-                for reference, video_found in by_video
+                {**m, "score": round(m["score"] * float(factor), 4)}
+                for factor, (_, video_found) in zip(factors, by_video)
                 for m in video_found
             ]
             found.sort(key=lambda m: -m["score"])

@@ -358,13 +358,14 @@ def build_run(cfg: TrainConfig, resume: bool = False) -> Run:
     if uses_windows(cfg):  # one positive window per query, plus same-video negatives for a retrieval model
         fps = cfg.data.fps
         retrieval = retrieves_windows(cfg)
+        training_length, training_stride = training_grid(cfg)
         warn_if_windows_too_short(train_set.records, cfg)
         train_set = WindowDataset(
             train_set.records,
             train_set.feature_dir,
             backbone,
             fps,
-            *replace(cfg.decode, window=training_grid(cfg)[0], window_stride=training_grid(cfg)[1]).window_frames(fps),
+            *replace(cfg.decode, window=training_length, window_stride=training_stride).window_frames(fps),
             cfg.data.negatives if retrieval else 0,
             cfg.seed,
             cfg.data.cross_video_negatives if retrieval else 0,
