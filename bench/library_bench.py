@@ -68,9 +68,10 @@ second pass finds the windows the first re-encoded). ``both`` is on-demand with 
 ``--keep-fraction`` (0.25) of the videos that hold most of these texts' stage-1 candidates, searched the same three
 ways. Written to bench/out/library_store[_long].json.
 
-``batch``: in one process, ``--size`` (16) new texts searched one by one, then ``--size`` others in one
-``search_many`` (a `vtg serve` worker's batch), ``--repeats`` (5) times: median milliseconds per search each way.
-Written to bench/out/library_batch[_long].json.
+``batch``: in one process, ``max(--size)`` (16) new texts searched one by one, then in ``search_many`` batches of each
+``--size`` (a `vtg serve` worker's batch), ``--repeats`` (5) times: median milliseconds per search at each size, and a
+fit of ms per search = own + shared / n: the work no batch shares (``own``) and the most batching could save on one
+core (``ceiling``, ms alone / own). Written to bench/out/library_batch[_long].json.
 
 Timings are wall-clock on the machine's CPUs (torch's default threads, or ``--threads``) and only mean something on
 idle cores: on 2 shared cores a busy neighbour made every torch call here about 10x slower, so each JSON records the
@@ -925,34 +926,39 @@ def load(args) -> None:
 
 
 def batch(args) -> None:
-    """What batching saves in one process: ``--size`` new texts searched one by one, then ``--size`` others in one
-    ``search_many`` (what a `vtg serve` worker runs when that many requests wait), ``--repeats`` times; medians of the
-    seconds per search."""
+    """What batching saves in one process, and the most it could: the same ``max(--size)`` new texts searched one by
+    one (a batch of 1), then in ``search_many`` batches of each ``--size`` (what a `vtg serve` worker runs when that
+    many requests wait), ``--repeats`` times, each time other texts; medians of milliseconds per search. Then a
+    least-squares fit of ms per search = own + shared / n over the sizes: ``shared`` is the work a batch does once
+    (text encoder, faiss, each forward's fixed cost, each window's states read and mapped), ``own`` the work each
+    search does whatever the batch (its (query, window) pairs through the model, decoding, NMS), and ``ceiling`` =
+    ms alone / own the most any batch could save on one core."""
     folder = set_dir(args)
     index = LibraryIndex.open(folder / "index", Grounder.from_pretrained(checkpoint(folder)))
     texts = list(ground_truth(val_records(folder)))
     index.search_many(texts[:2], k=10)  # warm: first calls, the page cache
-    alone, together = [], []
+    sizes = sorted(set(args.size) | {1})
+    count = max(sizes)
+    per_search: dict[int, list[float]] = {n: [] for n in sizes}
     for repeat in range(args.repeats):
-        fresh_query(index.grounder)
-        chosen = [texts[(repeat * args.size + i) % len(texts)] for i in range(args.size)]
-        start = time.perf_counter()
-        for text in chosen:
-            index.search(f"{text} #a{repeat}", k=10)
-        alone.append((time.perf_counter() - start) / args.size)
-        start = time.perf_counter()
-        index.search_many([f"{text} #b{repeat}" for text in chosen], k=10)
-        together.append((time.perf_counter() - start) / args.size)
-    row = {
-        "size": args.size,
-        "repeats": args.repeats,
-        "alone ms/search": round(float(np.median(alone)) * 1000, 1),
-        "batched ms/search": round(float(np.median(together)) * 1000, 1),
-    }
-    row["ratio"] = round(row["alone ms/search"] / row["batched ms/search"], 2)
-    print(markdown([row], list(row)))
+        chosen = [texts[(repeat * count + i) % len(texts)] for i in range(count)]
+        for n in sizes:
+            fresh_query(index.grounder)
+            batches = [[f"{text} #{n}.{repeat}" for text in chosen[first : first + n]] for first in range(0, count, n)]
+            start = time.perf_counter()
+            for queries in batches:
+                index.search_many(queries, k=10)
+            per_search[n].append((time.perf_counter() - start) / count)
+    ms = {n: float(np.median(times)) * 1000 for n, times in per_search.items()}
+    shared, own = np.polyfit([1 / n for n in sizes], [ms[n] for n in sizes], 1) if len(sizes) > 1 else (0.0, ms[1])
+    rows = [{"size": n, "repeats": args.repeats, "ms/search": round(ms[n], 1), "gain": round(ms[1] / ms[n], 2)} for n in sizes]
+    fit = {"shared ms": round(float(shared), 1), "own ms/search": round(float(own), 1), "ceiling": round(ms[1] / float(own), 2)}
+    print(markdown(rows, list(rows[0])))
+    print(markdown([fit], list(fit)))
     OUT.mkdir(exist_ok=True)
-    (OUT / f"library_batch{suffix(args)}.json").write_text(json.dumps({"set": folder.name, **machine(args), **row}, indent=2))
+    (OUT / f"library_batch{suffix(args)}.json").write_text(
+        json.dumps({"set": folder.name, **machine(args), "rows": rows, "fit": fit}, indent=2)
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -1002,8 +1008,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--queries", choices=("unique", "val"), default="unique")
     p.add_argument("--workers", type=int, default=1, help="vtg serve --workers (RSS is summed over its processes)")
-    p = sub.add_parser("batch", parents=[common], help="seconds per search, one by one and in one search_many")
-    p.add_argument("--size", type=int, default=16, help="searches a batch")
+    p = sub.add_parser("batch", parents=[common], help="ms per search, one by one and in search_many batches")
+    p.add_argument("--size", type=int, nargs="+", default=[16], help="searches a batch (one row each; 1 is always measured)")
     p.add_argument("--repeats", type=int, default=5)
     p = sub.add_parser("rss")  # internal: one memory measurement in a fresh process
     p.add_argument("--index", required=True)
