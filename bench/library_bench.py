@@ -455,7 +455,8 @@ def store(args) -> None:
     layouts = args.states
     if grounder.model.retrieval.reads_patches:  # model.retrieval_layout: an on-demand store cannot embed
         layouts = [states for states in args.states if LAYOUTS[states] != "on-demand"]
-        print(f"{best}: its window embedding reads every patch token (model.retrieval_layout): no on-demand rows", file=sys.stderr)
+        if len(layouts) < len(args.states):
+            print(f"{best}: its window embedding reads every patch token (model.retrieval_layout): no on-demand rows", file=sys.stderr)
     rows = []
     for states in layouts:
         index_dir = folder / "store" / states
