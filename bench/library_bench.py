@@ -314,12 +314,11 @@ def brute_force(index: LibraryIndex, queries: list[str], files: list[tuple[str, 
     scores put on one scale across videos as library search does (``inference.across_videos``)."""
     grounder, found = index.grounder, {q: [] for q in queries}
     for vid, file in files:
-        for start in range(0, len(queries), chunk):
-            part = queries[start : start + chunk]
-            with grounder.open_stored(file) as video:
-                results = grounder.ground_opened(video, part)
-            for query, result in zip(part, results):
-                found[query].append((result.get("reference", 0.0), vid, result["moments"][:k]))
+        with grounder.open_stored(file) as video:  # opened once for all the chunks of queries
+            for start in range(0, len(queries), chunk):
+                part = queries[start : start + chunk]
+                for query, result in zip(part, grounder.ground_opened(video, part)):
+                    found[query].append((result.get("reference", 0.0), vid, result["moments"][:k]))
     top = {}
     for query, by_video in found.items():
         factors = across_videos([reference for reference, _, _ in by_video], grounder.cfg.decode)
